@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/portcullis-oci/portcullis/cache"
+	"github.com/portcullis-oci/portcullis/cmd/portcullis/internal/wire"
+	"github.com/portcullis-oci/portcullis/config"
+	"github.com/portcullis-oci/portcullis/proxy"
+	"github.com/portcullis-oci/portcullis/verify"
+)
+
+// shutdownGrace is how long in-flight pulls get to finish after SIGTERM.
+const shutdownGrace = 30 * time.Second
+
+func runServe(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "config file (required)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *cfgPath == "" || fs.NArg() != 0 {
+		fmt.Fprintln(stderr, "usage: portcullis serve --config FILE")
+		return 2
+	}
+	cfg, eng, err := loadAll(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	logger, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer func() { _ = logger.Sync() }()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, cfg, eng, logger, nil); err != nil {
+		logger.Error("serve failed", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+// newProxy wires a Proxy from validated config and a compiled engine.
+func newProxy(cfg *config.Config, eng *verify.Engine, logger *zap.Logger, extra ...proxy.Option) (*proxy.Proxy, error) {
+	ups, err := wire.Upstreams(cfg)
+	if err != nil {
+		return nil, err
+	}
+	verdicts, err := cache.NewVerdicts(cfg.Cache.Verdicts, cfg.Cache.AllowTTL.D(), cfg.Cache.DenyTTL.D())
+	if err != nil {
+		return nil, err
+	}
+	manifests, err := cache.NewManifests(int64(cfg.Cache.ManifestMiB) << 20)
+	if err != nil {
+		return nil, err
+	}
+	opts := []proxy.Option{
+		proxy.WithLogger(logger),
+		proxy.WithVerdictCache(verdicts),
+		proxy.WithManifestCache(manifests),
+		proxy.WithBlobGating(!cfg.InsecureDisableBlobGating),
+		proxy.WithTagTTL(cfg.Cache.TagTTL.D()),
+		proxy.WithVerifyTimeout(cfg.VerifyTimeout.D()),
+	}
+	if cfg.DefaultUpstream != "" {
+		opts = append(opts, proxy.WithDefaultUpstream(cfg.DefaultUpstream))
+	}
+	return proxy.New(ups, eng, append(opts, extra...)...)
+}
+
+// serve runs the proxy until ctx ends. ready, when non-nil, is told the
+// bound addresses (tests and the demo listen on port 0).
+func serve(ctx context.Context, cfg *config.Config, eng *verify.Engine, logger *zap.Logger, ready func(addr, admin string), extra ...proxy.Option) error {
+	for _, w := range cfg.Warnings() {
+		logger.Warn("insecure setting in effect", zap.String("setting", w))
+	}
+	p, err := newProxy(cfg, eng, logger, extra...)
+	if err != nil {
+		return err
+	}
+	logger.Info("policy loaded", zap.String("fingerprint", eng.Fingerprint()), zap.String("version", version),
+		zap.Int("upstreams", len(cfg.Upstreams)), zap.Int("boundaries", len(cfg.Boundaries)))
+	sc := proxy.ServeConfig{Addr: cfg.Listen, AdminAddr: cfg.Admin, Logger: logger, Ready: ready, Grace: shutdownGrace}
+	if cfg.TLS != nil {
+		sc.TLSCert, sc.TLSKey = cfg.Resolve(cfg.TLS.Cert), cfg.Resolve(cfg.TLS.Key)
+	}
+	return proxy.Serve(ctx, p, sc)
+}
+
+func newLogger(l config.Log, w io.Writer) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(orDefault(l.Level, "info"))
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	switch orDefault(l.Format, "json") {
+	case "json":
+		enc = zapcore.NewJSONEncoder(encCfg)
+	case "console":
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	default:
+		return nil, fmt.Errorf("log.format: %q is not json or console", l.Format)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)), nil
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}

@@ -1,0 +1,142 @@
+package config
+
+import "time"
+
+// Config is the whole configuration file (DESIGN.md §6). Field names map to
+// YAML keys in snake_case; unknown keys are errors.
+type Config struct {
+	Listen          string     `yaml:"listen"` // default ":5000"
+	Admin           string     `yaml:"admin"`  // default "127.0.0.1:9090"; "" disables
+	TLS             *TLS       `yaml:"tls"`
+	Upstreams       []Upstream `yaml:"upstreams"`
+	DefaultUpstream string     `yaml:"default_upstream"`
+	Trust           []Trust    `yaml:"trust"`
+	Boundaries      []Boundary `yaml:"boundaries"`
+	// Unmatched is what happens to a repository no boundary matches:
+	// "deny" (default). "insecure-allow" is the only other value.
+	Unmatched string `yaml:"unmatched"`
+	Cache     Cache  `yaml:"cache"`
+	// BlobGating serves a blob only when an allowed manifest in the same
+	// repository references it. Default true; turning it off is logged.
+	InsecureDisableBlobGating bool `yaml:"insecure_disable_blob_gating"`
+	// Timeouts for upstream calls and for one verification.
+	UpstreamTimeout Duration `yaml:"upstream_timeout"` // default 30s
+	VerifyTimeout   Duration `yaml:"verify_timeout"`   // default 60s
+	Log             Log      `yaml:"log"`
+
+	// Path is the file the config was read from ("" when parsed from bytes);
+	// relative paths in the file are resolved against its directory.
+	Path string `yaml:"-"`
+}
+
+// TLS serves the registry listener over HTTPS.
+type TLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Upstream is one registry the proxy pulls from.
+type Upstream struct {
+	Name     string   `yaml:"name"`
+	URL      string   `yaml:"url"`     // scheme://host[:port], no path
+	Aliases  []string `yaml:"aliases"` // accepted as ?ns= and as path prefix; Name is always one
+	Insecure bool     `yaml:"insecure"`
+	CAFile   string   `yaml:"ca_file"`
+	Auth     *Auth    `yaml:"auth"`
+	Timeout  Duration `yaml:"timeout"` // overrides UpstreamTimeout
+}
+
+// Auth is how the proxy authenticates to an upstream. At most one of the
+// basic fields, TokenEnv or DockerConfig is used.
+type Auth struct {
+	Username     string `yaml:"username"`
+	UsernameEnv  string `yaml:"username_env"`
+	Password     string `yaml:"password"` // discouraged; prefer password_env
+	PasswordEnv  string `yaml:"password_env"`
+	TokenEnv     string `yaml:"token_env"`     // a registry bearer/identity token
+	DockerConfig string `yaml:"docker_config"` // path to a docker config.json
+}
+
+// Trust is named trust material: public keys or a sigstore trusted root.
+type Trust struct {
+	Name        string   `yaml:"name"`
+	Keys        []string `yaml:"keys"`
+	TrustedRoot string   `yaml:"trusted_root"`
+}
+
+// Boundary is one trust boundary; the first whose match fits wins.
+type Boundary struct {
+	Name         string        `yaml:"name"`
+	Match        Match         `yaml:"match"`
+	Mode         string        `yaml:"mode"` // enforce (default) | warn
+	Signatures   Signatures    `yaml:"signatures"`
+	Attestations []Attestation `yaml:"attestations"`
+	Lineage      *Lineage      `yaml:"lineage"`
+}
+
+// Match selects repositories for a boundary.
+type Match struct {
+	Upstream      string   `yaml:"upstream"`     // upstream name; "" or "*" = any
+	Repositories  []string `yaml:"repositories"` // globs, "**" crosses slashes
+	ArtifactTypes []string `yaml:"artifact_types"`
+}
+
+// Signatures says which authorities must sign and how many.
+type Signatures struct {
+	Threshold   int         `yaml:"threshold"` // default 1
+	Authorities []Authority `yaml:"authorities"`
+}
+
+// Authority is a signer: a trust entry with keys, or a keyless identity.
+type Authority struct {
+	Name    string   `yaml:"name"`
+	Key     string   `yaml:"key"` // name of a Trust entry with keys
+	Keyless *Keyless `yaml:"keyless"`
+}
+
+// Keyless is a Fulcio certificate identity under a trusted root.
+type Keyless struct {
+	Trust              string `yaml:"trust"` // name of a Trust entry with trusted_root
+	Issuer             string `yaml:"issuer"`
+	IssuerRegex        string `yaml:"issuer_regex"`
+	Subject            string `yaml:"subject"`
+	SubjectRegex       string `yaml:"subject_regex"`
+	TlogThreshold      *int   `yaml:"tlog_threshold"`      // default 1
+	TimestampThreshold *int   `yaml:"timestamp_threshold"` // default 1
+}
+
+// Attestation is a required attestation rule.
+type Attestation struct {
+	Name          string   `yaml:"name"`
+	PredicateType string   `yaml:"predicate_type"`
+	Authorities   []string `yaml:"authorities"` // authority names of the same boundary
+	MaxAge        Duration `yaml:"max_age"`
+	Condition     string   `yaml:"condition"` // CEL
+}
+
+// Lineage makes provenance dependencies part of the decision.
+type Lineage struct {
+	Depth   int      `yaml:"depth"`
+	Require []string `yaml:"require"`
+}
+
+// Cache sizes and lifetimes.
+type Cache struct {
+	Verdicts    int      `yaml:"verdicts"`     // default 100000
+	AllowTTL    Duration `yaml:"allow_ttl"`    // default 10m
+	DenyTTL     Duration `yaml:"deny_ttl"`     // default 30s
+	ManifestMiB int      `yaml:"manifest_mib"` // verified manifest bytes kept; default 64
+	TagTTL      Duration `yaml:"tag_ttl"`      // default 0: re-resolve tags on every request
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug|info|warn|error, default info
+	Format string `yaml:"format"` // json (default) | console
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s", "720h").
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }

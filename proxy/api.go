@@ -1,0 +1,48 @@
+package proxy
+
+import (
+	"context"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/portcullis-oci/portcullis/verify"
+)
+
+// Verifier decides on a subject. verify.Engine satisfies it.
+type Verifier interface {
+	// Verify returns a verdict for subject, reading evidence through f. A
+	// non-nil error means no decision could be made; the proxy fails closed.
+	Verify(ctx context.Context, subject verify.Subject, f verify.Fetcher) (verify.Verdict, error)
+	// Fingerprint identifies the policy and trust material; it is part of
+	// every verdict cache key.
+	Fingerprint() string
+}
+
+// VerdictCache stores verdicts by key. cache.Verdicts satisfies it. The
+// cache chooses the lifetime from the verdict (allow vs deny TTL).
+type VerdictCache interface {
+	Get(key string) (verify.Verdict, bool)
+	Add(key string, v verify.Verdict)
+}
+
+// ManifestCache keeps verified manifest bytes by digest. cache.Manifests
+// satisfies it; it bounds itself by total bytes.
+type ManifestCache interface {
+	Get(digest string) (verify.Manifest, bool)
+	Add(m verify.Manifest)
+}
+
+// Upstream is one registry the proxy pulls from, already validated.
+type Upstream struct {
+	Name string
+	// URL is scheme://host[:port]. http is only accepted with Insecure.
+	URL      string
+	Aliases  []string // lookup keys for ?ns= and path prefixes; Name is implied
+	Insecure bool     // plain HTTP or unverified TLS, loudly logged
+	// RootCAs is a PEM bundle added to the system pool; nil for system only.
+	RootCAs []byte
+	// Auth resolves credentials for the upstream; nil means anonymous.
+	Auth authn.Keychain
+	// Timeout bounds each upstream call (default 30s).
+	Timeout time.Duration
+}

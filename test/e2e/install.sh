@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Installs the real peers the end-to-end suite drives: Debian's registry,
+# skopeo and containerd, and pinned Go builds of crane, oras, regctl, cosign
+# v2 (legacy .sig/.att) and cosign v3 (sigstore bundles), plus olareg (a
+# registry with the referrers API). Idempotent: a tool already at the pinned
+# version is not rebuilt. Binaries go to $E2E_BIN (default /usr/local/e2e/bin).
+set -euo pipefail
+E2E_BIN=${E2E_BIN:-/usr/local/e2e/bin}
+mkdir -p "$E2E_BIN"
+here=$(cd "$(dirname "$0")" && pwd)
+
+phase() { printf '[install] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+apt_tools() {
+  if command -v docker-registry >/dev/null && command -v skopeo >/dev/null && command -v ctr >/dev/null; then
+    phase "apt tools present"; return
+  fi
+  phase "apt-get install docker-registry skopeo containerd"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends docker-registry skopeo containerd >/dev/null
+}
+
+# goinst NAME PKG@VERSION: builds into a per-version directory so a version
+# bump rebuilds and a repeat run is free.
+goinst() {
+  local name=$1 spec=$2 dir="$E2E_BIN/.gobin/${2//[\/@]/_}"
+  if [ ! -x "$dir/$(basename "${spec%@*}")" ]; then
+    phase "go install $spec"
+    GOBIN="$dir" go install "$spec"
+  fi
+  ln -sf "$dir/$(basename "${spec%@*}")" "$E2E_BIN/$name"
+}
+
+olareg() {
+  local dir="$E2E_BIN/.gobin/olareg_v0.2.2"
+  if [ ! -x "$dir/olareg" ]; then
+    phase "build olareg v0.2.2"
+    GOBIN="$dir" bash -c "cd '$here/olareg' && go install github.com/olareg/olareg/cmd/olareg"
+  fi
+  ln -sf "$dir/olareg" "$E2E_BIN/olareg"
+}
+
+case "${1:-all}" in
+  apt) apt_tools ;;
+  clients)
+    goinst crane github.com/google/go-containerregistry/cmd/crane@v0.22.1
+    goinst oras oras.land/oras/cmd/oras@v1.3.6
+    goinst regctl github.com/regclient/regclient/cmd/regctl@v0.11.7
+    olareg ;;
+  cosign3) goinst cosign3 github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3 ;;
+  cosign2) goinst cosign2 github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5 ;;
+  all)
+    apt_tools
+    "$0" clients
+    "$0" cosign2
+    "$0" cosign3 ;;
+  *) echo "usage: $0 [apt|clients|cosign2|cosign3|all]" >&2; exit 2 ;;
+esac
+phase "done ${1:-all}"

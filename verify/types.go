@@ -1,0 +1,188 @@
+package verify
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/sigstore/sigstore-go/pkg/root"
+)
+
+// Subject is the manifest a decision is about. Its bytes have already been
+// checked against Digest by the caller.
+type Subject struct {
+	Upstream   string // configured upstream name
+	Repository string // repository path at that upstream, e.g. "library/alpine"
+	Reference  string // what the client asked for (tag or digest), for messages only
+	Digest     v1.Hash
+	MediaType  types.MediaType
+	// ArtifactType is the manifest's artifactType, else its config media
+	// type; empty for an index without artifactType.
+	ArtifactType string
+	Manifest     []byte
+}
+
+// Manifest is a manifest read from an upstream. Bytes hash to Digest.
+type Manifest struct {
+	Digest    v1.Hash
+	MediaType types.MediaType
+	Bytes     []byte
+}
+
+// Fetcher gives read access to evidence in one upstream. It is implemented by
+// the proxy's upstream client; every method enforces its own size limits and
+// honours ctx deadlines. Content returned by digest has been checked against
+// that digest.
+type Fetcher interface {
+	// Referrers lists the referrers of digest through the OCI 1.1 API.
+	// It returns ErrNoReferrersAPI when the registry does not implement it
+	// (404 on the endpoint), so the caller can use the fallback tag.
+	Referrers(ctx context.Context, repo string, digest v1.Hash) (*v1.IndexManifest, error)
+	// Manifest fetches a manifest by tag or digest. ErrNotFound when absent.
+	Manifest(ctx context.Context, repo, ref string) (Manifest, error)
+	// Blob reads a whole blob of at most limit bytes; a larger one is an
+	// error, not a truncation. ErrNotFound when absent.
+	Blob(ctx context.Context, repo string, digest v1.Hash, limit int64) ([]byte, error)
+}
+
+var (
+	// ErrNotFound is returned by a Fetcher when the upstream says the
+	// content does not exist (404 / MANIFEST_UNKNOWN / BLOB_UNKNOWN).
+	ErrNotFound = errors.New("not found")
+	// ErrNoReferrersAPI is returned by Fetcher.Referrers when the upstream
+	// has no referrers endpoint.
+	ErrNoReferrersAPI = errors.New("registry has no referrers API")
+)
+
+// Mode says what a boundary does with a denial.
+type Mode string
+
+const (
+	// ModeEnforce refuses denied content.
+	ModeEnforce Mode = "enforce"
+	// ModeWarn serves denied content but reports the would-be denial.
+	ModeWarn Mode = "warn"
+)
+
+// Policy is the compiled, validated policy the Engine enforces. It is built
+// from configuration by the command and never mutated afterwards.
+type Policy struct {
+	Boundaries []Boundary // first match wins
+	// Fingerprint identifies this policy together with the bytes of all
+	// trust material it references; a change gives a new fingerprint and so
+	// new cache keys.
+	Fingerprint string
+}
+
+// Boundary is one trust boundary: which repositories it covers and what
+// evidence they need.
+type Boundary struct {
+	Name string
+	// Upstream is the configured upstream name this boundary covers; "" or
+	// "*" matches every upstream.
+	Upstream string
+	// Repositories are globs: "*" matches within one path segment, "**"
+	// crosses slashes. Empty matches every repository.
+	Repositories []string
+	// ArtifactTypes, when non-empty, restrict the boundary to subjects whose
+	// ArtifactType is listed.
+	ArtifactTypes []string
+	Mode          Mode
+	// Threshold is how many distinct Authorities must verify.
+	Threshold    int
+	Authorities  []Authority
+	Attestations []AttestationRule
+	Lineage      *LineageRule
+}
+
+// Authority is a named signer the boundary accepts: exactly one of Key or
+// Keyless is set.
+type Authority struct {
+	Name    string
+	Key     *KeyAuthority
+	Keyless *KeylessAuthority
+}
+
+// KeyAuthority accepts signatures made with any of a set of public keys.
+type KeyAuthority struct {
+	TrustName string // the trust entry the keys came from
+	// Keys are PEM public keys (ECDSA P-256/P-384, RSA, Ed25519), in the
+	// order they were configured.
+	Keys []NamedKey
+}
+
+// NamedKey is a public key with a stable name (its file path in config).
+type NamedKey struct {
+	Name string
+	PEM  []byte
+}
+
+// KeylessAuthority accepts Fulcio-certified signatures whose certificate
+// identity matches.
+type KeylessAuthority struct {
+	TrustName     string
+	TrustedRoot   root.TrustedMaterial
+	Issuer        string // exact; one of Issuer/IssuerRegex is required
+	IssuerRegex   string
+	Subject       string // exact SAN; one of Subject/SubjectRegex is required
+	SubjectRegex  string
+	TlogThreshold int // transparency-log entries required (default 1)
+	// TimestampThreshold is the number of RFC3161 or tlog-integrated
+	// timestamps required (default 1).
+	TimestampThreshold int
+}
+
+// AttestationRule requires an attestation of one predicate type.
+type AttestationRule struct {
+	Name          string
+	PredicateType string
+	Authorities   []string // names of the boundary's authorities
+	MaxAge        time.Duration
+	Condition     string // CEL; compiled by the engine
+}
+
+// LineageRule makes the dependencies listed in provenance part of the
+// decision.
+type LineageRule struct {
+	Depth   int
+	Require []string // dependency name globs that must be present and verified
+}
+
+// Signer is one authority that verified the subject.
+type Signer struct {
+	Authority string `json:"authority"`
+	Kind      string `json:"kind"` // "key" or "keyless"
+	Identity  string `json:"identity,omitempty"`
+	Issuer    string `json:"issuer,omitempty"`
+	Key       string `json:"key,omitempty"`
+	Evidence  string `json:"evidence"` // "cosign-legacy", "sigstore-bundle", ...
+}
+
+// Verdict is a policy outcome. A denial is a Verdict with Allowed false and
+// at least one Reason; errors are reserved for failures to decide.
+type Verdict struct {
+	Allowed  bool     `json:"allowed"`
+	Mode     Mode     `json:"mode"`
+	Boundary string   `json:"boundary"`
+	Digest   string   `json:"digest"`
+	Signers  []Signer `json:"signers,omitempty"`
+	// Reasons say why the subject was denied, or why individual pieces of
+	// evidence were rejected when it was allowed anyway.
+	Reasons []string `json:"reasons,omitempty"`
+	// Lineage holds the verdicts of the dependencies that were followed.
+	Lineage   []Dependency `json:"lineage,omitempty"`
+	CheckedAt time.Time    `json:"checked_at"`
+}
+
+// Dependency is one followed lineage edge.
+type Dependency struct {
+	Name    string   `json:"name"`
+	URI     string   `json:"uri"`
+	Verdict *Verdict `json:"verdict,omitempty"`
+}
+
+// Served reports whether the proxy may serve the subject: allowed, or denied
+// in warn mode.
+func (v Verdict) Served() bool { return v.Allowed || v.Mode == ModeWarn }
