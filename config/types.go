@@ -6,7 +6,7 @@ import "time"
 // YAML keys in snake_case; unknown keys are errors.
 type Config struct {
 	Listen          string     `yaml:"listen"` // default ":5000"
-	Admin           string     `yaml:"admin"`  // default "127.0.0.1:9090"; "" disables
+	Admin           string     `yaml:"admin"`  // default "127.0.0.1:9090" when the key is absent; an explicit "" disables
 	TLS             *TLS       `yaml:"tls"`
 	Upstreams       []Upstream `yaml:"upstreams"`
 	DefaultUpstream string     `yaml:"default_upstream"`
@@ -27,6 +27,10 @@ type Config struct {
 	// Path is the file the config was read from ("" when parsed from bytes);
 	// relative paths in the file are resolved against its directory.
 	Path string `yaml:"-"`
+
+	// lines maps key paths ("upstreams[1].aliases[0]") to the line they
+	// appear on, so that checks made after parsing can point into the file.
+	lines map[string]int
 }
 
 // TLS serves the registry listener over HTTPS.

@@ -2,19 +2,43 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/url"
+	"regexp"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
+
 	"github.com/portcullis-oci/portcullis/verify"
 )
 
 // MaxManifestBytes is the largest manifest (or index) accepted from an
 // upstream; larger ones are refused before they are read whole.
 const MaxManifestBytes = 4 << 20
+
+const (
+	// DefaultTimeout bounds a call when Config.Timeout is zero.
+	DefaultTimeout = 30 * time.Second
+	// maxRedirects bounds the redirect chain of one call.
+	maxRedirects = 5
+	// transportCacheSize bounds the number of per-repository authenticated
+	// transports kept; an evicted one is rebuilt (ping and token exchange)
+	// on next use.
+	transportCacheSize = 1024
+)
 
 // Config describes one upstream registry.
 type Config struct {
@@ -25,81 +49,447 @@ type Config struct {
 	Auth     authn.Keychain
 	Timeout  time.Duration // per call; default 30s
 	// Transport is the base round tripper (tests inject spies); default a
-	// clone of http.DefaultTransport with RootCAs/Insecure applied.
+	// clone of http.DefaultTransport with RootCAs/Insecure applied. When
+	// set, RootCAs and Insecure's TLS setting are not applied to it, but
+	// plain http is still refused unless Insecure.
 	Transport http.RoundTripper
 }
 
 // Client talks to one upstream registry. Safe for concurrent use.
 // It implements verify.Fetcher.
-type Client struct{}
+type Client struct {
+	name     string
+	base     url.URL // scheme and host of the registry, nothing else
+	reg      name.Registry
+	keychain authn.Keychain
+	timeout  time.Duration
+	insecure bool
+
+	// bare carries no credentials; it is used for the auth handshake's
+	// inner transport and for redirect hops to other hosts.
+	bare http.RoundTripper
+
+	transports *lru.Cache[string, http.RoundTripper]
+	setup      singleflight.Group
+}
 
 var _ verify.Fetcher = (*Client)(nil)
 
 // New validates cfg and returns a client. Nothing is dialled.
-func New(cfg Config) (*Client, error) { panic("unimplemented") }
+func New(cfg Config) (*Client, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("upstream: name is required")
+	}
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: parsing url: %w", cfg.Name, err)
+	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && cfg.Insecure:
+	case u.Scheme == "http":
+		return nil, fmt.Errorf("upstream %s: plain http requires insecure", cfg.Name)
+	default:
+		return nil, fmt.Errorf("upstream %s: url scheme must be https (or http with insecure), got %q", cfg.Name, u.Scheme)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("upstream %s: url has no host", cfg.Name)
+	}
+	// Credentials come from the keychain only; a URL carrying them would
+	// end up in logs and error messages.
+	if u.User != nil {
+		return nil, fmt.Errorf("upstream %s: url must not contain credentials", cfg.Name)
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("upstream %s: url must be scheme://host[:port] only", cfg.Name)
+	}
+	if cfg.Timeout < 0 {
+		return nil, fmt.Errorf("upstream %s: negative timeout", cfg.Name)
+	}
+	timeout := cfg.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+
+	opts := []name.Option{name.StrictValidation}
+	if cfg.Insecure {
+		opts = append(opts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(u.Host, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
+	}
+
+	base := cfg.Transport
+	if base == nil {
+		base, err = newTransport(cfg.RootCAs, cfg.Insecure, timeout)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
+		}
+	} else if len(cfg.RootCAs) > 0 {
+		return nil, fmt.Errorf("upstream %s: root CAs cannot be applied to a custom transport", cfg.Name)
+	}
+
+	cache, err := lru.New[string, http.RoundTripper](transportCacheSize)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
+	}
+	kc := cfg.Auth
+	if kc == nil {
+		kc = anonymousKeychain{}
+	}
+	return &Client{
+		name: cfg.Name,
+		// name.NewRegistry canonicalises some hosts (docker.io becomes
+		// index.docker.io); requests go where credentials are attached.
+		base:       url.URL{Scheme: u.Scheme, Host: reg.RegistryStr()},
+		reg:        reg,
+		keychain:   kc,
+		timeout:    timeout,
+		insecure:   cfg.Insecure,
+		bare:       &schemeGuard{inner: base, allowHTTP: cfg.Insecure},
+		transports: cache,
+	}, nil
+}
+
+type anonymousKeychain struct{}
+
+func (anonymousKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
+	return authn.Anonymous, nil
+}
+
+func newTransport(rootCAs []byte, insecure bool, timeout time.Duration) (*http.Transport, error) {
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if len(rootCAs) > 0 {
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(rootCAs) {
+			return nil, errors.New("root CAs: no PEM certificate found")
+		}
+		tlsCfg.RootCAs = pool
+	}
+	if insecure {
+		tlsCfg.InsecureSkipVerify = true
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.TLSClientConfig = tlsCfg
+	t.TLSHandshakeTimeout = 10 * time.Second
+	t.ResponseHeaderTimeout = timeout
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 64
+	t.IdleConnTimeout = 90 * time.Second
+	t.ForceAttemptHTTP2 = true
+	// Registry content is already compressed and addressed by digest;
+	// transparent decompression would only hide the real Content-Length.
+	t.DisableCompression = true
+	return t, nil
+}
+
+// schemeGuard refuses plain http unless the upstream is insecure. It sits
+// under everything, so the ping, token exchange and redirect hops cannot
+// be downgraded either.
+type schemeGuard struct {
+	inner     http.RoundTripper
+	allowHTTP bool
+}
+
+func (g *schemeGuard) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Scheme == "https" || (r.URL.Scheme == "http" && g.allowHTTP) {
+		return g.inner.RoundTrip(r)
+	}
+	if r.Body != nil {
+		r.Body.Close()
+	}
+	return nil, fmt.Errorf("refusing %s request to host %q", r.URL.Scheme, r.URL.Host)
+}
 
 // Name is the configured upstream name.
-func (c *Client) Name() string { panic("unimplemented") }
+func (c *Client) Name() string { return c.name }
 
-// Resolve finds the digest of ref (tag or digest) with HEAD, falling back to
-// GET when the upstream sends no Docker-Content-Digest. When it had to GET,
-// the verified manifest is returned too (Bytes non-nil) so the caller need
-// not fetch again. accept is the client's Accept list (a default list of all
-// OCI and Docker manifest types when empty).
-func (c *Client) Resolve(ctx context.Context, repo, ref string, accept []string) (v1.Descriptor, *verify.Manifest, error) {
-	panic("unimplemented")
+// authTransport returns the authenticated transport for repo, performing
+// the ping and token exchange on first use. Concurrent first uses share one
+// handshake, which runs on a context detached from any single caller (but
+// bounded by the timeout) so one caller giving up does not fail the others.
+func (c *Client) authTransport(ctx context.Context, repo string) (http.RoundTripper, error) {
+	if rt, ok := c.transports.Get(repo); ok {
+		return rt, nil
+	}
+	ch := c.setup.DoChan(repo, func() (any, error) {
+		if rt, ok := c.transports.Get(repo); ok {
+			return rt, nil
+		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+		defer cancel()
+		r := c.reg.Repo(repo)
+		auth, err := authn.Resolve(sctx, c.keychain, r)
+		if err != nil {
+			return nil, fmt.Errorf("resolving credentials: %w", err)
+		}
+		rt, err := transport.NewWithContext(sctx, c.reg, auth, c.bare, []string{r.Scope(transport.PullScope)})
+		if err != nil {
+			return nil, fmt.Errorf("authenticating: %w", err)
+		}
+		c.transports.Add(repo, rt)
+		return rt, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", c.name, res.Err)
+		}
+		return res.Val.(http.RoundTripper), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("upstream %s: authenticating: %w", c.name, context.Cause(ctx))
+	}
 }
 
-// GetManifest fetches a manifest by tag or digest through a
-// MaxManifestBytes limit and checks the body against the digest (the
-// requested one, else Docker-Content-Digest). Mismatch is an error.
-func (c *Client) GetManifest(ctx context.Context, repo, ref string, accept []string) (verify.Manifest, error) {
-	panic("unimplemented")
+var noRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// do sends one request to /v2/<repo>/<path> and follows redirects itself:
+// hops to the registry host go through the authenticated transport, hops
+// anywhere else through the bare one, and every hop starts from hdr, which
+// never holds credentials (the auth transport adds them per request).
+func (c *Client) do(ctx context.Context, method, repo, path string, query url.Values, hdr http.Header) (*http.Response, error) {
+	rt, err := c.authTransport(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	u := c.base
+	u.Path = "/v2/" + repo + "/" + path
+	if len(query) > 0 {
+		u.RawQuery = query.Encode()
+	}
+	target := &u
+	for hop := 0; ; hop++ {
+		req, err := http.NewRequestWithContext(ctx, method, target.String(), nil)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", c.name, err)
+		}
+		req.Header = hdr.Clone()
+		if req.Header == nil {
+			req.Header = http.Header{}
+		}
+		hc := &http.Client{Transport: c.bare, CheckRedirect: noRedirect}
+		if c.isRegistry(target) {
+			hc.Transport = rt
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				// Storage redirects often carry presigned query strings;
+				// those are credentials too and stay out of errors.
+				ue.URL = redacted(target)
+			}
+			return nil, fmt.Errorf("upstream %s: %w", c.name, err)
+		}
+		if !isRedirect(resp.StatusCode) {
+			return resp, nil
+		}
+		loc := resp.Header.Get("Location")
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		resp.Body.Close()
+		if hop >= maxRedirects {
+			return nil, fmt.Errorf("upstream %s: %w: more than %d redirects", c.name, ErrInvalidResponse, maxRedirects)
+		}
+		next, err := c.redirectTarget(target, loc)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", c.name, err)
+		}
+		target = next
+		if resp.StatusCode == http.StatusSeeOther && method != http.MethodHead {
+			method = http.MethodGet
+		}
+	}
 }
 
-// OpenBlob opens a blob for streaming. method is GET or HEAD; hdr may carry
-// Range/If-* headers to forward. Redirects to storage hosts are followed
-// without the upstream's credentials. The caller must close the body. A non
-// 2xx upstream answer is returned as *Error (body already drained and
-// closed).
-func (c *Client) OpenBlob(ctx context.Context, method, repo string, digest v1.Hash, hdr http.Header) (*http.Response, error) {
-	panic("unimplemented")
+func redacted(u *url.URL) string {
+	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}
+	if u.RawQuery != "" {
+		r.RawQuery = "redacted"
+	}
+	return r.String()
+}
+
+func isRedirect(status int) bool {
+	switch status {
+	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		return true
+	}
+	return false
+}
+
+func (c *Client) redirectTarget(from *url.URL, loc string) (*url.URL, error) {
+	if loc == "" {
+		return nil, fmt.Errorf("%w: redirect without Location", ErrInvalidResponse)
+	}
+	ref, err := url.Parse(loc)
+	if err != nil {
+		return nil, fmt.Errorf("%w: unparsable redirect Location", ErrInvalidResponse)
+	}
+	next := from.ResolveReference(ref)
+	switch {
+	case next.Scheme == "https":
+	case next.Scheme == "http" && c.insecure:
+	default:
+		return nil, fmt.Errorf("%w: refusing redirect to a %q URL", ErrInvalidResponse, next.Scheme)
+	}
+	if next.Host == "" {
+		return nil, fmt.Errorf("%w: redirect to a URL without host", ErrInvalidResponse)
+	}
+	// net/http would turn userinfo into a Basic Authorization header; no
+	// credential of any kind goes to a redirect target.
+	next.User = nil
+	next.Fragment = ""
+	return next, nil
+}
+
+func (c *Client) isRegistry(u *url.URL) bool {
+	return u.Scheme == c.base.Scheme && u.Host == c.base.Host
+}
+
+// deadline says how Config.Timeout applies to a call.
+type deadline int
+
+const (
+	// wholeCall bounds the request and the reading of the body.
+	wholeCall deadline = iota
+	// headersOnly bounds the request until response headers arrive; the
+	// body is then bounded by the caller's context only.
+	headersOnly
+)
+
+// open performs a request with the given deadline policy and turns any
+// status outside ok into *Error. The returned body cancels the call's
+// context when closed.
+func (c *Client) open(ctx context.Context, dl deadline, method, repo, path string, query url.Values, hdr http.Header, ok ...int) (*http.Response, error) {
+	var (
+		cancel   context.CancelFunc
+		timer    *time.Timer
+		timedOut atomic.Bool
+	)
+	if dl == wholeCall {
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
+		timer = time.AfterFunc(c.timeout, func() {
+			timedOut.Store(true)
+			cancel()
+		})
+	}
+	resp, err := c.do(ctx, method, repo, path, query, hdr)
+	if timer != nil && !timer.Stop() {
+		// The timer fired, possibly just after headers arrived: the body
+		// is cancelled either way, so report the timeout.
+		if err == nil {
+			resp.Body.Close()
+		}
+		cancel()
+		return nil, fmt.Errorf("upstream %s: no response within %s: %w", c.name, c.timeout, context.DeadlineExceeded)
+	}
+	if err != nil {
+		cancel()
+		if timedOut.Load() {
+			return nil, fmt.Errorf("upstream %s: no response within %s: %w", c.name, c.timeout, context.DeadlineExceeded)
+		}
+		return nil, err
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	for _, s := range ok {
+		if resp.StatusCode == s {
+			return resp, nil
+		}
+	}
+	return nil, newError(c.name, resp)
+}
+
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 // Get performs a read-only GET of an API path under /v2/<repo>/ (e.g.
 // "tags/list", "referrers/sha256:…") with query, for pass-through
-// endpoints. Non-2xx answers are returned as *Error.
+// endpoints. Non-2xx answers are returned as *Error. Only Accept is
+// forwarded from hdr. The timeout covers reading the body too, so the
+// caller should copy it promptly; closing the body releases the call.
 func (c *Client) Get(ctx context.Context, repo, path string, query url.Values, hdr http.Header) (*http.Response, error) {
-	panic("unimplemented")
+	if err := validRepo(repo); err != nil {
+		return nil, err
+	}
+	if err := validAPIPath(path); err != nil {
+		return nil, err
+	}
+	resp, err := c.open(ctx, wholeCall, http.MethodGet, repo, path, query, forward(hdr, "Accept"),
+		http.StatusOK, http.StatusNonAuthoritativeInfo, http.StatusNoContent, http.StatusPartialContent)
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
 }
 
-// Referrers implements verify.Fetcher.
-func (c *Client) Referrers(ctx context.Context, repo string, digest v1.Hash) (*v1.IndexManifest, error) {
-	panic("unimplemented")
+// forward copies only the named headers, so nothing a client sent (its
+// own Authorization in particular) reaches the upstream by accident.
+func forward(hdr http.Header, keys ...string) http.Header {
+	out := http.Header{}
+	for _, k := range keys {
+		if v := hdr.Values(k); len(v) > 0 {
+			out[http.CanonicalHeaderKey(k)] = append([]string(nil), v...)
+		}
+	}
+	return out
 }
 
-// Manifest implements verify.Fetcher.
-func (c *Client) Manifest(ctx context.Context, repo, ref string) (verify.Manifest, error) {
-	panic("unimplemented")
+var (
+	// Repository names as the distribution spec defines them.
+	repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
+	tagRE  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+	// API path segments: letters, digits and the punctuation digests and
+	// endpoint names use; nothing that could change the path's meaning.
+	apiPathRE = regexp.MustCompile(`^[A-Za-z0-9._:-]+(?:/[A-Za-z0-9._:-]+)*$`)
+)
+
+func validRepo(repo string) error {
+	if len(repo) > 255 || !repoRE.MatchString(repo) {
+		return fmt.Errorf("invalid repository name %q", sanitize(repo, 300))
+	}
+	return nil
 }
 
-// Blob implements verify.Fetcher: the whole blob, read through limit and
-// checked against digest.
-func (c *Client) Blob(ctx context.Context, repo string, digest v1.Hash, limit int64) ([]byte, error) {
-	panic("unimplemented")
+func validAPIPath(p string) error {
+	if len(p) > 512 || !apiPathRE.MatchString(p) {
+		return fmt.Errorf("invalid API path %q", sanitize(p, 600))
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "." || seg == ".." {
+			return fmt.Errorf("invalid API path %q", p)
+		}
+	}
+	return nil
 }
 
-// Error is an upstream's non-2xx answer, kept so the proxy can pass its
-// status and diagnostics on. Body is at most 64 KiB.
-type Error struct {
-	Status int
-	Header http.Header
-	Body   []byte
+// parseRef returns the digest when ref is one; a tag returns ok false.
+// Digests of algorithms other than sha256 and sha512 are refused.
+func parseRef(ref string) (d v1.Hash, isDigest bool, err error) {
+	if strings.Contains(ref, ":") {
+		d, err := v1.NewHash(ref)
+		if err != nil {
+			return v1.Hash{}, false, fmt.Errorf("unsupported or malformed digest %q: %w", sanitize(ref, 200), err)
+		}
+		return d, true, nil
+	}
+	if !tagRE.MatchString(ref) {
+		return v1.Hash{}, false, fmt.Errorf("invalid tag %q", sanitize(ref, 200))
+	}
+	return v1.Hash{}, false, nil
 }
-
-func (e *Error) Error() string { panic("unimplemented") }
-
-// IsTransient reports whether err is a failure to reach or hear from the
-// upstream (connection refused, DNS, timeout, 5xx, 429) rather than an
-// answer about the content.
-func IsTransient(err error) bool { return errors.Is(err, context.DeadlineExceeded) }

@@ -1,0 +1,102 @@
+package config
+
+import "time"
+
+// Defaults for values the file leaves out. A zero value in the file means
+// "not set" for every field listed here, except admin (see below).
+const (
+	DefaultListen          = ":5000"
+	DefaultAdmin           = "127.0.0.1:9090" // loopback: metrics and decisions are not public
+	DefaultUnmatched       = UnmatchedDeny
+	DefaultMode            = ModeEnforce
+	DefaultThreshold       = 1
+	DefaultCacheVerdicts   = 100_000
+	DefaultAllowTTL        = 10 * time.Minute
+	DefaultDenyTTL         = 30 * time.Second // short, so a newly signed artifact is served soon after
+	DefaultManifestMiB     = 64
+	DefaultTagTTL          = time.Duration(0) // tags are re-resolved on every request
+	DefaultUpstreamTimeout = 30 * time.Second
+	DefaultVerifyTimeout   = 60 * time.Second
+	DefaultLogLevel        = "info"
+	DefaultLogFormat       = "json"
+	// DefaultTlogThreshold and DefaultTimestampThreshold require one
+	// transparency log entry and one signed timestamp for keyless
+	// signatures, as cosign does.
+	DefaultTlogThreshold      = 1
+	DefaultTimestampThreshold = 1
+)
+
+// Values of Config.Unmatched and Boundary.Mode.
+const (
+	UnmatchedDeny          = "deny"
+	UnmatchedInsecureAllow = "insecure-allow"
+	ModeEnforce            = "enforce"
+	ModeWarn               = "warn"
+)
+
+// SetDefaults fills every unset field with its default. Parse and Load call
+// it; programs that build a Config in code call it before Validate. It sets
+// Admin when it is empty, so such programs disable the admin listener by
+// clearing Admin afterwards; in a file, an explicit `admin: ""` does that.
+func (c *Config) SetDefaults() {
+	c.applyDefaults()
+}
+
+func (c *Config) applyDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if _, explicit := c.lines["admin"]; c.Admin == "" && !explicit {
+		c.Admin = DefaultAdmin
+	}
+	if c.Unmatched == "" {
+		c.Unmatched = DefaultUnmatched
+	}
+	if c.UpstreamTimeout == 0 {
+		c.UpstreamTimeout = Duration(DefaultUpstreamTimeout)
+	}
+	if c.VerifyTimeout == 0 {
+		c.VerifyTimeout = Duration(DefaultVerifyTimeout)
+	}
+	if c.Cache.Verdicts == 0 {
+		c.Cache.Verdicts = DefaultCacheVerdicts
+	}
+	if c.Cache.AllowTTL == 0 {
+		c.Cache.AllowTTL = Duration(DefaultAllowTTL)
+	}
+	if c.Cache.DenyTTL == 0 {
+		c.Cache.DenyTTL = Duration(DefaultDenyTTL)
+	}
+	if c.Cache.ManifestMiB == 0 {
+		c.Cache.ManifestMiB = DefaultManifestMiB
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = DefaultLogLevel
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = DefaultLogFormat
+	}
+	for i := range c.Boundaries {
+		b := &c.Boundaries[i]
+		if b.Mode == "" {
+			b.Mode = DefaultMode
+		}
+		if b.Signatures.Threshold == 0 {
+			b.Signatures.Threshold = DefaultThreshold
+		}
+		for j := range b.Signatures.Authorities {
+			k := b.Signatures.Authorities[j].Keyless
+			if k == nil {
+				continue
+			}
+			if k.TlogThreshold == nil {
+				v := DefaultTlogThreshold
+				k.TlogThreshold = &v
+			}
+			if k.TimestampThreshold == nil {
+				v := DefaultTimestampThreshold
+				k.TimestampThreshold = &v
+			}
+		}
+	}
+}

@@ -1,0 +1,479 @@
+package config
+
+import (
+	"fmt"
+	"mime"
+	"net"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Validate checks c, which must have its defaults applied, and returns a
+// *ValidationError listing every problem. It does not touch the file
+// system; see CheckFiles.
+func (c *Config) Validate() error {
+	return c.validate(c.Path)
+}
+
+func (c *Config) validate(file string) error {
+	r := &reporter{file: file, lines: c.lines}
+
+	checkHostPort(r, "listen", c.Listen, false)
+	checkHostPort(r, "admin", c.Admin, true)
+	if c.TLS != nil && (c.TLS.Cert == "" || c.TLS.Key == "") {
+		r.addf("tls", "cert and key must both be set")
+	}
+
+	upstreams := c.validateUpstreams(r)
+	if c.DefaultUpstream != "" {
+		if _, ok := upstreams[c.DefaultUpstream]; !ok {
+			r.addf("default_upstream", "no upstream is named %q", c.DefaultUpstream)
+		}
+	}
+	trust := c.validateTrust(r)
+
+	switch c.Unmatched {
+	case UnmatchedDeny, UnmatchedInsecureAllow:
+	default:
+		r.addf("unmatched", "must be %q or %q, not %q", UnmatchedDeny, UnmatchedInsecureAllow, c.Unmatched)
+	}
+	if len(c.Boundaries) == 0 && c.Unmatched != UnmatchedInsecureAllow {
+		r.addf("boundaries", "at least one boundary is required (nothing would be served)")
+	}
+	bnames := map[string]string{}
+	for i := range c.Boundaries {
+		p := indexPath("boundaries", i)
+		b := &c.Boundaries[i]
+		if b.Name == "" {
+			r.addf(joinPath(p, "name"), "is required")
+		} else if prev, dup := bnames[b.Name]; dup {
+			r.addf(joinPath(p, "name"), "boundary name %q already used by %s", b.Name, prev)
+		} else {
+			bnames[b.Name] = p
+		}
+		validateBoundary(r, p, b, upstreams, trust)
+	}
+
+	if c.Cache.Verdicts <= 0 {
+		r.addf("cache.verdicts", "must be positive")
+	}
+	if c.Cache.ManifestMiB <= 0 {
+		r.addf("cache.manifest_mib", "must be positive")
+	}
+	if c.Cache.AllowTTL <= 0 {
+		r.addf("cache.allow_ttl", "must be positive")
+	}
+	if c.Cache.DenyTTL <= 0 {
+		r.addf("cache.deny_ttl", "must be positive")
+	}
+	if c.Cache.TagTTL < 0 {
+		r.addf("cache.tag_ttl", "must not be negative")
+	}
+	if c.UpstreamTimeout <= 0 {
+		r.addf("upstream_timeout", "must be positive")
+	}
+	if c.VerifyTimeout <= 0 {
+		r.addf("verify_timeout", "must be positive")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		r.addf("log.level", "must be one of debug, info, warn, error, not %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		r.addf("log.format", "must be json or console, not %q", c.Log.Format)
+	}
+	return r.err()
+}
+
+// checkHostPort accepts host:port with a numeric port; the host may be
+// empty (all interfaces).
+func checkHostPort(r *reporter, path, v string, emptyOK bool) {
+	if v == "" {
+		if !emptyOK {
+			r.addf(path, "is required")
+		}
+		return
+	}
+	_, port, err := net.SplitHostPort(v)
+	if err != nil {
+		r.addf(path, "%q is not host:port", v)
+		return
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || port == "" || (n == 0 && port != "0") {
+		r.addf(path, "%q has an invalid port", v)
+	}
+}
+
+// validateUpstreams returns the upstreams by name, for reference checks.
+func (c *Config) validateUpstreams(r *reporter) map[string]*Upstream {
+	byName := map[string]*Upstream{}
+	if len(c.Upstreams) == 0 {
+		r.addf("upstreams", "at least one upstream is required")
+	}
+	// Names and aliases share one namespace: both are routing keys.
+	owner := map[string]string{} // routing key -> "upstreams[i]"
+	claim := func(path, key, what, up string) {
+		if prev, dup := owner[key]; dup {
+			r.addf(path, "%s %q already used by %s", what, key, prev)
+			return
+		}
+		owner[key] = up
+	}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		p := indexPath("upstreams", i)
+		switch {
+		case u.Name == "":
+			r.addf(joinPath(p, "name"), "is required")
+		case !isRegistryHost(u.Name):
+			r.addf(joinPath(p, "name"), "%q must look like a registry host (lowercase host[:port], no scheme or path): it is also a routing key", u.Name)
+		default:
+			claim(joinPath(p, "name"), u.Name, "name", p)
+			byName[u.Name] = u
+		}
+		for j, a := range u.Aliases {
+			ap := indexPath(joinPath(p, "aliases"), j)
+			if !isRegistryHost(a) {
+				r.addf(ap, "alias %q must look like a registry host (lowercase host[:port], no scheme or path)", a)
+				continue
+			}
+			if a == u.Name {
+				continue // the name is always an alias; repeating it is harmless
+			}
+			claim(ap, a, "alias", p)
+		}
+		validateURL(r, joinPath(p, "url"), u.URL, u.Insecure)
+		if u.Timeout < 0 {
+			r.addf(joinPath(p, "timeout"), "must not be negative")
+		}
+		if u.Auth != nil {
+			validateAuth(r, joinPath(p, "auth"), u.Auth)
+		}
+	}
+	return byName
+}
+
+func validateURL(r *reporter, path, raw string, insecure bool) {
+	if raw == "" {
+		r.addf(path, "is required")
+		return
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		r.addf(path, "%q is not a URL", raw)
+		return
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if !insecure {
+			r.addf(path, "%q uses plain http; set insecure: true to allow it (loopback and labs only)", raw)
+		}
+	default:
+		r.addf(path, "%q must use https (or http with insecure: true)", raw)
+		return
+	}
+	if u.Opaque != "" || u.Host == "" {
+		r.addf(path, "%q has no host", raw)
+	}
+	if u.User != nil {
+		r.addf(path, "URL must not contain credentials; use auth")
+	}
+	if u.Path != "" && u.Path != "/" {
+		r.addf(path, "%q must not have a path", raw)
+	}
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		r.addf(path, "%q must not have a query or fragment", raw)
+	}
+}
+
+var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+func validateAuth(r *reporter, path string, a *Auth) {
+	basic := a.Username != "" || a.UsernameEnv != "" || a.Password != "" || a.PasswordEnv != ""
+	hasUser := a.Username != "" || a.UsernameEnv != ""
+	hasPass := a.Password != "" || a.PasswordEnv != ""
+	switch {
+	case a.DockerConfig != "" && (basic || a.TokenEnv != ""):
+		r.addf(path, "docker_config cannot be combined with username, password or token_env")
+		return
+	case a.TokenEnv != "" && basic:
+		r.addf(path, "token_env cannot be combined with username or password")
+		return
+	case !basic && a.TokenEnv == "" && a.DockerConfig == "":
+		r.addf(path, "is empty; set username and password (or password_env), token_env or docker_config, or remove auth for anonymous access")
+		return
+	}
+	if a.Username != "" && a.UsernameEnv != "" {
+		r.addf(path, "username and username_env are exclusive")
+	}
+	if a.Password != "" && a.PasswordEnv != "" {
+		r.addf(path, "password and password_env are exclusive")
+	}
+	if basic && !hasUser {
+		r.addf(path, "a password needs a username (username or username_env)")
+	}
+	if basic && !hasPass {
+		r.addf(path, "a username needs a password (password_env or password)")
+	}
+	for key, v := range map[string]string{"username_env": a.UsernameEnv, "password_env": a.PasswordEnv, "token_env": a.TokenEnv} {
+		if v != "" && !envNameRE.MatchString(v) {
+			r.addf(joinPath(path, key), "%q is not an environment variable name", v)
+		}
+	}
+}
+
+// validateTrust returns the trust entries by name.
+func (c *Config) validateTrust(r *reporter) map[string]*Trust {
+	byName := map[string]*Trust{}
+	for i := range c.Trust {
+		t := &c.Trust[i]
+		p := indexPath("trust", i)
+		if t.Name == "" {
+			r.addf(joinPath(p, "name"), "is required")
+		} else if prev, dup := byName[t.Name]; dup {
+			r.addf(joinPath(p, "name"), "trust name %q already used by %s", t.Name, trustPath(c, prev))
+		} else {
+			byName[t.Name] = t
+		}
+		switch {
+		case len(t.Keys) > 0 && t.TrustedRoot != "":
+			r.addf(p, "set exactly one of keys and trusted_root, not both")
+		case len(t.Keys) == 0 && t.TrustedRoot == "":
+			r.addf(p, "set exactly one of keys and trusted_root")
+		}
+		for j, k := range t.Keys {
+			if strings.TrimSpace(k) == "" {
+				r.addf(indexPath(joinPath(p, "keys"), j), "must be a file path")
+			}
+		}
+	}
+	return byName
+}
+
+func trustPath(c *Config, t *Trust) string {
+	for i := range c.Trust {
+		if &c.Trust[i] == t {
+			return indexPath("trust", i)
+		}
+	}
+	return ""
+}
+
+func validateBoundary(r *reporter, p string, b *Boundary, upstreams map[string]*Upstream, trust map[string]*Trust) {
+	if u := b.Match.Upstream; u != "" && u != "*" {
+		if _, ok := upstreams[u]; !ok {
+			r.addf(joinPath(p, "match.upstream"), "no upstream is named %q", u)
+		}
+	}
+	for i, g := range b.Match.Repositories {
+		if err := checkRepoGlob(g); err != nil {
+			r.addf(indexPath(joinPath(p, "match.repositories"), i), "%q: %v", g, err)
+		}
+	}
+	for i, t := range b.Match.ArtifactTypes {
+		if !isMediaType(t) {
+			r.addf(indexPath(joinPath(p, "match.artifact_types"), i), "%q is not a media type", t)
+		}
+	}
+	switch b.Mode {
+	case ModeEnforce, ModeWarn:
+	default:
+		r.addf(joinPath(p, "mode"), "must be %q or %q, not %q", ModeEnforce, ModeWarn, b.Mode)
+	}
+
+	sp := joinPath(p, "signatures")
+	auths := map[string]bool{}
+	if len(b.Signatures.Authorities) == 0 {
+		r.addf(joinPath(sp, "authorities"), "at least one authority is required")
+	}
+	for i := range b.Signatures.Authorities {
+		a := &b.Signatures.Authorities[i]
+		ap := indexPath(joinPath(sp, "authorities"), i)
+		if a.Name == "" {
+			r.addf(joinPath(ap, "name"), "is required")
+		} else if auths[a.Name] {
+			r.addf(joinPath(ap, "name"), "authority name %q is already used in this boundary", a.Name)
+		} else {
+			auths[a.Name] = true
+		}
+		switch {
+		case a.Key != "" && a.Keyless != nil:
+			r.addf(ap, "set exactly one of key and keyless, not both")
+		case a.Key == "" && a.Keyless == nil:
+			r.addf(ap, "set exactly one of key and keyless")
+		case a.Key != "":
+			if t, ok := trust[a.Key]; !ok {
+				r.addf(joinPath(ap, "key"), "no trust entry is named %q", a.Key)
+			} else if len(t.Keys) == 0 {
+				r.addf(joinPath(ap, "key"), "trust entry %q has no keys", a.Key)
+			}
+		default:
+			validateKeyless(r, joinPath(ap, "keyless"), a.Keyless, trust)
+		}
+	}
+	if n := len(b.Signatures.Authorities); b.Signatures.Threshold < 1 || (n > 0 && b.Signatures.Threshold > n) {
+		r.addf(joinPath(sp, "threshold"), "must be between 1 and the number of authorities (%d), not %d", n, b.Signatures.Threshold)
+	}
+
+	anames := map[string]bool{}
+	for i := range b.Attestations {
+		at := &b.Attestations[i]
+		ap := indexPath(joinPath(p, "attestations"), i)
+		if at.Name == "" {
+			r.addf(joinPath(ap, "name"), "is required")
+		} else if anames[at.Name] {
+			r.addf(joinPath(ap, "name"), "attestation name %q is already used in this boundary", at.Name)
+		} else {
+			anames[at.Name] = true
+		}
+		if !isAbsoluteURI(at.PredicateType) {
+			r.addf(joinPath(ap, "predicate_type"), "%q must be an absolute URI", at.PredicateType)
+		}
+		if len(at.Authorities) == 0 {
+			r.addf(joinPath(ap, "authorities"), "at least one authority is required")
+		}
+		for j, name := range at.Authorities {
+			if !auths[name] {
+				r.addf(indexPath(joinPath(ap, "authorities"), j), "no authority named %q in this boundary's signatures", name)
+			}
+		}
+		if at.MaxAge < 0 {
+			r.addf(joinPath(ap, "max_age"), "must not be negative")
+		}
+	}
+
+	if l := b.Lineage; l != nil {
+		lp := joinPath(p, "lineage")
+		if l.Depth < 1 || l.Depth > 10 {
+			r.addf(joinPath(lp, "depth"), "must be between 1 and 10, not %d", l.Depth)
+		}
+		for i, g := range l.Require {
+			if strings.TrimSpace(g) == "" {
+				r.addf(indexPath(joinPath(lp, "require"), i), "must not be empty")
+			}
+		}
+	}
+}
+
+func validateKeyless(r *reporter, p string, k *Keyless, trust map[string]*Trust) {
+	if k.Trust == "" {
+		r.addf(joinPath(p, "trust"), "is required")
+	} else if t, ok := trust[k.Trust]; !ok {
+		r.addf(joinPath(p, "trust"), "no trust entry is named %q", k.Trust)
+	} else if t.TrustedRoot == "" {
+		r.addf(joinPath(p, "trust"), "trust entry %q has no trusted_root", k.Trust)
+	}
+	pair := func(exact, exactKey, re, reKey string) {
+		switch {
+		case exact != "" && re != "":
+			r.addf(p, "%s and %s are exclusive", exactKey, reKey)
+		case exact == "" && re == "":
+			r.addf(p, "one of %s and %s is required", exactKey, reKey)
+		case re != "":
+			if _, err := regexp.Compile(re); err != nil {
+				r.addf(joinPath(p, reKey), "invalid regular expression: %v", err)
+			}
+		}
+	}
+	pair(k.Issuer, "issuer", k.IssuerRegex, "issuer_regex")
+	pair(k.Subject, "subject", k.SubjectRegex, "subject_regex")
+	if k.TlogThreshold != nil && *k.TlogThreshold < 0 {
+		r.addf(joinPath(p, "tlog_threshold"), "must not be negative")
+	}
+	if k.TimestampThreshold != nil && *k.TimestampThreshold < 0 {
+		r.addf(joinPath(p, "timestamp_threshold"), "must not be negative")
+	}
+	// A Fulcio certificate lives minutes; without an observed signing time
+	// its validity cannot be established.
+	if k.TlogThreshold != nil && k.TimestampThreshold != nil && *k.TlogThreshold == 0 && *k.TimestampThreshold == 0 {
+		r.addf(p, "tlog_threshold and timestamp_threshold cannot both be 0: a keyless signature needs an observed signing time")
+	}
+}
+
+// isRegistryHost accepts what may follow "?ns=" or lead a repository path:
+// a lowercase DNS name or IP, optionally with a port.
+func isRegistryHost(s string) bool {
+	host, port := s, ""
+	if strings.HasPrefix(s, "[") {
+		end := strings.Index(s, "]")
+		if end < 0 {
+			return false
+		}
+		host = s[1:end]
+		if ip := net.ParseIP(host); ip == nil || ip.To4() != nil {
+			return false
+		}
+		if rest := s[end+1:]; rest != "" {
+			var ok bool
+			if port, ok = strings.CutPrefix(rest, ":"); !ok || port == "" {
+				return false
+			}
+		}
+	} else if i := strings.LastIndexByte(s, ':'); i >= 0 {
+		host, port = s[:i], s[i+1:]
+		if port == "" {
+			return false
+		}
+		if !hostnameRE.MatchString(host) {
+			return false
+		}
+	} else if !hostnameRE.MatchString(host) {
+		return false
+	}
+	if port != "" {
+		n, err := strconv.ParseUint(port, 10, 16)
+		if err != nil || n == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+var hostnameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+
+var globSegmentRE = regexp.MustCompile(`^[a-z0-9._*-]+$`)
+
+// checkRepoGlob accepts "/"-separated segments of repository characters
+// and "*"; "**" stands alone as a segment and crosses slashes.
+func checkRepoGlob(g string) error {
+	if g == "" {
+		return fmt.Errorf("empty pattern")
+	}
+	for seg := range strings.SplitSeq(g, "/") {
+		switch {
+		case seg == "":
+			return fmt.Errorf("empty path segment")
+		case seg == "**":
+		case strings.Contains(seg, "**"):
+			return fmt.Errorf(`"**" must be a whole path segment`)
+		case !globSegmentRE.MatchString(seg):
+			return fmt.Errorf("segments may contain only a-z, 0-9, '.', '_', '-' and '*'")
+		}
+	}
+	return nil
+}
+
+func isAbsoluteURI(s string) bool {
+	if s == "" || strings.ContainsAny(s, " \t\r\n") {
+		return false
+	}
+	u, err := url.Parse(s)
+	return err == nil && u.IsAbs() && (u.Host != "" || u.Opaque != "")
+}
+
+// isMediaType accepts a bare type/subtype, as artifactType and
+// config.mediaType carry them: no parameters, lowercase.
+func isMediaType(s string) bool {
+	mt, params, err := mime.ParseMediaType(s)
+	if err != nil || len(params) != 0 || mt != s {
+		return false
+	}
+	typ, sub, ok := strings.Cut(mt, "/")
+	return ok && typ != "" && sub != "" && !strings.Contains(sub, "/")
+}
