@@ -182,8 +182,8 @@ cosign_accepts() { # REF: accepted by either real cosign with either trusted key
 }
 for k in "${!D[@]}"; do
   reg=${k%%_*}; name=${k#*_}; repo=e2e/$([ "$name" = v2 ] && echo signed-v2 || ([ "$name" = v3 ] && echo signed-v3 || echo "$name"))
-  up=$([ "$reg" = dist ] && echo "$DIST" || echo "$OLA"); pp=$([ "$reg" = dist ] && echo "$P_DIST" || echo "$P_OLA")
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$pp/v2/$repo/manifests/${D[$k]}")
+  up=$([ "$reg" = dist ] && echo "$DIST" || echo "$OLA"); alias=$([ "$reg" = dist ] && echo dist.e2e.local || echo ola.e2e.local)
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$PROXY/v2/$alias/$repo/manifests/${D[$k]}")
   if cosign_accepts "$up/$repo@${D[$k]}"; then want=200; else want=403; fi
   if [ "$code" = "$want" ]; then ok "cross-check $k: cosign and proxy agree ($code)"; else bad "cross-check $k: proxy $code, cosign says $want"; fi
 done

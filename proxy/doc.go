@@ -1,0 +1,68 @@
+// Package proxy is the registry API front end of Portcullis: the only
+// package that speaks HTTP to clients. It serves the read-only part of the
+// OCI distribution API (GET /v2/, manifests, blobs, referrers, tags/list)
+// by pulling through configured upstreams, and serves a manifest only when
+// a Verifier has allowed its digest.
+//
+// # Trust
+//
+// Clients and upstreams are both untrusted. Request paths are parsed
+// strictly before anything is looked up: traversal, escaped or doubled
+// slashes, names outside the distribution grammar, digests of algorithms
+// other than sha256 and sha512, and malformed tags are refused with 400.
+// The ?ns= parameter and a leading path component are lookup keys into the
+// configured upstream list, never addresses: an unknown one is answered
+// NAME_UNKNOWN without dialling anything. Upstream answers are read through
+// size limits (4 MiB for manifests and listings, 64 KiB for error bodies)
+// and manifests are parsed strictly; a manifest that does not parse is
+// denied, never allowed.
+//
+// # What is guaranteed about served bytes
+//
+// Verdicts are about digests. A tag is resolved to a digest at the
+// upstream, the digest is verified (or its verdict taken from the cache),
+// and the manifest bytes served are exactly bytes that hash to that digest:
+// they are checked when fetched, stored only after the check, and checked
+// again before they are written. A child of an index that was served is
+// served under the index's verdict (reported as covered_by) but still
+// digest-checked. With blob gating (the default) a blob is served only when
+// a manifest served in the same repository of the same upstream references
+// it; any other blob is denied without contacting the upstream. Blob bodies
+// are streamed, not buffered; the upstream client hashes a full blob as it
+// streams and a mismatch aborts the connection, so a client never receives
+// a complete response with the wrong bytes.
+//
+// Concurrent requests for the same unverified digest share one
+// verification. It runs on a context detached from the requesting clients,
+// bounded by the verify timeout, so one client hanging up does not fail
+// the others.
+//
+// # Status codes
+//
+// Container runtimes treat a mirror's failure as a reason to try the next
+// mirror or the origin registry, which would route around the proxy. The
+// status codes are chosen with that in mind:
+//
+//   - A policy denial is 403 DENIED, with the boundary, digest and reasons
+//     in the error detail. HEAD is enforced like GET.
+//   - A failure to decide (verifier error, timeout, the upstream failing or
+//     sending wrong bytes after the digest was fixed) is also 403 DENIED,
+//     "could not verify … (fail closed)". It is never cached, so the next
+//     request tries again.
+//   - While resolving a tag, before any content is known, an upstream that
+//     is unreachable, times out, answers 5xx or answers nonsense gives 502.
+//     A 404 stays 404 (MANIFEST_UNKNOWN or BLOB_UNKNOWN, with the upstream's
+//     diagnostics when it sent a valid OCI error envelope), and 401, 403
+//     and 429 are passed on with the upstream's status and envelope.
+//   - Every write method is 405 UNSUPPORTED; unknown paths are 404.
+//   - Anything unexpected is 500 UNKNOWN without internal detail.
+//
+// # Observability
+//
+// Each request is logged once when it ends. Each manifest decision is an
+// audit event on the logger named "audit" (allow, deny or warn, with the
+// signers, reasons, whether it was cached and the covering index), a
+// metric, and an entry in the /v1/decisions list of AdminHandler. A digest
+// that was allowed before and is denied now is reported as drift. Request
+// headers are never logged.
+package proxy

@@ -1,0 +1,74 @@
+package proxy
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	requests           *prometheus.CounterVec
+	duration           *prometheus.HistogramVec
+	decisions          *prometheus.CounterVec
+	verificationErrors *prometheus.CounterVec
+	upstreamErrors     *prometheus.CounterVec
+	blobBytes          prometheus.Counter
+	verdictCache       *prometheus.CounterVec
+	verifications      prometheus.Counter
+	drift              *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_requests_total",
+			Help: "Registry API requests by method, route and status code.",
+		}, []string{"method", "route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "portcullis_request_duration_seconds",
+			Help:    "Time to answer a registry API request, by route.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"route"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_decisions_total",
+			Help: "Manifest decisions by boundary, decision (allow, deny, warn), mode and whether the verdict came from a cache.",
+		}, []string{"boundary", "decision", "mode", "cached"}),
+		verificationErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_verification_errors_total",
+			Help: "Verifications that could not reach a decision and failed closed, by reason.",
+		}, []string{"reason"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_upstream_errors_total",
+			Help: "Failed upstream calls by upstream and kind.",
+		}, []string{"upstream", "kind"}),
+		blobBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portcullis_blob_bytes_total",
+			Help: "Blob bytes streamed to clients.",
+		}),
+		verdictCache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_verdict_cache_total",
+			Help: "Verdict cache lookups by result (hit, miss).",
+		}, []string{"result"}),
+		verifications: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portcullis_verifications_total",
+			Help: "Verifier calls (after cache and request coalescing).",
+		}),
+		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_drift_total",
+			Help: "Digests that were allowed before and are denied now, by boundary.",
+		}, []string{"boundary"}),
+	}
+	for _, c := range []prometheus.Collector{
+		m.requests, m.duration, m.decisions, m.verificationErrors, m.upstreamErrors,
+		m.blobBytes, m.verdictCache, m.verifications, m.drift,
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, errors.Join(errors.New("failed to register metrics"), err)
+		}
+	}
+	// Pre-create the series dashboards alert on, so that a rate() over
+	// them is defined before the first event.
+	m.verdictCache.WithLabelValues("hit")
+	m.verdictCache.WithLabelValues("miss")
+	return m, nil
+}

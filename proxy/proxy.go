@@ -1,0 +1,337 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+)
+
+// Bounds of the in-memory indexes the proxy keeps.
+const (
+	coverageSize    = 100_000
+	coverageTTL     = 10 * time.Minute
+	blobAllowSize   = 100_000
+	blobAllowTTL    = 10 * time.Minute
+	tagCacheSize    = 10_000
+	driftMemorySize = 100_000
+	blobBufferSize  = 256 << 10
+	passThroughMax  = 4 << 20
+)
+
+// Proxy is the registry API front end: it routes, resolves, has manifests
+// verified, and serves only what was allowed. Create it with New; it is
+// safe for concurrent use and meant to live as long as the process.
+type Proxy struct {
+	router   *router
+	verifier Verifier
+	opts     options
+	log      *zap.Logger
+	audit    *zap.Logger
+	metrics  *metrics
+	gatherer prometheus.Gatherer
+
+	flights singleflight.Group
+	// coverage maps a child manifest to the served index that lists it.
+	coverage *ttlCache[string, coverEntry]
+	// blobs holds the blobs referenced by manifests served per repository.
+	blobs *ttlCache[string, struct{}]
+	// tags caches tag→descriptor when a tag TTL is configured.
+	tags *ttlCache[string, v1.Descriptor]
+	// lastAllowed remembers whether a digest was last allowed, to detect
+	// drift (allowed before, denied now).
+	lastAllowed *lru.Cache[string, bool]
+
+	decisions decisionRing
+	draining  atomic.Bool
+	bufPool   sync.Pool
+}
+
+// New builds a proxy in front of upstreams. Every upstream must have a
+// distinct name and aliases; v decides on every manifest served.
+func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
+	if len(upstreams) == 0 {
+		return nil, errors.New("no upstreams configured")
+	}
+	if v == nil {
+		return nil, errors.New("nil verifier")
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, fmt.Errorf("invalid option: %w", err)
+		}
+	}
+	p := &Proxy{
+		verifier: v,
+		opts:     o,
+		log:      o.logger,
+		audit:    o.logger.Named("audit"),
+		coverage: newTTLCache[string, coverEntry](coverageSize, coverageTTL),
+		blobs:    newTTLCache[string, struct{}](blobAllowSize, blobAllowTTL),
+	}
+	p.bufPool.New = func() any { b := make([]byte, blobBufferSize); return &b }
+	if o.tagTTL > 0 {
+		p.tags = newTTLCache[string, v1.Descriptor](tagCacheSize, o.tagTTL)
+	}
+	la, err := lru.New[string, bool](driftMemorySize)
+	if err != nil {
+		return nil, err
+	}
+	p.lastAllowed = la
+
+	rt, err := newRouter(upstreams, o)
+	if err != nil {
+		return nil, err
+	}
+	p.router = rt
+
+	reg := o.registerer
+	if reg == nil {
+		r := prometheus.NewRegistry()
+		reg, p.gatherer = r, r
+	} else if g, ok := reg.(prometheus.Gatherer); ok {
+		p.gatherer = g
+	}
+	if p.metrics, err = newMetrics(reg); err != nil {
+		return nil, err
+	}
+	if !o.blobGating {
+		p.log.Warn("blob gating is disabled: any blob of a configured upstream can be pulled through the proxy")
+	}
+	return p, nil
+}
+
+func newRouter(upstreams []Upstream, o options) (*router, error) {
+	rt := &router{byKey: map[string]*upstreamEntry{}}
+	var listing []string
+	for _, u := range upstreams {
+		if u.Name == "" {
+			return nil, errors.New("upstream with empty name")
+		}
+		c, err := upstream.New(upstream.Config{
+			Name:      u.Name,
+			URL:       u.URL,
+			Insecure:  u.Insecure,
+			RootCAs:   u.RootCAs,
+			Auth:      u.Auth,
+			Timeout:   u.Timeout,
+			Transport: o.transport,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("upstream %q: %w", u.Name, err)
+		}
+		e := &upstreamEntry{name: u.Name, client: c}
+		for _, k := range append([]string{u.Name}, u.Aliases...) {
+			k = strings.ToLower(k)
+			if slices.Contains(e.keys, k) {
+				continue
+			}
+			if k == "" {
+				return nil, fmt.Errorf("upstream %q: empty alias", u.Name)
+			}
+			if other, dup := rt.byKey[k]; dup {
+				return nil, fmt.Errorf("upstream %q: name or alias %q already used by upstream %q", u.Name, k, other.name)
+			}
+			rt.byKey[k] = e
+			e.keys = append(e.keys, k)
+			if k == "docker.io" {
+				e.dockerHub = true
+			}
+		}
+		if u.Insecure {
+			o.logger.Warn("upstream is insecure: plain HTTP or unverified TLS", zap.String("upstream", u.Name), zap.String("url", u.URL))
+		}
+		if len(u.Aliases) > 0 {
+			listing = append(listing, fmt.Sprintf("%s (aliases %s)", u.Name, strings.Join(u.Aliases, ", ")))
+		} else {
+			listing = append(listing, u.Name)
+		}
+	}
+	rt.listing = strings.Join(listing, ", ")
+	if o.defaultUpstream != "" {
+		def := rt.byKey[strings.ToLower(o.defaultUpstream)]
+		if def == nil {
+			return nil, fmt.Errorf("default upstream %q is not configured", o.defaultUpstream)
+		}
+		rt.def = def
+	}
+	return rt, nil
+}
+
+// reqState collects what the request line and metrics report.
+type reqState struct {
+	route      routeKind
+	upstream   string
+	repository string
+	digest     string
+	ns         string
+}
+
+// ServeHTTP serves the read-only registry API.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &statusRecorder{ResponseWriter: w}
+	st := &reqState{route: -1, ns: r.URL.Query().Get("ns")}
+	defer func() {
+		status := rec.statusCode()
+		d := time.Since(start)
+		route := "other"
+		if st.route >= 0 {
+			route = st.route.String()
+		}
+		p.metrics.requests.WithLabelValues(methodLabel(r.Method), route, strconv.Itoa(status)).Inc()
+		p.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
+		// The one line per request. Headers are never logged: they may
+		// carry credentials.
+		p.log.Info("request",
+			zap.String("method", r.Method),
+			zap.String("path", r.URL.Path),
+			zap.String("ns", truncate(st.ns, maxNsLength)),
+			zap.String("upstream", st.upstream),
+			zap.String("repository", st.repository),
+			zap.String("digest", st.digest),
+			zap.Int("status", status),
+			zap.Int64("bytes", rec.bytes),
+			zap.Duration("duration", d),
+			zap.String("client", r.RemoteAddr),
+		)
+	}()
+	p.serve(rec, r, st)
+}
+
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// Refused before parsing: nothing is looked up for a write.
+		writeError(w, r, errorf(http.StatusMethodNotAllowed, CodeUnsupported, "%s is not supported: this registry is a read-only proxy", methodLabel(r.Method)))
+		return
+	}
+	req, perr := parseAPIPath(r)
+	if perr != nil {
+		writeError(w, r, perr)
+		return
+	}
+	st.route = req.kind
+	if req.digest.Hex != "" {
+		st.digest = req.digest.String()
+	}
+	if !methodAllowed(req.kind, r.Method) {
+		writeError(w, r, errorf(http.StatusMethodNotAllowed, CodeUnsupported, "%s is not supported: this registry is a read-only proxy", methodLabel(r.Method)))
+		return
+	}
+	if req.kind == routeBase {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "2")
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			_, _ = w.Write([]byte("{}"))
+		}
+		return
+	}
+	u, repo, perr := p.router.route(req.name, st.ns)
+	if perr != nil {
+		writeError(w, r, perr)
+		return
+	}
+	st.upstream, st.repository = u.name, repo
+	var err error
+	switch req.kind {
+	case routeManifest:
+		err = p.serveManifest(w, r, u, repo, req, st)
+	case routeBlob:
+		err = p.serveBlob(w, r, u, repo, req.digest)
+	case routeReferrers:
+		q := url.Values{}
+		if at := r.URL.Query().Get("artifactType"); at != "" {
+			q.Set("artifactType", at)
+		}
+		err = p.passThrough(w, r, u, repo, "referrers/"+req.digest.String(), q, CodeManifestUnknown)
+	case routeTags:
+		q := url.Values{}
+		for _, k := range []string{"n", "last"} {
+			if v := r.URL.Query().Get(k); v != "" {
+				q.Set(k, v)
+			}
+		}
+		err = p.passThrough(w, r, u, repo, "tags/list", q, CodeNameUnknown)
+	}
+	if err != nil {
+		writeError(w, r, err)
+	}
+}
+
+func methodAllowed(k routeKind, m string) bool {
+	switch k {
+	case routeManifest, routeBlob, routeBase:
+		return m == http.MethodGet || m == http.MethodHead
+	default:
+		return m == http.MethodGet
+	}
+}
+
+// methodLabel bounds the cardinality of the method label.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	default:
+		return "OTHER"
+	}
+}
+
+// statusRecorder captures status and size for the request line. It
+// deliberately does not implement io.ReaderFrom, so blob copies go through
+// the proxy's pooled buffer in large writes.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += int64(n)
+	return n, err
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func (s *statusRecorder) statusCode() int {
+	if s.status == 0 {
+		// Nothing written: net/http answers 200 with an empty body.
+		return http.StatusOK
+	}
+	return s.status
+}

@@ -1,0 +1,272 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
+)
+
+// Limits and grammars from the OCI distribution specification.
+const (
+	maxNameLength = 255
+	maxNsLength   = 253 + 6 // a DNS name and ":port"
+)
+
+var (
+	componentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*$`)
+	// hostPortRE is a registry host with a port, the only prefix form that
+	// the component grammar does not already accept.
+	hostPortRE = regexp.MustCompile(`^[a-z0-9]+(?:[.-][a-z0-9]+)*:[0-9]{1,5}$`)
+	tagRE      = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	algRE      = regexp.MustCompile(`^[a-z0-9]+(?:[.+_-][a-z0-9]+)*$`)
+)
+
+type routeKind int
+
+const (
+	routeBase routeKind = iota
+	routeManifest
+	routeBlob
+	routeReferrers
+	routeTags
+)
+
+func (k routeKind) String() string {
+	switch k {
+	case routeBase:
+		return "base"
+	case routeManifest:
+		return "manifests"
+	case routeBlob:
+		return "blobs"
+	case routeReferrers:
+		return "referrers"
+	case routeTags:
+		return "tags"
+	default:
+		return "unknown"
+	}
+}
+
+// apiRequest is a parsed /v2/ request, before routing to an upstream.
+type apiRequest struct {
+	kind routeKind
+	// name is the repository name as the client wrote it, alias prefix
+	// included.
+	name string
+	// ref is the tag or digest of a manifest request, or the digest of a
+	// blob or referrers request.
+	ref    string
+	digest v1.Hash // set when ref is a digest
+	isTag  bool
+}
+
+// parseAPIPath parses the path of a /v2/ request strictly. Nothing is looked
+// up or dialled before it succeeds.
+func parseAPIPath(r *http.Request) (apiRequest, *Error) {
+	raw := r.URL.EscapedPath()
+	decoded, err := url.PathUnescape(raw)
+	if err != nil {
+		return apiRequest{}, errorf(http.StatusBadRequest, CodeNameInvalid, "invalid path encoding")
+	}
+	// Traversal and empty segments are refused in both forms so that no
+	// layer below (or an upstream that decodes differently) can be tricked.
+	for _, p := range []string{raw, decoded, r.URL.Path} {
+		if strings.Contains(p, "..") || strings.Contains(p, "//") || strings.Contains(strings.ToLower(p), "%2e") ||
+			strings.Contains(strings.ToLower(p), "%2f") || strings.ContainsAny(p, "\\\x00") {
+			return apiRequest{}, errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name")
+		}
+	}
+	if raw != decoded {
+		// Registry paths never need escaping; an escaped one is an attempt
+		// to make two parsers disagree.
+		return apiRequest{}, errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name")
+	}
+	if raw == "/v2" || raw == "/v2/" {
+		return apiRequest{kind: routeBase}, nil
+	}
+	rest, ok := strings.CutPrefix(raw, "/v2/")
+	if !ok {
+		return apiRequest{}, errorf(http.StatusNotFound, CodeNameUnknown, "not found")
+	}
+	parts := strings.Split(rest, "/")
+	n := len(parts)
+	var req apiRequest
+	switch {
+	case n >= 3 && parts[n-2] == "tags" && parts[n-1] == "list":
+		req.kind = routeTags
+		parts = parts[:n-2]
+	case n >= 3 && parts[n-2] == "manifests":
+		req.kind = routeManifest
+		req.ref = parts[n-1]
+		parts = parts[:n-2]
+	case n >= 3 && parts[n-2] == "blobs":
+		req.kind = routeBlob
+		req.ref = parts[n-1]
+		parts = parts[:n-2]
+	case n >= 3 && parts[n-2] == "referrers":
+		req.kind = routeReferrers
+		req.ref = parts[n-1]
+		parts = parts[:n-2]
+	default:
+		return apiRequest{}, errorf(http.StatusNotFound, CodeNameUnknown, "not found")
+	}
+	name := strings.Join(parts, "/")
+	if err := validateName(name); err != nil {
+		return apiRequest{}, err
+	}
+	req.name = name
+	switch req.kind {
+	case routeManifest:
+		if strings.Contains(req.ref, ":") {
+			d, err := parseDigest(req.ref)
+			if err != nil {
+				return apiRequest{}, err
+			}
+			req.digest = d
+		} else {
+			if !tagRE.MatchString(req.ref) {
+				return apiRequest{}, errorf(http.StatusBadRequest, CodeManifestInvalid, "invalid tag %q", truncate(req.ref, 130))
+			}
+			req.isTag = true
+		}
+	case routeBlob, routeReferrers:
+		d, err := parseDigest(req.ref)
+		if err != nil {
+			return apiRequest{}, err
+		}
+		req.digest = d
+	}
+	return req, nil
+}
+
+// validateName applies the distribution name grammar. The first component
+// may also be a registry host with a port, which only routing can accept.
+func validateName(name string) *Error {
+	if name == "" || len(name) > maxNameLength {
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name")
+	}
+	for i, c := range strings.Split(name, "/") {
+		if componentRE.MatchString(c) || (i == 0 && hostPortRE.MatchString(c)) {
+			continue
+		}
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name %q", name)
+	}
+	return nil
+}
+
+// parseDigest accepts only the algorithms the proxy can check itself.
+func parseDigest(s string) (v1.Hash, *Error) {
+	alg, hex, ok := strings.Cut(s, ":")
+	if !ok || !algRE.MatchString(alg) || hex == "" {
+		return v1.Hash{}, errorf(http.StatusBadRequest, CodeDigestInvalid, "invalid digest %q", truncate(s, 140))
+	}
+	var want int
+	switch alg {
+	case "sha256":
+		want = 64
+	case "sha512":
+		want = 128
+	default:
+		return v1.Hash{}, errorf(http.StatusBadRequest, CodeDigestInvalid, "unsupported digest algorithm %q", truncate(alg, 32))
+	}
+	if len(hex) != want || !isLowerHex(hex) {
+		return v1.Hash{}, errorf(http.StatusBadRequest, CodeDigestInvalid, "invalid digest %q", truncate(s, 140))
+	}
+	return v1.Hash{Algorithm: alg, Hex: hex}, nil
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// upstreamEntry is one configured upstream with its lookup keys.
+type upstreamEntry struct {
+	name      string
+	keys      []string // Name, then aliases, de-duplicated
+	dockerHub bool     // library/ is implied for single-component names
+	client    *upstream.Client
+}
+
+// router maps ?ns= values and path prefixes to upstreams. Keys are lookup
+// keys only: an unknown one is refused, never dialled.
+type router struct {
+	byKey   map[string]*upstreamEntry
+	def     *upstreamEntry
+	listing string // "docker.io (aliases …), ghcr.io" for messages
+}
+
+// route resolves the upstream and the repository at that upstream.
+func (rt *router) route(name, ns string) (*upstreamEntry, string, *Error) {
+	var u *upstreamEntry
+	repo := name
+	switch {
+	case ns != "":
+		if len(ns) > maxNsLength {
+			ns = truncate(ns, maxNsLength)
+		}
+		u = rt.byKey[strings.ToLower(ns)]
+		if u == nil {
+			return nil, "", rt.unknown(ns)
+		}
+	default:
+		first, tail, hasTail := strings.Cut(name, "/")
+		if e := rt.byKey[first]; e != nil && hasTail {
+			u, repo = e, tail
+		} else if hasTail && strings.ContainsAny(first, ".:") {
+			return nil, "", rt.unknown(first)
+		} else if rt.def != nil {
+			u = rt.def
+		} else {
+			return nil, "", &Error{
+				Status:  http.StatusNotFound,
+				Code:    CodeNameUnknown,
+				Message: fmt.Sprintf("no registry given for %q and no default upstream: configured upstreams: %s", name, rt.listing),
+			}
+		}
+	}
+	if err := validateRepo(repo); err != nil {
+		return nil, "", err
+	}
+	if u.dockerHub && !strings.Contains(repo, "/") {
+		repo = "library/" + repo
+	}
+	return u, repo, nil
+}
+
+// validateRepo re-checks the repository after a prefix was stripped: a
+// host:port component is only acceptable as the routing prefix.
+func validateRepo(repo string) *Error {
+	for _, c := range strings.Split(repo, "/") {
+		if !componentRE.MatchString(c) {
+			return errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name %q", repo)
+		}
+	}
+	return nil
+}
+
+func (rt *router) unknown(host string) *Error {
+	return &Error{
+		Status:  http.StatusNotFound,
+		Code:    CodeNameUnknown,
+		Message: fmt.Sprintf("unknown registry %q: configured upstreams: %s", host, rt.listing),
+	}
+}

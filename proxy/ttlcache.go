@@ -1,0 +1,48 @@
+package proxy
+
+import (
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+)
+
+// ttlCache is a bounded LRU whose entries also expire. It stands in for
+// golang-lru's expirable package, whose v2 caches each start a goroutine
+// that can never be stopped; expiry here is checked on read instead.
+type ttlCache[K comparable, V any] struct {
+	c   *lru.Cache[K, ttlEntry[V]]
+	ttl time.Duration
+}
+
+type ttlEntry[V any] struct {
+	v       V
+	expires time.Time
+}
+
+func newTTLCache[K comparable, V any](size int, ttl time.Duration) *ttlCache[K, V] {
+	c, err := lru.New[K, ttlEntry[V]](size)
+	if err != nil {
+		// Only a non-positive size fails; sizes are constants.
+		panic(err)
+	}
+	return &ttlCache[K, V]{c: c, ttl: ttl}
+}
+
+func (t *ttlCache[K, V]) add(k K, v V) {
+	t.c.Add(k, ttlEntry[V]{v: v, expires: time.Now().Add(t.ttl)})
+}
+
+func (t *ttlCache[K, V]) get(k K) (V, bool) {
+	e, ok := t.c.Get(k)
+	if !ok {
+		var zero V
+		return zero, false
+	}
+	if time.Now().After(e.expires) {
+		// Left for the LRU bound to evict: removing here could race with
+		// a concurrent add of a fresh entry.
+		var zero V
+		return zero, false
+	}
+	return e.v, true
+}

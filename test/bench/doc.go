@@ -1,0 +1,26 @@
+// Command bench measures Portcullis side by side with the registries users
+// would otherwise run: a plain distribution registry (the direct upstream)
+// and distribution in pull-through proxy mode. Everything runs on loopback
+// in one invocation so the numbers share one machine state:
+//
+//   - manifest GET by digest (cold and warm) and HEAD by tag: latency
+//     percentiles and throughput at several client concurrencies;
+//   - blob streaming throughput, and the resident memory Portcullis needs to
+//     stream a 1 GiB blob;
+//   - a thundering herd on one unverified digest, with the upstream requests
+//     counted by a spy reverse proxy, to show one verification and one fetch
+//     of each piece of evidence;
+//   - in-process verification CPU per subject and the heap cost of a full
+//     verdict cache.
+//
+// The program trusts nothing it measures: every response status and length
+// is checked, and a failed request is reported, never timed as a success.
+// It starts subprocesses (docker-registry, portcullis) and a temporary
+// directory; all of them are removed on exit, on error, on panic and on
+// SIGINT/SIGTERM, and subprocesses are also bound to this process's
+// lifetime with a parent-death signal.
+//
+// Usage:
+//
+//	go run ./test/bench [-quick] [-out FILE] [-portcullis PATH]
+package main
