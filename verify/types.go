@@ -74,6 +74,10 @@ type Policy struct {
 	// trust material it references; a change gives a new fingerprint and so
 	// new cache keys.
 	Fingerprint string
+	// InsecureAllowUnmatched allows subjects that no boundary matches
+	// instead of denying them. It disables verification for everything
+	// outside the configured boundaries.
+	InsecureAllowUnmatched bool
 }
 
 // Boundary is one trust boundary: which repositories it covers and what
@@ -122,15 +126,17 @@ type NamedKey struct {
 // KeylessAuthority accepts Fulcio-certified signatures whose certificate
 // identity matches.
 type KeylessAuthority struct {
-	TrustName     string
-	TrustedRoot   root.TrustedMaterial
-	Issuer        string // exact; one of Issuer/IssuerRegex is required
-	IssuerRegex   string
-	Subject       string // exact SAN; one of Subject/SubjectRegex is required
-	SubjectRegex  string
-	TlogThreshold int // transparency-log entries required (default 1)
+	TrustName    string
+	TrustedRoot  root.TrustedMaterial
+	Issuer       string // exact; one of Issuer/IssuerRegex is required
+	IssuerRegex  string
+	Subject      string // exact SAN; one of Subject/SubjectRegex is required
+	SubjectRegex string
+	// TlogThreshold is the number of transparency-log entries required.
+	TlogThreshold int
 	// TimestampThreshold is the number of RFC3161 or tlog-integrated
-	// timestamps required (default 1).
+	// timestamps required; at least one is always required. When both
+	// thresholds are zero, both default to 1.
 	TimestampThreshold int
 }
 

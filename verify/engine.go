@@ -1,0 +1,494 @@
+package verify
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sigstore/sigstore-go/pkg/root"
+	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature"
+)
+
+// DefaultMaxEvidence is the default number of referrers, fallback index
+// entries and legacy signature layers examined per subject.
+const DefaultMaxEvidence = 64
+
+// Engine evaluates a Policy. It is immutable after New and safe for
+// concurrent use.
+type Engine struct {
+	policy      Policy
+	boundaries  []*compiledBoundary
+	clock       func() time.Time
+	maxEvidence int
+	fingerprint string
+}
+
+// Option configures an Engine.
+type Option func(*options) error
+
+type options struct {
+	clock       func() time.Time
+	maxEvidence int
+}
+
+// WithClock sets the clock used for CheckedAt and certificate expiry
+// messages. Default time.Now.
+func WithClock(clock func() time.Time) Option {
+	return func(o *options) error {
+		if clock == nil {
+			return errors.New("nil clock")
+		}
+		o.clock = clock
+		return nil
+	}
+}
+
+// WithMaxEvidence bounds the referrers, fallback index entries and legacy
+// signature layers examined for one subject, so a repository flooded with
+// referrers costs bounded work. Default DefaultMaxEvidence.
+func WithMaxEvidence(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("max evidence must be at least 1, got %d", n)
+		}
+		o.maxEvidence = n
+		return nil
+	}
+}
+
+type compiledBoundary struct {
+	*Boundary
+	authorities []*compiledAuthority
+}
+
+type compiledAuthority struct {
+	name    string
+	keys    []*compiledKey
+	keyless *compiledKeyless
+}
+
+type compiledKey struct {
+	name     string
+	verifier signature.Verifier
+	// hints are the identifiers a bundle's publicKey.hint may use for this
+	// key: its configured name and the SHA-256 of its DER encoding.
+	hints map[string]bool
+	// bundle verifies sigstore bundles against this key alone, whatever
+	// hint the bundle carries; a hint only orders the keys tried.
+	bundle *sgverify.Verifier
+}
+
+type compiledKeyless struct {
+	*KeylessAuthority
+	issuerRe  *regexp.Regexp
+	subjectRe *regexp.Regexp
+	verifier  *sgverify.Verifier
+}
+
+// New validates p and compiles it. It refuses a policy that could not
+// verify anything or that would verify less than it says.
+func New(p Policy, opts ...Option) (*Engine, error) {
+	o := options{clock: time.Now, maxEvidence: DefaultMaxEvidence}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, fmt.Errorf("verify: %w", err)
+		}
+	}
+	if len(p.Boundaries) == 0 && !p.InsecureAllowUnmatched {
+		return nil, errors.New("verify: policy has no trust boundaries")
+	}
+	// The engine keeps its own copy so a caller mutating its Policy later
+	// cannot change decisions behind the fingerprint.
+	p.Boundaries = slices.Clone(p.Boundaries)
+	e := &Engine{policy: p, clock: o.clock, maxEvidence: o.maxEvidence}
+	names := map[string]bool{}
+	for i := range p.Boundaries {
+		b := &p.Boundaries[i]
+		cb, err := compileBoundary(b)
+		if err != nil {
+			return nil, fmt.Errorf("verify: boundary %d (%q): %w", i, b.Name, err)
+		}
+		if names[b.Name] {
+			return nil, fmt.Errorf("verify: duplicate boundary name %q", b.Name)
+		}
+		names[b.Name] = true
+		e.boundaries = append(e.boundaries, cb)
+	}
+	e.fingerprint = p.Fingerprint
+	if e.fingerprint == "" {
+		e.fingerprint = policyHash(p)
+	}
+	return e, nil
+}
+
+func compileBoundary(b *Boundary) (*compiledBoundary, error) {
+	if b.Name == "" {
+		return nil, errors.New("boundary has no name")
+	}
+	switch b.Mode {
+	case ModeEnforce, ModeWarn:
+	default:
+		return nil, fmt.Errorf("unknown mode %q", b.Mode)
+	}
+	for _, g := range b.Repositories {
+		if err := validateGlob(g); err != nil {
+			return nil, err
+		}
+	}
+	if len(b.Authorities) == 0 {
+		return nil, errors.New("no authorities")
+	}
+	if b.Threshold < 1 || b.Threshold > len(b.Authorities) {
+		return nil, fmt.Errorf("threshold %d out of range 1..%d", b.Threshold, len(b.Authorities))
+	}
+	// Rules the engine does not evaluate yet must not be accepted and then
+	// ignored: that would allow content the operator meant to deny.
+	if len(b.Attestations) > 0 {
+		return nil, errors.New("attestation rules are not supported by this version")
+	}
+	if b.Lineage != nil {
+		return nil, errors.New("lineage rules are not supported by this version")
+	}
+	cb := &compiledBoundary{Boundary: b}
+	seen := map[string]bool{}
+	for i := range b.Authorities {
+		a := &b.Authorities[i]
+		if a.Name == "" {
+			return nil, fmt.Errorf("authority %d has no name", i)
+		}
+		if seen[a.Name] {
+			return nil, fmt.Errorf("duplicate authority %q", a.Name)
+		}
+		seen[a.Name] = true
+		ca, err := compileAuthority(a)
+		if err != nil {
+			return nil, fmt.Errorf("authority %q: %w", a.Name, err)
+		}
+		cb.authorities = append(cb.authorities, ca)
+	}
+	return cb, nil
+}
+
+func compileAuthority(a *Authority) (*compiledAuthority, error) {
+	if (a.Key == nil) == (a.Keyless == nil) {
+		return nil, errors.New("exactly one of key and keyless must be set")
+	}
+	ca := &compiledAuthority{name: a.Name}
+	if a.Key != nil {
+		if len(a.Key.Keys) == 0 {
+			return nil, errors.New("no keys")
+		}
+		for _, nk := range a.Key.Keys {
+			k, err := compileKey(nk)
+			if err != nil {
+				return nil, err
+			}
+			ca.keys = append(ca.keys, k)
+		}
+		return ca, nil
+	}
+	kl := a.Keyless
+	if kl.TrustedRoot == nil {
+		return nil, errors.New("keyless authority has no trusted root")
+	}
+	if kl.Issuer == "" && kl.IssuerRegex == "" {
+		return nil, errors.New("keyless authority needs issuer or issuer_regex")
+	}
+	if kl.Subject == "" && kl.SubjectRegex == "" {
+		return nil, errors.New("keyless authority needs subject or subject_regex")
+	}
+	ck := &compiledKeyless{KeylessAuthority: kl}
+	var err error
+	if kl.IssuerRegex != "" {
+		if ck.issuerRe, err = regexp.Compile(kl.IssuerRegex); err != nil {
+			return nil, fmt.Errorf("issuer_regex: %w", err)
+		}
+	}
+	if kl.SubjectRegex != "" {
+		if ck.subjectRe, err = regexp.Compile(kl.SubjectRegex); err != nil {
+			return nil, fmt.Errorf("subject_regex: %w", err)
+		}
+	}
+	if kl.TlogThreshold < 0 || kl.TimestampThreshold < 0 {
+		return nil, errors.New("negative threshold")
+	}
+	// Keyless evidence always needs an observed signing time: the
+	// certificate is short-lived and only a trusted time proves it was valid
+	// when it signed. Both thresholds zero is the zero value and means the
+	// defaults (one log entry, one timestamp); otherwise they are literal,
+	// so a deployment without a transparency log can set tlog to 0.
+	tlogN, tsN := kl.TlogThreshold, kl.TimestampThreshold
+	if tlogN == 0 && tsN == 0 {
+		tlogN, tsN = 1, 1
+	}
+	vopts := []sgverify.VerifierOption{sgverify.WithObserverTimestamps(max(tsN, 1))}
+	if tlogN > 0 {
+		vopts = append(vopts, sgverify.WithTransparencyLog(tlogN))
+	}
+	ck.verifier, err = sgverify.NewVerifier(kl.TrustedRoot, vopts...)
+	if err != nil {
+		return nil, err
+	}
+	ca.keyless = ck
+	return ca, nil
+}
+
+func compileKey(nk NamedKey) (*compiledKey, error) {
+	pub, err := cryptoutils.UnmarshalPEMToPublicKey(nk.PEM)
+	if err != nil {
+		return nil, fmt.Errorf("key %q: %w", nk.Name, err)
+	}
+	if err := cryptoutils.ValidatePubKey(pub); err != nil {
+		return nil, fmt.Errorf("key %q: %w", nk.Name, err)
+	}
+	v, err := signature.LoadDefaultVerifier(pub)
+	if err != nil {
+		return nil, fmt.Errorf("key %q: %w", nk.Name, err)
+	}
+	der, err := cryptoutils.MarshalPublicKeyToDER(pub)
+	if err != nil {
+		return nil, fmt.Errorf("key %q: %w", nk.Name, err)
+	}
+	sum := sha256.Sum256(der)
+	k := &compiledKey{
+		name:     nk.Name,
+		verifier: v,
+		hints: map[string]bool{
+			nk.Name:                    true,
+			hex.EncodeToString(sum[:]): true,
+			base64.StdEncoding.EncodeToString(sum[:]): true,
+		},
+	}
+	tm := root.NewTrustedPublicKeyMaterial(func(string) (root.TimeConstrainedVerifier, error) {
+		return root.NewExpiringKey(v, time.Time{}, time.Time{}), nil
+	})
+	// A key signature made with --tlog-upload=false carries no log entry
+	// and no timestamp; the key itself is the trust anchor.
+	k.bundle, err = sgverify.NewVerifier(tm, sgverify.WithNoObserverTimestamps())
+	if err != nil {
+		return nil, fmt.Errorf("key %q: %w", nk.Name, err)
+	}
+	return k, nil
+}
+
+// policyHash identifies a policy that came without a Fingerprint. Trusted
+// roots are interfaces; their CA certificates and log IDs are hashed, which
+// covers sigstore-go's own implementations. Callers that load trust
+// material from files should set Policy.Fingerprint over the file bytes.
+func policyHash(p Policy) string {
+	type key struct{ Name, PEM string }
+	type authority struct {
+		Name               string
+		Keys               []key
+		Keyless            bool
+		Issuer, IssuerRe   string
+		Subject, SubjectRe string
+		Tlog, TS           int
+		Root               []string
+	}
+	type boundary struct {
+		Name, Upstream, Mode string
+		Repos, Types         []string
+		Threshold            int
+		Authorities          []authority
+	}
+	var bs []boundary
+	for _, b := range p.Boundaries {
+		cb := boundary{Name: b.Name, Upstream: b.Upstream, Mode: string(b.Mode), Repos: b.Repositories, Types: b.ArtifactTypes, Threshold: b.Threshold}
+		for _, a := range b.Authorities {
+			ca := authority{Name: a.Name}
+			if a.Key != nil {
+				for _, k := range a.Key.Keys {
+					ca.Keys = append(ca.Keys, key{k.Name, string(k.PEM)})
+				}
+			}
+			if kl := a.Keyless; kl != nil {
+				ca.Keyless, ca.Issuer, ca.IssuerRe, ca.Subject, ca.SubjectRe = true, kl.Issuer, kl.IssuerRegex, kl.Subject, kl.SubjectRegex
+				ca.Tlog, ca.TS = kl.TlogThreshold, kl.TimestampThreshold
+				ca.Root = trustedMaterialIDs(kl.TrustedRoot)
+			}
+			cb.Authorities = append(cb.Authorities, ca)
+		}
+		bs = append(bs, cb)
+	}
+	b, _ := json.Marshal(struct {
+		B []boundary
+		U bool
+	}{bs, p.InsecureAllowUnmatched})
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func trustedMaterialIDs(tm root.TrustedMaterial) []string {
+	if tm == nil {
+		return nil
+	}
+	var ids []string
+	cert := func(c *x509.Certificate) {
+		if c != nil {
+			sum := sha256.Sum256(c.Raw)
+			ids = append(ids, hex.EncodeToString(sum[:]))
+		}
+	}
+	for _, ca := range tm.FulcioCertificateAuthorities() {
+		if f, ok := ca.(*root.FulcioCertificateAuthority); ok {
+			cert(f.Root)
+			for _, c := range f.Intermediates {
+				cert(c)
+			}
+		}
+	}
+	for _, ta := range tm.TimestampingAuthorities() {
+		if s, ok := ta.(*root.SigstoreTimestampingAuthority); ok {
+			cert(s.Root)
+			cert(s.Leaf)
+		}
+	}
+	for _, logs := range []map[string]*root.TransparencyLog{tm.RekorLogs(), tm.CTLogs()} {
+		for id := range logs {
+			ids = append(ids, "log:"+id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Fingerprint identifies the policy and its trust material.
+func (e *Engine) Fingerprint() string { return e.fingerprint }
+
+// Boundary returns (a copy of) the first boundary matching the subject
+// coordinates.
+func (e *Engine) Boundary(upstream, repo, artifactType string) (*Boundary, bool) {
+	if cb := e.match(upstream, repo, artifactType); cb != nil {
+		b := *cb.Boundary
+		return &b, true
+	}
+	return nil, false
+}
+
+func (e *Engine) match(upstream, repo, artifactType string) *compiledBoundary {
+	for _, cb := range e.boundaries {
+		if cb.matches(upstream, repo, artifactType) {
+			return cb
+		}
+	}
+	return nil
+}
+
+// Verify decides on s, reading evidence through f. A denial is a Verdict
+// with a nil error; an error means the policy could not be evaluated
+// (upstream failure, cancelled context) and must not be cached.
+func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, error) {
+	if err := ctx.Err(); err != nil {
+		return Verdict{}, err
+	}
+	v := Verdict{Mode: ModeEnforce, Digest: s.Digest.String(), CheckedAt: e.clock()}
+	cb := e.match(s.Upstream, s.Repository, s.ArtifactType)
+	if cb == nil {
+		msg := fmt.Sprintf("no trust boundary matches %s/%s", s.Upstream, s.Repository)
+		if e.policy.InsecureAllowUnmatched {
+			v.Allowed = true
+			v.Reasons = []string{msg + "; allowed without verification (insecure-allow unmatched)"}
+			return v, nil
+		}
+		v.Reasons = []string{msg}
+		return v, nil
+	}
+	v.Mode, v.Boundary = cb.Mode, cb.Name
+	if s.Digest.Algorithm != "sha256" || len(s.Digest.Hex) != 64 {
+		v.Reasons = []string{fmt.Sprintf("unsupported subject digest %q: signatures are found by sha256 digest", s.Digest)}
+		return v, nil
+	}
+	if f == nil {
+		return Verdict{}, errors.New("verify: nil fetcher")
+	}
+
+	d, err := e.discover(ctx, s, f)
+	if err != nil {
+		return Verdict{}, err
+	}
+	verified := map[string]bool{}
+	var names []string
+	var reasons []string
+	for _, ev := range d.evidence {
+		if len(verified) >= cb.Threshold {
+			break
+		}
+		if ev.err != nil {
+			reasons = append(reasons, ev.label()+": "+ev.err.Error())
+			continue
+		}
+		var fails []string
+		ok := false
+		for _, a := range cb.authorities {
+			if verified[a.name] {
+				continue
+			}
+			signer, err := a.check(ev, s, v.CheckedAt)
+			if err != nil {
+				fails = appendUnique(fails, err.Error())
+				continue
+			}
+			verified[a.name] = true
+			names = append(names, a.name)
+			v.Signers = append(v.Signers, signer)
+			ok = true
+			// One piece of evidence counts for one authority only, so a
+			// threshold always means that many independent signatures.
+			break
+		}
+		if !ok {
+			if len(fails) == 0 {
+				fails = []string{"authorities it could satisfy have already verified"}
+			}
+			reasons = append(reasons, ev.label()+": "+strings.Join(fails, "; "))
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return Verdict{}, err
+	}
+	reasons = append(reasons, d.notes...)
+	if len(verified) >= cb.Threshold {
+		v.Allowed = true
+		v.Reasons = reasons
+		return v, nil
+	}
+	if len(d.evidence) == 0 {
+		reasons = append(reasons, fmt.Sprintf("no signatures found (checked %s)", strings.Join(d.checked, ", ")))
+	}
+	reasons = append(reasons, thresholdReason(cb.Threshold, names))
+	v.Reasons = reasons
+	return v, nil
+}
+
+func thresholdReason(threshold int, names []string) string {
+	noun := "authorities"
+	if len(names) == 1 {
+		noun = "authority"
+	}
+	msg := fmt.Sprintf("threshold %d not met: %d %s verified", threshold, len(names), noun)
+	if len(names) > 0 {
+		msg += " (" + strings.Join(names, ", ") + ")"
+	}
+	return msg
+}
+
+func appendUnique(list []string, s string) []string {
+	for _, x := range list {
+		if x == s {
+			return list
+		}
+	}
+	return append(list, s)
+}

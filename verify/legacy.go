@@ -1,0 +1,261 @@
+package verify
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	protorekor "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
+	"github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/root"
+	"github.com/sigstore/sigstore-go/pkg/tlog"
+	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+)
+
+// simpleSigningType is the critical.type cosign writes and checks.
+const simpleSigningType = "cosign container image signature"
+
+// legacySignature is one layer of a cosign `sha256-<hex>.sig` manifest.
+type legacySignature struct {
+	payload []byte // exact layer bytes the signature covers
+	sig     []byte
+	cert    *x509.Certificate
+	chain   []*x509.Certificate
+	tlog    *tlog.Entry // from the Rekor SET annotation
+	rfc3161 []byte      // DER timestamp response over sig
+}
+
+// SimpleSigning is the part of a cosign simplesigning payload Portcullis
+// relies on.
+type SimpleSigning struct {
+	Critical struct {
+		Identity struct {
+			DockerReference string `json:"docker-reference"`
+		} `json:"identity"`
+		Image struct {
+			DockerManifestDigest string `json:"docker-manifest-digest"`
+		} `json:"image"`
+		Type string `json:"type"`
+	} `json:"critical"`
+	Optional map[string]any `json:"optional"`
+}
+
+// ParseSimpleSigning parses a simplesigning payload strictly: one JSON
+// object with the cosign type and a well-formed sha256 manifest digest.
+func ParseSimpleSigning(b []byte) (*SimpleSigning, v1.Hash, error) {
+	var p SimpleSigning
+	if err := strictUnmarshal(b, &p); err != nil {
+		return nil, v1.Hash{}, fmt.Errorf("malformed simplesigning payload: %w", err)
+	}
+	if p.Critical.Type != simpleSigningType {
+		return nil, v1.Hash{}, fmt.Errorf("simplesigning type %q is not %q", p.Critical.Type, simpleSigningType)
+	}
+	h, err := v1.NewHash(p.Critical.Image.DockerManifestDigest)
+	if err != nil || h.Algorithm != "sha256" {
+		return nil, v1.Hash{}, fmt.Errorf("simplesigning payload has invalid docker-manifest-digest %q", p.Critical.Image.DockerManifestDigest)
+	}
+	return &p, h, nil
+}
+
+func (e *Engine) openLegacy(ctx context.Context, s Subject, f Fetcher, m Manifest, d *discovery) ([]*evidence, error) {
+	man, err := parseManifest(m.Bytes)
+	if err != nil {
+		return []*evidence{{format: FormatCosignLegacy, source: "sha256-" + s.Digest.Hex + ".sig",
+			err: fmt.Errorf("malformed signature manifest: %w", err)}}, nil
+	}
+	var out []*evidence
+	n := 0
+	for i, l := range man.Layers {
+		if l.MediaType != mediaTypeSimpleSigning {
+			continue
+		}
+		if n == e.maxEvidence {
+			d.notes = append(d.notes, fmt.Sprintf("evidence limit reached: examined %d of %d signature layers", n, len(man.Layers)))
+			break
+		}
+		n++
+		ev := &evidence{format: FormatCosignLegacy, source: fmt.Sprintf("sig[%d]", i)}
+		out = append(out, ev)
+		if l.Size > maxPayloadBytes {
+			ev.err = fmt.Errorf("payload of %d bytes exceeds %d", l.Size, maxPayloadBytes)
+			continue
+		}
+		payload, err := readBlob(ctx, f, s.Repository, l.Digest, maxPayloadBytes)
+		if err != nil {
+			if errors.Is(err, errEvidence) {
+				ev.err = err
+				continue
+			}
+			return nil, err
+		}
+		ev.legacy, ev.err = parseLegacy(payload, l.Annotations, s.Digest)
+	}
+	return out, nil
+}
+
+// parseLegacy turns a signature layer into evidence. The signed digest is
+// checked here because it does not depend on who signed.
+func parseLegacy(payload []byte, ann map[string]string, subject v1.Hash) (*legacySignature, error) {
+	b64, ok := ann[annotationSignature]
+	if !ok {
+		return nil, errors.New("no signature annotation")
+	}
+	sig, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil || len(sig) == 0 {
+		return nil, errors.New("signature annotation is not valid base64")
+	}
+	_, h, err := ParseSimpleSigning(payload)
+	if err != nil {
+		return nil, err
+	}
+	if h != subject {
+		return nil, fmt.Errorf("signed digest %s is not the subject %s", h, subject)
+	}
+	ls := &legacySignature{payload: payload, sig: sig}
+	if c := ann[annotationCertificate]; c != "" {
+		certs, err := cryptoutils.UnmarshalCertificatesFromPEM([]byte(c))
+		if err != nil || len(certs) != 1 {
+			return nil, errors.New("certificate annotation is not one PEM certificate")
+		}
+		ls.cert = certs[0]
+		if ch := ann[annotationChain]; ch != "" {
+			if ls.chain, err = cryptoutils.UnmarshalCertificatesFromPEM([]byte(ch)); err != nil {
+				return nil, errors.New("chain annotation is not PEM certificates")
+			}
+		}
+	}
+	if rb := ann[annotationRekorBundle]; rb != "" {
+		if ls.tlog, err = parseRekorBundle([]byte(rb)); err != nil {
+			return nil, err
+		}
+	}
+	if ts := ann[annotationRFC3161]; ts != "" {
+		var t struct {
+			SignedRFC3161Timestamp []byte `json:"SignedRFC3161Timestamp"`
+		}
+		if err := strictUnmarshal([]byte(ts), &t); err != nil || len(t.SignedRFC3161Timestamp) == 0 {
+			return nil, errors.New("malformed rfc3161timestamp annotation")
+		}
+		ls.rfc3161 = t.SignedRFC3161Timestamp
+	}
+	return ls, nil
+}
+
+// parseRekorBundle reads cosign's Rekor SET annotation into a log entry
+// sigstore-go can verify (SET signature and body ↔ signature equality).
+func parseRekorBundle(b []byte) (*tlog.Entry, error) {
+	var rb struct {
+		SignedEntryTimestamp []byte `json:"SignedEntryTimestamp"`
+		Payload              struct {
+			Body           []byte `json:"body"`
+			IntegratedTime int64  `json:"integratedTime"`
+			LogIndex       int64  `json:"logIndex"`
+			LogID          string `json:"logID"`
+		} `json:"Payload"`
+	}
+	if err := strictUnmarshal(b, &rb); err != nil {
+		return nil, fmt.Errorf("malformed rekor bundle annotation: %w", err)
+	}
+	logID, err := hex.DecodeString(rb.Payload.LogID)
+	if err != nil || len(rb.SignedEntryTimestamp) == 0 || len(rb.Payload.Body) == 0 {
+		return nil, errors.New("malformed rekor bundle annotation")
+	}
+	var kv struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+	}
+	if err := json.Unmarshal(rb.Payload.Body, &kv); err != nil || kv.Kind == "" {
+		return nil, errors.New("malformed rekor bundle annotation: entry body")
+	}
+	e, err := tlog.ParseTransparencyLogEntry(&protorekor.TransparencyLogEntry{
+		LogIndex:          rb.Payload.LogIndex,
+		LogId:             &protocommon.LogId{KeyId: logID},
+		KindVersion:       &protorekor.KindVersion{Kind: kv.Kind, Version: kv.APIVersion},
+		IntegratedTime:    rb.Payload.IntegratedTime,
+		InclusionPromise:  &protorekor.InclusionPromise{SignedEntryTimestamp: rb.SignedEntryTimestamp},
+		CanonicalizedBody: rb.Payload.Body,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("malformed rekor bundle annotation: %w", err)
+	}
+	return e, nil
+}
+
+// legacyEntity presents a certificate-signed legacy signature to
+// sigstore-go, so keyless legacy and bundle evidence share one
+// verification path (chain to Fulcio at a log or TSA time, SET checks).
+type legacyEntity struct {
+	ls *legacySignature
+}
+
+var _ sgverify.SignedEntity = legacyEntity{}
+
+func (l legacyEntity) HasInclusionPromise() bool { return l.ls.tlog != nil }
+func (l legacyEntity) HasInclusionProof() bool   { return false }
+func (l legacyEntity) Version() (string, error)  { return "v0.1", nil }
+
+func (l legacyEntity) VerificationContent() (sgverify.VerificationContent, error) {
+	if l.ls.cert == nil {
+		return nil, errors.New("no certificate")
+	}
+	return certContent{cert: l.ls.cert, chain: l.ls.chain}, nil
+}
+
+func (l legacyEntity) SignatureContent() (sgverify.SignatureContent, error) {
+	sum := sha256.Sum256(l.ls.payload)
+	return bundle.NewMessageSignature(sum[:], "SHA2_256", l.ls.sig), nil
+}
+
+func (l legacyEntity) Timestamps() ([][]byte, error) {
+	if l.ls.rfc3161 == nil {
+		return nil, nil
+	}
+	return [][]byte{l.ls.rfc3161}, nil
+}
+
+func (l legacyEntity) TlogEntries() ([]*tlog.Entry, error) {
+	if l.ls.tlog == nil {
+		return nil, nil
+	}
+	return []*tlog.Entry{l.ls.tlog}, nil
+}
+
+// certContent is a leaf certificate with the intermediates cosign stored
+// next to it. Intermediates only help build a path; trust still ends at
+// the trusted root's Fulcio CAs.
+type certContent struct {
+	cert  *x509.Certificate
+	chain []*x509.Certificate
+}
+
+func (c certContent) CompareKey(key any, _ root.TrustedMaterial) bool {
+	k, ok := key.(*x509.Certificate)
+	return ok && c.cert.Equal(k)
+}
+
+func (c certContent) ValidAtTime(t time.Time, _ root.TrustedMaterial) bool {
+	return !t.Before(c.cert.NotBefore) && !t.After(c.cert.NotAfter)
+}
+
+func (c certContent) Certificate() *x509.Certificate { return c.cert }
+
+func (c certContent) Intermediates() []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, ch := range c.chain {
+		if !ch.Equal(c.cert) {
+			out = append(out, ch)
+		}
+	}
+	return out
+}
+
+func (c certContent) PublicKey() sgverify.PublicKeyProvider { return nil }
