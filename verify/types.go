@@ -22,6 +22,49 @@ type Subject struct {
 	// type; empty for an index without artifactType.
 	ArtifactType string
 	Manifest     []byte
+
+	// Lineage carries what the engine needs to follow provenance
+	// dependencies of this subject. The zero value means "a root subject
+	// with no dependency verifier": a boundary that requires lineage then
+	// denies, it never skips the check.
+	Lineage LineageContext
+}
+
+// LineageContext is where a subject sits in a lineage walk.
+type LineageContext struct {
+	// Dependencies verifies dependencies; nil means lineage cannot be
+	// followed (a lineage rule then denies).
+	Dependencies DependencyVerifier
+	// Depth is the remaining lineage budget for this subject's own
+	// dependencies. 0 on a root subject means "the boundary's depth"; on a
+	// dependency (Chain non-empty) it means the budget is spent.
+	Depth int
+	// Chain lists the subjects from the root to this one's parent, as
+	// "upstream/repository@digest", for cycle detection and messages.
+	Chain []string
+}
+
+// DependencyRef is one OCI dependency named by a provenance statement.
+type DependencyRef struct {
+	Name       string  // the dependency's name in the statement (e.g. "dataset-train")
+	URI        string  // as written, e.g. "oci://registry.example/ml/data@sha256:…"
+	Registry   string  // registry host from the URI: a lookup key, never dialled as is
+	Repository string  // repository at that registry
+	Digest     v1.Hash // the pinned digest
+}
+
+// DependencyVerifier verifies lineage dependencies for the engine. The proxy
+// implements it: it maps Registry to a configured upstream (lookup only;
+// an unknown registry is a denied verdict, never a connection), fetches the
+// manifest by digest and decides on it through the same verdict cache and
+// shared verification as a pull, under the boundary that matches the
+// dependency's own upstream and repository.
+type DependencyVerifier interface {
+	// VerifyDependency returns dep's verdict. lc is the dependency's own
+	// lineage context (its remaining Depth and the Chain including the
+	// parent), to be put on the dependency's Subject. An error means the
+	// dependency could not be decided (the parent then fails closed).
+	VerifyDependency(ctx context.Context, dep DependencyRef, lc LineageContext) (Verdict, error)
 }
 
 // Manifest is a manifest read from an upstream. Bytes hash to Digest.
