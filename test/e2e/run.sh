@@ -135,6 +135,18 @@ done
 rm -rf "$work/sk"
 expect_denied "skopeo: unsigned denied" skopeo copy --src-tls-verify=false "docker://$P_DIST/e2e/unsigned:v1" "dir:$work/sk"
 
+# CRI-O, podman and skopeo share containers/image and its registries.conf:
+# with the generated drop-in, a pull of the REAL registry's name goes to the
+# proxy and a denial is final.
+"$PORTCULLIS" mirror-config crio --proxy "http://$PROXY" "$DIST=dist.e2e.local" > "$work/registries.conf" || bad "mirror-config crio"
+rm -rf "$work/sk"
+if skopeo --registries-conf "$work/registries.conf" copy "docker://$DIST/e2e/signed-v2:v1" "dir:$work/sk" >"$work/out" 2>&1; then
+  crane manifest "$DIST/e2e/signed-v2:v1" > "$work/m.direct"
+  same_bytes "registries.conf drop-in: signed pull via proxy byte-identical" "$work/m.direct" "$work/sk/manifest.json"
+else bad "registries.conf drop-in: signed pull"; tail -3 "$work/out"; fi
+rm -rf "$work/sk"
+expect_denied "registries.conf drop-in: unsigned denied, no fallback" skopeo --registries-conf "$work/registries.conf" copy "docker://$DIST/e2e/unsigned:v1" "dir:$work/sk"
+
 phase "oras"
 expect_ok "oras manifest fetch ola/signed-v3" oras manifest fetch --plain-http "$P_OLA/e2e/signed-v3:v1"
 expect_denied "oras: rogue denied" oras manifest fetch --plain-http "$P_DIST/e2e/rogue:v1"

@@ -119,9 +119,9 @@ func TestCRIO(t *testing.T) {
 	}{
 		{
 			name: "http", proxy: "http://portcullis:5000", insecure: true,
-			registries:   []string{"docker.io", "ghcr.io", "registry.local:5000"},
+			registries:   []string{"docker.io", "ghcr.io", "registry.local:5000=registry.local"},
 			wantPrefix:   []string{"docker.io", "ghcr.io", "registry.local:5000"},
-			wantLocation: []string{"portcullis:5000/docker.io", "portcullis:5000/ghcr.io", "portcullis:5000/registry.local:5000"},
+			wantLocation: []string{"portcullis:5000/docker.io", "portcullis:5000/ghcr.io", "portcullis:5000/registry.local"},
 		},
 		{
 			name: "https", proxy: "https://portcullis.internal",
@@ -221,12 +221,21 @@ func FuzzGenerators(f *testing.F) {
 	f.Fuzz(func(t *testing.T, proxy, registry string) {
 		files, err := Containerd(proxy, []string{registry})
 		if err != nil {
-			if _, err := CRIO(proxy, []string{registry}); err == nil {
+			// REGISTRY=ALIAS is CRI-O-only syntax.
+			if _, err := CRIO(proxy, []string{registry}); err == nil && !strings.Contains(registry, "=") {
 				t.Fatalf("CRIO accepted what Containerd refused: %q %q", proxy, registry)
 			}
 			return
 		}
-		conf, err := CRIO(proxy, []string{registry})
+		crioArg := registry
+		if strings.Contains(registry, ":") {
+			// A port cannot be a location path component: CRI-O needs an alias.
+			if _, err := CRIO(proxy, []string{registry}); err == nil {
+				t.Fatalf("CRIO accepted a registry with a port and no alias: %q", registry)
+			}
+			crioArg = registry + "=alias.local"
+		}
+		conf, err := CRIO(proxy, []string{crioArg})
 		if err != nil {
 			t.Fatalf("Containerd accepted what CRIO refused: %q %q: %v", proxy, registry, err)
 		}

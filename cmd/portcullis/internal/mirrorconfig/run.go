@@ -12,7 +12,7 @@ import (
 
 const usage = `Usage:
   portcullis mirror-config containerd --proxy URL [--out DIR] [--ca FILE] REGISTRY...
-  portcullis mirror-config crio --proxy URL [--out FILE] REGISTRY...
+  portcullis mirror-config crio --proxy URL [--out FILE] REGISTRY[=ALIAS]...
 
 Generates client configuration that sends every pull from the given
 registries through the Portcullis proxy with no fallback to the real
@@ -24,7 +24,10 @@ registry, so that a denial by the proxy is final.
               after a "# <path>" line.
   crio        a registries.conf drop-in for CRI-O and podman, for
               /etc/containers/registries.conf.d/. Printed, or written to
-              --out FILE.
+              --out FILE. The location path prefix is the registry name,
+              or ALIAS (one of the proxy's upstream aliases) when given; a
+              registry with a port needs an ALIAS, since a colon cannot
+              appear in a location path.
 
 Flags:
   --proxy URL  the proxy, as http(s)://host[:port] (required)
