@@ -37,6 +37,33 @@
 // bounded by the verify timeout, so one client hanging up does not fail
 // the others.
 //
+// # Lineage
+//
+// The proxy is the Verifier's verify.DependencyVerifier: when a boundary
+// requires the dependencies named in a subject's provenance to be verified,
+// the Verifier asks the proxy for each one's verdict. The provenance is
+// trusted only as far as the Verifier has verified it; the proxy treats
+// the dependency references it names as untrusted input. A dependency's
+// registry is a lookup key into the configured upstreams, exactly like
+// ?ns=: a registry that is not configured yields a denied verdict naming
+// the configured upstreams and nothing is dialled, so signed metadata
+// cannot make the proxy connect to a host of its choosing. The repository
+// and digest are checked against the same grammars as a client's path. The
+// manifest is then fetched by digest from the dependency's own upstream,
+// digest-checked, and decided on under the boundary that matches that
+// upstream and repository, through the same verdict cache and shared
+// verification as a pull. A dependency the upstream does not have is a
+// denial; an upstream that cannot be reached is a failure to decide, which
+// fails the pull closed and is not cached. A denial's reasons name the
+// chain from the pulled subject down to the dependency at fault.
+//
+// Dependency verdicts are keyed by the remaining lineage depth as well, a
+// key space pulls never use, and a dependency verification only ever
+// waits on dependency verifications of strictly smaller depth. Waits
+// between shared verifications therefore go from a pull to a dependency or
+// down in depth, which cannot form a cycle, so two concurrent pulls whose
+// provenances name each other cannot deadlock (see VerifyDependency).
+//
 // # Status codes
 //
 // Container runtimes treat a mirror's failure as a reason to try the next

@@ -54,6 +54,9 @@ type manifestReq struct {
 	repo   string
 	ref    string
 	client string
+	// lineage places the subject in a lineage walk; the zero value is a
+	// root subject (a client's pull).
+	lineage verify.LineageContext
 }
 
 func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, req apiRequest, st *reqState) error {
@@ -271,7 +274,12 @@ func (p *Proxy) evaluate(ctx context.Context, mr manifestReq, m verify.Manifest)
 		MediaType:    pm.mediaType,
 		ArtifactType: pm.artifactType,
 		Manifest:     m.Bytes,
+		Lineage:      mr.lineage,
 	}
+	// Every subject, root or dependency, can have its own dependencies
+	// followed, and always through the proxy: routing, verdict cache and
+	// shared verification stay the same at every level.
+	subject.Lineage.Dependencies = p
 	p.metrics.verifications.Inc()
 	v, err := p.verifier.Verify(ctx, subject, mr.u.client)
 	if err != nil {

@@ -16,6 +16,7 @@ type metrics struct {
 	verdictCache       *prometheus.CounterVec
 	verifications      prometheus.Counter
 	drift              *prometheus.CounterVec
+	lineageDeps        *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -57,10 +58,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "portcullis_drift_total",
 			Help: "Digests that were allowed before and are denied now, by boundary.",
 		}, []string{"boundary"}),
+		lineageDeps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_lineage_dependencies_total",
+			Help: "Lineage dependencies decided for a parent subject, by result (allow, deny, error).",
+		}, []string{"result"}),
 	}
 	for _, c := range []prometheus.Collector{
 		m.requests, m.duration, m.decisions, m.verificationErrors, m.upstreamErrors,
-		m.blobBytes, m.verdictCache, m.verifications, m.drift,
+		m.blobBytes, m.verdictCache, m.verifications, m.drift, m.lineageDeps,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, errors.Join(errors.New("failed to register metrics"), err)
@@ -70,5 +75,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	// them is defined before the first event.
 	m.verdictCache.WithLabelValues("hit")
 	m.verdictCache.WithLabelValues("miss")
+	for _, r := range []string{"allow", "deny", "error"} {
+		m.lineageDeps.WithLabelValues(r)
+	}
 	return m, nil
 }
