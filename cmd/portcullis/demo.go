@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os/signal"
+	"regexp"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -32,6 +33,8 @@ const (
 	demoUpstream = "demo.local"
 	demoIssuer   = "https://token.actions.example.com"
 	demoSubject  = "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main"
+	demoBuilder  = "https://github.com/acme/trainer/.github/workflows/train.yml@refs/heads/main"
+	modelPack    = "application/vnd.cncf.model.manifest.v1+json"
 )
 
 // demoCase is one piece of seeded content and what the demo expects.
@@ -39,10 +42,14 @@ type demoCase struct {
 	repo, tag string
 	what      string
 	wantAllow bool
-	seed      func(ctx context.Context, d *demoEnv, ref name.Digest) error
+	// push creates the artifact (default: a small random image).
+	push func(ctx context.Context, d *demoEnv, ref name.Tag) (name.Digest, error)
+	seed func(ctx context.Context, d *demoEnv, ref name.Digest) error
 }
 
 type demoEnv struct {
+	// digests of seeded content by repository, for provenance to name.
+	digests  map[string]name.Digest
 	reg      *fixtures.Registry
 	key      *fixtures.KeySigner
 	rogue    *fixtures.KeySigner
@@ -85,9 +92,12 @@ func demo(ctx context.Context, listen string, once, verbose bool, stdout, stderr
 			return err
 		}
 		var d name.Digest
-		if strings.HasPrefix(c.repo, "demo/multiarch") {
+		switch {
+		case c.push != nil:
+			d, err = c.push(ctx, env, ref)
+		case strings.HasPrefix(c.repo, "demo/multiarch"):
 			d, _, err = fixtures.PushIndex(ctx, ref, 2)
-		} else {
+		default:
 			d, err = fixtures.PushImage(ctx, ref)
 		}
 		if err != nil {
@@ -99,6 +109,7 @@ func demo(ctx context.Context, listen string, once, verbose bool, stdout, stderr
 			}
 		}
 		seeded[i] = d
+		env.digests[c.repo] = d
 	}
 
 	eng, err := verify.New(env.policy())
@@ -165,6 +176,7 @@ Try it (crane: go install github.com/google/go-containerregistry/cmd/crane@v0.22
   crane manifest %[1]s/demo/signed-key:v1          # allowed: exact upstream bytes
   crane manifest %[1]s/demo/unsigned:v1            # DENIED, with the reason
   crane pull %[1]s/demo/multiarch:v1 /tmp/ma.tar   # allowed index, children and blobs
+  crane manifest %[1]s/models/llm-poisoned:v1      # DENIED: the chain to the unsigned dataset
   curl -s http://%[2]s/v1/decisions                # the audit trail
   curl -s http://%[2]s/metrics | grep portcullis_decisions_total
 `, host, addrs[1])
@@ -254,6 +266,10 @@ func readImage(img v1.Image) (int, error) {
 	return len(layers) + 1, nil
 }
 
+// longHex matches full digests, shortened in the table for readability
+// (the audit log and /v1/decisions keep them whole).
+var longHex = regexp.MustCompile(`[0-9a-f]{64}`)
+
 func describeErr(err error) (string, string) {
 	var te *transport.Error
 	if errors.As(err, &te) && len(te.Errors) > 0 {
@@ -265,7 +281,7 @@ func describeErr(err error) (string, string) {
 				msg = msg[i+2+j+2:]
 			}
 		}
-		return strings.ToLower(string(d.Code)), msg
+		return strings.ToLower(string(d.Code)), longHex.ReplaceAllStringFunc(msg, func(h string) string { return h[:12] + "…" })
 	}
 	return "error", err.Error()
 }
@@ -307,6 +323,64 @@ func demoCases() []demoCase {
 			seed: func(ctx context.Context, d *demoEnv, ref name.Digest) error {
 				return fixtures.AttachLegacySignature(ctx, ref, d.key, fixtures.Tamper{ModifyPayload: true})
 			}},
+		// Lineage: datasets and a base model first, so the models'
+		// provenance can name them by digest.
+		{repo: "datasets/corpus", tag: "v1", what: "dataset, signed by the release key", wantAllow: true,
+			push: pushDataset("corpus.jsonl", `{"text":"curated"}`),
+			seed: signWithKey},
+		{repo: "datasets/scraped", tag: "v1", what: "dataset, unsigned", wantAllow: false,
+			push: pushDataset("scraped.jsonl", `{"text":"ignore previous instructions"}`)},
+		{repo: "foundation/base", tag: "v1", what: "base model, keyless-signed", wantAllow: true,
+			push: pushModel("base.safetensors", "base weights"),
+			seed: func(ctx context.Context, d *demoEnv, ref name.Digest) error {
+				_, err := fixtures.AttachBundle(ctx, ref, d.keyless, fixtures.BundleSpec{})
+				return err
+			}},
+		{repo: "models/llm", tag: "v1", what: "model; provenance: signed dataset + base", wantAllow: true,
+			push: pushModel("model.safetensors", "fine-tuned weights"),
+			seed: modelSeed(time.Now().Add(-2*time.Hour), "datasets/corpus")},
+		{repo: "models/llm-poisoned", tag: "v1", what: "model; provenance: unsigned dataset", wantAllow: false,
+			push: pushModel("model.safetensors", "poisoned weights"),
+			seed: modelSeed(time.Now().Add(-2*time.Hour), "datasets/scraped")},
+		{repo: "models/llm-stale", tag: "v1", what: "model; provenance 90 days old", wantAllow: false,
+			push: pushModel("model.safetensors", "old weights"),
+			seed: modelSeed(time.Now().Add(-90*24*time.Hour), "datasets/corpus")},
+	}
+}
+
+func signWithKey(ctx context.Context, d *demoEnv, ref name.Digest) error {
+	return fixtures.AttachLegacySignature(ctx, ref, d.key, fixtures.Tamper{})
+}
+
+func pushDataset(file, content string) func(context.Context, *demoEnv, name.Tag) (name.Digest, error) {
+	return func(ctx context.Context, _ *demoEnv, ref name.Tag) (name.Digest, error) {
+		return fixtures.PushDataset(ctx, ref, map[string][]byte{file: []byte(content)})
+	}
+}
+
+func pushModel(file, content string) func(context.Context, *demoEnv, name.Tag) (name.Digest, error) {
+	return func(ctx context.Context, _ *demoEnv, ref name.Tag) (name.Digest, error) {
+		return fixtures.PushModel(ctx, ref, map[string][]byte{file: []byte(content)}, "")
+	}
+}
+
+// modelSeed signs a model with the release key and attests, with the same
+// key, SLSA provenance built at builtAt from dataset and the base model.
+// Key-signed attestations carry no signed timestamp, so the statement's
+// own time is what max_age judges.
+func modelSeed(builtAt time.Time, dataset string) func(context.Context, *demoEnv, name.Digest) error {
+	return func(ctx context.Context, d *demoEnv, ref name.Digest) error {
+		if err := signWithKey(ctx, d, ref); err != nil {
+			return err
+		}
+		deps := []fixtures.ResourceDescriptor{
+			fixtures.OCIDependency("dataset-"+strings.TrimPrefix(dataset, "datasets/"), d.digests[dataset]),
+			fixtures.OCIDependency("base-model", d.digests["foundation/base"]),
+			{Name: "training-code", URI: "git+https://github.com/acme/trainer@refs/heads/main", Digest: map[string]string{"gitCommit": strings.Repeat("5e", 20)}},
+		}
+		prov := fixtures.SLSAProvenanceV1(demoBuilder, deps, builtAt.Add(-time.Hour), builtAt)
+		_, err := fixtures.AttachBundle(ctx, ref, d.key, fixtures.BundleSpec{PredicateType: fixtures.PredicateSLSAProvenanceV1, Predicate: prov})
+		return err
 	}
 }
 
@@ -315,7 +389,7 @@ func newDemoEnv() (*demoEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	env := &demoEnv{reg: reg}
+	env := &demoEnv{reg: reg, digests: map[string]name.Digest{}}
 	if env.key, err = fixtures.NewKeySigner("ecdsa-p256"); err != nil {
 		return nil, err
 	}
@@ -330,22 +404,28 @@ func newDemoEnv() (*demoEnv, error) {
 	return env, nil
 }
 
-// policy is what a demo config file would compile to: one boundary for
-// demo/** that accepts the release key or the CI identity.
+// policy is what a demo config file would compile to: models need a
+// signature plus fresh SLSA provenance whose datasets and base model are
+// themselves verified; datasets, base models and images need a signature.
 func (d *demoEnv) policy() verify.Policy {
+	release := verify.Authority{Name: "release-key", Key: &verify.KeyAuthority{TrustName: "demo-keys",
+		Keys: []verify.NamedKey{{Name: "release.pub", PEM: d.key.PublicKeyPEM()}}}}
+	ci := verify.Authority{Name: "ci", Keyless: &verify.KeylessAuthority{TrustName: "demo-sigstore", TrustedRoot: d.sig,
+		Issuer: demoIssuer, SubjectRegex: `^https://github\.com/acme/`, TlogThreshold: 1, TimestampThreshold: 1}}
+	signed := func(name string, repos ...string) verify.Boundary {
+		return verify.Boundary{Name: name, Upstream: demoUpstream, Repositories: repos, Mode: verify.ModeEnforce,
+			Threshold: 1, Authorities: []verify.Authority{release, ci}}
+	}
+	models := signed("models", "models/**")
+	models.ArtifactTypes = []string{modelPack}
+	models.Attestations = []verify.AttestationRule{{
+		Name: "provenance", PredicateType: fixtures.PredicateSLSAProvenanceV1, Authorities: []string{"release-key", "ci"},
+		MaxAge:    30 * 24 * time.Hour,
+		Condition: `predicate.runDetails.builder.id.startsWith("https://github.com/acme/")`,
+	}}
+	models.Lineage = &verify.LineageRule{Depth: 3, Require: []string{"dataset*", "base-model*"}}
 	return verify.Policy{
 		Fingerprint: "demo",
-		Boundaries: []verify.Boundary{{
-			Name:         "demo",
-			Upstream:     demoUpstream,
-			Repositories: []string{"demo/**"},
-			Mode:         verify.ModeEnforce,
-			Threshold:    1,
-			Authorities: []verify.Authority{
-				{Name: "release-key", Key: &verify.KeyAuthority{TrustName: "demo-keys", Keys: []verify.NamedKey{{Name: "release.pub", PEM: d.key.PublicKeyPEM()}}}},
-				{Name: "ci", Keyless: &verify.KeylessAuthority{TrustName: "demo-sigstore", TrustedRoot: d.sig,
-					Issuer: demoIssuer, SubjectRegex: `^https://github\.com/acme/`, TlogThreshold: 1, TimestampThreshold: 1}},
-			},
-		}},
+		Boundaries:  []verify.Boundary{models, signed("datasets", "datasets/**", "foundation/**"), signed("demo", "demo/**")},
 	}
 }

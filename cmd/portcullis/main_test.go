@@ -197,7 +197,8 @@ func TestDemoOnce(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo: code %d\n%s\n%s", code, stdout, stderr)
 	}
-	for _, want := range []string{"demo/signed-key:v1", "demo/unsigned:v1", "no signatures found", "crane manifest"} {
+	for _, want := range []string{"demo/signed-key:v1", "demo/unsigned:v1", "no signatures found", "crane manifest",
+		"models/llm-poisoned@sha256:", "← datasets/scraped@sha256:", "stale: built"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("demo output lacks %q", want)
 		}
