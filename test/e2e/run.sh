@@ -81,6 +81,42 @@ D[dist_unsigned]=$(image "$DIST" e2e/unsigned v1)
 D[dist_rogue]=$(image "$DIST" e2e/rogue v1);       sign2 rogue.key "$DIST/e2e/rogue@${D[dist_rogue]}"
 for k in "${!D[@]}"; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
 
+# Models and datasets as CNCF ModelPack artifacts pushed with oras; the
+# model's SLSA provenance (cosign attest) names its training data by digest.
+echo '{}' > "$work/model-config.json"
+echo '{"text": "the corpus"}' > "$work/corpus.jsonl"
+echo '{"text": "poisoned"}' > "$work/poisoned.jsonl"
+head -c 8192 /dev/urandom > "$work/weights.bin"
+oras_push() { # REG REPO FILE:MEDIATYPE
+  oras push --plain-http "$1/$2:v1" --artifact-type application/vnd.cncf.model.manifest.v1+json \
+    --config model-config.json:application/vnd.cncf.model.config.v1+json "$3" >/dev/null 2>&1 && crane digest "$1/$2:v1"
+}
+provenance() { # DATASET_URI: an SLSA v1 predicate naming one dataset
+  cat > "$work/prov.json" <<JSON
+{"buildDefinition":{"buildType":"https://e2e.local/train/v1","externalParameters":{"epochs":3},
+ "resolvedDependencies":[{"name":"dataset-corpus","uri":"$1"},{"name":"trainer-src","uri":"git+https://git.e2e.local/trainer@refs/heads/main","digest":{"gitCommit":"0123456789abcdef0123456789abcdef01234567"}}]},
+ "runDetails":{"builder":{"id":"https://ci.e2e.local/trainer"},"metadata":{"startedOn":"$(date -u -d '-2 hour' +%FT%TZ)","finishedOn":"$(date -u -d '-1 hour' +%FT%TZ)"}}}
+JSON
+}
+attest3() { cosign3 attest --key v3.key --use-signing-config=false --tlog-upload=false --type slsaprovenance1 --predicate prov.json -y "$1" >/dev/null 2>&1; }
+attest2() { cosign2 attest --key v2.key --tlog-upload=false --type slsaprovenance1 --predicate prov.json -y "$1" >/dev/null 2>&1; }
+
+D[corpus]=$(oras_push "$OLA" e2e/datasets/corpus corpus.jsonl:application/vnd.cncf.model.dataset.v1.raw); sign3 v3.key "$OLA/e2e/datasets/corpus@${D[corpus]}"
+D[poisoned]=$(oras_push "$OLA" e2e/datasets/poisoned poisoned.jsonl:application/vnd.cncf.model.dataset.v1.raw)
+D[llm]=$(oras_push "$OLA" e2e/ml/llm weights.bin:application/vnd.cncf.model.weight.v1.raw)
+sign3 v3.key "$OLA/e2e/ml/llm@${D[llm]}"; provenance "oci://ola.e2e.local/e2e/datasets/corpus@${D[corpus]}"; attest3 "$OLA/e2e/ml/llm@${D[llm]}"
+# Same weights as llm would give the same digest: make the manifest differ.
+D[llm_poisoned]=$(oras push --plain-http "$OLA/e2e/ml/llm-poisoned:v1" --artifact-type application/vnd.cncf.model.manifest.v1+json \
+  --annotation "org.opencontainers.image.description=poisoned" --config model-config.json:application/vnd.cncf.model.config.v1+json \
+  weights.bin:application/vnd.cncf.model.weight.v1.raw >/dev/null 2>&1 && crane digest "$OLA/e2e/ml/llm-poisoned:v1")
+sign3 v3.key "$OLA/e2e/ml/llm-poisoned@${D[llm_poisoned]}"; provenance "oci://ola.e2e.local/e2e/datasets/poisoned@${D[poisoned]}"; attest3 "$OLA/e2e/ml/llm-poisoned@${D[llm_poisoned]}"
+# A model on the registry without the referrers API, with a legacy .att,
+# whose dataset lives on the other upstream.
+D[llm_legacy]=$(oras push --plain-http "$DIST/e2e/ml/llm-legacy:v1" --artifact-type application/vnd.cncf.model.manifest.v1+json \
+  --config model-config.json:application/vnd.cncf.model.config.v1+json weights.bin:application/vnd.cncf.model.weight.v1.raw >/dev/null 2>&1 && crane digest "$DIST/e2e/ml/llm-legacy:v1")
+sign2 v2.key "$DIST/e2e/ml/llm-legacy@${D[llm_legacy]}"; provenance "oci://ola.e2e.local/e2e/datasets/corpus@${D[corpus]}"; attest2 "$DIST/e2e/ml/llm-legacy@${D[llm_legacy]}"
+for k in corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
+
 phase "starting portcullis"
 cat > "$work/portcullis.yaml" <<YML
 listen: $PROXY
@@ -92,6 +128,17 @@ trust:
   - {name: cosign-v2, keys: [v2.pub]}
   - {name: cosign-v3, keys: [v3.pub]}
 boundaries:
+  - name: models
+    match: {repositories: ["e2e/ml/**"], artifact_types: ["application/vnd.cncf.model.manifest.v1+json"]}
+    signatures:
+      authorities: [{name: release-v2, key: cosign-v2}, {name: release-v3, key: cosign-v3}]
+    attestations:
+      - name: provenance
+        predicate_type: "https://slsa.dev/provenance/v1"
+        authorities: [release-v2, release-v3]
+        max_age: 24h
+        condition: 'predicate.runDetails.builder.id == "https://ci.e2e.local/trainer"'
+    lineage: {depth: 2, require: ["dataset*"]}
   - name: e2e
     match: {repositories: ["e2e/**"]}
     signatures:
@@ -151,6 +198,19 @@ phase "oras"
 expect_ok "oras manifest fetch ola/signed-v3" oras manifest fetch --plain-http "$P_OLA/e2e/signed-v3:v1"
 expect_denied "oras: rogue denied" oras manifest fetch --plain-http "$P_DIST/e2e/rogue:v1"
 
+phase "models and lineage (oras)"
+rm -rf "$work/pull" && mkdir -p "$work/pull"
+if (cd "$work/pull" && oras pull --plain-http "$P_OLA/e2e/ml/llm:v1" >"$work/out" 2>&1); then
+  same_bytes "oras pull model with verified dataset lineage: weights byte-identical" "$work/weights.bin" "$work/pull/weights.bin"
+else bad "oras pull model with verified lineage"; tail -3 "$work/out"; fi
+expect_ok "oras pull model from the registry without referrers (legacy .att, cross-upstream dataset)" oras manifest fetch --plain-http "$P_DIST/e2e/ml/llm-legacy:v1"
+expect_denied "oras: model trained on an unsigned dataset denied" oras pull --plain-http -o "$work/pull" "$P_OLA/e2e/ml/llm-poisoned:v1"
+if grep -q 'datasets/poisoned' "$work/out"; then ok "denial names the lineage chain"; else bad "denial does not name the dataset"; tail -3 "$work/out"; fi
+"$PORTCULLIS" verify --config "$work/portcullis.yaml" "ola.e2e.local/e2e/ml/llm-poisoned:v1" > "$work/out" 2>&1; code=$?
+if [ "$code" = 1 ] && grep -q 'dataset-corpus' "$work/out"; then ok "portcullis verify prints the lineage tree and exits 1"; else bad "portcullis verify on the poisoned model (exit $code)"; tail -5 "$work/out"; fi
+"$PORTCULLIS" verify --config "$work/portcullis.yaml" "ola.e2e.local/e2e/ml/llm:v1" > "$work/out" 2>&1; code=$?
+if [ "$code" = 0 ]; then ok "portcullis verify allows the model (exit 0)"; else bad "portcullis verify on the model (exit $code)"; tail -5 "$work/out"; fi
+
 phase "regctl"
 regctl registry set --tls disabled "$PROXY" >/dev/null 2>&1
 regctl registry set --tls disabled "$DIST" >/dev/null 2>&1
@@ -192,12 +252,18 @@ cosign_accepts() { # REF: accepted by either real cosign with either trusted key
   cosign3 verify --key "$work/v3.pub" --insecure-ignore-tlog=true --trusted-root "$work/trusted_root.json" "$1" >/dev/null 2>&1 ||
   cosign3 verify --key "$work/v2.pub" --insecure-ignore-tlog=true --trusted-root "$work/trusted_root.json" "$1" >/dev/null 2>&1
 }
-for k in "${!D[@]}"; do
-  reg=${k%%_*}; name=${k#*_}; repo=e2e/$([ "$name" = v2 ] && echo signed-v2 || ([ "$name" = v3 ] && echo signed-v3 || echo "$name"))
-  up=$([ "$reg" = dist ] && echo "$DIST" || echo "$OLA"); alias=$([ "$reg" = dist ] && echo dist.e2e.local || echo ola.e2e.local)
+# Policy may ask for more than a signature (lineage), so the rule is an
+# implication both ways: allowed => cosign accepts; cosign rejects => denied.
+for row in "dist_v2 dist e2e/signed-v2" "dist_v3 dist e2e/signed-v3" "dist_unsigned dist e2e/unsigned" "dist_rogue dist e2e/rogue" \
+           "ola_v2 ola e2e/signed-v2" "ola_v3 ola e2e/signed-v3" "corpus ola e2e/datasets/corpus" "poisoned ola e2e/datasets/poisoned" \
+           "llm ola e2e/ml/llm" "llm_poisoned ola e2e/ml/llm-poisoned" "llm_legacy dist e2e/ml/llm-legacy"; do
+  set -- $row; k=$1 reg=$2 repo=$3
+  up=$([ "$reg" = dist ] && echo "$DIST" || echo "$OLA"); alias=$reg.e2e.local
   code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$PROXY/v2/$alias/$repo/manifests/${D[$k]}")
-  if cosign_accepts "$up/$repo@${D[$k]}"; then want=200; else want=403; fi
-  if [ "$code" = "$want" ]; then ok "cross-check $k: cosign and proxy agree ($code)"; else bad "cross-check $k: proxy $code, cosign says $want"; fi
+  if cosign_accepts "$up/$repo@${D[$k]}"; then cosign=accepts; else cosign=rejects; fi
+  if [ "$code" = 200 ] && [ "$cosign" = rejects ]; then bad "cross-check $k: proxy allowed what cosign rejects"
+  elif [ "$code" != 200 ] && [ "$code" != 403 ]; then bad "cross-check $k: proxy answered $code"
+  else ok "cross-check $k: proxy $code, cosign $cosign"; fi
 done
 
 phase "result"
