@@ -9,21 +9,47 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 )
 
-// check verifies one piece of well-formed evidence against the authority.
+// check verifies one piece of well-formed signature evidence against the
+// authority: the signed digest must be the subject's.
 func (a *compiledAuthority) check(ev *evidence, s Subject, now time.Time) (Signer, error) {
-	if a.keyless != nil {
-		return a.checkKeyless(ev, s, now)
-	}
-	return a.checkKey(ev, s)
+	signer, _, err := a.verify(ev, sgverify.WithArtifactDigest("sha256", digestBytes(s.Digest)), now)
+	return signer, err
 }
 
-func (a *compiledAuthority) checkKey(ev *evidence, s Subject) (Signer, error) {
+// verify checks ev's signature under the authority. art says what the
+// signed content must be for bundles and certificate-signed legacy
+// evidence; simplesigning digests and statement subjects of legacy
+// attestations are checked by the caller. It returns the verified signing
+// times (log integration and RFC3161), empty for key signatures.
+func (a *compiledAuthority) verify(ev *evidence, art sgverify.ArtifactPolicyOption, now time.Time) (Signer, []time.Time, error) {
+	if a.keyless != nil {
+		return a.checkKeyless(ev, art, now)
+	}
+	s, err := a.checkKey(ev, art)
+	return s, nil, err
+}
+
+func (a *compiledAuthority) checkKey(ev *evidence, art sgverify.ArtifactPolicyOption) (Signer, error) {
 	signer := Signer{Authority: a.name, Kind: "key", Evidence: ev.format}
 	switch {
+	case ev.legacy != nil && ev.legacy.env != nil:
+		// A DSSE signature covers the pre-authentication encoding of the
+		// payload type and payload, never the bare payload.
+		pae := dsse.PAE(ev.legacy.env.PayloadType, ev.legacy.payload)
+		for _, k := range a.keys {
+			for _, sig := range ev.legacy.sigs {
+				if k.verifier.VerifySignature(bytes.NewReader(sig), bytes.NewReader(pae)) == nil {
+					signer.Key = k.name
+					return signer, nil
+				}
+			}
+		}
+		return Signer{}, fmt.Errorf("envelope does not verify with any key of authority %q", a.name)
 	case ev.legacy != nil:
 		for _, k := range a.keys {
 			if k.verifier.VerifySignature(bytes.NewReader(ev.legacy.sig), bytes.NewReader(ev.legacy.payload)) == nil {
@@ -51,7 +77,7 @@ func (a *compiledAuthority) checkKey(ev *evidence, s Subject) (Signer, error) {
 		}
 		var first error
 		for _, k := range keys {
-			_, err := k.bundle.Verify(ev.bundle, sgverify.NewPolicy(sgverify.WithArtifactDigest("sha256", digestBytes(s.Digest)), sgverify.WithKey()))
+			_, err := k.bundle.Verify(ev.bundle, sgverify.NewPolicy(art, sgverify.WithKey()))
 			if err == nil {
 				signer.Key = k.name
 				return signer, nil
@@ -65,7 +91,7 @@ func (a *compiledAuthority) checkKey(ev *evidence, s Subject) (Signer, error) {
 	return Signer{}, errors.New("no signature material")
 }
 
-func (a *compiledAuthority) checkKeyless(ev *evidence, s Subject, now time.Time) (Signer, error) {
+func (a *compiledAuthority) checkKeyless(ev *evidence, art sgverify.ArtifactPolicyOption, now time.Time) (Signer, []time.Time, error) {
 	kl := a.keyless
 	signer := Signer{Authority: a.name, Kind: "keyless", Evidence: ev.format}
 	var (
@@ -75,23 +101,27 @@ func (a *compiledAuthority) checkKeyless(ev *evidence, s Subject, now time.Time)
 	switch {
 	case ev.legacy != nil:
 		if ev.legacy.cert == nil {
-			return Signer{}, fmt.Errorf("no certificate; authority %q is keyless", a.name)
+			return Signer{}, nil, fmt.Errorf("no certificate; authority %q is keyless", a.name)
 		}
 		entity = legacyEntity{ls: ev.legacy}
+		if ev.legacy.env == nil {
+			// A simplesigning signature covers the payload bytes.
+			art = sgverify.WithArtifact(bytes.NewReader(ev.legacy.payload))
+		}
 		// Identity is matched below, with reasons that name the mismatch.
-		policy = sgverify.NewPolicy(sgverify.WithArtifact(bytes.NewReader(ev.legacy.payload)), sgverify.WithoutIdentitiesUnsafe())
+		policy = sgverify.NewPolicy(art, sgverify.WithoutIdentitiesUnsafe())
 	case ev.bundle != nil:
 		vc, err := ev.bundle.VerificationContent()
 		if err != nil {
-			return Signer{}, fmt.Errorf("bundle verification material: %w", err)
+			return Signer{}, nil, fmt.Errorf("bundle verification material: %w", err)
 		}
 		if vc.Certificate() == nil {
-			return Signer{}, fmt.Errorf("bundle is key-signed; authority %q is keyless", a.name)
+			return Signer{}, nil, fmt.Errorf("bundle is key-signed; authority %q is keyless", a.name)
 		}
 		entity = ev.bundle
-		policy = sgverify.NewPolicy(sgverify.WithArtifactDigest("sha256", digestBytes(s.Digest)), sgverify.WithoutIdentitiesUnsafe())
+		policy = sgverify.NewPolicy(art, sgverify.WithoutIdentitiesUnsafe())
 	default:
-		return Signer{}, errors.New("no signature material")
+		return Signer{}, nil, errors.New("no signature material")
 	}
 	res, err := kl.verifier.Verify(entity, policy)
 	if err != nil {
@@ -99,17 +129,21 @@ func (a *compiledAuthority) checkKeyless(ev *evidence, s Subject, now time.Time)
 		if vc, verr := entity.VerificationContent(); verr == nil && vc.Certificate() != nil && now.After(vc.Certificate().NotAfter) {
 			msg += fmt.Sprintf(" (certificate expired at %s)", vc.Certificate().NotAfter.UTC().Format(time.RFC3339))
 		}
-		return Signer{}, fmt.Errorf("keyless verification for authority %q failed: %s", a.name, msg)
+		return Signer{}, nil, fmt.Errorf("keyless verification for authority %q failed: %s", a.name, msg)
 	}
 	if res.Signature == nil || res.Signature.Certificate == nil {
-		return Signer{}, errors.New("verified without a certificate")
+		return Signer{}, nil, errors.New("verified without a certificate")
 	}
 	if err := kl.matchIdentity(res.Signature.Certificate); err != nil {
-		return Signer{}, fmt.Errorf("%w (authority %q)", err, a.name)
+		return Signer{}, nil, fmt.Errorf("%w (authority %q)", err, a.name)
 	}
 	signer.Identity = res.Signature.Certificate.SubjectAlternativeName
 	signer.Issuer = res.Signature.Certificate.Extensions.Issuer
-	return signer, nil
+	var times []time.Time
+	for _, t := range res.VerifiedTimestamps {
+		times = append(times, t.Timestamp)
+	}
+	return signer, times, nil
 }
 
 func (k *compiledKeyless) matchIdentity(c *certificate.Summary) error {

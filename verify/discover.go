@@ -52,21 +52,30 @@ type evidence struct {
 	predicateType string
 	bundle        *bundle.Bundle
 	legacy        *legacySignature
-	err           error
+	// statement is the parsed in-toto statement of a DSSE bundle or legacy
+	// attestation; nil when there is none or it did not parse.
+	statement *statement
+	err       error
+	// statementErr says why a DSSE bundle's statement could not be used
+	// for attestation rules; it does not reject the bundle as a signature.
+	statementErr error
 }
 
 func (ev *evidence) label() string { return ev.format + " " + ev.source }
 
 type discovery struct {
 	evidence []*evidence
-	checked  []string
-	notes    []string
+	// attestations are legacy .att envelopes, read only when the boundary
+	// has attestation or lineage rules and never counted as signatures.
+	attestations []*evidence
+	checked      []string
+	notes        []string
 }
 
 // discover collects the signature evidence of s. Only Fetcher failures
 // other than ErrNotFound / ErrNoReferrersAPI and context errors are
 // returned as errors: they mean the evidence could not be read at all.
-func (e *Engine) discover(ctx context.Context, s Subject, f Fetcher) (*discovery, error) {
+func (e *Engine) discover(ctx context.Context, s Subject, f Fetcher, attestations bool) (*discovery, error) {
 	d := &discovery{}
 	fallbackTag := "sha256-" + s.Digest.Hex
 
@@ -132,6 +141,23 @@ func (e *Engine) discover(ctx context.Context, s Subject, f Fetcher) (*discovery
 	case errors.Is(err, ErrNotFound):
 	default:
 		return nil, fmt.Errorf("reading %s: %w", sigTag, err)
+	}
+
+	if !attestations {
+		return d, nil
+	}
+	attTag := fallbackTag + ".att"
+	m, err = f.Manifest(ctx, s.Repository, attTag)
+	switch {
+	case err == nil:
+		evs, err := e.openAttestations(ctx, s, f, m, d)
+		if err != nil {
+			return nil, err
+		}
+		d.attestations = append(d.attestations, evs...)
+	case errors.Is(err, ErrNotFound):
+	default:
+		return nil, fmt.Errorf("reading %s: %w", attTag, err)
 	}
 	return d, nil
 }
@@ -214,6 +240,9 @@ func (e *Engine) openReferrer(ctx context.Context, s Subject, f Fetcher, desc v1
 		return ev, nil
 	}
 	ev.bundle, ev.predicateType = b, pt
+	if pt != "" {
+		ev.statement, ev.statementErr = bundleStatement(ev)
+	}
 	return ev, nil
 }
 

@@ -37,11 +37,66 @@
 // and the certificate must chain to the trusted root's Fulcio CAs at one
 // of those times. Signed certificate timestamps are not required.
 //
+// # Attestations
+//
+// A boundary may require attestations (AttestationRule): in-toto
+// statements (v0.1, as cosign attest writes, or v1) in DSSE envelopes,
+// found in sigstore bundles among the referrers and the fallback index,
+// and in cosign's legacy "sha256-<hex>.att" tag, which is read only when
+// the boundary has attestation or lineage rules. Legacy attestations never
+// count towards the signature threshold, because cosign verify does not
+// read them; DSSE bundles whose statement names the subject do, as they
+// do for cosign.
+//
+// A rule is satisfied by one attestation of its predicate type whose
+// envelope verifies under one of the authorities the rule names (with the
+// same key and keyless machinery as signatures), whose statement subject
+// is the manifest digest, that is no older than MaxAge, and for which the
+// rule's CEL condition is true. The predicate type and everything in the
+// statement are trusted only after the envelope verified; annotations
+// such as cosign's predicateType are never trusted. Age is measured from
+// the verified signing time (log integration or RFC3161 timestamp) when
+// there is one, else from the time the signed statement claims for itself
+// (SLSA finishedOn/startedOn, VSA timeVerified): for key-signed
+// attestations without a timestamp the signer's own claim is all there
+// is. Conditions are compiled in New and evaluated with a cost limit; an
+// evaluation error fails the rule. Every rule must hold, in addition to
+// the signature threshold.
+//
+// OpenSSF model signatures name a hash over the model's files rather than
+// the manifest, so for that predicate type the subject check is replaced
+// by a comparison of the signed file digests with the manifest's raw file
+// layers (org.cncf.model.filepath): both must be the same set of files
+// with the same sha256 digests.
+//
+// # Lineage
+//
+// A LineageRule makes the inputs listed in a verified SLSA provenance
+// statement (v1 resolvedDependencies, v0.2 materials) part of the
+// decision. Dependencies whose names match the rule's globs must be OCI
+// artifacts pinned by sha256 digest and are verified through the
+// Subject's DependencyVerifier, which the caller implements (the proxy
+// maps the registry named in the statement to a configured upstream; the
+// name is a lookup key, never an address to dial). The walk is bounded by
+// the rule's depth, by WithMaxDependencies per subject and by the
+// caller's context; a dependency already on the chain is a cycle and
+// denies. A denied dependency denies its parent with a reason naming the
+// chain ("ml/llm@sha256:… ← datasets/corpus@sha256:…: why"); a dependency
+// that cannot be decided makes Verify return an error. Dependencies the
+// rule does not require, and inputs that are not OCI artifacts, are
+// recorded in Verdict.Lineage and never fetched.
+//
+// # Models and datasets
+//
+// ClassifyManifest recognises CNCF ModelPack, KitOps ModelKit, Docker
+// model and Ollama manifests, and datasets packaged the same way; the
+// kind is reported in Verdict.Artifact and never decides trust.
+//
 // # Outcomes
 //
 // A denial is a Verdict with Allowed false and reasons naming each piece
 // of evidence and why it was rejected; it is a policy outcome and may be
 // cached. Verify returns an error only when the policy could not be
 // evaluated: a Fetcher failure other than ErrNotFound or ErrNoReferrersAPI,
-// or a cancelled context. Callers must then fail closed without caching.
+// a DependencyVerifier failure, or a cancelled context. Callers must then fail closed without caching.
 package verify

@@ -31,6 +31,7 @@ type Engine struct {
 	boundaries  []*compiledBoundary
 	clock       func() time.Time
 	maxEvidence int
+	maxDeps     int
 	fingerprint string
 }
 
@@ -40,6 +41,7 @@ type Option func(*options) error
 type options struct {
 	clock       func() time.Time
 	maxEvidence int
+	maxDeps     int
 }
 
 // WithClock sets the clock used for CheckedAt and certificate expiry
@@ -67,9 +69,23 @@ func WithMaxEvidence(n int) Option {
 	}
 }
 
+// WithMaxDependencies bounds how many provenance dependencies one subject
+// may require to be followed; a subject asking for more is denied. Default
+// DefaultMaxDependencies.
+func WithMaxDependencies(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("max dependencies must be at least 1, got %d", n)
+		}
+		o.maxDeps = n
+		return nil
+	}
+}
+
 type compiledBoundary struct {
 	*Boundary
 	authorities []*compiledAuthority
+	rules       []*compiledRule
 }
 
 type compiledAuthority struct {
@@ -99,7 +115,7 @@ type compiledKeyless struct {
 // New validates p and compiles it. It refuses a policy that could not
 // verify anything or that would verify less than it says.
 func New(p Policy, opts ...Option) (*Engine, error) {
-	o := options{clock: time.Now, maxEvidence: DefaultMaxEvidence}
+	o := options{clock: time.Now, maxEvidence: DefaultMaxEvidence, maxDeps: DefaultMaxDependencies}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, fmt.Errorf("verify: %w", err)
@@ -111,13 +127,16 @@ func New(p Policy, opts ...Option) (*Engine, error) {
 	// The engine keeps its own copy so a caller mutating its Policy later
 	// cannot change decisions behind the fingerprint.
 	p.Boundaries = slices.Clone(p.Boundaries)
-	e := &Engine{policy: p, clock: o.clock, maxEvidence: o.maxEvidence}
+	e := &Engine{policy: p, clock: o.clock, maxEvidence: o.maxEvidence, maxDeps: o.maxDeps}
 	names := map[string]bool{}
 	for i := range p.Boundaries {
 		b := &p.Boundaries[i]
 		cb, err := compileBoundary(b)
+		if re := (*ruleError)(nil); errors.As(err, &re) {
+			return nil, fmt.Errorf("verify: boundary %q %w", b.Name, err)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("verify: boundary %d (%q): %w", i, b.Name, err)
+			return nil, fmt.Errorf("verify: boundary %q: %w", b.Name, err)
 		}
 		if names[b.Name] {
 			return nil, fmt.Errorf("verify: duplicate boundary name %q", b.Name)
@@ -152,13 +171,10 @@ func compileBoundary(b *Boundary) (*compiledBoundary, error) {
 	if b.Threshold < 1 || b.Threshold > len(b.Authorities) {
 		return nil, fmt.Errorf("threshold %d out of range 1..%d", b.Threshold, len(b.Authorities))
 	}
-	// Rules the engine does not evaluate yet must not be accepted and then
-	// ignored: that would allow content the operator meant to deny.
-	if len(b.Attestations) > 0 {
-		return nil, errors.New("attestation rules are not supported by this version")
-	}
 	if b.Lineage != nil {
-		return nil, errors.New("lineage rules are not supported by this version")
+		if err := validateLineageRule(b.Lineage); err != nil {
+			return nil, err
+		}
 	}
 	cb := &compiledBoundary{Boundary: b}
 	seen := map[string]bool{}
@@ -176,6 +192,10 @@ func compileBoundary(b *Boundary) (*compiledBoundary, error) {
 			return nil, fmt.Errorf("authority %q: %w", a.Name, err)
 		}
 		cb.authorities = append(cb.authorities, ca)
+	}
+	var err error
+	if cb.rules, err = compileRules(b, cb.authorities); err != nil {
+		return nil, err
 	}
 	return cb, nil
 }
@@ -302,10 +322,13 @@ func policyHash(p Policy) string {
 		Repos, Types         []string
 		Threshold            int
 		Authorities          []authority
+		Attestations         []AttestationRule
+		Lineage              *LineageRule
 	}
 	var bs []boundary
 	for _, b := range p.Boundaries {
-		cb := boundary{Name: b.Name, Upstream: b.Upstream, Mode: string(b.Mode), Repos: b.Repositories, Types: b.ArtifactTypes, Threshold: b.Threshold}
+		cb := boundary{Name: b.Name, Upstream: b.Upstream, Mode: string(b.Mode), Repos: b.Repositories, Types: b.ArtifactTypes, Threshold: b.Threshold,
+			Attestations: b.Attestations, Lineage: b.Lineage}
 		for _, a := range b.Authorities {
 			ca := authority{Name: a.Name}
 			if a.Key != nil {
@@ -414,7 +437,14 @@ func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, err
 		return Verdict{}, errors.New("verify: nil fetcher")
 	}
 
-	d, err := e.discover(ctx, s, f)
+	if s.Manifest != nil {
+		v.Artifact = ClassifyManifest(s.Manifest)
+	} else {
+		v.Artifact = ArtifactKind(s.ArtifactType)
+	}
+
+	needAttestations := len(cb.rules) > 0 || cb.Lineage != nil
+	d, err := e.discover(ctx, s, f, needAttestations)
 	if err != nil {
 		return Verdict{}, err
 	}
@@ -459,17 +489,86 @@ func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, err
 		return Verdict{}, err
 	}
 	reasons = append(reasons, d.notes...)
-	if len(verified) >= cb.Threshold {
-		v.Allowed = true
-		v.Reasons = reasons
-		return v, nil
+	allowed := len(verified) >= cb.Threshold
+	if !allowed {
+		if len(d.evidence) == 0 {
+			reasons = append(reasons, fmt.Sprintf("no signatures found (checked %s)", strings.Join(d.checked, ", ")))
+		}
+		reasons = append(reasons, thresholdReason(cb.Threshold, names))
 	}
-	if len(d.evidence) == 0 {
-		reasons = append(reasons, fmt.Sprintf("no signatures found (checked %s)", strings.Join(d.checked, ", ")))
+
+	if needAttestations {
+		ok, rs, err := e.evalAttestations(ctx, cb, s, d, allowed, &v)
+		if err != nil {
+			return Verdict{}, err
+		}
+		allowed = allowed && ok
+		reasons = append(reasons, rs...)
 	}
-	reasons = append(reasons, thresholdReason(cb.Threshold, names))
+	v.Allowed = allowed
 	v.Reasons = reasons
 	return v, nil
+}
+
+// evalAttestations decides the boundary's attestation rules and, when
+// everything else passed, its lineage rule. Lineage is followed last
+// because it costs a verification per dependency.
+func (e *Engine) evalAttestations(ctx context.Context, cb *compiledBoundary, s Subject, d *discovery, signaturesOK bool, v *Verdict) (bool, []string, error) {
+	var cands []*evidence
+	for _, ev := range d.evidence {
+		if ev.predicateType != "" {
+			cands = append(cands, ev)
+		}
+	}
+	cands = append(cands, d.attestations...)
+
+	ok := true
+	var reasons []string
+	var prov *verifiedAttestation
+	provRule := false
+	for _, r := range cb.rules {
+		va, rs, err := cb.evalRule(ctx, r, s, cands, v.CheckedAt)
+		if err != nil {
+			return false, nil, err
+		}
+		if isProvenance(r.PredicateType) {
+			provRule = true
+		}
+		if va == nil {
+			ok = false
+			reasons = append(reasons, rs...)
+			continue
+		}
+		v.Attestations = append(v.Attestations, AttestationResult{
+			Rule: r.Name, PredicateType: r.PredicateType, Name: PredicateName(r.PredicateType),
+			Signer: va.signer, Time: va.at,
+		})
+		if prov == nil && isProvenance(r.PredicateType) {
+			prov = va
+		}
+	}
+	if cb.Lineage == nil || !ok || !signaturesOK {
+		return ok, reasons, nil
+	}
+	if prov == nil && !provRule {
+		// Without a provenance rule, any provenance a boundary authority
+		// signed about this subject describes its inputs.
+		for _, ev := range cands {
+			if !isProvenance(ev.predicateType) {
+				continue
+			}
+			if va, err := verifyAttestation(ev, s, v.CheckedAt, cb.authorities); err == nil {
+				prov = va
+				break
+			}
+		}
+	}
+	deps, rs, err := e.evalLineage(ctx, cb.Lineage, s, prov)
+	if err != nil {
+		return false, nil, err
+	}
+	v.Lineage = deps
+	return len(rs) == 0, append(reasons, rs...), nil
 }
 
 func thresholdReason(threshold int, names []string) string {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	protorekor "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"github.com/sigstore/sigstore-go/pkg/bundle"
@@ -32,6 +33,11 @@ type legacySignature struct {
 	chain   []*x509.Certificate
 	tlog    *tlog.Entry // from the Rekor SET annotation
 	rfc3161 []byte      // DER timestamp response over sig
+
+	// env is set for a legacy attestation: payload is then the DSSE
+	// payload (the in-toto statement) and sigs all envelope signatures.
+	env  *dsse.Envelope
+	sigs [][]byte
 }
 
 // SimpleSigning is the part of a cosign simplesigning payload Portcullis
@@ -121,21 +127,31 @@ func parseLegacy(payload []byte, ann map[string]string, subject v1.Hash) (*legac
 		return nil, fmt.Errorf("signed digest %s is not the subject %s", h, subject)
 	}
 	ls := &legacySignature{payload: payload, sig: sig}
+	if err := parseLegacyMaterial(ls, ann); err != nil {
+		return nil, err
+	}
+	return ls, nil
+}
+
+// parseLegacyMaterial reads the keyless material cosign stores in layer
+// annotations next to a signature or attestation.
+func parseLegacyMaterial(ls *legacySignature, ann map[string]string) error {
+	var err error
 	if c := ann[annotationCertificate]; c != "" {
 		certs, err := cryptoutils.UnmarshalCertificatesFromPEM([]byte(c))
 		if err != nil || len(certs) != 1 {
-			return nil, errors.New("certificate annotation is not one PEM certificate")
+			return errors.New("certificate annotation is not one PEM certificate")
 		}
 		ls.cert = certs[0]
 		if ch := ann[annotationChain]; ch != "" {
 			if ls.chain, err = cryptoutils.UnmarshalCertificatesFromPEM([]byte(ch)); err != nil {
-				return nil, errors.New("chain annotation is not PEM certificates")
+				return errors.New("chain annotation is not PEM certificates")
 			}
 		}
 	}
 	if rb := ann[annotationRekorBundle]; rb != "" {
 		if ls.tlog, err = parseRekorBundle([]byte(rb)); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if ts := ann[annotationRFC3161]; ts != "" {
@@ -143,11 +159,11 @@ func parseLegacy(payload []byte, ann map[string]string, subject v1.Hash) (*legac
 			SignedRFC3161Timestamp []byte `json:"SignedRFC3161Timestamp"`
 		}
 		if err := strictUnmarshal([]byte(ts), &t); err != nil || len(t.SignedRFC3161Timestamp) == 0 {
-			return nil, errors.New("malformed rfc3161timestamp annotation")
+			return errors.New("malformed rfc3161timestamp annotation")
 		}
 		ls.rfc3161 = t.SignedRFC3161Timestamp
 	}
-	return ls, nil
+	return nil
 }
 
 // parseRekorBundle reads cosign's Rekor SET annotation into a log entry
@@ -211,6 +227,9 @@ func (l legacyEntity) VerificationContent() (sgverify.VerificationContent, error
 }
 
 func (l legacyEntity) SignatureContent() (sgverify.SignatureContent, error) {
+	if l.ls.env != nil {
+		return &bundle.Envelope{Envelope: l.ls.env}, nil
+	}
 	sum := sha256.Sum256(l.ls.payload)
 	return bundle.NewMessageSignature(sum[:], "SHA2_256", l.ls.sig), nil
 }

@@ -153,11 +153,47 @@ func TestNewRefuses(t *testing.T) {
 		{"negative tlog threshold", verify.Policy{Boundaries: []verify.Boundary{keyless(func(a *verify.KeylessAuthority) { a.TlogThreshold = -1 })}}, nil, "negative threshold"},
 		{"bad glob", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary { b := good(); b.Repositories = []string{"a/**b"}; return b }()}}, nil, "whole path segment"},
 		{"unknown mode", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary { b := good(); b.Mode = "audit"; return b }()}}, nil, "unknown mode"},
-		{"attestation rules not evaluated yet", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
+		{"condition does not compile", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
 			b := good()
-			b.Attestations = []verify.AttestationRule{{Name: "prov", PredicateType: "https://slsa.dev/provenance/v1"}}
+			b.Attestations = []verify.AttestationRule{{Name: "prov", PredicateType: verify.PredicateSLSAProvenanceV1, Condition: "predicate.runDetails.builder.id =="}}
 			return b
-		}()}}, nil, "attestation rules are not supported"},
+		}()}}, nil, `boundary "b" attestation "prov": condition:`},
+		{"condition is not bool", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
+			b := good()
+			b.Attestations = []verify.AttestationRule{{Name: "prov", PredicateType: verify.PredicateSLSAProvenanceV1, Condition: "predicateType"}}
+			return b
+		}()}}, nil, "not bool"},
+		{"condition names an unknown variable", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
+			b := good()
+			b.Attestations = []verify.AttestationRule{{Name: "prov", PredicateType: verify.PredicateSLSAProvenanceV1, Condition: "builder == 'x'"}}
+			return b
+		}()}}, nil, "undeclared reference"},
+		{"attestation rule names unknown authority", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
+			b := good()
+			b.Attestations = []verify.AttestationRule{{Name: "prov", PredicateType: verify.PredicateSLSAProvenanceV1, Authorities: []string{"nobody"}}}
+			return b
+		}()}}, nil, `unknown authority "nobody"`},
+		{"attestation rule without predicate type", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
+			b := good()
+			b.Attestations = []verify.AttestationRule{{Name: "prov"}}
+			return b
+		}()}}, nil, "no predicate type"},
+		{"lineage depth out of range", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
+			b := good()
+			b.Lineage = &verify.LineageRule{Depth: verify.MaxLineageDepth + 1}
+			return b
+		}()}}, nil, "lineage depth"},
+		{"lineage requires with depth 0", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
+			b := good()
+			b.Lineage = &verify.LineageRule{Require: []string{"dataset*"}}
+			return b
+		}()}}, nil, "depth is 0"},
+		{"lineage bad glob", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
+			b := good()
+			b.Lineage = &verify.LineageRule{Depth: 1, Require: []string{"data["}}
+			return b
+		}()}}, nil, "lineage require"},
+		{"bad max dependencies", verify.Policy{Boundaries: []verify.Boundary{good()}}, []verify.Option{verify.WithMaxDependencies(0)}, "max dependencies"},
 		{"bad max evidence", verify.Policy{Boundaries: []verify.Boundary{good()}}, []verify.Option{verify.WithMaxEvidence(0)}, "max evidence"},
 	}
 	for _, tc := range tests {
@@ -202,6 +238,16 @@ func TestFingerprint(t *testing.T) {
 	if engine(t, policy(1, keylessAuthority("ci", ss1, testIssuer, testSubject))).Fingerprint() ==
 		engine(t, policy(1, keylessAuthority("ci", ss2, testIssuer, testSubject))).Fingerprint() {
 		t.Error("fingerprint ignores the trusted root")
+	}
+	withRule := policy(1, keyAuthority("release", k))
+	withRule.Boundaries[0].Attestations = []verify.AttestationRule{{Name: "prov", PredicateType: verify.PredicateSLSAProvenanceV1, Condition: "true"}}
+	if engine(t, p).Fingerprint() == engine(t, withRule).Fingerprint() {
+		t.Error("fingerprint ignores attestation rules")
+	}
+	withLineage := policy(1, keyAuthority("release", k))
+	withLineage.Boundaries[0].Lineage = &verify.LineageRule{Depth: 2, Require: []string{"*"}}
+	if engine(t, p).Fingerprint() == engine(t, withLineage).Fingerprint() {
+		t.Error("fingerprint ignores the lineage rule")
 	}
 	p.Fingerprint = "sha256:configured"
 	if got := engine(t, p).Fingerprint(); got != "sha256:configured" {

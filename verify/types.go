@@ -223,6 +223,24 @@ type Verdict struct {
 	// Lineage holds the verdicts of the dependencies that were followed.
 	Lineage   []Dependency `json:"lineage,omitempty"`
 	CheckedAt time.Time    `json:"checked_at"`
+	// Attestations lists, per satisfied attestation rule, the attestation
+	// that satisfied it.
+	Attestations []AttestationResult `json:"attestations,omitempty"`
+	// Artifact is the kind of artifact the subject is (ArtifactKind), e.g.
+	// "model" or "dataset"; empty for ordinary images.
+	Artifact string `json:"artifact,omitempty"`
+}
+
+// AttestationResult is the attestation that satisfied one rule.
+type AttestationResult struct {
+	Rule          string `json:"rule"`
+	PredicateType string `json:"predicate_type"`
+	// Name is the predicate type's short name (PredicateName).
+	Name   string `json:"name"`
+	Signer Signer `json:"signer"`
+	// Time is the signed timestamp of the attestation, else the time the
+	// statement itself claims; zero when neither exists.
+	Time time.Time `json:"time,omitzero"`
 }
 
 // Dependency is one followed lineage edge.

@@ -1,0 +1,336 @@
+package verify
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// DefaultMaxDependencies is the default number of dependencies one subject
+// may ask to follow. Each followed dependency is a verification of its own
+// (and may follow its own), so the bound keeps a provenance statement
+// listing thousands of inputs from turning one pull into thousands of
+// upstream reads; beyond it the subject is denied, not partially checked.
+const DefaultMaxDependencies = 64
+
+// MaxLineageDepth bounds LineageRule.Depth.
+const MaxLineageDepth = 16
+
+// maxProvenanceDependencies bounds how many dependencies are parsed from
+// one statement at all.
+const maxProvenanceDependencies = 10_000
+
+// maxReasonsPerDependency bounds how many of a denied dependency's reasons
+// are repeated in its parent's verdict.
+const maxReasonsPerDependency = 8
+
+// provenanceDependency is one input listed by a provenance statement.
+type provenanceDependency struct {
+	Name string
+	URI  string
+	// Ref is set when the dependency names an OCI artifact by digest.
+	Ref *DependencyRef
+	// NotOCI says why Ref is nil.
+	NotOCI string
+}
+
+// parseDependencies lists the inputs of a SLSA provenance predicate:
+// buildDefinition.resolvedDependencies (v1) or materials (v0.2).
+func parseDependencies(predicateType string, predicate []byte) ([]provenanceDependency, error) {
+	type descriptor struct {
+		Name   string            `json:"name"`
+		URI    string            `json:"uri"`
+		Digest map[string]string `json:"digest"`
+	}
+	var list []descriptor
+	switch predicateType {
+	case PredicateSLSAProvenanceV1:
+		var p struct {
+			BuildDefinition struct {
+				ResolvedDependencies []descriptor `json:"resolvedDependencies"`
+			} `json:"buildDefinition"`
+		}
+		if err := json.Unmarshal(predicate, &p); err != nil {
+			return nil, fmt.Errorf("malformed provenance: %w", err)
+		}
+		list = p.BuildDefinition.ResolvedDependencies
+	case PredicateSLSAProvenanceV02:
+		var p struct {
+			Materials []descriptor `json:"materials"`
+		}
+		if err := json.Unmarshal(predicate, &p); err != nil {
+			return nil, fmt.Errorf("malformed provenance: %w", err)
+		}
+		// v0.2 materials have no name; any "name" key is ignored like
+		// every other unknown field.
+		for i := range p.Materials {
+			p.Materials[i].Name = ""
+		}
+		list = p.Materials
+	default:
+		return nil, fmt.Errorf("predicate type %s is not SLSA provenance", predicateType)
+	}
+	if len(list) > maxProvenanceDependencies {
+		return nil, fmt.Errorf("provenance lists %d dependencies, more than %d", len(list), maxProvenanceDependencies)
+	}
+	out := make([]provenanceDependency, 0, len(list))
+	for _, d := range list {
+		pd := provenanceDependency{Name: d.Name, URI: d.URI}
+		pd.Ref, pd.NotOCI = parseOCIDependency(d.URI, d.Digest)
+		if pd.Ref != nil {
+			pd.Ref.Name = d.Name
+			if pd.Name == "" {
+				pd.Name = path.Base(pd.Ref.Repository)
+				pd.Ref.Name = pd.Name
+			}
+		} else if pd.Name == "" {
+			pd.Name = lastSegment(d.URI)
+		}
+		out = append(out, pd)
+	}
+	return out, nil
+}
+
+func lastSegment(uri string) string {
+	u := strings.TrimRight(uri, "/")
+	if i := strings.IndexAny(u, "@?#"); i >= 0 {
+		u = u[:i]
+	}
+	return path.Base(u)
+}
+
+// parseOCIDependency recognises an OCI dependency: "oci://host/repo@sha256:…"
+// (optionally with ":tag" before the digest), or "host/repo" /
+// "oci://host/repo" with a sha256 in the digest map. The registry host
+// must be explicit (a dot, a port or "localhost"), because it is only
+// ever a lookup key: a bare "library/alpine" names no registry. Anything
+// else is reported as not an OCI artifact.
+func parseOCIDependency(uri string, digest map[string]string) (*DependencyRef, string) {
+	rest := uri
+	if i := strings.Index(uri, "://"); i >= 0 {
+		if uri[:i] != "oci" {
+			return nil, "not an OCI artifact"
+		}
+		rest = uri[i+3:]
+	} else if strings.HasPrefix(uri, "pkg:") {
+		return nil, "not an OCI artifact"
+	}
+	var fromURI string
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		fromURI, rest = rest[at+1:], rest[:at]
+	}
+	fromMap, hasMap := digest["sha256"]
+	if fromURI == "" {
+		if !hasMap {
+			return nil, "no sha256 digest"
+		}
+		fromURI = "sha256:" + strings.ToLower(fromMap)
+	} else if hasMap && !strings.EqualFold(fromURI, "sha256:"+fromMap) {
+		return nil, "digest in uri and digest field differ"
+	}
+	h, err := v1.NewHash(fromURI)
+	if err != nil || h.Algorithm != "sha256" || !isHex64(h.Hex) || h.Hex != strings.ToLower(h.Hex) {
+		return nil, "no valid sha256 digest"
+	}
+	host, repo, ok := strings.Cut(rest, "/")
+	if !ok || host == "" || !(strings.ContainsAny(host, ".:") || host == "localhost") {
+		return nil, "no registry host"
+	}
+	if c := strings.LastIndex(repo, ":"); c >= 0 {
+		if _, err := name.NewTag("example.invalid/x:"+repo[c+1:], name.StrictValidation); err != nil {
+			return nil, "invalid tag"
+		}
+		repo = repo[:c]
+	}
+	if _, err := name.NewRepository(host+"/"+repo, name.StrictValidation); err != nil {
+		return nil, "invalid repository"
+	}
+	return &DependencyRef{URI: uri, Registry: host, Repository: repo, Digest: h}, ""
+}
+
+func validateLineageRule(r *LineageRule) error {
+	if r.Depth < 0 || r.Depth > MaxLineageDepth {
+		return fmt.Errorf("lineage depth %d out of range 0..%d", r.Depth, MaxLineageDepth)
+	}
+	if len(r.Require) > 0 && r.Depth == 0 {
+		return errors.New("lineage requires dependencies but depth is 0")
+	}
+	for _, g := range r.Require {
+		if g == "" {
+			return errors.New("empty lineage require glob")
+		}
+		if _, err := path.Match(g, ""); err != nil {
+			return fmt.Errorf("lineage require %q: %w", g, err)
+		}
+	}
+	return nil
+}
+
+// shortDigest keeps messages readable; verdicts keep full digests.
+func shortDigest(h v1.Hash) string {
+	hx := h.Hex
+	if len(hx) > 12 {
+		hx = hx[:12]
+	}
+	return h.Algorithm + ":" + hx
+}
+
+// chainLabel shortens a Chain entry "upstream/repository@digest" to
+// "repository@sha256:<12 hex>".
+func chainLabel(entry string) string {
+	at := strings.LastIndex(entry, "@")
+	if at < 0 {
+		return entry
+	}
+	repo := entry[:at]
+	if _, r, ok := strings.Cut(repo, "/"); ok {
+		repo = r
+	}
+	if h, err := v1.NewHash(entry[at+1:]); err == nil {
+		return repo + "@" + shortDigest(h)
+	}
+	return repo + "@" + entry[at+1:]
+}
+
+func chainDigest(entry string) (v1.Hash, bool) {
+	at := strings.LastIndex(entry, "@")
+	if at < 0 {
+		return v1.Hash{}, false
+	}
+	h, err := v1.NewHash(entry[at+1:])
+	return h, err == nil
+}
+
+// evalLineage follows the dependencies the lineage rule requires. It
+// returns every listed dependency (followed ones with their verdicts) and
+// the reasons for a denial. An error means a dependency could not be
+// decided and the subject must fail closed.
+func (e *Engine) evalLineage(ctx context.Context, r *LineageRule, s Subject, prov *verifiedAttestation) ([]Dependency, []string, error) {
+	if s.Lineage.Dependencies == nil {
+		return nil, []string{"lineage cannot be followed here"}, nil
+	}
+	if prov == nil {
+		return nil, []string{"lineage: no verified SLSA provenance attestation"}, nil
+	}
+	deps, err := parseDependencies(prov.st.PredicateType, prov.st.Predicate)
+	if err != nil {
+		return nil, []string{"lineage: " + err.Error()}, nil
+	}
+	out := make([]Dependency, len(deps))
+	for i, d := range deps {
+		out[i] = Dependency{Name: d.Name, URI: d.URI}
+	}
+	var reasons []string
+	var follow []int
+	matched := make([]bool, len(deps))
+	for _, g := range r.Require {
+		found := false
+		for i, d := range deps {
+			if ok, _ := path.Match(g, d.Name); ok {
+				found = true
+				if !matched[i] {
+					matched[i] = true
+					follow = append(follow, i)
+				}
+			}
+		}
+		if !found {
+			reasons = append(reasons, fmt.Sprintf("required dependency %s not in provenance", g))
+		}
+	}
+	slices.Sort(follow)
+	var oci []int
+	for _, i := range follow {
+		if deps[i].Ref == nil {
+			msg := fmt.Sprintf("dependency %s is not an OCI artifact (uri %q)", deps[i].Name, deps[i].URI)
+			if deps[i].NotOCI != "not an OCI artifact" {
+				msg = fmt.Sprintf("dependency %s is not an OCI artifact (uri %q: %s)", deps[i].Name, deps[i].URI, deps[i].NotOCI)
+			}
+			reasons = append(reasons, msg)
+			continue
+		}
+		oci = append(oci, i)
+	}
+	if len(oci) == 0 {
+		return out, reasons, nil
+	}
+	remaining := s.Lineage.Depth
+	if len(s.Lineage.Chain) == 0 && remaining == 0 {
+		remaining = r.Depth
+	}
+	if remaining <= 0 {
+		return out, append(reasons, fmt.Sprintf("lineage deeper than depth %d", len(s.Lineage.Chain))), nil
+	}
+	if len(oci) > e.maxDeps {
+		return out, append(reasons, fmt.Sprintf("too many dependencies: %d to follow, at most %d are followed", len(oci), e.maxDeps)), nil
+	}
+	self := s.Upstream + "/" + s.Repository + "@" + s.Digest.String()
+	chain := append(slices.Clone(s.Lineage.Chain), self)
+	selfLabel := s.Repository + "@" + shortDigest(s.Digest)
+	for _, i := range oci {
+		ref := *deps[i].Ref
+		depLabel := ref.Repository + "@" + shortDigest(ref.Digest)
+		if cyc := cycle(chain, ref.Digest); cyc >= 0 {
+			labels := make([]string, 0, len(chain)-cyc+1)
+			for _, c := range chain[cyc:] {
+				labels = append(labels, chainLabel(c))
+			}
+			labels = append(labels, depLabel)
+			reasons = append(reasons, "cycle: "+strings.Join(labels, " ← "))
+			continue
+		}
+		lc := LineageContext{Dependencies: s.Lineage.Dependencies, Depth: remaining - 1, Chain: chain}
+		dv, err := s.Lineage.Dependencies.VerifyDependency(ctx, ref, lc)
+		if err != nil {
+			return nil, nil, fmt.Errorf("verifying dependency %s (%s): %w", ref.Name, ref.URI, err)
+		}
+		out[i].Verdict = &dv
+		if dv.Allowed {
+			continue
+		}
+		rs := dv.Reasons
+		if len(rs) == 0 {
+			rs = []string{"denied"}
+		}
+		if len(rs) > maxReasonsPerDependency {
+			rs = append(slices.Clone(rs[:maxReasonsPerDependency]), fmt.Sprintf("(%d more reasons)", len(rs)-maxReasonsPerDependency))
+		}
+		for _, dr := range rs {
+			reasons = append(reasons, nested(selfLabel, depLabel, dr, ref.Digest))
+		}
+	}
+	return out, reasons, nil
+}
+
+// nested formats a dependency's reason for its parent. A reason the
+// dependency already phrased as a chain starting at itself is extended,
+// so a deep denial reads "a ← b ← c: why" instead of repeating b; a cycle
+// already names every node on it.
+func nested(selfLabel, depLabel, reason string, dep v1.Hash) string {
+	if strings.HasPrefix(reason, "cycle: ") {
+		return reason
+	}
+	if head, _, ok := strings.Cut(reason, " ← "); ok && !strings.Contains(head, ": ") && strings.HasSuffix(head, "@"+shortDigest(dep)) {
+		return selfLabel + " ← " + reason
+	}
+	return selfLabel + " ← " + depLabel + ": " + reason
+}
+
+// cycle returns the index in chain of the entry with digest d, or -1.
+// Digests are compared, not names: the same content reached through
+// another registry or repository is the same node.
+func cycle(chain []string, d v1.Hash) int {
+	for i, c := range chain {
+		if h, ok := chainDigest(c); ok && h == d {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,0 +1,130 @@
+package verify
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+)
+
+var hexA = strings.Repeat("a", 64)
+
+func TestParseOCIDependency(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		uri              string
+		digest           map[string]string
+		registry, repo   string
+		notOCI           string
+		wantDigestSuffix string
+	}{
+		{uri: "oci://registry.example/ml/data@sha256:" + hexA, registry: "registry.example", repo: "ml/data"},
+		{uri: "oci://registry.example:5000/ml/data:v1@sha256:" + hexA, registry: "registry.example:5000", repo: "ml/data"},
+		{uri: "oci://localhost/data", digest: map[string]string{"sha256": hexA}, registry: "localhost", repo: "data"},
+		{uri: "ghcr.io/acme/base", digest: map[string]string{"sha256": hexA}, registry: "ghcr.io", repo: "acme/base"},
+		{uri: "oci://registry.example/ml/data@sha256:" + hexA, digest: map[string]string{"sha256": hexA}, registry: "registry.example", repo: "ml/data"},
+		{uri: "oci://registry.example/ml/data@sha256:" + hexA, digest: map[string]string{"sha256": strings.Repeat("b", 64)}, notOCI: "differ"},
+		{uri: "oci://registry.example/ml/data:v1", notOCI: "no sha256 digest"},
+		{uri: "oci://registry.example/ml/data@sha512:" + strings.Repeat("a", 128), notOCI: "no valid sha256"},
+		{uri: "oci://registry.example/ml/data@sha256:" + strings.ToUpper(hexA), notOCI: "no valid sha256"},
+		{uri: "oci://library/alpine@sha256:" + hexA, notOCI: "no registry host"},
+		{uri: "oci://registry.example/ML/Data@sha256:" + hexA, notOCI: "invalid repository"},
+		{uri: "git+https://github.com/acme/app@refs/heads/main", digest: map[string]string{"sha256": hexA}, notOCI: "not an OCI artifact"},
+		{uri: "https://huggingface.co/datasets/x", digest: map[string]string{"sha256": hexA}, notOCI: "not an OCI artifact"},
+		{uri: "pkg:docker/alpine@3.20", digest: map[string]string{"sha256": hexA}, notOCI: "not an OCI artifact"},
+		{uri: "", digest: map[string]string{"sha256": hexA}, notOCI: "no registry host"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.uri, func(t *testing.T) {
+			t.Parallel()
+			ref, why := parseOCIDependency(tc.uri, tc.digest)
+			if tc.notOCI != "" {
+				if ref != nil || !strings.Contains(why, tc.notOCI) {
+					t.Fatalf("got %+v %q, want not OCI (%s)", ref, why, tc.notOCI)
+				}
+				return
+			}
+			if ref == nil {
+				t.Fatalf("not OCI: %s", why)
+			}
+			if ref.Registry != tc.registry || ref.Repository != tc.repo || ref.Digest.Hex != hexA || ref.URI != tc.uri {
+				t.Fatalf("ref = %+v", ref)
+			}
+		})
+	}
+}
+
+func TestParseDependenciesNames(t *testing.T) {
+	t.Parallel()
+	v1pred := []byte(`{"buildDefinition":{"resolvedDependencies":[
+		{"name":"dataset-train","uri":"oci://r.example/data/train@sha256:` + hexA + `"},
+		{"uri":"oci://r.example/models/base@sha256:` + hexA + `"},
+		{"uri":"git+https://github.com/acme/train@refs/heads/main","digest":{"gitCommit":"abc"}}]}}`)
+	deps, err := parseDependencies(PredicateSLSAProvenanceV1, v1pred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range deps {
+		got = append(got, d.Name)
+	}
+	if strings.Join(got, ",") != "dataset-train,base,train" || deps[0].Ref == nil || deps[1].Ref == nil || deps[2].Ref != nil {
+		t.Fatalf("deps = %+v", deps)
+	}
+	if _, err := parseDependencies(PredicateSLSAProvenanceV1, []byte(`{"buildDefinition":{"resolvedDependencies":{"not":"a list"}}}`)); err == nil {
+		t.Error("malformed resolvedDependencies parsed")
+	}
+	if _, err := parseDependencies(PredicateSPDX, []byte(`{}`)); err == nil {
+		t.Error("a non-provenance predicate parsed as provenance")
+	}
+	many := map[string]any{"materials": make([]any, maxProvenanceDependencies+1)}
+	b, _ := json.Marshal(many)
+	if _, err := parseDependencies(PredicateSLSAProvenanceV02, b); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Errorf("oversized materials: %v", err)
+	}
+}
+
+func FuzzProvenanceDependencies(f *testing.F) {
+	f.Add(PredicateSLSAProvenanceV1, []byte(`{"buildDefinition":{"resolvedDependencies":[{"name":"d","uri":"oci://r.example/a/b:t@sha256:`+hexA+`"}]}}`))
+	f.Add(PredicateSLSAProvenanceV02, []byte(`{"materials":[{"uri":"r.example/a","digest":{"sha256":"`+hexA+`"}},{"uri":"git+https://x/y"}]}`))
+	f.Add(PredicateSLSAProvenanceV1, []byte(`{"buildDefinition":{"resolvedDependencies":[{"uri":"oci://@sha256:"},{"uri":"oci:///"},{"uri":"a:b/c@d"}]}}`))
+	f.Add(PredicateSLSAProvenanceV02, []byte(`null`))
+	f.Fuzz(func(t *testing.T, pt string, predicate []byte) {
+		deps, err := parseDependencies(pt, predicate)
+		if err != nil {
+			return
+		}
+		for _, d := range deps {
+			if d.Ref == nil {
+				if d.NotOCI == "" {
+					t.Fatalf("dependency %q rejected without a reason", d.URI)
+				}
+				continue
+			}
+			r := d.Ref
+			if r.Digest.Algorithm != "sha256" || !isHex64(r.Digest.Hex) || r.Registry == "" || r.Repository == "" || r.URI != d.URI || d.Name == "" {
+				t.Fatalf("accepted a malformed dependency: %+v", r)
+			}
+			if _, err := name.NewRepository(r.Registry+"/"+r.Repository, name.StrictValidation); err != nil {
+				t.Fatalf("accepted repository %q: %v", r.Registry+"/"+r.Repository, err)
+			}
+		}
+	})
+}
+
+func FuzzStatement(f *testing.F) {
+	f.Add([]byte(`{"_type":"https://in-toto.io/Statement/v0.1","subject":[{"name":"x","digest":{"sha256":"` + hexA + `"}}],"predicateType":"https://slsa.dev/provenance/v0.2","predicate":{"metadata":{"buildFinishedOn":"2026-01-01T00:00:00Z"}}}`))
+	f.Add([]byte(`{"_type":"https://in-toto.io/Statement/v1","subject":[],"predicateType":"p","predicate":[]}`))
+	f.Add([]byte(`{"_type":"https://in-toto.io/Statement/v1","subject":[{}],"predicateType":"p","predicate":null} {}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, err := parseStatement(b)
+		if err != nil {
+			return
+		}
+		if (st.Type != StatementV01 && st.Type != StatementV1) || st.PredicateType == "" || len(st.Subject) == 0 || st.predicate == nil {
+			t.Fatalf("accepted a malformed statement: %+v", st)
+		}
+		_ = statementTime(st)
+	})
+}
