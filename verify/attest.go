@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 )
@@ -101,47 +102,21 @@ func decodeB64(s string) ([]byte, error) {
 
 // openAttestations reads the cosign legacy "sha256-<hex>.att" manifest.
 func (e *Engine) openAttestations(ctx context.Context, s Subject, f Fetcher, m Manifest, d *discovery) ([]*evidence, error) {
-	tag := "sha256-" + s.Digest.Hex + ".att"
-	man, err := parseManifest(m.Bytes)
-	if err != nil {
-		return []*evidence{{format: FormatCosignAttestation, source: tag, err: fmt.Errorf("malformed attestation manifest: %w", err)}}, nil
-	}
-	var out []*evidence
-	n := 0
-	for i, l := range man.Layers {
-		if l.MediaType != mediaTypeDSSE {
-			continue
-		}
-		if n == e.maxEvidence {
-			d.notes = append(d.notes, fmt.Sprintf("evidence limit reached: examined %d of %d attestation layers", n, len(man.Layers)))
-			break
-		}
-		n++
-		ev := &evidence{format: FormatCosignAttestation, source: fmt.Sprintf("att[%d]", i)}
-		out = append(out, ev)
-		if l.Size > maxBundleBytes {
-			ev.err = fmt.Errorf("envelope of %d bytes exceeds %d", l.Size, maxBundleBytes)
-			continue
-		}
-		raw, err := readBlob(ctx, f, s.Repository, l.Digest, maxBundleBytes)
-		if err != nil {
-			if errors.Is(err, errEvidence) {
-				ev.err = err
-				continue
+	return e.openLayers(ctx, s, f, m, d, cosignLayers{
+		format: FormatCosignAttestation, tag: "sha256-" + s.Digest.Hex + ".att", what: "attestation",
+		mediaType: mediaTypeDSSE, source: "att", maxBytes: maxBundleBytes,
+		parse: func(ev *evidence, raw []byte, l v1.Descriptor) {
+			ev.legacy, ev.statement, ev.err = parseLegacyAttestation(raw, l.Annotations)
+			if ev.statement != nil {
+				// The annotation is unsigned; the signed statement decides.
+				ev.predicateType = ev.statement.PredicateType
+			} else {
+				// Rejected evidence can never satisfy a rule; the annotation
+				// only lets the rule's reasons say why it was rejected.
+				ev.predicateType = l.Annotations["predicateType"]
 			}
-			return nil, err
-		}
-		ev.legacy, ev.statement, ev.err = parseLegacyAttestation(raw, l.Annotations)
-		if ev.statement != nil {
-			// The annotation is unsigned; the signed statement decides.
-			ev.predicateType = ev.statement.PredicateType
-		} else {
-			// Rejected evidence can never satisfy a rule; the annotation
-			// only lets the rule's reasons say why it was rejected.
-			ev.predicateType = l.Annotations["predicateType"]
-		}
-	}
-	return out, nil
+		},
+	})
 }
 
 // parseLegacyAttestation parses a cosign .att layer: the blob is the DSSE

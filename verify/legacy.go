@@ -12,6 +12,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	protorekor "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
@@ -73,29 +74,51 @@ func ParseSimpleSigning(b []byte) (*SimpleSigning, v1.Hash, error) {
 }
 
 func (e *Engine) openLegacy(ctx context.Context, s Subject, f Fetcher, m Manifest, d *discovery) ([]*evidence, error) {
+	return e.openLayers(ctx, s, f, m, d, cosignLayers{
+		format: FormatCosignLegacy, tag: "sha256-" + s.Digest.Hex + ".sig", what: "signature",
+		mediaType: mediaTypeSimpleSigning, source: "sig", maxBytes: maxPayloadBytes,
+		parse: func(ev *evidence, raw []byte, l v1.Descriptor) {
+			ev.legacy, ev.err = parseLegacy(raw, l.Annotations, s.Digest)
+		},
+	})
+}
+
+// cosignLayers describes one kind of cosign legacy tag: which layers carry
+// evidence and how one layer's blob becomes evidence.
+type cosignLayers struct {
+	format, tag, what string // "cosign-legacy", "sha256-….sig", "signature"
+	mediaType         string
+	source            string // evidence source prefix, "sig" → "sig[2]"
+	maxBytes          int64
+	parse             func(ev *evidence, raw []byte, l v1.Descriptor)
+}
+
+// openLayers reads the evidence layers of a cosign legacy tag manifest,
+// at most e.maxEvidence of them. A malformed manifest or layer is rejected
+// evidence; only fetch failures are errors.
+func (e *Engine) openLayers(ctx context.Context, s Subject, f Fetcher, m Manifest, d *discovery, c cosignLayers) ([]*evidence, error) {
 	man, err := parseManifest(m.Bytes)
 	if err != nil {
-		return []*evidence{{format: FormatCosignLegacy, source: "sha256-" + s.Digest.Hex + ".sig",
-			err: fmt.Errorf("malformed signature manifest: %w", err)}}, nil
+		return []*evidence{{format: c.format, source: c.tag, err: fmt.Errorf("malformed %s manifest: %w", c.what, err)}}, nil
 	}
 	var out []*evidence
 	n := 0
 	for i, l := range man.Layers {
-		if l.MediaType != mediaTypeSimpleSigning {
+		if l.MediaType != types.MediaType(c.mediaType) {
 			continue
 		}
 		if n == e.maxEvidence {
-			d.notes = append(d.notes, fmt.Sprintf("evidence limit reached: examined %d of %d signature layers", n, len(man.Layers)))
+			d.notes = append(d.notes, fmt.Sprintf("evidence limit reached: examined %d of %d %s layers", n, len(man.Layers), c.what))
 			break
 		}
 		n++
-		ev := &evidence{format: FormatCosignLegacy, source: fmt.Sprintf("sig[%d]", i)}
+		ev := &evidence{format: c.format, source: fmt.Sprintf("%s[%d]", c.source, i)}
 		out = append(out, ev)
-		if l.Size > maxPayloadBytes {
-			ev.err = fmt.Errorf("payload of %d bytes exceeds %d", l.Size, maxPayloadBytes)
+		if l.Size > c.maxBytes {
+			ev.err = fmt.Errorf("%s layer of %d bytes exceeds %d", c.what, l.Size, c.maxBytes)
 			continue
 		}
-		payload, err := readBlob(ctx, f, s.Repository, l.Digest, maxPayloadBytes)
+		raw, err := readBlob(ctx, f, s.Repository, l.Digest, c.maxBytes)
 		if err != nil {
 			if errors.Is(err, errEvidence) {
 				ev.err = err
@@ -103,7 +126,7 @@ func (e *Engine) openLegacy(ctx context.Context, s Subject, f Fetcher, m Manifes
 			}
 			return nil, err
 		}
-		ev.legacy, ev.err = parseLegacy(payload, l.Annotations, s.Digest)
+		c.parse(ev, raw, l)
 	}
 	return out, nil
 }
