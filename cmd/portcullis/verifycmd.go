@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -76,6 +77,16 @@ func printVerdict(w io.Writer, ref string, v verify.Verdict) {
 			who = s.Identity + " (issuer " + s.Issuer + ")"
 		}
 		fmt.Fprintf(w, "  signed:   authority %q, %s %s via %s\n", s.Authority, s.Kind, who, s.Evidence)
+	}
+	for _, a := range v.Attestations {
+		when := ""
+		if !a.Time.IsZero() {
+			when = ", " + a.Time.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(w, "  attested: rule %q: %s by authority %q%s\n", a.Rule, orDefault(a.Name, a.PredicateType), a.Signer.Authority, when)
+	}
+	if v.Artifact != "" {
+		fmt.Fprintf(w, "  artifact: %s\n", v.Artifact)
 	}
 	for _, r := range v.Reasons {
 		fmt.Fprintf(w, "  reason:   %s\n", r)
