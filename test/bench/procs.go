@@ -20,33 +20,42 @@ import (
 
 // cleaner runs registered undo steps once, newest first. It is shared by the
 // normal exit path, the signal handler and panic recovery, so whichever
-// comes first tears everything down and the others find nothing left.
+// comes first tears everything down; the others wait until it has finished
+// before they may exit.
 type cleaner struct {
 	mu    sync.Mutex
 	steps []func()
 	done  bool
+	once  sync.Once
 }
 
 func (c *cleaner) add(f func()) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.done {
+		c.mu.Unlock()
 		// Registered after teardown began (a racing start): undo at once.
 		f()
 		return
 	}
 	c.steps = append(c.steps, f)
+	c.mu.Unlock()
 }
 
 func (c *cleaner) run() {
-	c.mu.Lock()
-	steps := c.steps
-	c.steps, c.done = nil, true
-	c.mu.Unlock()
-	for i := len(steps) - 1; i >= 0; i-- {
-		steps[i]()
-	}
+	c.once.Do(func() {
+		c.mu.Lock()
+		steps := c.steps
+		c.steps, c.done = nil, true
+		c.mu.Unlock()
+		for i := len(steps) - 1; i >= 0; i-- {
+			steps[i]()
+		}
+	})
 }
+
+// teardown is the process-wide cleaner: there is exactly one set of
+// subprocesses and one temp dir to remove, whichever way the program ends.
+var teardown = &cleaner{}
 
 // guard is deferred at the top of every goroutine the bench starts: a panic
 // anywhere must still kill the subprocesses and remove the temp dir before
@@ -79,7 +88,7 @@ type proc struct {
 	waitErr error
 }
 
-func startProc(c *cleaner, dir, name string, argv ...string) (*proc, error) {
+func startProc(dir, name string, argv ...string) (*proc, error) {
 	logPath := filepath.Join(dir, name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -101,7 +110,7 @@ func startProc(c *cleaner, dir, name string, argv ...string) (*proc, error) {
 		logf.Close()
 		close(p.exited)
 	}()
-	c.add(p.stop)
+	teardown.add(p.stop)
 	return p, nil
 }
 
@@ -213,4 +222,44 @@ func readMem(pid int) (memStatus, error) {
 // peak measured afterwards belongs to the phase that follows.
 func resetPeak(pid int) error {
 	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+// clockTicks is USER_HZ, the unit of utime/stime in /proc/<pid>/stat.
+var clockTicks = func() int64 {
+	out, err := exec.Command("getconf", "CLK_TCK").Output()
+	if err == nil {
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 100
+}()
+
+// procCPU is the user+system CPU a process (all its threads) has used.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may contain spaces; fields are counted
+	// from the closing parenthesis.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// After ")": state is field 3, so utime (14) and stime (15) are at
+	// indexes 11 and 12.
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, err
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / time.Duration(clockTicks), nil
 }

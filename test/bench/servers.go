@@ -29,9 +29,25 @@ type target struct {
 
 func (t *target) url() string { return "http://" + t.host }
 
+// measure runs f and adds the target process's CPU per request to the
+// cell. CPU is less sensitive than latency to other load on a shared
+// machine, so it is the number to compare across runs.
+func (t *target) measure(f func() cell) cell {
+	if t.proc == nil {
+		return f()
+	}
+	before, err := procCPU(t.proc.pid())
+	c := f()
+	after, err2 := procCPU(t.proc.pid())
+	if err == nil && err2 == nil && c.requests > 0 {
+		c.cpu = (after - before) / time.Duration(c.requests)
+	}
+	return c
+}
+
 // startDistribution runs docker-registry on a fresh filesystem store;
 // remote, when set, puts it in pull-through proxy mode.
-func startDistribution(ctx context.Context, c *cleaner, client *http.Client, bin, dir, name, remote string) (*target, error) {
+func startDistribution(ctx context.Context, client *http.Client, bin, dir, name, remote string) (*target, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -63,7 +79,7 @@ http:
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
 		return nil, err
 	}
-	p, err := startProc(c, dir, name, bin, "serve", cfg)
+	p, err := startProc(dir, name, bin, "serve", cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +93,7 @@ http:
 // startInProcessRegistry is the fallback direct upstream when
 // docker-registry is not installed: go-containerregistry's registry with
 // blobs on disk, so a 1 GiB layer is not held in memory.
-func startInProcessRegistry(c *cleaner, dir string) (*target, error) {
+func startInProcessRegistry(dir string) (*target, error) {
 	blobs := filepath.Join(dir, "direct-blobs")
 	if err := os.MkdirAll(blobs, 0o700); err != nil {
 		return nil, err
@@ -93,10 +109,10 @@ func startInProcessRegistry(c *cleaner, dir string) (*target, error) {
 		ErrorLog:          quiet,
 	}
 	go func() {
-		defer c.guard()
+		defer teardown.guard()
 		_ = srv.Serve(ln)
 	}()
-	c.add(func() { _ = srv.Close() })
+	teardown.add(func() { _ = srv.Close() })
 	return &target{name: "direct", host: ln.Addr().String()}, nil
 }
 
@@ -111,7 +127,7 @@ func buildPortcullis(ctx context.Context, dir string) (string, error) {
 	if gomod == "" || gomod == os.DevNull {
 		return "", errors.New("not inside the portcullis module; pass -portcullis PATH")
 	}
-	bin := filepath.Join(dir, "portcullis")
+	bin := filepath.Join(dir, "bin", "portcullis")
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./cmd/portcullis")
 	cmd.Dir = filepath.Dir(gomod)
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -126,10 +142,12 @@ type portcullis struct {
 	admin string // 127.0.0.1:port
 }
 
-// startPortcullis runs the binary with one insecure (loopback) upstream, a
+// startPortcullis runs the binary with one insecure (loopback) upstream
+// (named so that no repository path starts with it, which would make it
+// an alias prefix), a
 // single key as trust and one boundary over every repository that requires
 // it. The verdict and manifest caches keep their production defaults.
-func startPortcullis(ctx context.Context, c *cleaner, client *http.Client, bin, dir, name, upstream string, pubPEM []byte) (*portcullis, error) {
+func startPortcullis(ctx context.Context, client *http.Client, bin, dir, name, upstream string, pubPEM []byte) (*portcullis, error) {
 	cfgDir := filepath.Join(dir, name)
 	if err := os.MkdirAll(cfgDir, 0o700); err != nil {
 		return nil, err
@@ -148,10 +166,10 @@ func startPortcullis(ctx context.Context, c *cleaner, client *http.Client, bin, 
 	cfg := fmt.Sprintf(`listen: "127.0.0.1:%d"
 admin: "127.0.0.1:%d"
 upstreams:
-  - name: bench
+  - name: origin
     url: %q
     insecure: true
-default_upstream: bench
+default_upstream: origin
 trust:
   - name: bench-key
     keys: [cosign.pub]
@@ -170,7 +188,7 @@ log: {level: warn, format: json}
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	p, err := startProc(c, dir, name, bin, "serve", "--config", cfgPath)
+	p, err := startProc(dir, name, bin, "serve", "--config", cfgPath)
 	if err != nil {
 		return nil, err
 	}
