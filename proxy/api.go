@@ -26,7 +26,9 @@ type VerdictCache interface {
 }
 
 // ManifestCache keeps verified manifest bytes by digest. cache.Manifests
-// satisfies it; it bounds itself by total bytes.
+// satisfies it; it bounds itself by total bytes. The proxy only adds bytes
+// it has checked against their digest, and serves what Get returns without
+// hashing it again: that is what makes a warm pull cheap.
 type ManifestCache interface {
 	Get(digest string) (verify.Manifest, bool)
 	Add(m verify.Manifest)

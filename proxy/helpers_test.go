@@ -149,7 +149,7 @@ type upstreamRegistry struct {
 	host string
 }
 
-func newRegistry(t *testing.T) *upstreamRegistry {
+func newRegistry(t testing.TB) *upstreamRegistry {
 	t.Helper()
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(true)))
 	t.Cleanup(srv.Close)
@@ -165,7 +165,7 @@ type pushed struct {
 	children []v1.Hash
 }
 
-func (u *upstreamRegistry) pushImage(t *testing.T, repo, tag string) pushed {
+func (u *upstreamRegistry) pushImage(t testing.TB, repo, tag string) pushed {
 	t.Helper()
 	img, err := random.Image(1024, 2)
 	if err != nil {
@@ -181,7 +181,7 @@ func (u *upstreamRegistry) pushImage(t *testing.T, repo, tag string) pushed {
 	return describeImage(t, img)
 }
 
-func describeImage(t *testing.T, img v1.Image) pushed {
+func describeImage(t testing.TB, img v1.Image) pushed {
 	t.Helper()
 	d, _ := img.Digest()
 	raw, _ := img.RawManifest()
@@ -229,7 +229,7 @@ func (u *upstreamRegistry) pushIndex(t *testing.T, repo, tag string) (pushed, []
 
 // newTestProxy puts a proxy in front of one upstream named docker.io with
 // a spy transport.
-func newTestProxy(t *testing.T, upstreamURL string, v Verifier, opts ...Option) (*Proxy, *spy) {
+func newTestProxy(t testing.TB, upstreamURL string, v Verifier, opts ...Option) (*Proxy, *spy) {
 	t.Helper()
 	s := newSpy()
 	ups := []Upstream{

@@ -138,13 +138,15 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, u *upstrea
 
 	var pm *parsedManifest
 	if m != nil && verdict.Served() {
-		if !digestMatches(digest, m.Bytes) {
+		// Bytes from the manifest cache were hashed when they were added;
+		// anything else is re-checked here, right before it is served.
+		if !mFromCache && !digestMatches(digest, m.Bytes) {
 			// The caches and the upstream client promise checked bytes;
 			// if that is ever broken, nothing is served.
 			p.log.Error("manifest bytes do not match their digest", zap.String("digest", digest.String()))
 			return errors.New("manifest digest mismatch")
 		}
-		parsed, err := parseManifest(m.MediaType, m.Bytes)
+		parsed, err := p.parse(m)
 		if err != nil {
 			// Only reachable for content that was never verified on its
 			// own (an index child): it is refused like any malformed one.
@@ -184,6 +186,21 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, u *upstrea
 		_, _ = w.Write(m.Bytes)
 	}
 	return nil
+}
+
+// parse parses a manifest once per digest and media type; the parsed form
+// of content-addressed bytes never changes.
+func (p *Proxy) parse(m *verify.Manifest) (*parsedManifest, error) {
+	key := m.Digest.String() + " " + string(m.MediaType)
+	if pm, ok := p.parsed.Get(key); ok {
+		return pm, nil
+	}
+	pm, err := parseManifest(m.MediaType, m.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	p.parsed.Add(key, pm)
+	return pm, nil
 }
 
 // resolveTag asks the upstream for the tag's digest, unless a fresh
@@ -382,7 +399,17 @@ func (p *Proxy) decide(mr manifestReq, digest v1.Hash, v verify.Verdict, cached 
 
 func (p *Proxy) record(d Decision) {
 	p.decisions.add(d)
-	fields := []zap.Field{
+	level := zap.WarnLevel
+	if d.Decision == "allow" && !d.Drift {
+		level = zap.InfoLevel
+	}
+	// Check first: on the warm path allows are common and often filtered
+	// out by the log level, so their fields are not built for nothing.
+	ce := p.audit.Check(level, "decision")
+	if ce == nil {
+		return
+	}
+	ce.Write(
 		zap.Time("time", d.Time),
 		zap.String("client", d.Client),
 		zap.String("upstream", d.Upstream),
@@ -397,12 +424,7 @@ func (p *Proxy) record(d Decision) {
 		zap.Bool("cached", d.Cached),
 		zap.String("covered_by", d.CoveredBy),
 		zap.Bool("drift", d.Drift),
-	}
-	if d.Decision == "allow" && !d.Drift {
-		p.audit.Info("decision", fields...)
-	} else {
-		p.audit.Warn("decision", fields...)
-	}
+	)
 }
 
 func deniedError(mr manifestReq, digest v1.Hash, v verify.Verdict) *Error {

@@ -28,6 +28,7 @@ const (
 	blobAllowTTL    = 10 * time.Minute
 	tagCacheSize    = 10_000
 	driftMemorySize = 100_000
+	parsedCacheSize = 4096
 	blobBufferSize  = 256 << 10
 	passThroughMax  = 4 << 20
 )
@@ -54,6 +55,9 @@ type Proxy struct {
 	// lastAllowed remembers whether a digest was last allowed, to detect
 	// drift (allowed before, denied now).
 	lastAllowed *lru.Cache[string, bool]
+	// parsed keeps the parsed form of served manifests by digest and media
+	// type, so a warm pull does not re-parse bytes it already parsed.
+	parsed *lru.Cache[string, *parsedManifest]
 
 	decisions decisionRing
 	draining  atomic.Bool
@@ -92,6 +96,9 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		return nil, err
 	}
 	p.lastAllowed = la
+	if p.parsed, err = lru.New[string, *parsedManifest](parsedCacheSize); err != nil {
+		return nil, err
+	}
 
 	rt, err := newRouter(upstreams, o)
 	if err != nil {
