@@ -148,7 +148,7 @@ unmatched: deny
 log: {level: info}
 YML
 "$PORTCULLIS" config check "$work/portcullis.yaml" || exit 1
-"$PORTCULLIS" serve --config "$work/portcullis.yaml" >"$work/portcullis.log" 2>&1 & pids+=($!)
+"$PORTCULLIS" serve --config "$work/portcullis.yaml" >"$work/portcullis.log" 2>&1 & pc_pid=$!; pids+=($pc_pid)
 wait_http "http://$ADMIN/readyz" || { tail -20 "$work/portcullis.log"; exit 1; }
 
 P_DIST=$PROXY/dist.e2e.local P_OLA=$PROXY/ola.e2e.local
@@ -265,6 +265,18 @@ for row in "dist_v2 dist e2e/signed-v2" "dist_v3 dist e2e/signed-v3" "dist_unsig
   elif [ "$code" != 200 ] && [ "$code" != 403 ]; then bad "cross-check $k: proxy answered $code"
   else ok "cross-check $k: proxy $code, cosign $cosign"; fi
 done
+
+phase "observability"
+if curl -fsS "http://$ADMIN/metrics" | grep -E '^portcullis_decisions_total\{.*decision="deny".*\} [1-9]' >/dev/null; then ok "denials are counted in /metrics"; else bad "no deny count in /metrics"; fi
+if curl -fsS "http://$ADMIN/v1/decisions" | grep -q '"decision":"deny"'; then ok "/v1/decisions lists denials"; else bad "/v1/decisions has no denial"; fi
+
+phase "graceful shutdown"
+kill -TERM "$pc_pid"
+for _ in $(seq 100); do kill -0 "$pc_pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$pc_pid" 2>/dev/null; then bad "portcullis still running 10s after SIGTERM"
+else wait "$pc_pid"; rc=$?
+  if [ "$rc" = 0 ] && grep -q '"shutting down"' "$work/portcullis.log"; then ok "SIGTERM drains and exits 0"; else bad "SIGTERM exit code $rc"; fi
+fi
 
 phase "result"
 echo "$passed passed, $failed failed"
