@@ -1,5 +1,3 @@
-// Command portcullis is a pull-through OCI registry proxy that serves only
-// signed and attested content. See the README for the subcommands.
 package main
 
 import (
