@@ -10,6 +10,9 @@
 //   - a thundering herd on one unverified digest, with the upstream requests
 //     counted by a spy reverse proxy, to show one verification and one fetch
 //     of each piece of evidence;
+//   - lineage: the first and the cached pull of a model whose depth-3
+//     provenance chain (model, base model, dataset, corpus) must verify,
+//     and the engine's CPU for one whole walk;
 //   - in-process verification CPU per subject and the heap cost of a full
 //     verdict cache.
 //

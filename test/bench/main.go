@@ -30,16 +30,22 @@ type sizes struct {
 	herd       int         // simultaneous clients
 	verifyRuns int         // in-process verifications per kind
 	verdicts   int         // cached verdicts for the heap measurement
+	// lineageChains is the number of distinct depth-3 chains (cold GETs of
+	// their roots); lineageCached the GETs of verified roots.
+	lineageChains int
+	lineageCached int
 }
 
 var (
 	fullSizes = sizes{
 		small: 200, getDigest: map[int]int{1: 3000, 16: 20000, 256: 20000}, headTag: map[int]int{1: 2000, 16: 10000},
 		blobRuns: 3, bigMiB: 256, hugeMiB: 1024, herd: 1000, verifyRuns: 2000, verdicts: 100_000,
+		lineageChains: 20, lineageCached: 2000,
 	}
 	quickSizes = sizes{
 		small: 50, getDigest: map[int]int{1: 500, 16: 2000, 256: 4000}, headTag: map[int]int{1: 300, 16: 1000},
 		blobRuns: 1, bigMiB: 256, hugeMiB: 0, herd: 1000, verifyRuns: 200, verdicts: 100_000,
+		lineageChains: 8, lineageCached: 300,
 	}
 	concurrencies = []int{1, 16, 256}
 )
@@ -146,6 +152,10 @@ func run(ctx context.Context, sz sizes, quick bool, pcBin string) (*results, err
 
 	logf("herd of %d clients", sz.herd)
 	if err := b.herd(ctx); err != nil {
+		return res, err
+	}
+
+	if err := b.lineage(ctx); err != nil {
 		return res, err
 	}
 

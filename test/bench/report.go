@@ -60,6 +60,7 @@ type results struct {
 	blobMiB     int64
 	rss         *rssResult
 	herd        *herdResult
+	lineage     *lineageResult
 	verify      []verifyCost
 	verdictHeap int64
 	verdictN    int
@@ -256,6 +257,46 @@ func (r *results) markdown() string {
 		}
 		if h.firstErr != "" {
 			p("First client error: `%s`", h.firstErr)
+			p("")
+		}
+	}
+
+	if l := r.lineage; l != nil {
+		p("### Lineage (depth-3 chain)")
+		p("")
+		p("A fresh Portcullis whose boundary for models, base models and datasets requires a signature, SLSA v1 provenance and `lineage: {depth: 3, require: [\"*\"]}`: a model's provenance names its base model, the base model's a dataset, the dataset's a raw corpus, so the first pull of a model verifies four subjects and fetches the evidence of each. %d distinct chains, one client.", l.chains)
+		p("")
+		p("Ratio: p50 of the row ÷ p50 of the cached row.")
+		p("")
+		p("| GET of the root by digest | requests | errors | p50 | p99 | req/s | p50 ratio | server CPU/req |")
+		p("|---|---:|---:|---:|---:|---:|---:|---:|")
+		for _, lr := range []struct {
+			what string
+			c    cell
+		}{
+			{"cold: whole chain verified", l.cold},
+			{"cold root, dependencies already verified", l.depsCached},
+			{"cached: root already verified", l.cached},
+		} {
+			if lr.c.requests == 0 {
+				continue
+			}
+			p("| %s | %d | %d | %s | %s | %.0f | %s | %s |", lr.what, lr.c.requests, lr.c.errors,
+				fmtDur(lr.c.p50), fmtDur(lr.c.p99), lr.c.rps, fmtRatio(ratio(float64(lr.c.p50), float64(l.cached.p50))), fmtDur(lr.c.cpu))
+		}
+		p("")
+		if l.walkN > 0 {
+			p("In process, the engine alone (evidence in memory, no verdict cache): %s CPU per whole walk of four subjects (wall %s, %d walks).",
+				fmtDur(l.walkCPU), fmtDur(l.walkWall), l.walkN)
+			p("")
+		}
+		if l.cold.ok() && l.cached.ok() {
+			p("Cold ÷ cached: p50 %s, p99 %s, server CPU/req %s.", fmtRatio(ratio(float64(l.cold.p50), float64(l.cached.p50))),
+				fmtRatio(ratio(float64(l.cold.p99), float64(l.cached.p99))), fmtRatio(ratio(float64(l.cold.cpu), float64(l.cached.cpu))))
+			p("")
+		}
+		if l.denied != "" {
+			p("A chain whose corpus is unsigned is denied at its root, naming the chain: `%s`.", l.denied)
 			p("")
 		}
 	}
