@@ -58,20 +58,34 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	bp := p.bufPool.Get().(*[]byte)
-	defer p.bufPool.Put(bp)
-	// w does not implement io.ReaderFrom (see statusRecorder), so the copy
-	// goes through the pooled buffer in large writes with constant memory.
-	n, err := io.CopyBuffer(w, resp.Body, *bp)
+	// A verified 200 body copies itself: it hashes on a second goroutine
+	// with its own pooled buffers and holds back the last chunk until the
+	// digest matches. Range and other unverified answers go through the
+	// proxy's pooled buffer (w does not implement io.ReaderFrom, see
+	// statusRecorder), in large writes with constant memory.
+	var n int64
+	if wt, ok := resp.Body.(io.WriterTo); ok {
+		n, err = wt.WriteTo(w)
+	} else {
+		bp := p.bufPool.Get().(*[]byte)
+		n, err = io.CopyBuffer(w, resp.Body, *bp)
+		p.bufPool.Put(bp)
+	}
 	p.metrics.blobBytes.Add(float64(n))
 	if err != nil {
-		if r.Context().Err() == nil {
+		mismatch := errors.Is(err, upstream.ErrDigestMismatch)
+		if mismatch || r.Context().Err() == nil {
 			// The status is already sent; aborting the connection is the
-			// only way left to tell the client the body is not the blob
-			// (a digest mismatch surfaces here, at the final read).
+			// only way left to tell the client the body is not the blob.
+			// A mismatch is reported even if the client left meanwhile:
+			// the upstream served the wrong bytes either way.
+			kind := "blob_stream"
+			if mismatch {
+				kind = "blob_digest_mismatch"
+			}
 			p.log.Warn("blob stream failed", zap.String("upstream", u.name), zap.String("repository", repo),
 				zap.String("digest", digest.String()), zap.Int64("bytes", n), zap.Error(err))
-			p.metrics.upstreamErrors.WithLabelValues(u.name, "blob_stream").Inc()
+			p.metrics.upstreamErrors.WithLabelValues(u.name, kind).Inc()
 		}
 		panic(http.ErrAbortHandler)
 	}
