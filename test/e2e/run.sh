@@ -221,7 +221,7 @@ else bad "regctl manifest dist/signed-v3"; tail -3 "$work/out"; fi
 expect_denied "regctl: unsigned denied" regctl manifest get "$P_DIST/e2e/unsigned:v1"
 
 phase "containerd"
-"$PORTCULLIS" mirror-config containerd --proxy "http://$PROXY" --out "$work/certs.d" "$DIST" >/dev/null || bad "mirror-config containerd"
+"$PORTCULLIS" mirror-config containerd --proxy "http://$PROXY" --out "$work/certs.d" "$DIST" "$OLA" >/dev/null || bad "mirror-config containerd"
 mkdir -p "$work/ctrd"
 cat > "$work/ctrd/config.toml" <<TOML
 version = 2
@@ -265,6 +265,24 @@ for row in "dist_v2 dist e2e/signed-v2" "dist_v3 dist e2e/signed-v3" "dist_unsig
   elif [ "$code" != 200 ] && [ "$code" != 403 ]; then bad "cross-check $k: proxy answered $code"
   else ok "cross-check $k: proxy $code, cosign $cosign"; fi
 done
+
+phase "denials on every client"
+# Each client, for unsigned, wrongly signed and lineage-broken content, must
+# fail and show the proxy's DENIED reason (containerd resolves with HEAD,
+# which carries no body: it shows the 403).
+for bad_ref in "dist.e2e.local/e2e/unsigned:v1" "dist.e2e.local/e2e/rogue:v1" "ola.e2e.local/e2e/ml/llm-poisoned:v1"; do
+  ref="$PROXY/$bad_ref"
+  expect_denied "crane $bad_ref" crane manifest "$ref"
+  rm -rf "$work/sk"; expect_denied "skopeo $bad_ref" skopeo copy --src-tls-verify=false "docker://$ref" "dir:$work/sk"
+  expect_denied "oras $bad_ref" oras manifest fetch --plain-http "$ref"
+  expect_denied "regctl $bad_ref" regctl manifest get "$ref"
+done
+for bad in "$DIST/e2e/unsigned:v1" "$DIST/e2e/rogue:v1" "$OLA/e2e/ml/llm-poisoned:v1"; do
+  if "${CTR[@]}" images pull --hosts-dir "$work/certs.d" "$bad" >"$work/out" 2>&1; then bad "ctr $bad (succeeded)"
+  elif grep -q 403 "$work/out"; then ok "ctr $bad denied with 403"; else bad "ctr $bad failed without a 403"; fi
+done
+if "${CTR[@]}" images ls | grep "$DIST/e2e/signed-v2:v1" | grep -q "${D[dist_v2]}"; then ok "containerd stored the signed image under the upstream's digest"
+else bad "containerd's image digest differs from the upstream's"; fi
 
 phase "observability"
 if curl -fsS "http://$ADMIN/metrics" | grep -E '^portcullis_decisions_total\{.*decision="deny".*\} [1-9]' >/dev/null; then ok "denials are counted in /metrics"; else bad "no deny count in /metrics"; fi
