@@ -16,6 +16,10 @@ import (
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 )
 
+// maxClockSkew is how far in the future an attestation's time may be
+// before max_age treats it as invalid.
+const maxClockSkew = 5 * time.Minute
+
 // FormatCosignAttestation names legacy "sha256-<hex>.att" evidence. It is
 // only ever used for attestation rules: cosign verify does not read .att,
 // so neither does the signature threshold.
@@ -344,6 +348,12 @@ func (cb *compiledBoundary) evalRule(ctx context.Context, r *compiledRule, s Sub
 		if r.MaxAge > 0 {
 			if va.at.IsZero() {
 				reasons = append(reasons, label+": no signed or statement time to check max_age against")
+				continue
+			}
+			if va.at.After(now.Add(maxClockSkew)) {
+				// A time in the future would keep an attestation fresh
+				// forever; only ordinary clock skew is tolerated.
+				reasons = append(reasons, fmt.Sprintf("%s: time %s is in the future", label, va.at.UTC().Format(time.RFC3339)))
 				continue
 			}
 			if age := now.Sub(va.at); age > r.MaxAge {

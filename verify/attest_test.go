@@ -149,6 +149,8 @@ func TestAttestations(t *testing.T) {
 			}), want: "condition error: operation cancelled: actual cost limit exceeded"},
 		{name: "stale by statement time", attach: []func(*env) error{bundle(key, fixtures.BundleSpec{PredicateType: verify.PredicateSLSAProvenanceV1, Predicate: provenance(now.Add(-60 * 24 * time.Hour))})},
 			auths: keyAuth, rules: provRule(func(r *verify.AttestationRule) { r.MaxAge = 720 * time.Hour }), want: "stale: built " + now.Add(-60*24*time.Hour).UTC().Format("2006-01-02")},
+		{name: "statement time in the future", attach: []func(*env) error{bundle(key, fixtures.BundleSpec{PredicateType: verify.PredicateSLSAProvenanceV1, Predicate: provenance(now.Add(48 * time.Hour))})},
+			auths: keyAuth, rules: provRule(func(r *verify.AttestationRule) { r.MaxAge = 720 * time.Hour }), want: "is in the future"},
 		{name: "stale by signed time", attach: []func(*env) error{bundle(ci, prov)}, auths: ciAuth,
 			rules: provRule(func(r *verify.AttestationRule) { r.MaxAge = 24 * time.Hour }),
 			opts:  []verify.Option{verify.WithClock(func() time.Time { return now.Add(72 * time.Hour) })}, want: "max_age 24h"},
