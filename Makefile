@@ -15,9 +15,10 @@ build:
 demo: build
 	./$(BIN) demo
 
-## run: serve with CONFIG (default: the embedded example is printed by `portcullis config example`)
+## run: serve with CONFIG=FILE (`./bin/portcullis config example` prints a starting point)
 run: build
-	./$(BIN) serve --config $(or $(CONFIG),portcullis.yaml)
+	@test -n "$(CONFIG)" || { echo "usage: make run CONFIG=portcullis.yaml  (offline: make demo)"; exit 2; }
+	./$(BIN) serve --config $(CONFIG)
 
 ## test: formatting, vet, and the unit + handler tests under the race detector
 test: fmt-check vet
