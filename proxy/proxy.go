@@ -203,8 +203,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.metrics.requests.WithLabelValues(methodLabel(r.Method), route, strconv.Itoa(status)).Inc()
 		p.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
 		// The one line per request. Headers are never logged: they may
-		// carry credentials.
-		p.log.Info("request",
+		// carry credentials. Fields are built only when the line is.
+		ce := p.log.Check(zap.InfoLevel, "request")
+		if ce == nil {
+			return
+		}
+		ce.Write(
 			zap.String("method", r.Method),
 			zap.String("path", r.URL.Path),
 			zap.String("ns", truncate(st.ns, maxNsLength)),
