@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -363,37 +361,7 @@ log: {level: warn, format: json}
 // startLineagePortcullis runs the binary with lineageConfig, with the
 // verdict and manifest caches at their production defaults.
 func startLineagePortcullis(ctx context.Context, client *http.Client, bin, dir, name, upstream string, pubPEM []byte) (*portcullis, error) {
-	cfgDir := filepath.Join(dir, name)
-	if err := os.MkdirAll(cfgDir, 0o700); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(cfgDir, "cosign.pub"), pubPEM, 0o600); err != nil {
-		return nil, err
-	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	adminPort, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	cfgPath := filepath.Join(cfgDir, "portcullis.yaml")
-	if err := os.WriteFile(cfgPath, []byte(lineageConfig(port, adminPort, upstream)), 0o600); err != nil {
-		return nil, err
-	}
-	p, err := startProc(dir, name, bin, "serve", "--config", cfgPath)
-	if err != nil {
-		return nil, err
-	}
-	pc := &portcullis{
-		target: target{name: name, host: fmt.Sprintf("127.0.0.1:%d", port), proc: p},
-		admin:  fmt.Sprintf("127.0.0.1:%d", adminPort),
-	}
-	if err := p.waitHTTP(ctx, client, "http://"+pc.admin+"/readyz", http.StatusOK); err != nil {
-		return nil, err
-	}
-	return pc, nil
+	return startPortcullisWith(ctx, client, bin, dir, name, upstream, pubPEM, lineageConfig)
 }
 
 // lineageDeps is the engine's dependency verifier for the in-process walk:

@@ -142,28 +142,22 @@ type portcullis struct {
 	admin string // 127.0.0.1:port
 }
 
-// startPortcullis runs the binary with one insecure (loopback) upstream
-// (named so that no repository path starts with it, which would make it
-// an alias prefix), a
+// startPortcullis runs the binary with the default bench config (see
+// defaultConfig) and waits until it is ready.
+func startPortcullis(ctx context.Context, client *http.Client, bin, dir, name, upstream string, pubPEM []byte) (*portcullis, error) {
+	return startPortcullisWith(ctx, client, bin, dir, name, upstream, pubPEM, defaultConfig)
+}
+
+// configFunc renders a Portcullis config for the given ports and upstream
+// URL; the trusted key is at cosign.pub beside it.
+type configFunc func(port, adminPort int, upstream string) string
+
+// defaultConfig has one insecure (loopback) upstream (named so that no
+// repository path starts with it, which would make it an alias prefix), a
 // single key as trust and one boundary over every repository that requires
 // it. The verdict and manifest caches keep their production defaults.
-func startPortcullis(ctx context.Context, client *http.Client, bin, dir, name, upstream string, pubPEM []byte) (*portcullis, error) {
-	cfgDir := filepath.Join(dir, name)
-	if err := os.MkdirAll(cfgDir, 0o700); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(cfgDir, "cosign.pub"), pubPEM, 0o600); err != nil {
-		return nil, err
-	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	adminPort, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	cfg := fmt.Sprintf(`listen: "127.0.0.1:%d"
+func defaultConfig(port, adminPort int, upstream string) string {
+	return fmt.Sprintf(`listen: "127.0.0.1:%d"
 admin: "127.0.0.1:%d"
 upstreams:
   - name: origin
@@ -184,8 +178,28 @@ boundaries:
 unmatched: deny
 log: {level: warn, format: json}
 `, port, adminPort, upstream)
+}
+
+// startPortcullisWith runs the binary with the config cfg renders, writing
+// the key and config under dir/name.
+func startPortcullisWith(ctx context.Context, client *http.Client, bin, dir, name, upstream string, pubPEM []byte, cfg configFunc) (*portcullis, error) {
+	cfgDir := filepath.Join(dir, name)
+	if err := os.MkdirAll(cfgDir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(cfgDir, "cosign.pub"), pubPEM, 0o600); err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	adminPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
 	cfgPath := filepath.Join(cfgDir, "portcullis.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(cfg(port, adminPort, upstream)), 0o600); err != nil {
 		return nil, err
 	}
 	p, err := startProc(dir, name, bin, "serve", "--config", cfgPath)
