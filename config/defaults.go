@@ -24,6 +24,9 @@ const (
 	// signatures, as cosign does.
 	DefaultTlogThreshold      = 1
 	DefaultTimestampThreshold = 1
+	// DefaultSCTThreshold requires the certificate-transparency proof that
+	// public Fulcio embeds in every certificate, as cosign does.
+	DefaultSCTThreshold = 1
 )
 
 // Values of Config.Unmatched and Boundary.Mode.
@@ -96,6 +99,10 @@ func (c *Config) applyDefaults() {
 			if k.TimestampThreshold == nil {
 				v := DefaultTimestampThreshold
 				k.TimestampThreshold = &v
+			}
+			if k.SCTThreshold == nil {
+				v := DefaultSCTThreshold
+				k.SCTThreshold = &v
 			}
 		}
 	}

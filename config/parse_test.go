@@ -56,6 +56,7 @@ func TestParseDefaults(t *testing.T) {
 		{"log.format", c.Log.Format, "json"},
 		{"tlog_threshold", *c.Boundaries[1].Signatures.Authorities[0].Keyless.TlogThreshold, 1},
 		{"timestamp_threshold", *c.Boundaries[1].Signatures.Authorities[0].Keyless.TimestampThreshold, 1},
+		{"sct_threshold", *c.Boundaries[1].Signatures.Authorities[0].Keyless.SCTThreshold, 1},
 		{"path", c.Path, ""},
 	}
 	for _, tc := range checks {

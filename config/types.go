@@ -107,6 +107,10 @@ type Keyless struct {
 	SubjectRegex       string `yaml:"subject_regex"`
 	TlogThreshold      *int   `yaml:"tlog_threshold"`      // default 1
 	TimestampThreshold *int   `yaml:"timestamp_threshold"` // default 1
+	// SCTThreshold is how many certificate-transparency SCTs embedded in
+	// the Fulcio certificate must verify against the trusted root's CT
+	// logs (default 1, as cosign requires; 0 is logged as insecure).
+	SCTThreshold *int `yaml:"sct_threshold"`
 }
 
 // Attestation is a required attestation rule.

@@ -389,6 +389,9 @@ func validateKeyless(r *reporter, p string, k *Keyless, trust map[string]*Trust)
 	if k.TimestampThreshold != nil && *k.TimestampThreshold < 0 {
 		r.addf(joinPath(p, "timestamp_threshold"), "must not be negative")
 	}
+	if k.SCTThreshold != nil && *k.SCTThreshold < 0 {
+		r.addf(joinPath(p, "sct_threshold"), "must not be negative")
+	}
 	// A Fulcio certificate lives minutes; without an observed signing time
 	// its validity cannot be established.
 	if k.TlogThreshold != nil && k.TimestampThreshold != nil && *k.TlogThreshold == 0 && *k.TimestampThreshold == 0 {

@@ -158,6 +158,7 @@ func TestValidate(t *testing.T) {
 		{"keyless bad subject regex", doc("", "", keyless("trust: root, issuer: i, subject_regex: \"[a\""), ""), "keyless.subject_regex: invalid regular expression"},
 		{"keyless negative tlog", doc("", "", keyless("trust: root, issuer: i, subject: s, tlog_threshold: -1"), ""), "keyless.tlog_threshold: must not be negative"},
 		{"keyless no observer", doc("", "", keyless("trust: root, issuer: i, subject: s, tlog_threshold: 0, timestamp_threshold: 0"), ""), "cannot both be 0"},
+		{"keyless negative sct", doc("", "", keyless("trust: root, issuer: i, subject: s, sct_threshold: -1"), ""), "sct_threshold: must not be negative"},
 
 		// attestations
 		{"attestation ok", doc("", "", defBoundaries+`    attestations:
@@ -288,9 +289,9 @@ func TestWarnings(t *testing.T) {
 	c, err := Parse([]byte(`upstreams:
   - {name: lab, url: "http://127.0.0.1:5001", insecure: true}
   - {name: hub, url: "https://h.example", auth: {username: u, password: hunter2}}
-trust: [{name: k, keys: [k.pub]}]
+trust: [{name: k, keys: [k.pub]}, {name: root, trusted_root: root.json}]
 boundaries:
-  - {name: w, mode: warn, signatures: {authorities: [{name: a, key: k}]}}
+  - {name: w, mode: warn, signatures: {authorities: [{name: a, key: k}, {name: nosct, keyless: {trust: root, issuer: i, subject: s, sct_threshold: 0}}]}}
   - {name: e, signatures: {authorities: [{name: a, key: k}]}}
 unmatched: insecure-allow
 insecure_disable_blob_gating: true
@@ -299,7 +300,7 @@ insecure_disable_blob_gating: true
 		t.Fatal(err)
 	}
 	w := strings.Join(c.Warnings(), "\n")
-	for _, s := range []string{`upstream "lab": insecure: true`, `upstream "hub": auth.password`, "unmatched: insecure-allow", "insecure_disable_blob_gating", `boundary "w": mode warn`} {
+	for _, s := range []string{`upstream "lab": insecure: true`, `upstream "hub": auth.password`, "unmatched: insecure-allow", "insecure_disable_blob_gating", `boundary "w": mode warn`, `authority "nosct": sct_threshold 0`} {
 		if !strings.Contains(w, s) {
 			t.Errorf("warnings\n%s\nlack %q", w, s)
 		}
@@ -307,7 +308,7 @@ insecure_disable_blob_gating: true
 	if strings.Contains(w, `boundary "e"`) || strings.Contains(w, "hunter2") {
 		t.Errorf("warnings mention an enforcing boundary or a secret:\n%s", w)
 	}
-	if n := len(c.Warnings()); n != 5 {
-		t.Errorf("got %d warnings, want 5", n)
+	if n := len(c.Warnings()); n != 6 {
+		t.Errorf("got %d warnings, want 6", n)
 	}
 }

@@ -25,6 +25,11 @@ func (c *Config) Warnings() []string {
 		if b.Mode == ModeWarn {
 			w = append(w, fmt.Sprintf("boundary %q: mode warn: content that fails verification is served (the denial is only logged)", b.Name))
 		}
+		for _, a := range b.Signatures.Authorities {
+			if a.Keyless != nil && a.Keyless.SCTThreshold != nil && *a.Keyless.SCTThreshold == 0 {
+				w = append(w, fmt.Sprintf("boundary %q authority %q: sct_threshold 0: certificates are accepted without certificate-transparency proof", b.Name, a.Name))
+			}
+		}
 	}
 	return w
 }

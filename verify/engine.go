@@ -240,7 +240,7 @@ func compileAuthority(a *Authority) (*compiledAuthority, error) {
 			return nil, fmt.Errorf("subject_regex: %w", err)
 		}
 	}
-	if kl.TlogThreshold < 0 || kl.TimestampThreshold < 0 {
+	if kl.TlogThreshold < 0 || kl.TimestampThreshold < 0 || kl.SCTThreshold < 0 {
 		return nil, errors.New("negative threshold")
 	}
 	// Keyless evidence always needs an observed signing time: the
@@ -255,6 +255,9 @@ func compileAuthority(a *Authority) (*compiledAuthority, error) {
 	vopts := []sgverify.VerifierOption{sgverify.WithObserverTimestamps(max(tsN, 1))}
 	if tlogN > 0 {
 		vopts = append(vopts, sgverify.WithTransparencyLog(tlogN))
+	}
+	if kl.SCTThreshold > 0 {
+		vopts = append(vopts, sgverify.WithSignedCertificateTimestamps(kl.SCTThreshold))
 	}
 	ck.verifier, err = sgverify.NewVerifier(kl.TrustedRoot, vopts...)
 	if err != nil {
@@ -314,7 +317,7 @@ func policyHash(p Policy) string {
 		Keyless            bool
 		Issuer, IssuerRe   string
 		Subject, SubjectRe string
-		Tlog, TS           int
+		Tlog, TS, SCT      int
 		Root               []string
 	}
 	type boundary struct {
@@ -338,7 +341,7 @@ func policyHash(p Policy) string {
 			}
 			if kl := a.Keyless; kl != nil {
 				ca.Keyless, ca.Issuer, ca.IssuerRe, ca.Subject, ca.SubjectRe = true, kl.Issuer, kl.IssuerRegex, kl.Subject, kl.SubjectRegex
-				ca.Tlog, ca.TS = kl.TlogThreshold, kl.TimestampThreshold
+				ca.Tlog, ca.TS, ca.SCT = kl.TlogThreshold, kl.TimestampThreshold, kl.SCTThreshold
 				ca.Root = trustedMaterialIDs(kl.TrustedRoot)
 			}
 			cb.Authorities = append(cb.Authorities, ca)

@@ -181,6 +181,10 @@ type KeylessAuthority struct {
 	// timestamps required; at least one is always required. When both
 	// thresholds are zero, both default to 1.
 	TimestampThreshold int
+	// SCTThreshold is the number of certificate-transparency SCTs embedded
+	// in the certificate that must verify against the trusted material's CT
+	// logs; 0 requires none (the configuration defaults to 1).
+	SCTThreshold int
 }
 
 // AttestationRule requires an attestation of one predicate type.

@@ -134,6 +134,7 @@ func (l *loader) boundary(b config.Boundary) (verify.Boundary, error) {
 				Subject: k.Subject, SubjectRegex: k.SubjectRegex,
 				TlogThreshold:      intOr(k.TlogThreshold, config.DefaultTlogThreshold),
 				TimestampThreshold: intOr(k.TimestampThreshold, config.DefaultTimestampThreshold),
+				SCTThreshold:       intOr(k.SCTThreshold, config.DefaultSCTThreshold),
 			}
 		default:
 			return verify.Boundary{}, fmt.Errorf("authority %s: exactly one of key and keyless must be set", a.Name)

@@ -78,7 +78,8 @@ func (e *policyEnv) config() *config.Config {
 func TestPolicyTranslation(t *testing.T) {
 	t.Parallel()
 	e := newPolicyEnv(t)
-	p, err := Policy(e.config())
+	cfg := e.config()
+	p, err := Policy(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,12 +96,24 @@ func TestPolicyTranslation(t *testing.T) {
 	}
 	kl := b.Authorities[1].Keyless
 	if kl == nil || kl.TrustedRoot == nil || kl.Issuer != ciIssuer || kl.SubjectRegex != "^https://github.com/acme/" ||
-		kl.TlogThreshold != 1 || kl.TimestampThreshold != 1 {
+		kl.TlogThreshold != 1 || kl.TimestampThreshold != 1 || kl.SCTThreshold != 1 {
 		t.Fatalf("keyless authority = %+v", b.Authorities[1])
 	}
 
 	// The translated policy verifies real evidence, the keyless one through
-	// the trusted root read from the file.
+	// the trusted root read from the file. By default a certificate needs
+	// an embedded SCT, as cosign requires; the in-memory test CA issues
+	// none, so it is denied until sct_threshold is lowered to 0.
+	strict, err := verify.New(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := 0
+	cfg.Boundaries[0].Signatures.Authorities[1].Keyless.SCTThreshold = &zero
+	p, err = Policy(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	eng, err := verify.New(p)
 	if err != nil {
 		t.Fatal(err)
@@ -129,6 +142,13 @@ func TestPolicyTranslation(t *testing.T) {
 	}
 	if !v.Allowed || v.Signers[0].Authority != "ci" {
 		t.Fatalf("verdict = %+v", v)
+	}
+	v, err = strict.Verify(ctx, verify.Subject{Upstream: "hub", Repository: "acme/app", Digest: h}, reg.Fetcher())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Allowed || !strings.Contains(strings.Join(v.Reasons, "; "), "signed certificate timestamp") {
+		t.Fatalf("certificate without SCT under the default policy: %+v", v)
 	}
 }
 
