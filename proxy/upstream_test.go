@@ -28,16 +28,6 @@ func fakeUpstream(t *testing.T, h http.HandlerFunc) *httptest.Server {
 	return srv
 }
 
-func proxyFor(t *testing.T, url string, timeout time.Duration) (*Proxy, *spy) {
-	t.Helper()
-	s := newSpy()
-	p, err := New([]Upstream{{Name: "docker.io", URL: url, Insecure: true, Timeout: timeout}}, allowAll(), WithTransport(s))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p, s
-}
-
 func sha(b []byte) v1.Hash {
 	s := sha256.Sum256(b)
 	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(s[:])}

@@ -17,6 +17,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/cryptoutils/goodkey"
 	"github.com/sigstore/sigstore/pkg/signature"
 )
 
@@ -272,7 +273,7 @@ func compileKey(nk NamedKey) (*compiledKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("key %q: %w", nk.Name, err)
 	}
-	if err := cryptoutils.ValidatePubKey(pub); err != nil {
+	if err := goodkey.ValidatePubKey(pub); err != nil {
 		return nil, fmt.Errorf("key %q: %w", nk.Name, err)
 	}
 	v, err := signature.LoadDefaultVerifier(pub)

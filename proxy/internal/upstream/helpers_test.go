@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -225,8 +224,4 @@ func newTestClient(t *testing.T, cfg Config) *Client {
 func sha256Hash(b []byte) v1.Hash {
 	s := sha256.Sum256(b)
 	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(s[:])}
-}
-
-func basicHeader(u, p string) string {
-	return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p))
 }
