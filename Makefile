@@ -4,7 +4,7 @@ BIN       ?= bin/portcullis
 PKGS      := ./...
 E2E_BIN   ?= /usr/local/e2e/bin
 
-.PHONY: all build demo run test vet fmt-check race fuzz bench e2e e2e-install docker clean
+.PHONY: all build demo run test vet lint fmt-check race fuzz bench e2e e2e-install docker clean
 
 all: build
 
@@ -30,6 +30,13 @@ fmt-check:
 
 vet:
 	$(GO) vet $(PKGS)
+
+## lint: staticcheck at a pinned version (installed into bin/ on first use)
+STATICCHECK_VERSION ?= v0.8.2
+lint:
+	@test -x bin/staticcheck-$(STATICCHECK_VERSION) || GOBIN=$(CURDIR)/bin/.tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	@test -x bin/staticcheck-$(STATICCHECK_VERSION) || mv bin/.tools/staticcheck bin/staticcheck-$(STATICCHECK_VERSION)
+	./bin/staticcheck-$(STATICCHECK_VERSION) $(PKGS)
 
 ## fuzz: a short run of every fuzz target (FUZZTIME=30s by default)
 FUZZTIME ?= 30s
