@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"net/http"
-	"regexp"
 	"strings"
 	"testing"
 
@@ -109,22 +108,6 @@ func FuzzParseAPIPath(f *testing.F) {
 		}
 		if req.kind != routeTags && !req.isTag && req.digest.Hex == "" {
 			t.Fatalf("accepted %q without a tag or digest", path)
-		}
-	})
-}
-
-// componentRE is the distribution grammar for one name component, the
-// oracle isComponent is checked against.
-var componentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*$`)
-
-func FuzzIsComponent(f *testing.F) {
-	for _, s := range []string{"", "a", "alpine", "a.b", "a_b", "a__b", "a___b", "a-b", "a--b", "a-", "-a", "a.", ".a",
-		"a._b", "a-_b", "a..b", "A", "a/b", "a:5000", "0", "a.b-c__d---e", "é", "a\x00"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		if got, want := isComponent(s), componentRE.MatchString(s); got != want {
-			t.Fatalf("isComponent(%q) = %v, regexp says %v", s, got, want)
 		}
 	})
 }

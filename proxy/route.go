@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/portcullis-oci/portcullis/proxy/internal/names"
 	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
 )
 
@@ -146,48 +147,12 @@ func parseAPIPath(r *http.Request) (apiRequest, *Error) {
 
 // validateName applies the distribution name grammar. The first component
 // may also be a registry host with a port, which only routing can accept.
-// isComponent matches one path component of a repository name, the
-// distribution grammar [a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*, by hand:
-// it runs on every request, and a regexp was the largest part of the
-// proxy's own CPU on a warm pull. FuzzIsComponent checks it against the
-// regexp.
-func isComponent(s string) bool {
-	i := 0
-	for {
-		start := i
-		for i < len(s) && (s[i] >= 'a' && s[i] <= 'z' || s[i] >= '0' && s[i] <= '9') {
-			i++
-		}
-		if i == start {
-			return false // empty, or a separator not followed by [a-z0-9]
-		}
-		if i == len(s) {
-			return true
-		}
-		switch s[i] {
-		case '.':
-			i++
-		case '_':
-			i++
-			if i < len(s) && s[i] == '_' {
-				i++
-			}
-		case '-':
-			for i < len(s) && s[i] == '-' {
-				i++
-			}
-		default:
-			return false
-		}
-	}
-}
-
 func validateName(name string) *Error {
 	if name == "" || len(name) > maxNameLength {
 		return errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name")
 	}
 	for i, c := range strings.Split(name, "/") {
-		if isComponent(c) || (i == 0 && hostPortRE.MatchString(c)) {
+		if names.IsComponent(c) || (i == 0 && hostPortRE.MatchString(c)) {
 			continue
 		}
 		return errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name %q", name)
@@ -291,7 +256,7 @@ func (rt *router) route(name, ns string) (*upstreamEntry, string, *Error) {
 // host:port component is only acceptable as the routing prefix.
 func validateRepo(repo string) *Error {
 	for _, c := range strings.Split(repo, "/") {
-		if !isComponent(c) {
+		if !names.IsComponent(c) {
 			return errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name %q", repo)
 		}
 	}

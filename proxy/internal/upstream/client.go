@@ -22,6 +22,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/portcullis-oci/portcullis/proxy/internal/names"
 	"github.com/portcullis-oci/portcullis/verify"
 )
 
@@ -452,15 +453,14 @@ func forward(hdr http.Header, keys ...string) http.Header {
 
 var (
 	// Repository names as the distribution spec defines them.
-	repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
-	tagRE  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+	tagRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
 	// API path segments: letters, digits and the punctuation digests and
 	// endpoint names use; nothing that could change the path's meaning.
 	apiPathRE = regexp.MustCompile(`^[A-Za-z0-9._:-]+(?:/[A-Za-z0-9._:-]+)*$`)
 )
 
 func validRepo(repo string) error {
-	if len(repo) > 255 || !repoRE.MatchString(repo) {
+	if !names.IsRepository(repo) {
 		return fmt.Errorf("invalid repository name %q", sanitize(repo, 300))
 	}
 	return nil
