@@ -322,19 +322,7 @@ func envelopeText(body []byte) (string, error) {
 // the catch-all, which requires a signature only: it is the leaf and has
 // no provenance to follow.
 func lineageConfig(port, adminPort int, upstream string) string {
-	return fmt.Sprintf(`listen: "127.0.0.1:%d"
-admin: "127.0.0.1:%d"
-upstreams:
-  - name: origin
-    aliases: [%q]
-    url: %q
-    insecure: true
-default_upstream: origin
-trust:
-  - name: bench-key
-    keys: [cosign.pub]
-boundaries:
-  - name: lineage
+	return benchConfig(port, adminPort, upstream, fmt.Sprintf("[%q]", lineageAlias), `  - name: lineage
     match: {upstream: origin, repositories: ["lineage/model", "lineage/base", "lineage/dataset"]}
     mode: enforce
     signatures:
@@ -346,16 +334,7 @@ boundaries:
         predicate_type: "https://slsa.dev/provenance/v1"
         authorities: [bench]
     lineage: {depth: 3, require: ["*"]}
-  - name: everything
-    match: {upstream: "*", repositories: ["**"]}
-    mode: enforce
-    signatures:
-      threshold: 1
-      authorities:
-        - {name: bench, key: bench-key}
-unmatched: deny
-log: {level: warn, format: json}
-`, port, adminPort, lineageAlias, upstream)
+`)
 }
 
 // startLineagePortcullis runs the binary with lineageConfig, with the

@@ -98,3 +98,13 @@ func TestEnvelopeText(t *testing.T) {
 		})
 	}
 }
+
+func TestDefaultConfigParses(t *testing.T) {
+	cfg, err := config.Parse([]byte(defaultConfig(5001, 5002, "http://127.0.0.1:5000")), "default.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Boundaries) != 1 || len(cfg.Upstreams[0].Aliases) != 0 {
+		t.Fatalf("default config: %d boundaries, aliases %v", len(cfg.Boundaries), cfg.Upstreams[0].Aliases)
+	}
+}

@@ -157,10 +157,20 @@ type configFunc func(port, adminPort int, upstream string) string
 // single key as trust and one boundary over every repository that requires
 // it. The verdict and manifest caches keep their production defaults.
 func defaultConfig(port, adminPort int, upstream string) string {
+	return benchConfig(port, adminPort, upstream, "", "")
+}
+
+// benchConfig is defaultConfig with optional upstream aliases (a YAML flow
+// list, e.g. `["a.b"]`) and boundaries placed before the catch-all.
+func benchConfig(port, adminPort int, upstream, aliases, boundaries string) string {
+	aliasLine := ""
+	if aliases != "" {
+		aliasLine = "\n    aliases: " + aliases
+	}
 	return fmt.Sprintf(`listen: "127.0.0.1:%d"
 admin: "127.0.0.1:%d"
 upstreams:
-  - name: origin
+  - name: origin%s
     url: %q
     insecure: true
 default_upstream: origin
@@ -168,7 +178,7 @@ trust:
   - name: bench-key
     keys: [cosign.pub]
 boundaries:
-  - name: everything
+%s  - name: everything
     match: {upstream: "*", repositories: ["**"]}
     mode: enforce
     signatures:
@@ -177,7 +187,7 @@ boundaries:
         - {name: bench, key: bench-key}
 unmatched: deny
 log: {level: warn, format: json}
-`, port, adminPort, upstream)
+`, port, adminPort, aliasLine, upstream, boundaries)
 }
 
 // startPortcullisWith runs the binary with the config cfg renders, writing
