@@ -183,8 +183,11 @@ type KeylessAuthority struct {
 	TimestampThreshold int
 	// SCTThreshold is the number of certificate-transparency SCTs embedded
 	// in the certificate that must verify against the trusted material's CT
-	// logs; 0 requires none (the configuration defaults to 1).
+	// logs; 0 means the default of 1. Only InsecureSkipSCT turns the
+	// requirement off.
 	SCTThreshold int
+	// InsecureSkipSCT accepts certificates without a verified embedded SCT.
+	InsecureSkipSCT bool
 }
 
 // AttestationRule requires an attestation of one predicate type.
@@ -194,13 +197,32 @@ type AttestationRule struct {
 	Authorities   []string // names of the boundary's authorities
 	MaxAge        time.Duration
 	Condition     string // CEL; compiled by the engine
+	// Select says which of several valid attestations answers the rule:
+	// SelectNewest ("" means newest) or SelectAny.
+	Select Select
 }
+
+// Select chooses among several valid attestations for one rule.
+type Select string
+
+const (
+	// SelectNewest decides a rule on the newest valid attestation by signed
+	// time (else statement time), so a newer failing attestation cannot be
+	// masked by an older passing one.
+	SelectNewest Select = "newest"
+	// SelectAny is satisfied by any valid attestation that passes.
+	SelectAny Select = "any"
+)
 
 // LineageRule makes the dependencies listed in provenance part of the
 // decision.
 type LineageRule struct {
 	Depth   int
 	Require []string // dependency name globs that must be present and verified
+	// Ignore lists dependency name globs whose OCI inputs are deliberately
+	// not verified; each one ignored is named in the verdict. Every other
+	// OCI input is verified whether or not Require names it.
+	Ignore []string
 }
 
 // Signer is one authority that verified the subject.
@@ -252,6 +274,9 @@ type Dependency struct {
 	Name    string   `json:"name"`
 	URI     string   `json:"uri"`
 	Verdict *Verdict `json:"verdict,omitempty"`
+	// Ignored is set for an OCI input exempted by the lineage rule's
+	// Ignore globs: listed, deliberately not verified.
+	Ignored bool `json:"ignored,omitempty"`
 }
 
 // Served reports whether the proxy may serve the subject: allowed, or denied
