@@ -25,7 +25,8 @@ const (
 	DefaultTlogThreshold      = 1
 	DefaultTimestampThreshold = 1
 	// DefaultSCTThreshold requires the certificate-transparency proof that
-	// public Fulcio embeds in every certificate, as cosign does.
+	// public Fulcio embeds in every certificate, as cosign does. It cannot
+	// be lowered to 0; insecure_skip_sct: true turns the check off.
 	DefaultSCTThreshold = 1
 )
 

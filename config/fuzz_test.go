@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"testing"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 func FuzzParse(f *testing.F) {
@@ -12,6 +12,7 @@ func FuzzParse(f *testing.F) {
 		minimal,
 		string(Example),
 		doc("", "", keyless(`trust: root, issuer: "https://i", subject_regex: "^x"`), "unmatched: insecure-allow\n"),
+		doc("", "", keyless(`trust: root, issuer_regex: "^https://i$", subject: s, insecure_skip_sct: true, sct_threshold: 0`), ""),
 		doc("  - {name: lab, url: \"http://127.0.0.1:5001\", insecure: true, aliases: [\"[::1]:5000\"]}\n", "", "", "admin: \"\"\n"),
 		"",
 		"~",

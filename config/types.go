@@ -109,8 +109,11 @@ type Keyless struct {
 	TimestampThreshold *int   `yaml:"timestamp_threshold"` // default 1
 	// SCTThreshold is how many certificate-transparency SCTs embedded in
 	// the Fulcio certificate must verify against the trusted root's CT
-	// logs (default 1, as cosign requires; 0 is logged as insecure).
+	// logs (default 1, as cosign requires; at least 1).
 	SCTThreshold *int `yaml:"sct_threshold"`
+	// InsecureSkipSCT accepts certificates without certificate-transparency
+	// proof (a private Fulcio without a CT log); logged at start.
+	InsecureSkipSCT bool `yaml:"insecure_skip_sct"`
 }
 
 // Attestation is a required attestation rule.
@@ -120,12 +123,25 @@ type Attestation struct {
 	Authorities   []string `yaml:"authorities"` // authority names of the same boundary
 	MaxAge        Duration `yaml:"max_age"`
 	Condition     string   `yaml:"condition"` // CEL
+	// Select says which of several valid attestations answers the rule:
+	// "newest" (default) decides on the newest by signed time, else
+	// statement time; "any" is satisfied by any one that passes.
+	Select string `yaml:"select"`
 }
+
+// Values of Attestation.Select; empty means SelectNewest.
+const (
+	SelectNewest = "newest"
+	SelectAny    = "any"
+)
 
 // Lineage makes provenance dependencies part of the decision.
 type Lineage struct {
 	Depth   int      `yaml:"depth"`
 	Require []string `yaml:"require"`
+	// Ignore lists dependency name globs whose OCI inputs are deliberately
+	// not verified (every other OCI input is); each is a warning.
+	Ignore []string `yaml:"ignore"`
 }
 
 // Cache sizes and lifetimes.

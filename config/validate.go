@@ -5,6 +5,7 @@ import (
 	"mime"
 	"net"
 	"net/url"
+	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -346,6 +347,11 @@ func validateBoundary(r *reporter, p string, b *Boundary, upstreams map[string]*
 		if at.MaxAge < 0 {
 			r.addf(joinPath(ap, "max_age"), "must not be negative")
 		}
+		switch at.Select {
+		case "", SelectNewest, SelectAny:
+		default:
+			r.addf(joinPath(ap, "select"), "must be %q or %q, not %q", SelectNewest, SelectAny, at.Select)
+		}
 	}
 
 	if l := b.Lineage; l != nil {
@@ -353,11 +359,31 @@ func validateBoundary(r *reporter, p string, b *Boundary, upstreams map[string]*
 		if l.Depth < 1 || l.Depth > 10 {
 			r.addf(joinPath(lp, "depth"), "must be between 1 and 10, not %d", l.Depth)
 		}
+		required := map[string]bool{}
 		for i, g := range l.Require {
-			if strings.TrimSpace(g) == "" {
-				r.addf(indexPath(joinPath(lp, "require"), i), "must not be empty")
+			validateDependencyGlob(r, indexPath(joinPath(lp, "require"), i), g)
+			required[g] = true
+		}
+		for i, g := range l.Ignore {
+			gp := indexPath(joinPath(lp, "ignore"), i)
+			validateDependencyGlob(r, gp, g)
+			// A name matched by a require and an ignore glob is verified;
+			// the same glob on both lists is a contradiction, not a choice.
+			if required[g] && strings.TrimSpace(g) != "" {
+				r.addf(gp, "%q is also in lineage.require", g)
 			}
 		}
+	}
+}
+
+// validateDependencyGlob checks a lineage name glob as path.Match reads it.
+func validateDependencyGlob(r *reporter, p, g string) {
+	if strings.TrimSpace(g) == "" {
+		r.addf(p, "must not be empty")
+		return
+	}
+	if _, err := path.Match(g, ""); err != nil {
+		r.addf(p, "invalid glob %q: %v", g, err)
 	}
 }
 
@@ -389,8 +415,9 @@ func validateKeyless(r *reporter, p string, k *Keyless, trust map[string]*Trust)
 	if k.TimestampThreshold != nil && *k.TimestampThreshold < 0 {
 		r.addf(joinPath(p, "timestamp_threshold"), "must not be negative")
 	}
-	if k.SCTThreshold != nil && *k.SCTThreshold < 0 {
-		r.addf(joinPath(p, "sct_threshold"), "must not be negative")
+	// A zero here once meant "no SCT"; a weakening must say so by name.
+	if k.SCTThreshold != nil && *k.SCTThreshold < 1 {
+		r.addf(joinPath(p, "sct_threshold"), "must be at least 1, not %d; use insecure_skip_sct: true to accept certificates without certificate-transparency proof", *k.SCTThreshold)
 	}
 	// A Fulcio certificate lives minutes; without an observed signing time
 	// its validity cannot be established.

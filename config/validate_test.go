@@ -158,7 +158,10 @@ func TestValidate(t *testing.T) {
 		{"keyless bad subject regex", doc("", "", keyless("trust: root, issuer: i, subject_regex: \"[a\""), ""), "keyless.subject_regex: invalid regular expression"},
 		{"keyless negative tlog", doc("", "", keyless("trust: root, issuer: i, subject: s, tlog_threshold: -1"), ""), "keyless.tlog_threshold: must not be negative"},
 		{"keyless no observer", doc("", "", keyless("trust: root, issuer: i, subject: s, tlog_threshold: 0, timestamp_threshold: 0"), ""), "cannot both be 0"},
-		{"keyless negative sct", doc("", "", keyless("trust: root, issuer: i, subject: s, sct_threshold: -1"), ""), "sct_threshold: must not be negative"},
+		{"keyless negative sct", doc("", "", keyless("trust: root, issuer: i, subject: s, sct_threshold: -1"), ""), "sct_threshold: must be at least 1, not -1"},
+		{"keyless zero sct", doc("", "", keyless("trust: root, issuer: i, subject: s, sct_threshold: 0"), ""),
+			"p.yaml:14: boundaries[0].signatures.authorities[0].keyless.sct_threshold: must be at least 1, not 0; use insecure_skip_sct: true to accept certificates without certificate-transparency proof"},
+		{"keyless skip sct", doc("", "", keyless("trust: root, issuer: i, subject: s, insecure_skip_sct: true"), ""), ""},
 
 		// attestations
 		{"attestation ok", doc("", "", defBoundaries+`    attestations:
@@ -189,6 +192,21 @@ func TestValidate(t *testing.T) {
 		{"lineage depth zero", doc("", "", defBoundaries+"    lineage: {require: [\"dataset*\"]}\n", ""), "boundaries[0].lineage.depth: must be between 1 and 10, not 0"},
 		{"lineage depth high", doc("", "", defBoundaries+"    lineage: {depth: 11}\n", ""), "lineage.depth: must be between 1 and 10, not 11"},
 		{"lineage empty require", doc("", "", defBoundaries+"    lineage: {depth: 1, require: [\"\"]}\n", ""), "boundaries[0].lineage.require[0]: must not be empty"},
+		{"lineage bad require glob", doc("", "", defBoundaries+"    lineage: {depth: 1, require: [\"data[\"]}\n", ""), `boundaries[0].lineage.require[0]: invalid glob "data["`},
+		{"lineage ignore ok", doc("", "", defBoundaries+"    lineage: {depth: 1, require: [\"dataset*\"], ignore: [\"tokenizer\", \"cache-*\"]}\n", ""), ""},
+		{"lineage empty ignore", doc("", "", defBoundaries+"    lineage: {depth: 1, ignore: [\" \"]}\n", ""), "boundaries[0].lineage.ignore[0]: must not be empty"},
+		{"lineage bad ignore glob", doc("", "", defBoundaries+"    lineage: {depth: 1, ignore: [\"x\", \"[\"]}\n", ""), `boundaries[0].lineage.ignore[1]: invalid glob "["`},
+		{"lineage glob required and ignored", doc("", "", defBoundaries+"    lineage: {depth: 1, require: [\"dataset*\"], ignore: [\"dataset*\"]}\n", ""), `boundaries[0].lineage.ignore[0]: "dataset*" is also in lineage.require`},
+		{"lineage ignore unknown key", doc("", "", defBoundaries+"    lineage: {depth: 1, ignored: [x]}\n", ""), "ignored"},
+		{"attestation select newest", doc("", "", defBoundaries+`    attestations:
+      - {name: scan, predicate_type: "https://example.com/scan/v1", authorities: [a], select: newest}
+`, ""), ""},
+		{"attestation select any", doc("", "", defBoundaries+`    attestations:
+      - {name: scan, predicate_type: "https://example.com/scan/v1", authorities: [a], select: any}
+`, ""), ""},
+		{"attestation select unknown", doc("", "", defBoundaries+`    attestations:
+      - {name: scan, predicate_type: "https://example.com/scan/v1", authorities: [a], select: oldest}
+`, ""), `boundaries[0].attestations[0].select: must be "newest" or "any", not "oldest"`},
 
 		// cache, timeouts, log
 		{"cache verdicts negative", doc("", "", "", "cache: {verdicts: -1}\n"), "cache.verdicts: must be positive"},
@@ -284,6 +302,25 @@ func TestValidateProgrammatic(t *testing.T) {
 	}
 }
 
+func TestLineageIgnoreWarning(t *testing.T) {
+	t.Parallel()
+	c, err := Parse([]byte(doc("", "", defBoundaries+"    lineage: {depth: 2, require: [\"dataset*\"], ignore: [\"tokenizer\", \"cache-*\"]}\n", "")), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := strings.Join(c.Warnings(), "\n")
+	if !strings.Contains(w, `boundary "all": lineage.ignore tokenizer, cache-*: OCI inputs with these names are not verified`) {
+		t.Errorf("warnings\n%s\nlack the ignored lineage inputs", w)
+	}
+	c, err = Parse([]byte(doc("", "", defBoundaries+"    lineage: {depth: 2, require: [\"dataset*\"]}\n", "")), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("a lineage rule without ignore warns: %q", w)
+	}
+}
+
 func TestWarnings(t *testing.T) {
 	t.Parallel()
 	c, err := Parse([]byte(`upstreams:
@@ -291,7 +328,7 @@ func TestWarnings(t *testing.T) {
   - {name: hub, url: "https://h.example", auth: {username: u, password: hunter2}}
 trust: [{name: k, keys: [k.pub]}, {name: root, trusted_root: root.json}]
 boundaries:
-  - {name: w, mode: warn, signatures: {authorities: [{name: a, key: k}, {name: nosct, keyless: {trust: root, issuer: i, subject: s, sct_threshold: 0}}]}}
+  - {name: w, mode: warn, signatures: {authorities: [{name: a, key: k}, {name: nosct, keyless: {trust: root, issuer: i, subject: s, insecure_skip_sct: true}}]}}
   - {name: e, signatures: {authorities: [{name: a, key: k}]}}
 unmatched: insecure-allow
 insecure_disable_blob_gating: true
@@ -300,7 +337,7 @@ insecure_disable_blob_gating: true
 		t.Fatal(err)
 	}
 	w := strings.Join(c.Warnings(), "\n")
-	for _, s := range []string{`upstream "lab": insecure: true`, `upstream "hub": auth.password`, "unmatched: insecure-allow", "insecure_disable_blob_gating", `boundary "w": mode warn`, `authority "nosct": sct_threshold 0`} {
+	for _, s := range []string{`upstream "lab": insecure: true`, `upstream "hub": auth.password`, "unmatched: insecure-allow", "insecure_disable_blob_gating", `boundary "w": mode warn`, `authority "nosct": insecure_skip_sct: true`} {
 		if !strings.Contains(w, s) {
 			t.Errorf("warnings\n%s\nlack %q", w, s)
 		}
@@ -310,5 +347,51 @@ insecure_disable_blob_gating: true
 	}
 	if n := len(c.Warnings()); n != 6 {
 		t.Errorf("got %d warnings, want 6", n)
+	}
+}
+
+// An identity regex that is not anchored at both ends accepts identities
+// that merely contain a match, e.g. a repository whose name starts with
+// the expected one.
+func TestIdentityRegexWarnings(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		expr     string
+		anchored bool
+	}{
+		{`^https://github\.com/acme/app/\.github/workflows/release\.yml@refs/heads/main$`, true},
+		{`\Ahttps://github\.com/acme/.+\z`, true},
+		{`^https://github\.com/acme/(app|lib)/.+$`, true},
+		{`(^a$)|^b$`, true},
+		{`^(?:a|b)$`, true},
+		{`^https://github\.com/acme/`, false},
+		{`https://github\.com/acme/app$`, false},
+		{`github\.com/acme`, false},
+		{`^a$|b`, false},
+		{`^a|b$`, false},
+		{`(?m)^a$`, false},
+		{`^a\$`, false},
+		{``, false},
+	}
+	for _, tc := range tests {
+		if got := anchored(tc.expr); got != tc.anchored {
+			t.Errorf("anchored(%q) = %v, want %v", tc.expr, got, tc.anchored)
+		}
+	}
+
+	c, err := Parse([]byte(doc("", "", keyless(`trust: root, issuer_regex: "^https://token\\.actions\\.githubusercontent\\.com$", subject_regex: "^https://github\\.com/acme/"`), "")), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := c.Warnings()
+	if len(w) != 1 || w[0] != `boundary "b" authority "ci": subject_regex "^https://github\\.com/acme/" is not anchored as ^…$: it also accepts identities that only contain a match` {
+		t.Errorf("warnings = %q, want one for the unanchored subject_regex", w)
+	}
+	c, err = Parse([]byte(doc("", "", keyless(`trust: root, issuer_regex: "token\\.actions", subject: s`), "")), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c.Warnings(); len(w) != 1 || !strings.Contains(w[0], `issuer_regex "token\\.actions" is not anchored`) {
+		t.Errorf("warnings = %q, want one for the unanchored issuer_regex", w)
 	}
 }

@@ -83,18 +83,35 @@ func (st *statement) names(s Subject) bool {
 	return false
 }
 
-// bundleStatement parses the in-toto statement of a DSSE bundle. The bytes
-// are the envelope payload, exactly what the envelope signature covers.
+// bundleStatement parses the in-toto statement of a DSSE bundle.
 func bundleStatement(ev *evidence) (*statement, error) {
 	env, err := ev.bundle.Envelope()
 	if err != nil || env == nil || env.RawEnvelope() == nil {
 		return nil, errors.New("bundle has no DSSE envelope")
 	}
-	payload, err := decodeB64(env.RawEnvelope().Payload)
-	if err != nil {
-		return nil, errors.New("DSSE payload is not base64")
+	_, st, err := dsseStatement(env.RawEnvelope().PayloadType, env.RawEnvelope().Payload)
+	return st, err
+}
+
+// dsseStatement is the one reading of a DSSE envelope's in-toto
+// statement, for bundles and legacy .att layers, key and keyless alike:
+// the payload type must be in-toto and the statement is parsed from the
+// decoded payload, exactly the bytes the envelope signature covers (its
+// pre-authentication encoding is over payload type and these bytes). It
+// returns the payload too, for verifiers that rebuild that encoding.
+func dsseStatement(payloadType, payloadB64 string) ([]byte, *statement, error) {
+	if payloadType != mediaTypeInToto {
+		return nil, nil, fmt.Errorf("DSSE payload type %q is not in-toto", payloadType)
 	}
-	return parseStatement(payload)
+	payload, err := decodeB64(payloadB64)
+	if err != nil {
+		return nil, nil, errors.New("DSSE payload is not base64")
+	}
+	st, err := parseStatement(payload)
+	if err != nil {
+		return nil, nil, err
+	}
+	return payload, st, nil
 }
 
 func decodeB64(s string) ([]byte, error) {
@@ -130,12 +147,9 @@ func parseLegacyAttestation(raw []byte, ann map[string]string) (*legacySignature
 	if err := strictUnmarshal(raw, &env); err != nil {
 		return nil, nil, fmt.Errorf("malformed DSSE envelope: %w", err)
 	}
-	if env.PayloadType != mediaTypeInToto {
-		return nil, nil, fmt.Errorf("DSSE payload type %q is not in-toto", env.PayloadType)
-	}
-	payload, err := decodeB64(env.Payload)
+	payload, st, err := dsseStatement(env.PayloadType, env.Payload)
 	if err != nil {
-		return nil, nil, errors.New("DSSE payload is not base64")
+		return nil, nil, err
 	}
 	if len(env.Signatures) == 0 {
 		return nil, nil, errors.New("DSSE envelope has no signatures")
@@ -147,10 +161,6 @@ func parseLegacyAttestation(raw []byte, ann map[string]string) (*legacySignature
 			return nil, nil, errors.New("DSSE signature is not base64")
 		}
 		sigs = append(sigs, sig)
-	}
-	st, err := parseStatement(payload)
-	if err != nil {
-		return nil, nil, err
 	}
 	ls := &legacySignature{payload: payload, sig: sigs[0], sigs: sigs, env: &env}
 	if err := parseLegacyMaterial(ls, ann); err != nil {
@@ -205,6 +215,11 @@ func compileRules(b *Boundary, auths []*compiledAuthority) ([]*compiledRule, err
 		}
 		if r.MaxAge < 0 {
 			return nil, &ruleError{r.Name, errors.New("negative max_age")}
+		}
+		switch r.Select {
+		case "", SelectNewest, SelectAny:
+		default:
+			return nil, &ruleError{r.Name, fmt.Errorf("select %q is not %q or %q", r.Select, SelectNewest, SelectAny)}
 		}
 		cr := &compiledRule{AttestationRule: r}
 		// No names means any of the boundary's authorities: all of them are
@@ -323,10 +338,32 @@ func lookupString(m map[string]any, path ...string) (string, bool) {
 }
 
 // evalRule decides one attestation rule. It returns the attestation that
-// satisfied it, or the reasons every candidate failed.
+// satisfied it, or the reasons it is not satisfied.
+//
+// An attestation is valid for the rule when its envelope verifies under
+// one of the rule's authorities and its statement is about the subject;
+// invalid ones are only listed in the reasons. Which valid attestation
+// answers the rule depends on r.Select:
+//
+//   - SelectNewest (the default): the newest valid attestation decides, by
+//     signed time, else the time its statement claims; it must pass
+//     max_age and the condition, so a newer failing scan is not hidden by
+//     an older passing one. An attestation with no time at all counts as
+//     the oldest (it cannot show it is newer), and one whose time is in
+//     the future is not valid (it would otherwise decide the rule for as
+//     long as its clock is ahead). When several share the newest time,
+//     each of them must pass: which one is "the" newest is not knowable,
+//     so the conservative answer is that any failing one fails the rule.
+//   - SelectAny: any valid attestation that passes satisfies the rule.
 func (cb *compiledBoundary) evalRule(ctx context.Context, r *compiledRule, s Subject, cands []*evidence, now time.Time) (*verifiedAttestation, []string, error) {
 	name := PredicateName(r.PredicateType)
+	newest := r.Select != SelectAny
 	var reasons []string
+	type candidate struct {
+		va    *verifiedAttestation
+		label string
+	}
+	var valid []candidate
 	for _, ev := range cands {
 		if ev.predicateType != r.PredicateType {
 			continue
@@ -345,46 +382,129 @@ func (cb *compiledBoundary) evalRule(ctx context.Context, r *compiledRule, s Sub
 			reasons = append(reasons, label+": "+err.Error())
 			continue
 		}
-		if r.MaxAge > 0 {
-			if va.at.IsZero() {
-				reasons = append(reasons, label+": no signed or statement time to check max_age against")
-				continue
-			}
-			if va.at.After(now.Add(maxClockSkew)) {
-				// A time in the future would keep an attestation fresh
-				// forever; only ordinary clock skew is tolerated.
-				reasons = append(reasons, fmt.Sprintf("%s: time %s is in the future", label, va.at.UTC().Format(time.RFC3339)))
-				continue
-			}
-			if age := now.Sub(va.at); age > r.MaxAge {
-				how := "built"
-				if va.signed {
-					how = "signed"
-				}
-				reasons = append(reasons, fmt.Sprintf("%s: stale: %s %s, max_age %s", label, how, va.at.UTC().Format(time.RFC3339), fmtDuration(r.MaxAge)))
-				continue
-			}
-		}
-		if r.cond != nil {
-			ok, err := r.cond.eval(ctx, va.st, va.signer)
+		if !newest {
+			fail, err := r.judge(ctx, va, now)
 			if err != nil {
-				if cerr := ctx.Err(); cerr != nil {
-					return nil, nil, cerr
-				}
-				reasons = append(reasons, label+": condition error: "+err.Error())
+				return nil, nil, err
+			}
+			if fail == "" {
+				return va, nil, nil
+			}
+			reasons = append(reasons, label+": "+fail)
+			continue
+		}
+		if future(va, now) {
+			reasons = append(reasons, fmt.Sprintf("%s: time %s is in the future", label, va.at.UTC().Format(time.RFC3339)))
+			continue
+		}
+		valid = append(valid, candidate{va, label})
+	}
+	if len(valid) > 0 {
+		latest := slices.MaxFunc(valid, func(a, b candidate) int { return a.va.at.Compare(b.va.at) }).va.at
+		var decided *verifiedAttestation
+		var fails []string
+		older := 0
+		for _, c := range valid {
+			if c.va.at.Before(latest) {
+				older++
 				continue
 			}
-			if !ok {
-				reasons = append(reasons, label+": condition false: "+r.Condition)
-				continue
+			fail, err := r.judge(ctx, c.va, now)
+			if err != nil {
+				return nil, nil, err
+			}
+			if fail != "" {
+				fails = append(fails, c.label+": "+fail)
+			} else if decided == nil {
+				decided = c.va
 			}
 		}
-		return va, nil, nil
+		if len(fails) == 0 {
+			return decided, nil, nil
+		}
+		reasons = append(reasons, fails...)
+		return nil, append(reasons, fmt.Sprintf("attestation rule %q: the newest valid attestation %s (%s) fails; %d older valid %s not considered (select newest)",
+			r.Name, r.PredicateType, fmtTime(latest), older, plural(older, "attestation is", "attestations are"))), nil
 	}
 	if len(reasons) == 0 {
 		return nil, []string{fmt.Sprintf("attestation rule %q: missing attestation %s", r.Name, r.PredicateType)}, nil
 	}
 	return nil, append(reasons, fmt.Sprintf("attestation rule %q: no valid attestation %s", r.Name, r.PredicateType)), nil
+}
+
+// newestProvenance is the newest SLSA provenance among cands that verifies
+// under auths and is about s, as select newest orders them (a future time
+// is not valid; among equal times the first found). Nil when none is valid.
+func newestProvenance(cands []*evidence, s Subject, now time.Time, auths []*compiledAuthority) *verifiedAttestation {
+	var newest *verifiedAttestation
+	for _, ev := range cands {
+		if !isProvenance(ev.predicateType) {
+			continue
+		}
+		va, err := verifyAttestation(ev, s, now, auths)
+		if err != nil || future(va, now) {
+			continue
+		}
+		if newest == nil || va.at.After(newest.at) {
+			newest = va
+		}
+	}
+	return newest
+}
+
+// judge applies max_age and the condition to a valid attestation. It
+// returns why the attestation fails the rule, "" when it passes; an error
+// only when the context ended.
+func (r *compiledRule) judge(ctx context.Context, va *verifiedAttestation, now time.Time) (string, error) {
+	if r.MaxAge > 0 {
+		if va.at.IsZero() {
+			return "no signed or statement time to check max_age against", nil
+		}
+		if future(va, now) {
+			// A time in the future would keep an attestation fresh
+			// forever; only ordinary clock skew is tolerated.
+			return fmt.Sprintf("time %s is in the future", va.at.UTC().Format(time.RFC3339)), nil
+		}
+		if age := now.Sub(va.at); age > r.MaxAge {
+			how := "built"
+			if va.signed {
+				how = "signed"
+			}
+			return fmt.Sprintf("stale: %s %s, max_age %s", how, va.at.UTC().Format(time.RFC3339), fmtDuration(r.MaxAge)), nil
+		}
+	}
+	if r.cond != nil {
+		ok, err := r.cond.eval(ctx, va.st, va.signer)
+		if err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return "", cerr
+			}
+			return "condition error: " + err.Error(), nil
+		}
+		if !ok {
+			return "condition false: " + r.Condition, nil
+		}
+	}
+	return "", nil
+}
+
+// future reports a time beyond ordinary clock skew.
+func future(va *verifiedAttestation, now time.Time) bool {
+	return va.at.After(now.Add(maxClockSkew))
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "no time"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // otherAuthority names a boundary authority outside the rule's that

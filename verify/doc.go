@@ -35,7 +35,25 @@
 // timestamp (cosign --tlog-upload=false). Keyless authorities always
 // require the configured number of log entries and observed timestamps,
 // and the certificate must chain to the trusted root's Fulcio CAs at one
-// of those times. Signed certificate timestamps are not required.
+// of those times. The certificate must also carry SCTThreshold embedded
+// signed certificate timestamps (default and minimum 1, as cosign
+// requires) from the trusted root's CT logs; only InsecureSkipSCT turns
+// that off. The certificate identity is then matched by sigstore-go's
+// identity policy: the OIDC issuer extension and the SAN, each exactly or
+// by regular expression. A regular expression matches anywhere unless it
+// is anchored, so configurations anchor them as ^…$ (config check warns).
+//
+// # Threshold
+//
+// A boundary's Threshold counts authorities, each satisfied by a different
+// signer. One piece of evidence counts for one authority at most; the same
+// signature found twice (a repeated layer, one bundle under two referrers)
+// counts once; and a signer already counted for one authority (the same
+// public key, or for certificates the same issuer and SAN, or the same
+// certificate key) counts for no other, so two keyless authorities whose
+// identity patterns overlap cannot be met by one workflow signing twice.
+// New refuses two authorities of one boundary holding the same public
+// key, compared by the SHA-256 of its DER encoding, not by file name.
 //
 // # Attestations
 //

@@ -9,11 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
@@ -98,6 +98,9 @@ type compiledAuthority struct {
 type compiledKey struct {
 	name     string
 	verifier signature.Verifier
+	// id is the hex SHA-256 of the key's DER encoding: the same key read
+	// from two files, or written in two PEM forms, has one id.
+	id string
 	// hints are the identifiers a bundle's publicKey.hint may use for this
 	// key: its configured name and the SHA-256 of its DER encoding.
 	hints map[string]bool
@@ -108,9 +111,10 @@ type compiledKey struct {
 
 type compiledKeyless struct {
 	*KeylessAuthority
-	issuerRe  *regexp.Regexp
-	subjectRe *regexp.Regexp
-	verifier  *sgverify.Verifier
+	// identity is the certificate identity sigstore-go's policy enforces
+	// after the chain, log and timestamp checks.
+	identity sgverify.CertificateIdentity
+	verifier *sgverify.Verifier
 }
 
 // New validates p and compiles it. It refuses a policy that could not
@@ -194,11 +198,31 @@ func compileBoundary(b *Boundary) (*compiledBoundary, error) {
 		}
 		cb.authorities = append(cb.authorities, ca)
 	}
+	if err := checkSharedKeys(cb.authorities); err != nil {
+		return nil, err
+	}
 	var err error
 	if cb.rules, err = compileRules(b, cb.authorities); err != nil {
 		return nil, err
 	}
 	return cb, nil
+}
+
+// checkSharedKeys refuses two authorities holding one public key: a
+// threshold of N promises N distinct signers, and one key under two names
+// (or read from two files) would let one signature satisfy both.
+func checkSharedKeys(auths []*compiledAuthority) error {
+	type holder struct{ authority, key string }
+	seen := map[string]holder{}
+	for _, a := range auths {
+		for _, k := range a.keys {
+			if h, ok := seen[k.id]; ok && h.authority != a.name {
+				return fmt.Errorf("authorities %q and %q share one public key (%s and %s): a threshold counts distinct keys", h.authority, a.name, h.key, k.name)
+			}
+			seen[k.id] = holder{a.name, k.name}
+		}
+	}
+	return nil
 }
 
 func compileAuthority(a *Authority) (*compiledAuthority, error) {
@@ -230,16 +254,16 @@ func compileAuthority(a *Authority) (*compiledAuthority, error) {
 		return nil, errors.New("keyless authority needs subject or subject_regex")
 	}
 	ck := &compiledKeyless{KeylessAuthority: kl}
-	var err error
-	if kl.IssuerRegex != "" {
-		if ck.issuerRe, err = regexp.Compile(kl.IssuerRegex); err != nil {
-			return nil, fmt.Errorf("issuer_regex: %w", err)
-		}
+	issuer, err := sgverify.NewIssuerMatcher(kl.Issuer, kl.IssuerRegex)
+	if err != nil {
+		return nil, fmt.Errorf("issuer_regex: %w", err)
 	}
-	if kl.SubjectRegex != "" {
-		if ck.subjectRe, err = regexp.Compile(kl.SubjectRegex); err != nil {
-			return nil, fmt.Errorf("subject_regex: %w", err)
-		}
+	san, err := sgverify.NewSANMatcher(kl.Subject, kl.SubjectRegex)
+	if err != nil {
+		return nil, fmt.Errorf("subject_regex: %w", err)
+	}
+	if ck.identity, err = sgverify.NewCertificateIdentity(san, issuer, certificate.Extensions{}); err != nil {
+		return nil, err
 	}
 	if kl.TlogThreshold < 0 || kl.TimestampThreshold < 0 || kl.SCTThreshold < 0 {
 		return nil, errors.New("negative threshold")
@@ -257,8 +281,11 @@ func compileAuthority(a *Authority) (*compiledAuthority, error) {
 	if tlogN > 0 {
 		vopts = append(vopts, sgverify.WithTransparencyLog(tlogN))
 	}
-	if kl.SCTThreshold > 0 {
-		vopts = append(vopts, sgverify.WithSignedCertificateTimestamps(kl.SCTThreshold))
+	// Public Fulcio embeds SCTs in every certificate and cosign requires
+	// one. A zero threshold is the zero value, not a request to skip the
+	// check: only InsecureSkipSCT does that.
+	if !kl.InsecureSkipSCT {
+		vopts = append(vopts, sgverify.WithSignedCertificateTimestamps(max(kl.SCTThreshold, 1)))
 	}
 	ck.verifier, err = sgverify.NewVerifier(kl.TrustedRoot, vopts...)
 	if err != nil {
@@ -288,6 +315,7 @@ func compileKey(nk NamedKey) (*compiledKey, error) {
 	k := &compiledKey{
 		name:     nk.Name,
 		verifier: v,
+		id:       hex.EncodeToString(sum[:]),
 		hints: map[string]bool{
 			nk.Name:                    true,
 			hex.EncodeToString(sum[:]): true,
@@ -319,6 +347,7 @@ func policyHash(p Policy) string {
 		Issuer, IssuerRe   string
 		Subject, SubjectRe string
 		Tlog, TS, SCT      int
+		SkipSCT            bool
 		Root               []string
 	}
 	type boundary struct {
@@ -342,7 +371,7 @@ func policyHash(p Policy) string {
 			}
 			if kl := a.Keyless; kl != nil {
 				ca.Keyless, ca.Issuer, ca.IssuerRe, ca.Subject, ca.SubjectRe = true, kl.Issuer, kl.IssuerRegex, kl.Subject, kl.SubjectRegex
-				ca.Tlog, ca.TS, ca.SCT = kl.TlogThreshold, kl.TimestampThreshold, kl.SCTThreshold
+				ca.Tlog, ca.TS, ca.SCT, ca.SkipSCT = kl.TlogThreshold, kl.TimestampThreshold, kl.SCTThreshold, kl.InsecureSkipSCT
 				ca.Root = trustedMaterialIDs(kl.TrustedRoot)
 			}
 			cb.Authorities = append(cb.Authorities, ca)
@@ -452,53 +481,18 @@ func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, err
 	if err != nil {
 		return Verdict{}, err
 	}
-	verified := map[string]bool{}
-	var names []string
-	var reasons []string
-	for _, ev := range d.evidence {
-		if len(verified) >= cb.Threshold {
-			break
-		}
-		if ev.err != nil {
-			reasons = append(reasons, ev.label()+": "+ev.err.Error())
-			continue
-		}
-		var fails []string
-		ok := false
-		for _, a := range cb.authorities {
-			if verified[a.name] {
-				continue
-			}
-			signer, err := a.check(ev, s, v.CheckedAt)
-			if err != nil {
-				fails = appendUnique(fails, err.Error())
-				continue
-			}
-			verified[a.name] = true
-			names = append(names, a.name)
-			v.Signers = append(v.Signers, signer)
-			ok = true
-			// One piece of evidence counts for one authority only, so a
-			// threshold always means that many independent signatures.
-			break
-		}
-		if !ok {
-			if len(fails) == 0 {
-				fails = []string{"authorities it could satisfy have already verified"}
-			}
-			reasons = append(reasons, ev.label()+": "+strings.Join(fails, "; "))
-		}
-	}
+	t := cb.countSigners(d.evidence, s, v.CheckedAt)
 	if err := ctx.Err(); err != nil {
 		return Verdict{}, err
 	}
-	reasons = append(reasons, d.notes...)
-	allowed := len(verified) >= cb.Threshold
+	v.Signers = t.signers
+	reasons := append(t.reasons, d.notes...)
+	allowed := len(t.signers) >= cb.Threshold
 	if !allowed {
 		if len(d.evidence) == 0 {
 			reasons = append(reasons, fmt.Sprintf("no signatures found (checked %s)", strings.Join(d.checked, ", ")))
 		}
-		reasons = append(reasons, thresholdReason(cb.Threshold, names))
+		reasons = append(reasons, thresholdReason(cb.Threshold, t.names()))
 	}
 
 	if needAttestations {
@@ -555,17 +549,9 @@ func (e *Engine) evalAttestations(ctx context.Context, cb *compiledBoundary, s S
 		return ok, reasons, nil
 	}
 	if prov == nil && !provRule {
-		// Without a provenance rule, any provenance a boundary authority
-		// signed about this subject describes its inputs.
-		for _, ev := range cands {
-			if !isProvenance(ev.predicateType) {
-				continue
-			}
-			if va, err := verifyAttestation(ev, s, v.CheckedAt, cb.authorities); err == nil {
-				prov = va
-				break
-			}
-		}
+		// Without a provenance rule, the newest provenance a boundary
+		// authority signed about this subject describes its inputs.
+		prov = newestProvenance(cands, s, v.CheckedAt, cb.authorities)
 	}
 	deps, rs, err := e.evalLineage(ctx, cb.Lineage, s, prov)
 	if err != nil {
@@ -573,6 +559,116 @@ func (e *Engine) evalAttestations(ctx context.Context, cb *compiledBoundary, s S
 	}
 	v.Lineage = deps
 	return len(rs) == 0, append(reasons, rs...), nil
+}
+
+// tally is the outcome of counting signatures towards a threshold.
+type tally struct {
+	signers []Signer // one per authority that counted, in order
+	reasons []string // why each other piece of evidence did not count
+	// keys and identities record who signed for each authority that
+	// counted (hex SHA-256 of the public key; certificate issuer and SAN),
+	// so one signer never counts for two authorities.
+	keys       map[string]string
+	identities map[string]string
+	// sigs records each counted signature by signatureDigest, so the same
+	// signature found twice (two layers, a layer and a bundle) is named
+	// as a copy instead of being verified again.
+	sigs map[[32]byte]string
+}
+
+func (t *tally) names() []string {
+	names := make([]string, len(t.signers))
+	for i, s := range t.signers {
+		names[i] = s.Authority
+	}
+	return names
+}
+
+// counted reports which authority the signer already counted for, if any.
+func (t *tally) counted(id signerID) (string, bool) {
+	if a, ok := t.keys[id.key]; ok {
+		return a, true
+	}
+	if id.identity != "" {
+		if a, ok := t.identities[id.identity]; ok {
+			return a, true
+		}
+	}
+	return "", false
+}
+
+// record remembers who signed ev for authority.
+func (t *tally) record(id signerID, authority string, ev *evidence) {
+	t.keys[id.key] = authority
+	if id.identity != "" {
+		t.identities[id.identity] = authority
+	}
+	if sum, ok := ev.signatureDigest(); ok {
+		t.sigs[sum] = ev.label()
+	}
+}
+
+// countSigners verifies signature evidence against the boundary's
+// authorities until the threshold is met. A threshold of N needs N
+// authorities, each satisfied by a different signer: a distinct public
+// key, and for certificates also a distinct identity, because two keyless
+// authorities may both accept one identity and one workflow can sign
+// twice with two short-lived keys. One piece of evidence counts for one
+// authority at most.
+func (cb *compiledBoundary) countSigners(evidence []*evidence, s Subject, now time.Time) *tally {
+	t := &tally{keys: map[string]string{}, identities: map[string]string{}, sigs: map[[32]byte]string{}}
+	done := map[string]bool{}
+	for _, ev := range evidence {
+		if len(t.signers) >= cb.Threshold {
+			break
+		}
+		if ev.err != nil {
+			t.reasons = append(t.reasons, ev.label()+": "+ev.err.Error())
+			continue
+		}
+		// Signers are recorded only under a threshold above 1; a
+		// threshold of 1 cannot count anyone twice.
+		if len(t.sigs) > 0 {
+			if sum, ok := ev.signatureDigest(); ok {
+				if first, dup := t.sigs[sum]; dup {
+					t.reasons = append(t.reasons, ev.label()+": the same signature as "+first+", counted once")
+					continue
+				}
+			}
+		}
+		ok := false
+		var fails []string
+		for _, a := range cb.authorities {
+			if done[a.name] {
+				continue
+			}
+			signer, ref, err := a.check(ev, s, now)
+			if err != nil {
+				fails = appendUnique(fails, err.Error())
+				continue
+			}
+			if cb.Threshold > 1 {
+				id := ref.id()
+				if prev, dup := t.counted(id); dup {
+					// Every other authority would see the same signer.
+					fails = append(fails, fmt.Sprintf("signed by %s, which already counted for authority %q", id, prev))
+					break
+				}
+				t.record(id, a.name, ev)
+			}
+			done[a.name] = true
+			t.signers = append(t.signers, signer)
+			ok = true
+			break
+		}
+		if !ok {
+			if len(fails) == 0 {
+				fails = []string{"authorities it could satisfy have already verified"}
+			}
+			t.reasons = append(t.reasons, ev.label()+": "+strings.Join(fails, "; "))
+		}
+	}
+	return t
 }
 
 func thresholdReason(threshold int, names []string) string {

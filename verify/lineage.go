@@ -39,6 +39,10 @@ type provenanceDependency struct {
 	Ref *DependencyRef
 	// NotOCI says why Ref is nil.
 	NotOCI string
+	// Unpinned is set for an "oci://" URI that names no verifiable
+	// digest: an OCI input that cannot be verified, unlike a git or URL
+	// input that is simply not OCI.
+	Unpinned bool
 }
 
 // parseDependencies lists the inputs of a SLSA provenance predicate:
@@ -84,6 +88,7 @@ func parseDependencies(predicateType string, predicate []byte) ([]provenanceDepe
 	for _, d := range list {
 		pd := provenanceDependency{Name: d.Name, URI: d.URI}
 		pd.Ref, pd.NotOCI = parseOCIDependency(d.URI, d.Digest)
+		pd.Unpinned = pd.Ref == nil && strings.HasPrefix(d.URI, "oci://")
 		if pd.Ref != nil {
 			pd.Ref.Name = d.Name
 			if pd.Name == "" {
@@ -156,21 +161,49 @@ func parseOCIDependency(uri string, digest map[string]string) (*DependencyRef, s
 }
 
 func validateLineageRule(r *LineageRule) error {
+	// Every OCI input is followed, so depth 0 could only deny every subject
+	// that has one; it is refused rather than read as "record only".
+	if r.Depth == 0 {
+		return fmt.Errorf("lineage depth is 0: every OCI input is followed, the depth must be 1..%d", MaxLineageDepth)
+	}
 	if r.Depth < 0 || r.Depth > MaxLineageDepth {
-		return fmt.Errorf("lineage depth %d out of range 0..%d", r.Depth, MaxLineageDepth)
+		return fmt.Errorf("lineage depth %d out of range 1..%d", r.Depth, MaxLineageDepth)
 	}
-	if len(r.Require) > 0 && r.Depth == 0 {
-		return errors.New("lineage requires dependencies but depth is 0")
-	}
+	require := map[string]bool{}
 	for _, g := range r.Require {
-		if g == "" {
-			return errors.New("empty lineage require glob")
-		}
-		if _, err := path.Match(g, ""); err != nil {
+		if err := validateDependencyGlob(g); err != nil {
 			return fmt.Errorf("lineage require %q: %w", g, err)
+		}
+		require[g] = true
+	}
+	for _, g := range r.Ignore {
+		if err := validateDependencyGlob(g); err != nil {
+			return fmt.Errorf("lineage ignore %q: %w", g, err)
+		}
+		// The same glob on both lists says two opposite things; a name
+		// matched by two different globs is verified (require wins).
+		if require[g] {
+			return fmt.Errorf("lineage ignore %q is also required", g)
 		}
 	}
 	return nil
+}
+
+func validateDependencyGlob(g string) error {
+	if strings.TrimSpace(g) == "" {
+		return errors.New("empty glob")
+	}
+	_, err := path.Match(g, "")
+	return err
+}
+
+func matchAny(globs []string, name string) bool {
+	for _, g := range globs {
+		if ok, _ := path.Match(g, name); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // shortDigest keeps messages readable; verdicts keep full digests.
@@ -208,10 +241,15 @@ func chainDigest(entry string) (v1.Hash, bool) {
 	return h, err == nil
 }
 
-// evalLineage follows the dependencies the lineage rule requires. It
-// returns every listed dependency (followed ones with their verdicts) and
-// the reasons for a denial. An error means a dependency could not be
-// decided and the subject must fail closed.
+// evalLineage verifies the inputs listed by the subject's provenance.
+// Every OCI input is followed under its own boundary, whatever its name;
+// an input the rule's Ignore globs name (and no Require glob does) is
+// listed as Ignored and not followed; Require globs name inputs that must
+// also be present. Inputs that are not OCI artifacts (git, URLs) are
+// listed, never fetched, and deny only when required. It returns every
+// listed dependency (followed ones with their verdicts) and the reasons
+// for a denial. An error means a dependency could not be decided and the
+// subject must fail closed.
 func (e *Engine) evalLineage(ctx context.Context, r *LineageRule, s Subject, prov *verifiedAttestation) ([]Dependency, []string, error) {
 	if s.Lineage.Dependencies == nil {
 		return nil, []string{"lineage cannot be followed here"}, nil
@@ -228,35 +266,32 @@ func (e *Engine) evalLineage(ctx context.Context, r *LineageRule, s Subject, pro
 		out[i] = Dependency{Name: d.Name, URI: d.URI}
 	}
 	var reasons []string
-	var follow []int
-	matched := make([]bool, len(deps))
 	for _, g := range r.Require {
-		found := false
-		for i, d := range deps {
-			if ok, _ := path.Match(g, d.Name); ok {
-				found = true
-				if !matched[i] {
-					matched[i] = true
-					follow = append(follow, i)
-				}
-			}
-		}
-		if !found {
+		if !slices.ContainsFunc(deps, func(d provenanceDependency) bool { ok, _ := path.Match(g, d.Name); return ok }) {
 			reasons = append(reasons, fmt.Sprintf("required dependency %s not in provenance", g))
 		}
 	}
-	slices.Sort(follow)
 	var oci []int
-	for _, i := range follow {
-		if deps[i].Ref == nil {
-			msg := fmt.Sprintf("dependency %s is not an OCI artifact (uri %q)", deps[i].Name, deps[i].URI)
-			if deps[i].NotOCI != "not an OCI artifact" {
-				msg = fmt.Sprintf("dependency %s is not an OCI artifact (uri %q: %s)", deps[i].Name, deps[i].URI, deps[i].NotOCI)
-			}
-			reasons = append(reasons, msg)
+	for i, d := range deps {
+		required := matchAny(r.Require, d.Name)
+		if !required && matchAny(r.Ignore, d.Name) {
+			// Ignored only when there is something to verify; a git or URL
+			// input is never verified anyway.
+			out[i].Ignored = d.Ref != nil || d.Unpinned
 			continue
 		}
-		oci = append(oci, i)
+		switch {
+		case d.Ref != nil:
+			oci = append(oci, i)
+		case required, d.Unpinned:
+			msg := fmt.Sprintf("dependency %s is not an OCI artifact (uri %q)", d.Name, d.URI)
+			if d.Unpinned {
+				msg = fmt.Sprintf("dependency %s is an OCI input that cannot be verified (uri %q: %s)", d.Name, d.URI, d.NotOCI)
+			} else if d.NotOCI != "not an OCI artifact" {
+				msg = fmt.Sprintf("dependency %s is not an OCI artifact (uri %q: %s)", d.Name, d.URI, d.NotOCI)
+			}
+			reasons = append(reasons, msg)
+		}
 	}
 	if len(oci) == 0 {
 		return out, reasons, nil

@@ -55,6 +55,38 @@ func TestParseOCIDependency(t *testing.T) {
 	}
 }
 
+func TestValidateLineageRule(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		rule LineageRule
+		want string // "" means valid
+	}{
+		{LineageRule{Depth: 1}, ""},
+		{LineageRule{Depth: MaxLineageDepth, Require: []string{"dataset*"}, Ignore: []string{"tokenizer", "cache-?"}}, ""},
+		{LineageRule{Depth: 2, Require: []string{"data*"}, Ignore: []string{"dataset-*"}}, ""}, // overlapping globs: require wins per name
+		{LineageRule{}, "depth is 0"},
+		{LineageRule{Depth: -1}, "out of range"},
+		{LineageRule{Depth: MaxLineageDepth + 1}, "out of range"},
+		{LineageRule{Depth: 1, Require: []string{""}}, `lineage require "": empty glob`},
+		{LineageRule{Depth: 1, Require: []string{"data["}}, `lineage require "data["`},
+		{LineageRule{Depth: 1, Ignore: []string{" "}}, `lineage ignore " ": empty glob`},
+		{LineageRule{Depth: 1, Ignore: []string{"x", "["}}, `lineage ignore "["`},
+		{LineageRule{Depth: 1, Require: []string{"a", "dataset*"}, Ignore: []string{"dataset*"}}, `lineage ignore "dataset*" is also required`},
+	}
+	for _, tc := range tests {
+		err := validateLineageRule(&tc.rule)
+		if tc.want == "" {
+			if err != nil {
+				t.Errorf("%+v: %v", tc.rule, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: error %v, want %q", tc.rule, err, tc.want)
+		}
+	}
+}
+
 func TestParseDependenciesNames(t *testing.T) {
 	t.Parallel()
 	v1pred := []byte(`{"buildDefinition":{"resolvedDependencies":[
@@ -71,6 +103,18 @@ func TestParseDependenciesNames(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "dataset-train,base,train" || deps[0].Ref == nil || deps[1].Ref == nil || deps[2].Ref != nil {
 		t.Fatalf("deps = %+v", deps)
+	}
+	if deps[2].Unpinned || deps[0].Unpinned {
+		t.Errorf("a git input or a pinned OCI input counted as unpinned: %+v", deps)
+	}
+	unpinned, err := parseDependencies(PredicateSLSAProvenanceV02, []byte(`{"materials":[{"uri":"oci://r.example/models/base:latest"},{"uri":"oci://library/alpine@sha256:`+hexA+`"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range unpinned {
+		if d.Ref != nil || !d.Unpinned || d.NotOCI == "" {
+			t.Errorf("oci:// input that cannot be verified: %+v", d)
+		}
 	}
 	if _, err := parseDependencies(PredicateSLSAProvenanceV1, []byte(`{"buildDefinition":{"resolvedDependencies":{"not":"a list"}}}`)); err == nil {
 		t.Error("malformed resolvedDependencies parsed")

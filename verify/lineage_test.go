@@ -84,6 +84,11 @@ func (l *lineageEnv) policy(lineage *verify.LineageRule) verify.Policy {
 			Name: "data", Repositories: []string{"datasets/**"}, Mode: verify.ModeEnforce, Threshold: 1,
 			Authorities: []verify.Authority{keylessAuthority("data-ci", l.ss, testIssuer, dataSubject)},
 		},
+		{
+			// Foundation models are signed releases with no lineage rule.
+			Name: "foundation", Repositories: []string{"foundation/**"}, Mode: verify.ModeEnforce, Threshold: 1,
+			Authorities: []verify.Authority{keyAuthority("release", l.key)},
+		},
 	}}
 }
 
@@ -142,9 +147,9 @@ func (l *lineageEnv) subject(d name.Digest, deps verify.DependencyVerifier) veri
 		MediaType: m.MediaType, Manifest: m.Bytes, Lineage: verify.LineageContext{Dependencies: deps}}
 }
 
-func (l *lineageEnv) verify(lineage *verify.LineageRule, root name.Digest) (verify.Verdict, *depVerifier) {
+func (l *lineageEnv) verify(lineage *verify.LineageRule, root name.Digest, opts ...verify.Option) (verify.Verdict, *depVerifier) {
 	l.t.Helper()
-	eng, err := verify.New(l.policy(lineage))
+	eng, err := verify.New(l.policy(lineage), opts...)
 	if err != nil {
 		l.t.Fatal(err)
 	}
@@ -373,19 +378,180 @@ func TestLineageUnfollowedAndUnavailable(t *testing.T) {
 			t.Fatalf("Verify error = %v, want the dependency failure", err)
 		}
 	})
-	t.Run("dependencies not required are recorded, not followed", func(t *testing.T) {
+	t.Run("dependencies not required are followed all the same", func(t *testing.T) {
 		t.Parallel()
 		eng, err := verify.New(l.policy(&verify.LineageRule{Depth: 1}))
 		if err != nil {
 			t.Fatal(err)
 		}
-		dv := &depVerifier{engine: eng}
+		dv := &depVerifier{engine: eng, upstreams: map[string]verify.Fetcher{l.reg.Host: l.fetch}}
 		v := mustVerify(t, eng, l.subject(app, dv), l.fetch)
+		wantDenied(t, v, label(app)+" ← "+label(corpus)+": threshold 1 not met")
+		if dv.calls.Load() != 1 || len(v.Lineage) != 1 || v.Lineage[0].Verdict == nil || v.Lineage[0].Ignored {
+			t.Fatalf("lineage = %+v after %d calls", v.Lineage, dv.calls.Load())
+		}
+	})
+}
+
+// lineageWithExtra pushes a model whose provenance lists a signed dataset
+// and a signed base model, which the policy requires, and a third OCI
+// input named "extra" pointing at a dataset nobody signed.
+func lineageWithExtra(l *lineageEnv) (app, extra name.Digest) {
+	corpus := l.push("datasets/corpus", true)
+	l.signData(corpus, dataSubject)
+	base := l.push("foundation/base", false)
+	l.provenance(base, false)
+	extra = l.push("datasets/extra", true)
+	app = l.push("ml/app", false)
+	l.provenance(app, false, fixtures.OCIDependency("dataset-corpus", corpus), fixtures.OCIDependency("base-model", base),
+		fixtures.OCIDependency("extra", extra), gitDep)
+	return app, extra
+}
+
+func TestLineageFollowsEveryOCIInput(t *testing.T) {
+	t.Parallel()
+	require := []string{"dataset*", "base-model*"}
+
+	t.Run("an input no require glob names is verified", func(t *testing.T) {
+		t.Parallel()
+		l := newLineageEnv(t)
+		app, extra := lineageWithExtra(l)
+		v, dv := l.verify(&verify.LineageRule{Depth: 2, Require: require}, app)
+		t.Logf("reasons: %q", v.Reasons)
+		wantDenied(t, v, label(app)+" ← "+label(extra)+": threshold 1 not met")
+		if got := dv.calls.Load(); got != 3 {
+			t.Errorf("dependency verifications = %d, want 3", got)
+		}
+		for _, r := range v.Reasons {
+			if !strings.HasPrefix(r, label(app)+" ← "+label(extra)+": ") {
+				t.Errorf("reason %q is not about the extra input", r)
+			}
+		}
+	})
+	t.Run("an ignored input is named in the verdict, not followed", func(t *testing.T) {
+		t.Parallel()
+		l := newLineageEnv(t)
+		app, extra := lineageWithExtra(l)
+		v, dv := l.verify(&verify.LineageRule{Depth: 2, Require: require, Ignore: []string{"ext*"}}, app)
 		if !v.Allowed {
 			t.Fatalf("denied: %q", v.Reasons)
 		}
-		if dv.calls.Load() != 0 || len(v.Lineage) != 1 || v.Lineage[0].Name != "corpus" || v.Lineage[0].Verdict != nil {
-			t.Fatalf("lineage = %+v after %d calls", v.Lineage, dv.calls.Load())
+		if got := dv.calls.Load(); got != 2 {
+			t.Errorf("dependency verifications = %d, want 2 (the ignored input is not followed)", got)
+		}
+		if len(v.Lineage) != 4 {
+			t.Fatalf("lineage = %+v, want all four inputs", v.Lineage)
+		}
+		for i, want := range []struct {
+			name             string
+			followed, ignore bool
+		}{{"dataset-corpus", true, false}, {"base-model", true, false}, {"extra", false, true}, {"source", false, false}} {
+			d := v.Lineage[i]
+			if d.Name != want.name || (d.Verdict != nil) != want.followed || d.Ignored != want.ignore {
+				t.Errorf("lineage[%d] = %+v, want %+v", i, d, want)
+			}
+			if want.followed && !d.Verdict.Allowed {
+				t.Errorf("%s denied: %q", d.Name, d.Verdict.Reasons)
+			}
+		}
+		if !strings.HasSuffix(v.Lineage[2].URI, extra.DigestStr()) {
+			t.Errorf("ignored input uri = %q, want the extra dataset", v.Lineage[2].URI)
+		}
+	})
+	t.Run("require wins over ignore", func(t *testing.T) {
+		t.Parallel()
+		l := newLineageEnv(t)
+		app, extra := lineageWithExtra(l)
+		v, dv := l.verify(&verify.LineageRule{Depth: 2, Require: append(require, "extra"), Ignore: []string{"ex*"}}, app)
+		wantDenied(t, v, label(app)+" ← "+label(extra)+": threshold 1 not met")
+		if got := dv.calls.Load(); got != 3 || v.Lineage[2].Ignored {
+			t.Errorf("dependency verifications = %d, extra = %+v; want the required input followed", got, v.Lineage[2])
+		}
+	})
+	t.Run("the dependency bound counts every input followed", func(t *testing.T) {
+		t.Parallel()
+		l := newLineageEnv(t)
+		app, _ := lineageWithExtra(l)
+		v, dv := l.verify(&verify.LineageRule{Depth: 2}, app, verify.WithMaxDependencies(2))
+		wantDenied(t, v, "too many dependencies: 3 to follow, at most 2 are followed")
+		if got := dv.calls.Load(); got != 0 {
+			t.Errorf("dependency verifications = %d, want none", got)
+		}
+		v, _ = l.verify(&verify.LineageRule{Depth: 2, Ignore: []string{"extra"}}, app, verify.WithMaxDependencies(2))
+		if !v.Allowed {
+			t.Errorf("ignored inputs count against the bound: %q", v.Reasons)
+		}
+	})
+}
+
+func TestLineageUnnamedMaterialIsFollowed(t *testing.T) {
+	t.Parallel()
+	l := newLineageEnv(t)
+	corpus := l.push("datasets/corpus", true)
+	l.signData(corpus, dataSubject)
+	unsigned := l.push("datasets/scraped", true)
+	app := l.push("ml/app", false)
+	// SLSA v0.2 materials carry no names; neither input is named by a glob
+	// the rule has.
+	l.provenance(app, true, fixtures.OCIDependency("", corpus), fixtures.OCIDependency("", unsigned), gitDep)
+	v, dv := l.verify(&verify.LineageRule{Depth: 1, Require: []string{"corpus"}}, app)
+	wantDenied(t, v, label(app)+" ← "+label(unsigned)+": threshold 1 not met")
+	if got := dv.calls.Load(); got != 2 {
+		t.Errorf("dependency verifications = %d, want 2", got)
+	}
+	if len(v.Lineage) != 3 || v.Lineage[1].Name != "scraped" || v.Lineage[1].Verdict == nil || v.Lineage[1].Verdict.Allowed {
+		t.Errorf("lineage = %+v", v.Lineage)
+	}
+
+	l.signData(unsigned, dataSubject)
+	v, _ = l.verify(&verify.LineageRule{Depth: 1, Require: []string{"corpus"}}, app)
+	if !v.Allowed {
+		t.Fatalf("denied once every material is signed: %q", v.Reasons)
+	}
+}
+
+func TestLineageNonOCIInputs(t *testing.T) {
+	t.Parallel()
+	setup := func(t *testing.T) (*lineageEnv, name.Digest) {
+		l := newLineageEnv(t)
+		corpus := l.push("datasets/corpus", true)
+		l.signData(corpus, dataSubject)
+		return l, corpus
+	}
+	url := fixtures.ResourceDescriptor{Name: "tokenizer", URI: "https://huggingface.co/acme/tok/resolve/main/tokenizer.json",
+		Digest: map[string]string{"sha256": strings.Repeat("c", 64)}}
+
+	t.Run("recorded, never fetched", func(t *testing.T) {
+		t.Parallel()
+		l, corpus := setup(t)
+		app := l.push("ml/app", false)
+		l.provenance(app, false, gitDep, fixtures.OCIDependency("corpus", corpus), url)
+		v, dv := l.verify(&verify.LineageRule{Depth: 1}, app)
+		if !v.Allowed {
+			t.Fatalf("denied: %q", v.Reasons)
+		}
+		if got := dv.calls.Load(); got != 1 {
+			t.Errorf("dependency verifications = %d, want only the OCI input", got)
+		}
+		if len(v.Lineage) != 3 || v.Lineage[0].URI != gitDep.URI || v.Lineage[0].Verdict != nil || v.Lineage[0].Ignored ||
+			v.Lineage[2].URI != url.URI || v.Lineage[2].Verdict != nil || v.Lineage[1].Verdict == nil {
+			t.Errorf("lineage = %+v", v.Lineage)
+		}
+	})
+	t.Run("an oci input without a digest cannot be verified", func(t *testing.T) {
+		t.Parallel()
+		l, corpus := setup(t)
+		unpinned := fixtures.ResourceDescriptor{Name: "base", URI: "oci://" + l.reg.Host + "/ml/base:latest"}
+		app := l.push("ml/app", false)
+		l.provenance(app, false, fixtures.OCIDependency("corpus", corpus), unpinned)
+		v, dv := l.verify(&verify.LineageRule{Depth: 1}, app)
+		wantDenied(t, v, `dependency base is an OCI input that cannot be verified (uri "`+unpinned.URI+`": no sha256 digest)`)
+		if got := dv.calls.Load(); got != 1 {
+			t.Errorf("dependency verifications = %d, want 1", got)
+		}
+		v, _ = l.verify(&verify.LineageRule{Depth: 1, Ignore: []string{"base"}}, app)
+		if !v.Allowed || len(v.Lineage) != 2 || !v.Lineage[1].Ignored {
+			t.Errorf("ignored unpinned input: allowed %v, lineage %+v, reasons %q", v.Allowed, v.Lineage, v.Reasons)
 		}
 	})
 }

@@ -96,10 +96,17 @@ type modelResource struct {
 }
 
 // checkModelSigning compares the files an OpenSSF model signature covers
-// with the subject's file layers. The statement's own subject is a hash
-// over the files, not the manifest digest, so this comparison is what ties
-// the signature to the manifest: the signed file set and the manifest's
-// raw file layers must be the same set with the same sha256 digests.
+// with the subject's layers. The statement's own subject is a hash over
+// the files, not the manifest digest, so this comparison is what ties the
+// signature to the manifest: every layer must be a raw file layer naming
+// a signed file by its org.cncf.model.filepath annotation, with that
+// file's sha256, and every signed file must have a layer. A layer without
+// the annotation is content the signature does not cover and denies.
+//
+// The config blob is not a layer and is not required to be signed: it
+// describes the model (format, architecture, the layers' diffIds) and
+// holds no file the signer hashed. It is still bound by the manifest
+// digest, which the proxy's own signature threshold covers.
 func checkModelSigning(predicate map[string]any, manifest []byte) error {
 	raw, err := json.Marshal(predicate["resources"])
 	if err != nil {
@@ -131,14 +138,14 @@ func checkModelSigning(predicate map[string]any, manifest []byte) error {
 	}
 	seen := map[string]bool{}
 	for _, l := range man.Layers {
-		file, ok := l.Annotations[AnnotationModelFilePath]
-		if !ok {
-			continue
+		file := l.Annotations[AnnotationModelFilePath]
+		if file == "" {
+			return fmt.Errorf("model-signing: layer %s (%s) has no %s annotation, so no signed file covers it", l.Digest, l.MediaType, AnnotationModelFilePath)
 		}
 		if !strings.HasSuffix(string(l.MediaType), ".raw") {
 			// A packed layer's digest is over the archive, not the file,
 			// so it cannot be compared with a signed file digest.
-			return fmt.Errorf("model-signing: file %s is in a packed layer (%s); only raw file layers can be checked", file, l.MediaType)
+			return fmt.Errorf("model-signing: file %s is in a packed layer %s (%s); only raw file layers can be checked", file, l.Digest, l.MediaType)
 		}
 		if seen[file] {
 			return fmt.Errorf("model-signing: file %s appears in two layers", file)
@@ -146,7 +153,7 @@ func checkModelSigning(predicate map[string]any, manifest []byte) error {
 		seen[file] = true
 		want, ok := signed[file]
 		if !ok {
-			return fmt.Errorf("model-signing: file %s is not signed", file)
+			return fmt.Errorf("model-signing: file %s is not signed (layer %s, %s)", file, l.Digest, l.MediaType)
 		}
 		if l.Digest.Algorithm != "sha256" || l.Digest.Hex != want {
 			return fmt.Errorf("model-signing: file %s: signed sha256:%s but layer is %s", file, want, l.Digest)

@@ -2,9 +2,12 @@ package verify_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/portcullis-oci/portcullis/test/fixtures"
 	"github.com/portcullis-oci/portcullis/verify"
@@ -17,12 +20,33 @@ func TestModelSigning(t *testing.T) {
 		"weights/model.safetensors": []byte("weights of the model"),
 		"config.json":               []byte(`{"hidden_size": 8}`),
 	}
+	// layers are the model's layers as PushModel writes them, plus extra.
+	layers := func(extra ...fixtures.ModelLayer) []fixtures.ModelLayer {
+		return append([]fixtures.ModelLayer{
+			{MediaType: fixtures.MediaTypeModelWeight, Path: "config.json", Content: files["config.json"]},
+			{MediaType: fixtures.MediaTypeModelWeight, Path: "weights/model.safetensors", Content: files["weights/model.safetensors"]},
+		}, extra...)
+	}
+	payload := []byte("a layer no signed file names")
+	payloadDigest := sha256Hex(payload)
 	tests := []struct {
 		name   string
 		signed map[string][]byte
+		// layers, when set, are pushed instead of one layer per file.
+		layers []fixtures.ModelLayer
 		want   string
 	}{
 		{name: "files match the layers", signed: files},
+		{name: "files match the layers, pushed one by one", signed: files, layers: layers()},
+		{name: "an extra layer without a file path", signed: files,
+			layers: layers(fixtures.ModelLayer{MediaType: "application/vnd.oci.image.layer.v1.tar", Content: payload}),
+			want:   "model-signing: layer sha256:" + payloadDigest + " (application/vnd.oci.image.layer.v1.tar) has no org.cncf.model.filepath annotation"},
+		{name: "an extra model layer without a file path", signed: files,
+			layers: layers(fixtures.ModelLayer{MediaType: fixtures.MediaTypeModelWeight, Content: payload}),
+			want:   "model-signing: layer sha256:" + payloadDigest + " (application/vnd.cncf.model.weight.v1.raw) has no org.cncf.model.filepath annotation"},
+		{name: "an extra annotated layer not in the signed list", signed: files,
+			layers: layers(fixtures.ModelLayer{MediaType: fixtures.MediaTypeModelWeight, Path: "adapter.safetensors", Content: payload}),
+			want:   "model-signing: file adapter.safetensors is not signed (layer sha256:" + payloadDigest + ", application/vnd.cncf.model.weight.v1.raw)"},
 		{name: "a file differs", signed: map[string][]byte{
 			"weights/model.safetensors": []byte("weights someone swapped"),
 			"config.json":               files["config.json"],
@@ -43,7 +67,12 @@ func TestModelSigning(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			model, err := fixtures.PushModel(ctx, ref, files, "")
+			var model name.Digest
+			if tc.layers != nil {
+				model, err = fixtures.PushModelLayers(ctx, ref, fixtures.MediaTypeModelManifest, tc.layers)
+			} else {
+				model, err = fixtures.PushModel(ctx, ref, files, "")
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,4 +179,9 @@ func TestClassifyManifest(t *testing.T) {
 	if verify.ArtifactKind(verify.MediaTypeKitOpsManifest) != verify.KindModel || verify.ArtifactKind("application/vnd.oci.image.config.v1+json") != "" {
 		t.Error("ArtifactKind misclassifies")
 	}
+}
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

@@ -151,6 +151,27 @@ func TestNewRefuses(t *testing.T) {
 		{"keyless without subject", verify.Policy{Boundaries: []verify.Boundary{keyless(func(a *verify.KeylessAuthority) { a.Subject = "" })}}, nil, "subject"},
 		{"invalid regex", verify.Policy{Boundaries: []verify.Boundary{keyless(func(a *verify.KeylessAuthority) { a.SubjectRegex = "(" })}}, nil, "subject_regex"},
 		{"negative tlog threshold", verify.Policy{Boundaries: []verify.Boundary{keyless(func(a *verify.KeylessAuthority) { a.TlogThreshold = -1 })}}, nil, "negative threshold"},
+		{"two authorities share a key", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
+			b := good()
+			b.Threshold = 2
+			b.Authorities = append(b.Authorities, keyAuthority("qa", k))
+			return b
+		}()}}, nil, `authorities "release" and "qa" share one public key (release.pub and qa.pub)`},
+		{"one key in two PEM files", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
+			b := good()
+			b.Threshold = 2
+			other, err := fixtures.NewKeySigner("")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The second file holds another key first, then the same key
+			// preceded by text PEM decoding skips: other bytes, one key.
+			b.Authorities = append(b.Authorities, verify.Authority{Name: "qa", Key: &verify.KeyAuthority{Keys: []verify.NamedKey{
+				{Name: "qa-old.pub", PEM: other.PublicKeyPEM()},
+				{Name: "keys/qa.pub", PEM: append([]byte("cosign public key, copied from release\n"), k.PublicKeyPEM()...)},
+			}}})
+			return b
+		}()}}, nil, `authorities "release" and "qa" share one public key (release.pub and keys/qa.pub)`},
 		{"bad glob", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary { b := good(); b.Repositories = []string{"a/**b"}; return b }()}}, nil, "whole path segment"},
 		{"unknown mode", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary { b := good(); b.Mode = "audit"; return b }()}}, nil, "unknown mode"},
 		{"condition does not compile", verify.Policy{Boundaries: []verify.Boundary{func() verify.Boundary {
@@ -309,4 +330,38 @@ func TestRegistryWithoutReferrersAPI(t *testing.T) {
 	ch, _ := v1.NewHash(children[0].DigestStr())
 	v = mustVerify(t, eng, verify.Subject{Upstream: "u", Repository: "acme/app", Digest: ch}, reg.Fetcher())
 	wantDenied(t, v, "no signatures found (checked sha256-")
+}
+
+// Certificates must carry a verified SCT unless InsecureSkipSCT says
+// otherwise; a zero SCTThreshold is the default, never "none". The virtual
+// sigstore's certificates carry no SCTs.
+func TestSCTRequired(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	if _, err := fixtures.AttachBundle(ctx, e.subject, e.ss.Signer(testIssuer, testSubject), fixtures.BundleSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fixtures.AttachLegacySignature(ctx, e.subject, e.ss.Signer(testIssuer, testSubject), fixtures.Tamper{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{0, 1, 2} {
+		a := keylessAuthority("ci", e.ss, testIssuer, testSubject)
+		a.Keyless.InsecureSkipSCT, a.Keyless.SCTThreshold = false, n
+		v := mustVerify(t, engine(t, policy(1, a)), e.subj(t), e.reg.Fetcher())
+		wantDenied(t, v, `cosign-legacy sig[0]: keyless verification for authority "ci" failed: failed to verify signed certificate timestamp`)
+		if n := strings.Count(strings.Join(v.Reasons, "\n"), "failed to verify signed certificate timestamp"); n != 2 {
+			t.Errorf("SCTThreshold %d: %d reasons name the missing SCT, want 2 (bundle and legacy): %q", a.Keyless.SCTThreshold, n, v.Reasons)
+		}
+	}
+	a := keylessAuthority("ci", e.ss, testIssuer, testSubject)
+	v := mustVerify(t, engine(t, policy(1, a)), e.subj(t), e.reg.Fetcher())
+	if !v.Allowed {
+		t.Fatalf("InsecureSkipSCT: denied: %q", v.Reasons)
+	}
+	strict := keylessAuthority("ci", e.ss, testIssuer, testSubject)
+	strict.Keyless.InsecureSkipSCT = false
+	if engine(t, policy(1, a)).Fingerprint() == engine(t, policy(1, strict)).Fingerprint() {
+		t.Error("fingerprint ignores InsecureSkipSCT")
+	}
 }

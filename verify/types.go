@@ -137,7 +137,8 @@ type Boundary struct {
 	// ArtifactType is listed.
 	ArtifactTypes []string
 	Mode          Mode
-	// Threshold is how many distinct Authorities must verify.
+	// Threshold is how many distinct Authorities must verify, each by a
+	// different signer (public key, or certificate identity and key).
 	Threshold    int
 	Authorities  []Authority
 	Attestations []AttestationRule

@@ -17,6 +17,10 @@ import (
 const (
 	testIssuer  = "https://token.actions.githubusercontent.com"
 	testSubject = "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main"
+	// testIssuerRegex and testSubjectRegex accept testIssuer and
+	// testSubject, and any workflow of acme on main.
+	testIssuerRegex  = `^https://token\.actions\.githubusercontent\.com$`
+	testSubjectRegex = `^https://github\.com/acme/[^/]+/\.github/workflows/[^@]+@refs/heads/main$`
 )
 
 // env is one registry with one freshly pushed image and the signers a test
@@ -71,9 +75,19 @@ func keyAuthority(name string, keys ...*fixtures.KeySigner) verify.Authority {
 	return a
 }
 
+// keylessAuthority accepts one exact identity. The virtual sigstore's
+// certificates carry no SCTs, so the SCT check is off; TestSCTRequired
+// covers it.
 func keylessAuthority(name string, ss *fixtures.Sigstore, issuer, subject string) verify.Authority {
 	return verify.Authority{Name: name, Keyless: &verify.KeylessAuthority{
-		TrustName: "virtual", TrustedRoot: ss, Issuer: issuer, Subject: subject,
+		TrustName: "virtual", TrustedRoot: ss, Issuer: issuer, Subject: subject, InsecureSkipSCT: true,
+	}}
+}
+
+// keylessRegexAuthority accepts identities by regular expression only.
+func keylessRegexAuthority(name string, ss *fixtures.Sigstore, issuerRegex, subjectRegex string) verify.Authority {
+	return verify.Authority{Name: name, Keyless: &verify.KeylessAuthority{
+		TrustName: "virtual", TrustedRoot: ss, IssuerRegex: issuerRegex, SubjectRegex: subjectRegex, InsecureSkipSCT: true,
 	}}
 }
 
@@ -199,6 +213,17 @@ func TestAllow(t *testing.T) {
 			kind: "keyless", evidence: verify.FormatCosignLegacy,
 		},
 		{
+			name: "keyless bundle under anchored identity regexes",
+			attach: func(e *env) error {
+				_, err := fixtures.AttachBundle(ctx, e.subject, e.ss.Signer(testIssuer, testSubject), fixtures.BundleSpec{})
+				return err
+			},
+			auth: func(e *env) verify.Authority {
+				return keylessRegexAuthority("ci", e.ss, testIssuerRegex, testSubjectRegex)
+			},
+			kind: "keyless", evidence: verify.FormatSigstoreBundle,
+		},
+		{
 			name: "keyless legacy with RFC3161 timestamp and no log",
 			attach: func(e *env) error {
 				return fixtures.AttachLegacySignature(ctx, e.subject, e.ss.Signer(testIssuer, testSubject, fixtures.WithRFC3161()), fixtures.Tamper{})
@@ -275,6 +300,9 @@ func TestDeny(t *testing.T) {
 	ctx := context.Background()
 	other := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
 	keyless := func(e *env) verify.Authority { return keylessAuthority("ci", e.ss, testIssuer, testSubject) }
+	keylessRegex := func(e *env) verify.Authority {
+		return keylessRegexAuthority("ci", e.ss, testIssuerRegex, testSubjectRegex)
+	}
 	tests := []struct {
 		name    string
 		attach  func(e *env) error
@@ -329,6 +357,50 @@ func TestDeny(t *testing.T) {
 			reason: `certificate subject "mallory@example.com" does not match`,
 		},
 		{
+			name: "keyless bundle issuer outside issuer_regex",
+			attach: func(e *env) error {
+				_, err := fixtures.AttachBundle(ctx, e.subject, e.ss.Signer("https://token.actions.githubusercontent.com.evil.example", testSubject), fixtures.BundleSpec{})
+				return err
+			},
+			auth:   keylessRegex,
+			reason: `certificate issuer "https://token.actions.githubusercontent.com.evil.example" does not match /` + testIssuerRegex + `/ (authority "ci")`,
+		},
+		{
+			name: "keyless legacy issuer outside issuer_regex",
+			attach: func(e *env) error {
+				return fixtures.AttachLegacySignature(ctx, e.subject, e.ss.Signer("https://accounts.example.com", testSubject), fixtures.Tamper{})
+			},
+			auth:   keylessRegex,
+			reason: `certificate issuer "https://accounts.example.com" does not match /` + testIssuerRegex + `/ (authority "ci")`,
+		},
+		{
+			name: "keyless legacy subject outside subject_regex",
+			attach: func(e *env) error {
+				return fixtures.AttachLegacySignature(ctx, e.subject, e.ss.Signer(testIssuer, "https://github.com/mallory/app/.github/workflows/release.yml@refs/heads/main"), fixtures.Tamper{})
+			},
+			auth:   keylessRegex,
+			reason: `certificate subject "https://github.com/mallory/app/.github/workflows/release.yml@refs/heads/main" does not match /` + testSubjectRegex + `/ (authority "ci")`,
+		},
+		{
+			name: "keyless bundle subject outside subject_regex",
+			attach: func(e *env) error {
+				_, err := fixtures.AttachBundle(ctx, e.subject, e.ss.Signer(testIssuer, "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/feature"), fixtures.BundleSpec{})
+				return err
+			},
+			auth:   keylessRegex,
+			reason: `certificate subject "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/feature" does not match /` + testSubjectRegex + `/ (authority "ci")`,
+		},
+		{
+			name: "keyless issuer and subject both wrong",
+			attach: func(e *env) error {
+				_, err := fixtures.AttachBundle(ctx, e.subject, e.ss.Signer("https://accounts.example.com", "mallory@example.com"), fixtures.BundleSpec{})
+				return err
+			},
+			auth: keyless,
+			reason: `certificate issuer "https://accounts.example.com" does not match "` + testIssuer +
+				`"; certificate subject "mallory@example.com" does not match "` + testSubject + `" (authority "ci")`,
+		},
+		{
 			name: "keyless key-signed evidence",
 			attach: func(e *env) error {
 				return fixtures.AttachLegacySignature(ctx, e.subject, e.key, fixtures.Tamper{})
@@ -375,7 +447,32 @@ func TestDeny(t *testing.T) {
 				_, err := fixtures.AttachBundle(ctx, e.subject, e.key, fixtures.BundleSpec{Tamper: fixtures.Tamper{SignDigest: &other}})
 				return err
 			},
-			reason: `does not verify with any key of authority "release"`,
+			reason: `does not verify with any key of authority "release": failed to verify signature: provided artifact digest does not match any digest in statement`,
+		},
+		{
+			name: "keyless legacy signature replayed from another digest",
+			attach: func(e *env) error {
+				return fixtures.AttachLegacySignature(ctx, e.subject, e.ss.Signer(testIssuer, testSubject), fixtures.Tamper{SignDigest: &other})
+			},
+			auth:   keyless,
+			reason: "signed digest sha256:abab",
+		},
+		{
+			name: "keyless bundle replayed from another digest",
+			attach: func(e *env) error {
+				_, err := fixtures.AttachBundle(ctx, e.subject, e.ss.Signer(testIssuer, testSubject), fixtures.BundleSpec{Tamper: fixtures.Tamper{SignDigest: &other}})
+				return err
+			},
+			auth:   keyless,
+			reason: `keyless verification for authority "ci" failed: failed to verify signature: provided artifact digest does not match any digest in statement`,
+		},
+		{
+			name: "message signature bundle over other bytes",
+			attach: func(e *env) error {
+				_, err := fixtures.AttachBundle(ctx, e.subject, e.key, fixtures.BundleSpec{MessageSignature: true, Manifest: []byte(`{"schemaVersion":2}`)})
+				return err
+			},
+			reason: `does not verify with any key of authority "release": failed to verify signature: artifact does not match digest`,
 		},
 		{
 			name: "legacy payload tampered after signing",
@@ -508,6 +605,177 @@ func TestThreshold(t *testing.T) {
 	v = mustVerify(t, engine(t, p), e.subj(t), e.reg.Fetcher())
 	if !v.Allowed || len(v.Signers) != 2 {
 		t.Fatalf("verdict = %+v, want allowed by two authorities", v)
+	}
+}
+
+// A threshold of N needs N authorities satisfied by N different signers.
+// Each case has two authorities and a threshold of 2.
+func TestThresholdCountsSigners(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const other = "https://github.com/acme/app/.github/workflows/nightly.yml@refs/heads/main"
+	tests := []struct {
+		name   string
+		auths  func(e *env, k2, k1b, ck *fixtures.KeySigner) []verify.Authority
+		attach func(e *env, k2, k1b, ck *fixtures.KeySigner) error
+		// reason is "" when the subject must be allowed by both.
+		reason string
+		// alone says the evidence satisfies each authority by itself, so
+		// the denial is about counting signers, not a failed signature.
+		alone bool
+	}{
+		{
+			name: "two keys of two authorities",
+			auths: func(e *env, k2, _, _ *fixtures.KeySigner) []verify.Authority {
+				return []verify.Authority{keyAuthority("release", e.key), keyAuthority("qa", k2)}
+			},
+			attach: func(e *env, k2, _, _ *fixtures.KeySigner) error {
+				if err := fixtures.AttachLegacySignature(ctx, e.subject, e.key, fixtures.Tamper{}); err != nil {
+					return err
+				}
+				_, err := fixtures.AttachBundle(ctx, e.subject, k2, fixtures.BundleSpec{})
+				return err
+			},
+		},
+		{
+			// Counting signatures (or verified keys) instead of
+			// authorities would allow this.
+			name: "two keys of one authority",
+			auths: func(e *env, k2, k1b, _ *fixtures.KeySigner) []verify.Authority {
+				return []verify.Authority{keyAuthority("release", e.key, k1b), keyAuthority("qa", k2)}
+			},
+			attach: func(e *env, _, k1b, _ *fixtures.KeySigner) error {
+				if err := fixtures.AttachLegacySignature(ctx, e.subject, e.key, fixtures.Tamper{}); err != nil {
+					return err
+				}
+				return fixtures.AttachLegacySignature(ctx, e.subject, k1b, fixtures.Tamper{})
+			},
+			reason: "threshold 2 not met: 1 authority verified (release)",
+		},
+		{
+			// Two authorities cannot share a key (TestNewRefuses), so only
+			// the reason shows the copy was recognised.
+			name: "one legacy layer twice",
+			auths: func(e *env, k2, _, _ *fixtures.KeySigner) []verify.Authority {
+				return []verify.Authority{keyAuthority("release", e.key), keyAuthority("qa", k2)}
+			},
+			attach: func(e *env, _, _, _ *fixtures.KeySigner) error {
+				return fixtures.AttachLegacySignature(ctx, e.subject, e.key, fixtures.Tamper{Copies: 1})
+			},
+			reason: "cosign-legacy sig[1]: the same signature as cosign-legacy sig[0], counted once",
+		},
+		{
+			name: "one keyless bundle as two referrers",
+			auths: func(e *env, _, _, _ *fixtures.KeySigner) []verify.Authority {
+				return []verify.Authority{keylessAuthority("release-ci", e.ss, testIssuer, testSubject), keylessRegexAuthority("acme-ci", e.ss, testIssuerRegex, testSubjectRegex)}
+			},
+			attach: func(e *env, _, _, _ *fixtures.KeySigner) error {
+				_, err := fixtures.AttachBundle(ctx, e.subject, e.ss.Signer(testIssuer, testSubject), fixtures.BundleSpec{Tamper: fixtures.Tamper{Copies: 1}})
+				return err
+			},
+			reason: "counted once",
+			alone:  true,
+		},
+		{
+			name: "one keyless legacy layer twice",
+			auths: func(e *env, _, _, _ *fixtures.KeySigner) []verify.Authority {
+				return []verify.Authority{keylessAuthority("release-ci", e.ss, testIssuer, testSubject), keylessRegexAuthority("acme-ci", e.ss, testIssuerRegex, testSubjectRegex)}
+			},
+			attach: func(e *env, _, _, _ *fixtures.KeySigner) error {
+				return fixtures.AttachLegacySignature(ctx, e.subject, e.ss.Signer(testIssuer, testSubject), fixtures.Tamper{Copies: 1})
+			},
+			reason: "cosign-legacy sig[1]: the same signature as cosign-legacy sig[0], counted once",
+			alone:  true,
+		},
+		{
+			// Two keyless authorities may both accept one identity; one
+			// workflow signing twice (two short-lived keys) is one signer.
+			name: "one certificate identity signing twice",
+			auths: func(e *env, _, _, _ *fixtures.KeySigner) []verify.Authority {
+				return []verify.Authority{keylessAuthority("release-ci", e.ss, testIssuer, testSubject), keylessRegexAuthority("acme-ci", e.ss, testIssuerRegex, testSubjectRegex)}
+			},
+			attach: func(e *env, _, _, _ *fixtures.KeySigner) error {
+				if err := fixtures.AttachLegacySignature(ctx, e.subject, e.ss.Signer(testIssuer, testSubject), fixtures.Tamper{}); err != nil {
+					return err
+				}
+				_, err := fixtures.AttachBundle(ctx, e.subject, e.ss.Signer(testIssuer, testSubject), fixtures.BundleSpec{})
+				return err
+			},
+			reason: `signed by certificate identity "` + testSubject + `" (issuer "` + testIssuer + `"), which already counted for authority "release-ci"`,
+			alone:  true,
+		},
+		{
+			name: "two certificate identities",
+			auths: func(e *env, _, _, _ *fixtures.KeySigner) []verify.Authority {
+				return []verify.Authority{keylessAuthority("release-ci", e.ss, testIssuer, testSubject), keylessRegexAuthority("acme-ci", e.ss, testIssuerRegex, testSubjectRegex)}
+			},
+			attach: func(e *env, _, _, _ *fixtures.KeySigner) error {
+				if err := fixtures.AttachLegacySignature(ctx, e.subject, e.ss.Signer(testIssuer, testSubject), fixtures.Tamper{}); err != nil {
+					return err
+				}
+				_, err := fixtures.AttachBundle(ctx, e.subject, e.ss.Signer(testIssuer, other), fixtures.BundleSpec{})
+				return err
+			},
+		},
+		{
+			// A key that also holds a certificate is one signer, whether
+			// a key authority or a keyless authority verifies it.
+			name: "one key under a key and a keyless authority",
+			auths: func(e *env, _, _, ck *fixtures.KeySigner) []verify.Authority {
+				a := keylessAuthority("ci", e.ss, testIssuer, testSubject)
+				a.Keyless.TlogThreshold, a.Keyless.TimestampThreshold = 0, 1
+				return []verify.Authority{keyAuthority("release", ck), a}
+			},
+			attach: func(e *env, _, _, ck *fixtures.KeySigner) error {
+				if err := fixtures.AttachLegacySignature(ctx, e.subject, ck, fixtures.Tamper{}); err != nil {
+					return err
+				}
+				return fixtures.AttachLegacySignature(ctx, e.subject, ck, fixtures.Tamper{})
+			},
+			reason: `cosign-legacy sig[1]: signed by certificate identity "` + testSubject + `" (issuer "` + testIssuer + `"), which already counted for authority "release"`,
+			alone:  true,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			k2, err := fixtures.NewKeySigner("")
+			if err != nil {
+				t.Fatal(err)
+			}
+			k1b, err := fixtures.NewKeySigner("")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ck, err := e.ss.CertifiedKey(testIssuer, testSubject)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.attach(e, k2, k1b, ck); err != nil {
+				t.Fatal(err)
+			}
+			auths := tc.auths(e, k2, k1b, ck)
+			for _, a := range auths {
+				if !tc.alone && tc.reason != "" {
+					break
+				}
+				v := mustVerify(t, engine(t, policy(1, a)), e.subj(t), e.reg.Fetcher())
+				if !v.Allowed {
+					t.Fatalf("authority %q alone: denied: %q", a.Name, v.Reasons)
+				}
+			}
+			v := mustVerify(t, engine(t, policy(2, auths...)), e.subj(t), e.reg.Fetcher())
+			t.Logf("reasons: %q", v.Reasons)
+			if tc.reason == "" {
+				if !v.Allowed || len(v.Signers) != 2 {
+					t.Fatalf("verdict = %+v, want allowed by two authorities", v)
+				}
+				return
+			}
+			wantDenied(t, v, tc.reason)
+			wantDenied(t, v, "threshold 2 not met: 1 authority verified")
+		})
 	}
 }
 

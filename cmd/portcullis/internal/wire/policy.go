@@ -135,6 +135,7 @@ func (l *loader) boundary(b config.Boundary) (verify.Boundary, error) {
 				TlogThreshold:      intOr(k.TlogThreshold, config.DefaultTlogThreshold),
 				TimestampThreshold: intOr(k.TimestampThreshold, config.DefaultTimestampThreshold),
 				SCTThreshold:       intOr(k.SCTThreshold, config.DefaultSCTThreshold),
+				InsecureSkipSCT:    k.InsecureSkipSCT,
 			}
 		default:
 			return verify.Boundary{}, fmt.Errorf("authority %s: exactly one of key and keyless must be set", a.Name)
@@ -144,13 +145,22 @@ func (l *loader) boundary(b config.Boundary) (verify.Boundary, error) {
 	for _, at := range b.Attestations {
 		vb.Attestations = append(vb.Attestations, verify.AttestationRule{
 			Name: at.Name, PredicateType: at.PredicateType, Authorities: at.Authorities,
-			MaxAge: at.MaxAge.D(), Condition: at.Condition,
+			MaxAge: at.MaxAge.D(), Condition: at.Condition, Select: selectMode(at.Select),
 		})
 	}
 	if b.Lineage != nil {
-		vb.Lineage = &verify.LineageRule{Depth: b.Lineage.Depth, Require: b.Lineage.Require}
+		vb.Lineage = &verify.LineageRule{Depth: b.Lineage.Depth, Require: b.Lineage.Require, Ignore: b.Lineage.Ignore}
 	}
 	return vb, nil
+}
+
+// selectMode maps a validated config select to the engine's; the default
+// is spelled out so the verdict explains itself.
+func selectMode(s string) verify.Select {
+	if s == config.SelectAny {
+		return verify.SelectAny
+	}
+	return verify.SelectNewest
 }
 
 func intOr(p *int, def int) int {

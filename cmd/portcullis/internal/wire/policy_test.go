@@ -103,16 +103,18 @@ func TestPolicyTranslation(t *testing.T) {
 	// The translated policy verifies real evidence, the keyless one through
 	// the trusted root read from the file. By default a certificate needs
 	// an embedded SCT, as cosign requires; the in-memory test CA issues
-	// none, so it is denied until sct_threshold is lowered to 0.
+	// none, so it is denied until insecure_skip_sct says otherwise.
 	strict, err := verify.New(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	zero := 0
-	cfg.Boundaries[0].Signatures.Authorities[1].Keyless.SCTThreshold = &zero
+	cfg.Boundaries[0].Signatures.Authorities[1].Keyless.InsecureSkipSCT = true
 	p, err = Policy(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !p.Boundaries[0].Authorities[1].Keyless.InsecureSkipSCT {
+		t.Fatal("insecure_skip_sct not carried into the policy")
 	}
 	eng, err := verify.New(p)
 	if err != nil {
@@ -203,6 +205,51 @@ func TestPolicyErrors(t *testing.T) {
 	}
 }
 
+func TestPolicySelectAndLineageIgnore(t *testing.T) {
+	t.Parallel()
+	e := newPolicyEnv(t)
+	withRules := func(sel string, ignore ...string) *config.Config {
+		cfg := e.config()
+		cfg.Boundaries[0].Attestations = []config.Attestation{
+			{Name: "scan", PredicateType: "https://example.com/scan/v1", Authorities: []string{"release"}, Select: sel},
+		}
+		cfg.Boundaries[0].Lineage = &config.Lineage{Depth: 2, Require: []string{"dataset*"}, Ignore: ignore}
+		return cfg
+	}
+	policy := func(cfg *config.Config) verify.Policy {
+		t.Helper()
+		p, err := Policy(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := verify.New(p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	def := policy(withRules(""))
+	if got := def.Boundaries[0].Attestations[0].Select; got != verify.SelectNewest {
+		t.Errorf("default select = %q, want newest", got)
+	}
+	if got := policy(withRules(config.SelectNewest)).Boundaries[0].Attestations[0].Select; got != verify.SelectNewest {
+		t.Errorf("select = %q, want newest", got)
+	}
+	anyP := policy(withRules(config.SelectAny))
+	if got := anyP.Boundaries[0].Attestations[0].Select; got != verify.SelectAny {
+		t.Errorf("select = %q, want any", got)
+	}
+	if anyP.Fingerprint == def.Fingerprint {
+		t.Error("select any kept the fingerprint")
+	}
+	ign := policy(withRules("", "tokenizer"))
+	if l := ign.Boundaries[0].Lineage; l == nil || len(l.Ignore) != 1 || l.Ignore[0] != "tokenizer" || l.Require[0] != "dataset*" {
+		t.Errorf("lineage = %+v", ign.Boundaries[0].Lineage)
+	}
+	if ign.Fingerprint == def.Fingerprint {
+		t.Error("lineage.ignore kept the fingerprint")
+	}
+}
+
 func TestPolicyFingerprint(t *testing.T) {
 	t.Parallel()
 	e := newPolicyEnv(t)
@@ -259,5 +306,27 @@ func TestPolicyFingerprint(t *testing.T) {
 	writePolicyFile(t, filepath.Join(e.dir, "trusted_root.json"), trJSON)
 	if fp(e.config()) == rotated {
 		t.Error("replacing trusted_root.json kept the fingerprint")
+	}
+}
+
+// One public key in two files under two trust entries is one signer: the
+// compiled policy (what config check and serve both build) refuses two
+// authorities of one boundary holding it, whatever the files are called
+// or however the PEM is written.
+func TestPolicySharedKeyRefused(t *testing.T) {
+	t.Parallel()
+	e := newPolicyEnv(t)
+	writePolicyFile(t, filepath.Join(e.dir, "keys", "qa.pub"), append([]byte("qa signing key\n"), e.key.PublicKeyPEM()...))
+	cfg := e.config()
+	cfg.Trust = append(cfg.Trust, config.Trust{Name: "qa-keys", Keys: []string{"keys/qa.pub"}})
+	cfg.Boundaries[0].Signatures.Threshold = 2
+	cfg.Boundaries[0].Signatures.Authorities = append(cfg.Boundaries[0].Signatures.Authorities, config.Authority{Name: "qa", Key: "qa-keys"})
+	p, err := Policy(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = verify.New(p)
+	if want := `authorities "release" and "qa" share one public key (keys/cosign.pub and keys/qa.pub)`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("verify.New error = %v, want one containing %q", err, want)
 	}
 }
