@@ -16,6 +16,11 @@ type Verifier interface {
 	// Fingerprint identifies the policy and trust material; it is part of
 	// every verdict cache key.
 	Fingerprint() string
+	// BoundaryName names the boundary Verify would decide a subject with
+	// these coordinates under; false when none matches. An index's verdict
+	// covers a child it lists only when the child, by its own repository
+	// and artifact type, falls in the index's boundary.
+	BoundaryName(upstream, repo, artifactType string) (string, bool)
 }
 
 // VerdictCache stores verdicts by key. cache.Verdicts satisfies it. The

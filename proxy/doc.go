@@ -23,9 +23,16 @@
 // upstream, the digest is verified (or its verdict taken from the cache),
 // and the manifest bytes served are exactly bytes that hash to that digest:
 // they are checked when fetched, stored only after the check, and checked
-// again before they are written. A child of an index that was served is
-// served under the index's verdict (reported as covered_by) but still
-// digest-checked. With blob gating (the default) a blob is served only when
+// again before they are written; bytes that fail that last check are a
+// fail-closed denial like any other. A child of an index that was allowed
+// in enforce mode is served on the index's verdict (reported as
+// covered_by, still digest-checked) only when the child, matched on its
+// own repository and artifact type, falls in the same boundary as the
+// index, and only while that verdict lasts (WithCoverageTTL, the allow
+// TTL). Coverage is keyed like the verdict: policy and trust fingerprint,
+// upstream, repository and digest. Any other child, and every child of an
+// index served in warn mode, is verified on its own under its own
+// boundary and mode. With blob gating (the default) a blob is served only when
 // a manifest served in the same repository of the same upstream references
 // it; any other blob is denied without contacting the upstream. Blob bodies
 // are streamed, not buffered; the upstream client hashes a full blob as it

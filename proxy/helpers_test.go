@@ -28,10 +28,14 @@ var containerdAccept = []string{
 	"*/*",
 }
 
-// fakeVerifier decides with fn and counts calls.
+// fakeVerifier decides with fn and counts calls. Every subject falls in
+// the boundary "prod" unless boundary says otherwise; the fingerprint is
+// "test-policy" until set.
 type fakeVerifier struct {
-	fn    func(ctx context.Context, s verify.Subject) (verify.Verdict, error)
-	calls atomic.Int64
+	fn          func(ctx context.Context, s verify.Subject) (verify.Verdict, error)
+	boundary    func(upstream, repo, artifactType string) (string, bool)
+	fingerprint atomic.Pointer[string]
+	calls       atomic.Int64
 }
 
 func (f *fakeVerifier) Verify(ctx context.Context, s verify.Subject, _ verify.Fetcher) (verify.Verdict, error) {
@@ -39,7 +43,21 @@ func (f *fakeVerifier) Verify(ctx context.Context, s verify.Subject, _ verify.Fe
 	return f.fn(ctx, s)
 }
 
-func (f *fakeVerifier) Fingerprint() string { return "test-policy" }
+func (f *fakeVerifier) Fingerprint() string {
+	if fp := f.fingerprint.Load(); fp != nil {
+		return *fp
+	}
+	return "test-policy"
+}
+
+func (f *fakeVerifier) setFingerprint(fp string) { f.fingerprint.Store(&fp) }
+
+func (f *fakeVerifier) BoundaryName(upstream, repo, artifactType string) (string, bool) {
+	if f.boundary != nil {
+		return f.boundary(upstream, repo, artifactType)
+	}
+	return "prod", true
+}
 
 func allowAll() *fakeVerifier {
 	return &fakeVerifier{fn: func(_ context.Context, s verify.Subject) (verify.Verdict, error) {
@@ -203,6 +221,12 @@ func (u *upstreamRegistry) pushIndex(t *testing.T, repo, tag string) (pushed, []
 	if err != nil {
 		t.Fatal(err)
 	}
+	return u.writeIndex(t, idx, repo, tag)
+}
+
+// writeIndex pushes idx and its images to repo:tag.
+func (u *upstreamRegistry) writeIndex(t *testing.T, idx v1.ImageIndex, repo, tag string) (pushed, []pushed) {
+	t.Helper()
 	ref, err := name.ParseReference(u.host+"/"+repo+":"+tag, name.Insecure)
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -13,128 +14,176 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/portcullis-oci/portcullis/test/fixtures"
 	"github.com/portcullis-oci/portcullis/verify"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
-const lineageFingerprint = "lineage-policy"
+// Lineage through the proxy is tested against the real verify.Engine with
+// real signatures and provenance: the engine walks the provenance and asks
+// the proxy, as its DependencyVerifier, for each dependency's verdict.
 
-// lineageVerifier mimics the engine's side of the lineage contract: it
-// follows the dependencies listed for a digest through
-// Subject.Lineage.Dependencies, spends one unit of depth per level, refuses
-// a dependency already in the chain, and names the chain in its reasons.
-type lineageVerifier struct {
-	depth int // the boundary's lineage depth, used for root subjects
+// Registry hosts the provenance names: the engine only treats a host with
+// a dot, a port or "localhost" as a registry, and the proxy only as a
+// lookup key into its upstreams.
+const (
+	modelsHost   = "models.example.com"
+	datasetsHost = "data.example.com"
+)
 
-	// keepDepth passes a subject's own depth on to its dependencies and
-	// noCycleCheck skips the chain check: together they model a Verifier
-	// that breaks the contract, which the proxy must survive.
-	keepDepth    bool
-	noCycleCheck bool
-	// hook runs before a subject's dependencies are followed.
-	hook func(ctx context.Context, s verify.Subject) error
-
-	mu       sync.Mutex
-	deps     map[v1.Hash][]verify.DependencyRef
-	denied   map[v1.Hash]bool
-	calls    map[v1.Hash]int
-	subjects map[v1.Hash][]verify.Subject
+// lineagePolicy: models (upstream "models") need a release signature and
+// their lineage verified, requiring an input named dataset*; datasets
+// (upstream "datasets") need a signature of the data key. The "cyclic"
+// boundary gives datasets under cyclic/ a lineage rule too.
+func lineagePolicy(release, data *fixtures.KeySigner) verify.Policy {
+	lineage := &verify.LineageRule{Depth: 3, Require: []string{"dataset*"}}
+	return verify.Policy{Boundaries: []verify.Boundary{
+		{
+			Name: "models", Upstream: "models", Mode: verify.ModeEnforce, Threshold: 1,
+			Authorities: []verify.Authority{keyAuthority("release", release)}, Lineage: lineage,
+		},
+		{
+			Name: "cyclic", Upstream: "datasets", Repositories: []string{"cyclic/**"}, Mode: verify.ModeEnforce, Threshold: 1,
+			Authorities: []verify.Authority{keyAuthority("release", release)}, Lineage: lineage,
+		},
+		{
+			Name: "datasets", Upstream: "datasets", Mode: verify.ModeEnforce, Threshold: 1,
+			Authorities: []verify.Authority{keyAuthority("data", data)},
+		},
+	}}
 }
 
-func newLineageVerifier(depth int) *lineageVerifier {
-	return &lineageVerifier{
-		depth:    depth,
-		deps:     map[v1.Hash][]verify.DependencyRef{},
-		denied:   map[v1.Hash]bool{},
-		calls:    map[v1.Hash]int{},
-		subjects: map[v1.Hash][]verify.Subject{},
-	}
+// lineageEnv is a proxy in front of two upstreams, "models" (alias
+// models.example.com) and "datasets" (alias data.example.com), each its
+// own in-memory registry.
+type lineageEnv struct {
+	t                testing.TB
+	models, datasets *upstreamRegistry
+	datasetsHost     string // where the proxy dials "datasets"
+	release, data    *fixtures.KeySigner
+	p                *Proxy
+	v                Verifier
+	spy              *engineSpy // v, unless the setup brings its own Verifier
+	verdicts         *mapVerdicts
+	hosts            *hostSpy
+	n                atomic.Int64
 }
 
-func (f *lineageVerifier) Fingerprint() string { return lineageFingerprint }
-
-func (f *lineageVerifier) Verify(ctx context.Context, s verify.Subject, _ verify.Fetcher) (verify.Verdict, error) {
-	f.mu.Lock()
-	f.calls[s.Digest]++
-	f.subjects[s.Digest] = append(f.subjects[s.Digest], s)
-	deps, denied := f.deps[s.Digest], f.denied[s.Digest]
-	f.mu.Unlock()
-
-	self := s.Repository + "@" + s.Digest.String()
-	v := verify.Verdict{Allowed: true, Mode: verify.ModeEnforce, Boundary: "lineage", Digest: s.Digest.String()}
-	deny := func(reason string) {
-		v.Allowed = false
-		v.Reasons = append(v.Reasons, reason)
-	}
-	if denied {
-		deny(self + ": no valid signature")
-		return v, nil
-	}
-	if f.hook != nil {
-		if err := f.hook(ctx, s); err != nil {
-			return verify.Verdict{}, err
-		}
-	}
-	remaining := s.Lineage.Depth
-	if len(s.Lineage.Chain) == 0 {
-		remaining = f.depth
-	}
-	chain := append(slices.Clone(s.Lineage.Chain), s.Upstream+"/"+self)
-	for _, d := range deps {
-		switch {
-		case s.Lineage.Dependencies == nil:
-			deny(self + ": lineage cannot be followed")
-			continue
-		case remaining <= 0:
-			deny(self + ": lineage depth exhausted")
-			continue
-		case !f.noCycleCheck && slices.ContainsFunc(chain, func(c string) bool { return strings.HasSuffix(c, "@"+d.Digest.String()) }):
-			deny(self + " ← " + d.Repository + "@" + d.Digest.String() + ": lineage cycle")
-			continue
-		}
-		next := remaining - 1
-		if f.keepDepth {
-			next = remaining
-		}
-		dv, err := s.Lineage.Dependencies.VerifyDependency(ctx, d, verify.LineageContext{Depth: next, Chain: chain})
-		if err != nil {
-			return verify.Verdict{}, fmt.Errorf("dependency %s: %w", d.URI, err)
-		}
-		v.Lineage = append(v.Lineage, verify.Dependency{Name: d.Name, URI: d.URI, Verdict: &dv})
-		if !dv.Allowed {
-			for _, r := range dv.Reasons {
-				deny(self + " ← " + r)
-			}
-		}
-	}
-	return v, nil
+type lineageSetup struct {
+	datasetsURL string // overrides the datasets upstream's URL
+	opts        []Option
+	logger      *zap.Logger
+	hook        func(ctx context.Context, s verify.Subject) error
+	verifier    Verifier // replaces the engine
+	fail        func(r *http.Request) bool
 }
 
-func (f *lineageVerifier) dependsOn(parent v1.Hash, deps ...verify.DependencyRef) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.deps[parent] = append(f.deps[parent], deps...)
+func newLineageEnv(t *testing.T, setup lineageSetup) *lineageEnv {
+	t.Helper()
+	e := &lineageEnv{
+		t:        t,
+		models:   newRegistry(t),
+		datasets: newRegistry(t),
+		release:  newKey(t),
+		data:     newKey(t),
+		verdicts: newMapVerdicts(),
+		hosts:    &hostSpy{rt: http.DefaultTransport.(*http.Transport).Clone(), fail: setup.fail},
+	}
+	e.spy = newEngineSpy(t, lineagePolicy(e.release, e.data))
+	e.spy.hook = setup.hook
+	e.v = e.spy
+	if setup.verifier != nil {
+		e.v = setup.verifier
+	}
+	dsURL := e.datasets.srv.URL
+	if setup.datasetsURL != "" {
+		dsURL = setup.datasetsURL
+	}
+	e.datasetsHost = strings.TrimPrefix(dsURL, "http://")
+	ups := []Upstream{
+		{Name: "models", URL: e.models.srv.URL, Aliases: []string{modelsHost}, Insecure: true},
+		{Name: "datasets", URL: dsURL, Aliases: []string{datasetsHost}, Insecure: true},
+	}
+	opts := []Option{WithTransport(e.hosts), WithVerdictCache(e.verdicts)}
+	if setup.logger != nil {
+		opts = append(opts, WithLogger(setup.logger))
+	}
+	p, err := New(ups, e.v, append(opts, setup.opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.p = p
+	return e
 }
 
-func (f *lineageVerifier) deny(d v1.Hash) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.denied[d] = true
+func (e *lineageEnv) pull(upstreamName, repo string, d v1.Hash) *httptest.ResponseRecorder {
+	return do(e.p, http.MethodGet, "/v2/"+upstreamName+"/"+repo+"/manifests/"+d.String())
 }
 
-func (f *lineageVerifier) callsFor(d v1.Hash) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.calls[d]
+// artifact is a ModelPack model or dataset pushed for a lineage test.
+type artifact struct {
+	digest v1.Hash
+	raw    []byte
+	mt     string
 }
 
-func (f *lineageVerifier) subjectsOf(d v1.Hash) []verify.Subject {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.subjects[d])
+// push pushes a distinct ModelPack artifact to repo at reg.
+func (e *lineageEnv) push(reg *upstreamRegistry, repo string, dataset bool) artifact {
+	e.t.Helper()
+	ref, err := name.ParseReference(reg.host+"/"+repo+":latest", name.Insecure)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	files := map[string][]byte{"part-0": fmt.Appendf(nil, "content %d of %s", e.n.Add(1), repo)}
+	var d name.Digest
+	if dataset {
+		d, err = fixtures.PushDataset(context.Background(), ref, files)
+	} else {
+		d, err = fixtures.PushModel(context.Background(), ref, files, "")
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	m, err := remote.Get(d)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return artifact{digest: m.Digest, raw: m.Manifest, mt: string(m.MediaType)}
+}
+
+// model pushes a model to the models upstream with a release-signed
+// provenance (which is also its signature) listing deps.
+func (e *lineageEnv) model(repo string, deps ...fixtures.ResourceDescriptor) artifact {
+	e.t.Helper()
+	a := e.push(e.models, repo, false)
+	e.models.attachProvenance(e.t, repo, a.digest, e.release, deps...)
+	return a
+}
+
+// dataset pushes a dataset to the datasets upstream, signed by the data
+// key when signed.
+func (e *lineageEnv) dataset(repo string, signed bool) artifact {
+	e.t.Helper()
+	a := e.push(e.datasets, repo, true)
+	if signed {
+		e.datasets.sign(e.t, repo, a.digest, e.data)
+	}
+	return a
+}
+
+// input names repo@d at registry as a provenance input.
+func input(inputName, registry, repo string, d v1.Hash) fixtures.ResourceDescriptor {
+	return fixtures.ResourceDescriptor{Name: inputName, URI: "oci://" + registry + "/" + repo + "@" + d.String()}
+}
+
+// short is how the engine labels repo@d in a chain.
+func short(repo string, d v1.Hash) string {
+	return repo + "@" + d.Algorithm + ":" + d.Hex[:12]
 }
 
 func depRef(registry, repo string, d v1.Hash) verify.DependencyRef {
@@ -147,17 +196,22 @@ func depRef(registry, repo string, d v1.Hash) verify.DependencyRef {
 	}
 }
 
-// hostSpy records the host of every request the proxy makes.
+// hostSpy records the host of every request the proxy makes; requests
+// that fail says are answered with a connection error.
 type hostSpy struct {
 	mu    sync.Mutex
 	hosts []string
 	rt    http.RoundTripper
+	fail  func(r *http.Request) bool
 }
 
 func (s *hostSpy) RoundTrip(r *http.Request) (*http.Response, error) {
 	s.mu.Lock()
 	s.hosts = append(s.hosts, r.URL.Host)
 	s.mu.Unlock()
+	if s.fail != nil && s.fail(r) {
+		return nil, errors.New("connection reset by peer")
+	}
 	return s.rt.RoundTrip(r)
 }
 
@@ -177,57 +231,6 @@ func (s *hostSpy) all() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.hosts)
-}
-
-// lineageEnv is a proxy in front of two upstreams: "models", and
-// "datasets" (alias data.example.com), each its own in-memory registry.
-type lineageEnv struct {
-	models, datasets *upstreamRegistry
-	datasetsHost     string // where the proxy dials "datasets"
-	p                *Proxy
-	v                *lineageVerifier
-	verdicts         *mapVerdicts
-	hosts            *hostSpy
-}
-
-type lineageSetup struct {
-	datasetsURL string // overrides the datasets upstream's URL
-	opts        []Option
-	logger      *zap.Logger
-}
-
-func newLineageEnv(t *testing.T, v *lineageVerifier, setup lineageSetup) *lineageEnv {
-	t.Helper()
-	e := &lineageEnv{
-		models:   newRegistry(t),
-		datasets: newRegistry(t),
-		v:        v,
-		verdicts: newMapVerdicts(),
-		hosts:    &hostSpy{rt: http.DefaultTransport.(*http.Transport).Clone()},
-	}
-	dsURL := e.datasets.srv.URL
-	if setup.datasetsURL != "" {
-		dsURL = setup.datasetsURL
-	}
-	e.datasetsHost = strings.TrimPrefix(dsURL, "http://")
-	ups := []Upstream{
-		{Name: "models", URL: e.models.srv.URL, Insecure: true},
-		{Name: "datasets", URL: dsURL, Aliases: []string{"data.example.com"}, Insecure: true},
-	}
-	opts := []Option{WithTransport(e.hosts), WithVerdictCache(e.verdicts)}
-	if setup.logger != nil {
-		opts = append(opts, WithLogger(setup.logger))
-	}
-	p, err := New(ups, v, append(opts, setup.opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.p = p
-	return e
-}
-
-func (e *lineageEnv) pull(upstreamName, repo string, d v1.Hash) *httptest.ResponseRecorder {
-	return do(e.p, http.MethodGet, "/v2/"+upstreamName+"/"+repo+"/manifests/"+d.String())
 }
 
 // deniedBody decodes a 403 answer.
@@ -292,31 +295,28 @@ func counterValue(t *testing.T, p *Proxy, name string, labels map[string]string)
 
 func TestLineageDependencyOnSecondUpstream(t *testing.T) {
 	t.Parallel()
-	v := newLineageVerifier(3)
-	e := newLineageEnv(t, v, lineageSetup{})
-	m1 := e.models.pushImage(t, "ml/model", "v1")
-	m2 := e.models.pushImage(t, "ml/model", "v2")
-	data := e.datasets.pushImage(t, "ml/data", "v1")
-	// The alias in a different case must still route.
-	v.dependsOn(m1.digest, depRef("Data.Example.COM", "ml/data", data.digest))
-	v.dependsOn(m2.digest, depRef("data.example.com", "ml/data", data.digest))
+	e := newLineageEnv(t, lineageSetup{})
+	data := e.dataset("ml/data", true)
+	// The alias in another case must still route.
+	m1 := e.model("ml/model", input("dataset-train", "Data.Example.COM", "ml/data", data.digest))
+	m2 := e.model("ml/model", input("dataset-train", datasetsHost, "ml/data", data.digest))
 
-	for _, m := range []pushed{m1, m2} {
+	for _, m := range []artifact{m1, m2} {
 		if w := e.pull("models", "ml/model", m.digest); w.Code != http.StatusOK {
 			t.Fatalf("pull %s: status %d: %s", m.digest, w.Code, w.Body)
 		}
 	}
 	for d, want := range map[v1.Hash]int{m1.digest: 1, m2.digest: 1, data.digest: 1} {
-		if got := v.callsFor(d); got != want {
+		if got := e.spy.callsFor(d); got != want {
 			t.Errorf("%s verified %d times, want %d", d, got, want)
 		}
 	}
 
-	root := v.subjectsOf(m1.digest)[0]
+	root := e.spy.subjectsOf(m1.digest)[0]
 	if root.Lineage.Dependencies != e.p || root.Lineage.Depth != 0 || len(root.Lineage.Chain) != 0 {
 		t.Errorf("root lineage context = %+v, want the proxy, depth 0 and no chain", root.Lineage)
 	}
-	dep := v.subjectsOf(data.digest)[0]
+	dep := e.spy.subjectsOf(data.digest)[0]
 	wantChain := []string{"models/ml/model@" + m1.digest.String()}
 	if dep.Upstream != "datasets" || dep.Repository != "ml/data" || dep.Reference != data.digest.String() {
 		t.Errorf("dependency subject %s/%s ref %s, want datasets/ml/data ref %s", dep.Upstream, dep.Repository, dep.Reference, data.digest)
@@ -333,6 +333,11 @@ func TestLineageDependencyOnSecondUpstream(t *testing.T) {
 	if got := counterValue(t, e.p, "portcullis_lineage_dependencies_total", map[string]string{"result": "allow"}); got != 2 {
 		t.Errorf("lineage allow count = %v, want 2 (one verified, one cached)", got)
 	}
+	// The engine's verdict lists the dependency it followed.
+	v, ok := e.verdicts.Get(verdictKey(e.v.Fingerprint(), "models", "ml/model", m1.digest))
+	if !ok || !v.Allowed || len(v.Lineage) != 1 || v.Lineage[0].Verdict == nil || !v.Lineage[0].Verdict.Allowed {
+		t.Errorf("cached verdict %+v, want an allow listing the allowed dataset", v)
+	}
 }
 
 func TestLineageUnknownRegistryIsNeverDialled(t *testing.T) {
@@ -345,16 +350,14 @@ func TestLineageUnknownRegistryIsNeverDialled(t *testing.T) {
 	t.Cleanup(stranger.Close)
 	strangerHost := strings.TrimPrefix(stranger.URL, "http://")
 
-	v := newLineageVerifier(3)
-	e := newLineageEnv(t, v, lineageSetup{})
-	m := e.models.pushImage(t, "ml/model", "v1")
-	data := e.datasets.pushImage(t, "ml/data", "v1")
+	e := newLineageEnv(t, lineageSetup{})
+	data := e.dataset("ml/data", true)
 	// The dependency exists at the datasets upstream, but the statement
 	// names a host that is only reachable by dialling it.
-	v.dependsOn(m.digest, depRef(strangerHost, "ml/data", data.digest))
+	m := e.model("ml/model", input("dataset-train", strangerHost, "ml/data", data.digest))
 
 	msg, detail := deniedBody(t, e.pull("models", "ml/model", m.digest))
-	want := fmt.Sprintf(`dependency registry %q is not a configured upstream (configured: models, datasets (aliases data.example.com))`, strangerHost)
+	want := fmt.Sprintf(`dependency registry %q is not a configured upstream (configured: models (aliases %s), datasets (aliases %s))`, strangerHost, modelsHost, datasetsHost)
 	if !strings.Contains(msg, want) || !slices.ContainsFunc(detailReasons(detail), func(r string) bool { return strings.Contains(r, want) }) {
 		t.Errorf("denial %q (detail %v) does not say %q", msg, detail, want)
 	}
@@ -366,7 +369,7 @@ func TestLineageUnknownRegistryIsNeverDialled(t *testing.T) {
 			t.Errorf("request to %s, which is not a configured upstream", h)
 		}
 	}
-	if v.callsFor(data.digest) != 0 {
+	if e.spy.callsFor(data.digest) != 0 {
 		t.Error("a dependency at an unknown registry was verified")
 	}
 	if got := counterValue(t, e.p, "portcullis_lineage_dependencies_total", map[string]string{"result": "deny"}); got != 1 {
@@ -411,8 +414,7 @@ func TestVerifyDependencyRefusesBeforeDialling(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			v := newLineageVerifier(3)
-			e := newLineageEnv(t, v, lineageSetup{})
+			e := newLineageEnv(t, lineageSetup{})
 			got, err := e.p.VerifyDependency(context.Background(), tc.dep, tc.lc)
 			switch {
 			case tc.wantErr:
@@ -436,20 +438,17 @@ func TestVerifyDependencyRefusesBeforeDialling(t *testing.T) {
 
 func TestLineageDependencyNotFound(t *testing.T) {
 	t.Parallel()
-	v := newLineageVerifier(3)
-	e := newLineageEnv(t, v, lineageSetup{})
-	m1 := e.models.pushImage(t, "ml/model", "v1")
-	m2 := e.models.pushImage(t, "ml/model", "v2")
+	e := newLineageEnv(t, lineageSetup{})
 	missing := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0f", 32)}
-	v.dependsOn(m1.digest, depRef("datasets", "ml/data", missing))
-	v.dependsOn(m2.digest, depRef("data.example.com", "ml/data", missing))
+	m1 := e.model("ml/model", input("dataset-train", datasetsHost, "ml/data", missing))
+	m2 := e.model("ml/model", input("dataset-train", datasetsHost, "ml/data", missing))
 
 	_, detail := deniedBody(t, e.pull("models", "ml/model", m1.digest))
-	want := "dependency ml/data@" + missing.String() + " not found at upstream datasets"
-	if !slices.ContainsFunc(detailReasons(detail), func(r string) bool { return strings.Contains(r, want) }) {
+	want := short("ml/model", m1.digest) + " ← " + short("ml/data", missing) + ": dependency ml/data@" + missing.String() + " not found at upstream datasets"
+	if !slices.Contains(detailReasons(detail), want) {
 		t.Errorf("reasons %v do not say %q", detailReasons(detail), want)
 	}
-	key := dependencyKey(verdictKey(lineageFingerprint, "datasets", "ml/data", missing), 2)
+	key := dependencyKey(verdictKey(e.v.Fingerprint(), "datasets", "ml/data", missing), 2)
 	if cv, ok := e.verdicts.Get(key); !ok || cv.Allowed {
 		t.Fatalf("the absent dependency's denial was not cached (%+v, %v)", cv, ok)
 	}
@@ -467,10 +466,8 @@ func TestLineageDependencyUpstreamDownFailsClosed(t *testing.T) {
 	downURL := down.URL
 	down.Close()
 
-	v := newLineageVerifier(3)
-	e := newLineageEnv(t, v, lineageSetup{datasetsURL: downURL})
-	m := e.models.pushImage(t, "ml/model", "v1")
-	v.dependsOn(m.digest, depRef("datasets", "ml/data", v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("1e", 32)}))
+	e := newLineageEnv(t, lineageSetup{datasetsURL: downURL})
+	m := e.model("ml/model", input("dataset-train", datasetsHost, "ml/data", v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("1e", 32)}))
 
 	msg, detail := deniedBody(t, e.pull("models", "ml/model", m.digest))
 	if !strings.Contains(msg, "could not verify") || !strings.Contains(msg, "fail closed") {
@@ -495,8 +492,32 @@ func TestLineageDependencyUpstreamDownFailsClosed(t *testing.T) {
 	if e.hosts.requests(e.datasetsHost) == before {
 		t.Error("the second pull did not try the dependency again")
 	}
-	if v.callsFor(m.digest) != 2 {
-		t.Errorf("root verified %d times, want 2", v.callsFor(m.digest))
+	if e.spy.callsFor(m.digest) != 2 {
+		t.Errorf("root verified %d times, want 2", e.spy.callsFor(m.digest))
+	}
+}
+
+// TestLineageDependencyEvidenceUnreachableFails makes the engine fail to
+// decide on a dependency it could fetch: the upstream drops the connection
+// when asked for the dependency's signatures. The pull fails closed.
+func TestLineageDependencyEvidenceUnreachableFails(t *testing.T) {
+	t.Parallel()
+	var e *lineageEnv
+	e = newLineageEnv(t, lineageSetup{fail: func(r *http.Request) bool {
+		return r.URL.Host == e.datasetsHost && strings.Contains(r.URL.Path, "/referrers/")
+	}})
+	data := e.dataset("ml/data", true)
+	m := e.model("ml/model", input("dataset-train", datasetsHost, "ml/data", data.digest))
+
+	msg, _ := deniedBody(t, e.pull("models", "ml/model", m.digest))
+	if !strings.Contains(msg, "could not verify") || !strings.Contains(msg, "fail closed") {
+		t.Errorf("message %q is not a fail-closed answer", msg)
+	}
+	if e.spy.callsFor(data.digest) != 1 {
+		t.Errorf("dependency verified %d times, want 1", e.spy.callsFor(data.digest))
+	}
+	if n := e.verdicts.len(); n != 0 {
+		t.Errorf("%d verdicts cached after a failure to decide", n)
 	}
 }
 
@@ -511,11 +532,9 @@ func TestLineageVerdictsAreDepthQualified(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			v := newLineageVerifier(3)
-			e := newLineageEnv(t, v, lineageSetup{})
-			m := e.models.pushImage(t, "ml/model", "v1")
-			data := e.datasets.pushImage(t, "ml/data", "v1")
-			v.dependsOn(m.digest, depRef("datasets", "ml/data", data.digest))
+			e := newLineageEnv(t, lineageSetup{})
+			data := e.dataset("ml/data", true)
+			m := e.model("ml/model", input("dataset-train", datasetsHost, "ml/data", data.digest))
 
 			pulls := []func() *httptest.ResponseRecorder{
 				func() *httptest.ResponseRecorder { return e.pull("models", "ml/model", m.digest) },
@@ -531,7 +550,7 @@ func TestLineageVerdictsAreDepthQualified(t *testing.T) {
 					}
 				}
 			}
-			subs := v.subjectsOf(data.digest)
+			subs := e.spy.subjectsOf(data.digest)
 			if len(subs) != 2 {
 				t.Fatalf("dataset verified %d times, want twice: once as a dependency, once as a pull", len(subs))
 			}
@@ -552,14 +571,11 @@ func TestLineageVerdictsAreDepthQualified(t *testing.T) {
 
 func TestLineageConcurrentPullsShareOneDependencyVerification(t *testing.T) {
 	t.Parallel()
-	v := newLineageVerifier(3)
-	e := newLineageEnv(t, v, lineageSetup{opts: []Option{WithManifestCache(newMapManifests())}})
-	data := e.datasets.pushImage(t, "ml/data", "v1")
-	var roots []pushed
-	for i := range 10 {
-		m := e.models.pushImage(t, "ml/model", fmt.Sprintf("v%d", i))
-		v.dependsOn(m.digest, depRef("data.example.com", "ml/data", data.digest))
-		roots = append(roots, m)
+	e := newLineageEnv(t, lineageSetup{opts: []Option{WithManifestCache(newMapManifests())}})
+	data := e.dataset("ml/data", true)
+	var roots []artifact
+	for range 10 {
+		roots = append(roots, e.model("ml/model", input("dataset-train", datasetsHost, "ml/data", data.digest)))
 	}
 
 	const pulls = 1000
@@ -580,12 +596,36 @@ func TestLineageConcurrentPullsShareOneDependencyVerification(t *testing.T) {
 			t.Fatalf("a pull answered %d", c)
 		}
 	}
-	if n := v.callsFor(data.digest); n != 1 {
+	if n := e.spy.callsFor(data.digest); n != 1 {
 		t.Errorf("shared dependency verified %d times, want 1", n)
 	}
 	for _, m := range roots {
-		if n := v.callsFor(m.digest); n != 1 {
+		if n := e.spy.callsFor(m.digest); n != 1 {
 			t.Errorf("root %s verified %d times, want 1", m.digest, n)
+		}
+	}
+}
+
+// holdRoots returns a hook that holds every root verification until two
+// have started, so that two pulls verify at the same time.
+func holdRoots() func(ctx context.Context, s verify.Subject) error {
+	var (
+		arrived  atomic.Int64
+		bothIn   = make(chan struct{})
+		openOnce sync.Once
+	)
+	return func(ctx context.Context, s verify.Subject) error {
+		if len(s.Lineage.Chain) != 0 {
+			return nil
+		}
+		if arrived.Add(1) == 2 {
+			openOnce.Do(func() { close(bothIn) })
+		}
+		select {
+		case <-bothIn:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
@@ -603,42 +643,31 @@ func TestLineageCrossRequestCycleFinishes(t *testing.T) {
 		breaks  bool // the Verifier breaks the lineage contract
 		because string
 	}{
-		{name: "verifier detects cycles", because: "lineage cycle"},
+		{name: "engine detects the cycle", because: "cycle: "},
 		{name: "verifier neither detects cycles nor spends depth", breaks: true, because: "lineage depth exhausted"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			v := newLineageVerifier(3)
-			v.keepDepth, v.noCycleCheck = tc.breaks, tc.breaks
-			var (
-				arrived  atomic.Int64
-				bothIn   = make(chan struct{})
-				openOnce sync.Once
-			)
-			v.hook = func(ctx context.Context, s verify.Subject) error {
-				if len(s.Lineage.Chain) != 0 {
-					return nil
-				}
-				if arrived.Add(1) == 2 {
-					openOnce.Do(func() { close(bothIn) })
-				}
-				select {
-				case <-bothIn:
-					return nil
-				case <-ctx.Done():
-					return ctx.Err()
-				}
+			setup := lineageSetup{opts: []Option{WithVerifyTimeout(10 * time.Second)}, hook: holdRoots()}
+			var breaker *contractBreaker
+			if tc.breaks {
+				breaker = &contractBreaker{hook: holdRoots(), deps: map[v1.Hash][]verify.DependencyRef{}}
+				setup.verifier = breaker
 			}
-			e := newLineageEnv(t, v, lineageSetup{opts: []Option{WithVerifyTimeout(10 * time.Second)}})
-			a := e.models.pushImage(t, "ml/a", "v1")
-			b := e.datasets.pushImage(t, "ml/b", "v1")
-			v.dependsOn(a.digest, depRef("datasets", "ml/b", b.digest))
-			v.dependsOn(b.digest, depRef("models", "ml/a", a.digest))
+			e := newLineageEnv(t, setup)
+			a := e.push(e.models, "ml/a", false)
+			b := e.push(e.datasets, "cyclic/b", false)
+			e.models.attachProvenance(t, "ml/a", a.digest, e.release, input("dataset-b", datasetsHost, "cyclic/b", b.digest))
+			e.datasets.attachProvenance(t, "cyclic/b", b.digest, e.release, input("dataset-a", modelsHost, "ml/a", a.digest))
+			if breaker != nil {
+				breaker.deps[a.digest] = []verify.DependencyRef{depRef(datasetsHost, "cyclic/b", b.digest)}
+				breaker.deps[b.digest] = []verify.DependencyRef{depRef(modelsHost, "ml/a", a.digest)}
+			}
 
 			var wg sync.WaitGroup
 			var wa, wb *httptest.ResponseRecorder
 			wg.Go(func() { wa = e.pull("models", "ml/a", a.digest) })
-			wg.Go(func() { wb = e.pull("datasets", "ml/b", b.digest) })
+			wg.Go(func() { wb = e.pull("datasets", "cyclic/b", b.digest) })
 			wg.Wait()
 			for name, w := range map[string]*httptest.ResponseRecorder{"A": wa, "B": wb} {
 				msg, detail := deniedBody(t, w)
@@ -654,23 +683,59 @@ func TestLineageCrossRequestCycleFinishes(t *testing.T) {
 	}
 }
 
+// contractBreaker is a Verifier that follows dependencies without spending
+// depth and without detecting cycles. The engine does both, so no real
+// verifier behaves like this; it exists to show that the proxy's own
+// rules (depth-qualified flight keys, strictly decreasing depth) end every
+// lineage walk whatever the Verifier does.
+type contractBreaker struct {
+	hook func(ctx context.Context, s verify.Subject) error
+	deps map[v1.Hash][]verify.DependencyRef // set before the first pull
+}
+
+func (c *contractBreaker) Fingerprint() string { return "contract-breaker" }
+
+func (c *contractBreaker) BoundaryName(string, string, string) (string, bool) { return "lineage", true }
+
+func (c *contractBreaker) Verify(ctx context.Context, s verify.Subject, _ verify.Fetcher) (verify.Verdict, error) {
+	if err := c.hook(ctx, s); err != nil {
+		return verify.Verdict{}, err
+	}
+	v := verify.Verdict{Allowed: true, Mode: verify.ModeEnforce, Boundary: "lineage", Digest: s.Digest.String()}
+	depth := s.Lineage.Depth
+	if len(s.Lineage.Chain) == 0 {
+		depth = 3
+	}
+	chain := append(slices.Clone(s.Lineage.Chain), s.Upstream+"/"+s.Repository+"@"+s.Digest.String())
+	for _, d := range c.deps[s.Digest] {
+		dv, err := s.Lineage.Dependencies.VerifyDependency(ctx, d, verify.LineageContext{Depth: depth, Chain: chain})
+		if err != nil {
+			return verify.Verdict{}, err
+		}
+		if !dv.Allowed {
+			v.Allowed = false
+			v.Reasons = append(v.Reasons, dv.Reasons...)
+		}
+	}
+	return v, nil
+}
+
 func TestLineageDenialNamesTheChain(t *testing.T) {
 	t.Parallel()
 	core, logs := observer.New(zapcore.DebugLevel)
-	v := newLineageVerifier(3)
-	e := newLineageEnv(t, v, lineageSetup{logger: zap.New(core)})
-	m := e.models.pushImage(t, "ml/model", "v1")
-	data := e.datasets.pushImage(t, "ml/data", "v1")
-	v.dependsOn(m.digest, depRef("datasets", "ml/data", data.digest))
-	v.deny(data.digest)
+	e := newLineageEnv(t, lineageSetup{logger: zap.New(core)})
+	data := e.dataset("ml/data", false)
+	m := e.model("ml/model", input("dataset-train", datasetsHost, "ml/data", data.digest))
 
-	want := "ml/model@" + m.digest.String() + " ← ml/data@" + data.digest.String() + ": no valid signature"
+	prefix := short("ml/model", m.digest) + " ← " + short("ml/data", data.digest) + ": "
 	msg, detail := deniedBody(t, e.pull("models", "ml/model", m.digest))
-	if !strings.Contains(msg, want) {
-		t.Errorf("message %q does not name the chain %q", msg, want)
+	if !strings.Contains(msg, prefix) {
+		t.Errorf("message %q does not name the chain %q", msg, prefix)
 	}
-	if rs := detailReasons(detail); !slices.Contains(rs, want) {
-		t.Errorf("detail reasons %v do not name the chain %q", rs, want)
+	rs := detailReasons(detail)
+	i := slices.IndexFunc(rs, func(r string) bool { return strings.HasPrefix(r, prefix) })
+	if i < 0 {
+		t.Fatalf("detail reasons %v do not name the chain %q", rs, prefix)
 	}
 	audit := logs.FilterLoggerName("audit").All()
 	if len(audit) != 1 {
@@ -678,18 +743,16 @@ func TestLineageDenialNamesTheChain(t *testing.T) {
 	}
 	f := audit[0].ContextMap()
 	reasons, _ := f["reasons"].([]any)
-	if f["decision"] != "deny" || f["digest"] != m.digest.String() || !slices.Contains(reasons, any(want)) {
-		t.Errorf("audit event %v does not report the denial with the chain %q", f, want)
+	if f["decision"] != "deny" || f["digest"] != m.digest.String() || !slices.Contains(reasons, any(rs[i])) {
+		t.Errorf("audit event %v does not report the denial with the chain %q", f, rs[i])
 	}
 }
 
 func TestExplainFollowsLineage(t *testing.T) {
 	t.Parallel()
-	v := newLineageVerifier(3)
-	e := newLineageEnv(t, v, lineageSetup{})
-	m := e.models.pushImage(t, "ml/model", "v1")
-	data := e.datasets.pushImage(t, "ml/data", "v1")
-	v.dependsOn(m.digest, depRef("data.example.com", "ml/data", data.digest))
+	e := newLineageEnv(t, lineageSetup{})
+	data := e.dataset("ml/data", true)
+	m := e.model("ml/model", input("dataset-train", datasetsHost, "ml/data", data.digest))
 
 	got, err := e.p.Explain(context.Background(), "models/ml/model@"+m.digest.String())
 	if err != nil {
@@ -698,7 +761,7 @@ func TestExplainFollowsLineage(t *testing.T) {
 	if !got.Allowed || len(got.Lineage) != 1 || got.Lineage[0].Verdict == nil || !got.Lineage[0].Verdict.Allowed {
 		t.Fatalf("explained verdict %+v, want allowed with one allowed dependency", got)
 	}
-	if v.callsFor(data.digest) != 1 {
-		t.Errorf("dependency verified %d times, want 1", v.callsFor(data.digest))
+	if e.spy.callsFor(data.digest) != 1 {
+		t.Errorf("dependency verified %d times, want 1", e.spy.callsFor(data.digest))
 	}
 }

@@ -22,10 +22,12 @@ const (
 	maxReasonLength  = 512
 )
 
-// coverEntry records that a child manifest is listed by a served index.
+// coverEntry records that a child manifest is listed by a served index
+// whose verdict was an enforce-mode allow in boundary.
 type coverEntry struct {
-	parent  string
-	verdict verify.Verdict
+	parent   string
+	boundary string
+	verdict  verify.Verdict
 }
 
 // flightResult is what one shared verification hands to every waiter.
@@ -59,133 +61,290 @@ type manifestReq struct {
 	lineage verify.LineageContext
 }
 
+// verdictSource says where a manifest decision's verdict came from.
+type verdictSource uint8
+
+const (
+	sourceNone     verdictSource = iota // no verdict yet
+	sourceVerified                      // decided by the Verifier for this request
+	sourceCache                         // read from the verdict cache
+	sourceCoverage                      // the verdict of a served index listing the manifest
+)
+
+// manifestDecision is one manifest request's decision. serveManifest
+// passes it through small steps, each filling in what the next needs:
+// resolve the digest, find a verdict (coverage, cache or verification),
+// check the bytes, decide, serve.
+type manifestDecision struct {
+	mr   manifestReq
+	desc v1.Descriptor // Digest always; MediaType and Size when a tag was resolved by HEAD
+	// digest is desc.Digest as a string, formatted once.
+	digest      string
+	fingerprint string
+	key         string // the verdict key
+
+	manifest     *verify.Manifest // the bytes, once in hand
+	fromCache    bool             // they came from the manifest cache
+	bytesChecked bool             // they are known to hash to the digest
+	parsed       *parsedManifest  // set once the bytes have been checked and parsed
+
+	verdict   verify.Verdict
+	source    verdictSource
+	coveredBy string // the index whose verdict this is, for sourceCoverage
+}
+
 func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, req apiRequest, st *reqState) error {
 	ctx := r.Context()
-	mr := manifestReq{u: u, repo: repo, ref: req.ref, client: r.RemoteAddr}
-	accept := acceptList(r)
+	d, err := p.resolveManifest(ctx, manifestReq{u: u, repo: repo, ref: req.ref, client: r.RemoteAddr}, req, r)
+	if err != nil {
+		return err
+	}
+	st.digest = d.digest
+	if err := p.findVerdict(ctx, d); err != nil {
+		return err
+	}
+	if err := p.loadBytes(ctx, d, r.Method == http.MethodGet); err != nil {
+		return err
+	}
+	if err := p.checkBytes(d); err != nil {
+		return err
+	}
+	p.decide(d)
+	if !d.verdict.Served() {
+		return deniedError(d.mr, d.desc.Digest, d.verdict)
+	}
+	p.keep(d)
+	p.writeManifest(w, r, d)
+	return nil
+}
 
-	var desc v1.Descriptor
-	var have *verify.Manifest
+// resolveManifest fixes the digest the request is about: the one asked
+// for, or the one the upstream resolves the tag to.
+func (p *Proxy) resolveManifest(ctx context.Context, mr manifestReq, req apiRequest, r *http.Request) (*manifestDecision, error) {
+	d := &manifestDecision{mr: mr}
 	if req.isTag {
-		d, m, err := p.resolveTag(ctx, u, repo, req.ref, accept)
+		desc, m, err := p.resolveTag(ctx, mr.u, mr.repo, req.ref, acceptList(r))
 		if err != nil {
-			return p.upstreamFailure(ctx, u, err, CodeManifestUnknown, "resolve")
+			return nil, p.upstreamFailure(ctx, mr.u, err, CodeManifestUnknown, "resolve")
 		}
-		if _, perr := parseDigest(d.Digest.String()); perr != nil {
-			p.metrics.upstreamErrors.WithLabelValues(u.name, "invalid").Inc()
-			return errorf(http.StatusBadGateway, CodeUnknown, "upstream %s resolved %q to an unusable digest", u.name, req.ref)
+		if _, perr := parseDigest(desc.Digest.String()); perr != nil {
+			p.metrics.upstreamErrors.WithLabelValues(mr.u.name, "invalid").Inc()
+			return nil, errorf(http.StatusBadGateway, CodeUnknown, "upstream %s resolved %q to an unusable digest", mr.u.name, req.ref)
 		}
-		desc, have = d, m
+		d.desc, d.manifest = desc, m
 	} else {
-		desc.Digest = req.digest
+		d.desc.Digest = req.digest
 	}
-	digest := desc.Digest
-	st.digest = digest.String()
-	key := verdictKey(p.verifier.Fingerprint(), u.name, repo, digest)
+	d.digest = d.desc.Digest.String()
+	d.fingerprint = p.verifier.Fingerprint()
+	d.key = verdictKey(d.fingerprint, mr.u.name, mr.repo, d.desc.Digest)
+	return d, nil
+}
 
-	var (
-		verdict   verify.Verdict
-		known     bool
-		cached    bool
-		coveredBy string
-	)
-	var mFromCache bool
-	if ce, ok := p.coverage.get(key); ok {
-		verdict, known, cached, coveredBy = ce.verdict, true, true, ce.parent
-	} else if vc := p.opts.verdicts; vc != nil {
-		if v, ok := vc.Get(key); ok {
-			p.metrics.verdictCache.WithLabelValues("hit").Inc()
-			verdict, known, cached = v, true, true
-		} else {
-			p.metrics.verdictCache.WithLabelValues("miss").Inc()
-		}
+// findVerdict takes the verdict of an index covering the manifest, else
+// the cached one, else has the manifest verified.
+func (p *Proxy) findVerdict(ctx context.Context, d *manifestDecision) error {
+	if err := p.covered(ctx, d); err != nil || d.source != sourceNone {
+		return err
 	}
+	if p.cachedVerdict(d) {
+		return nil
+	}
+	return p.verifyManifest(ctx, d)
+}
 
-	var m *verify.Manifest
-	if known {
-		if have == nil && p.opts.manifests != nil {
-			if cm, ok := p.opts.manifests.Get(digest.String()); ok && cm.Digest == digest {
-				have, mFromCache = &cm, true
-			}
-		}
-		m = have
-		needBytes := r.Method == http.MethodGet || (m == nil && desc.Size <= 0) || coveredBy != ""
-		if verdict.Served() && m == nil && needBytes {
-			got, fromCache, err := p.manifestBytes(ctx, u, repo, digest, nil)
-			if err != nil {
-				return p.fetchFailure(ctx, mr, digest, err)
-			}
-			m, mFromCache = &got, fromCache
-		}
-	} else {
-		res, err := p.verifyShared(ctx, mr, key, digest, have)
-		if err != nil {
-			var fe *fetchError
-			if errors.As(err, &fe) {
-				return p.fetchFailure(ctx, mr, digest, fe.err)
-			}
-			var ve *verifyError
-			if errors.As(err, &ve) {
-				return p.verificationFailure(mr, digest, ve.err)
-			}
-			if ctx.Err() != nil {
-				return clientGone(ctx)
-			}
-			return err
-		}
-		verdict, cached, m, mFromCache = res.verdict, res.cached, &res.manifest, res.fromCache
+// covered gives d the verdict of a served index that lists it, when there
+// is one and d, matched on its own repository and artifact type, falls in
+// that index's boundary. Otherwise d is left to be decided on its own, so
+// that an index allowed under one boundary never lets through a child that
+// another boundary (say, one for models, asking for more evidence) would
+// deny. Knowing the artifact type takes the child's bytes, which a covered
+// child needs anyway: they are served and open its blobs.
+func (p *Proxy) covered(ctx context.Context, d *manifestDecision) error {
+	ce, ok := p.coverage.get(d.key)
+	if !ok {
+		return nil
 	}
+	if err := p.fetchBytes(ctx, d); err != nil {
+		return err
+	}
+	if err := p.checkDigest(d); err != nil {
+		return err
+	}
+	pm, err := p.parse(d.manifest)
+	if err != nil {
+		// Decided on its own, which denies what does not parse.
+		return nil
+	}
+	d.parsed = pm
+	b, ok := p.verifier.BoundaryName(d.mr.u.name, d.mr.repo, pm.artifactType)
+	if ok && ce.boundary != "" && b == ce.boundary {
+		d.verdict, d.source, d.coveredBy = ce.verdict, sourceCoverage, ce.parent
+	}
+	return nil
+}
 
-	var pm *parsedManifest
-	if m != nil && verdict.Served() {
-		// Bytes from the manifest cache were hashed when they were added;
-		// anything else is re-checked here, right before it is served.
-		if !mFromCache && !digestMatches(digest, m.Bytes) {
-			// The caches and the upstream client promise checked bytes;
-			// if that is ever broken, nothing is served.
-			p.log.Error("manifest bytes do not match their digest", zap.String("digest", digest.String()))
-			return errors.New("manifest digest mismatch")
-		}
-		parsed, err := p.parse(m)
-		if err != nil {
-			// Only reachable for content that was never verified on its
-			// own (an index child): it is refused like any malformed one.
-			verdict = malformedVerdict(digest, err)
-		} else {
-			pm = parsed
-		}
+// cachedVerdict takes d's verdict from the verdict cache.
+func (p *Proxy) cachedVerdict(d *manifestDecision) bool {
+	vc := p.opts.verdicts
+	if vc == nil {
+		return false
 	}
+	v, ok := vc.Get(d.key)
+	if !ok {
+		p.metrics.verdictCache.WithLabelValues("miss").Inc()
+		return false
+	}
+	p.metrics.verdictCache.WithLabelValues("hit").Inc()
+	d.verdict, d.source = v, sourceCache
+	return true
+}
 
-	p.decide(mr, digest, verdict, cached, coveredBy)
-	if !verdict.Served() {
-		return deniedError(mr, digest, verdict)
-	}
-	if pm != nil {
-		p.remember(mr, digest, verdict, pm)
-		if p.opts.manifests != nil && !mFromCache {
-			p.opts.manifests.Add(*m)
+// verifyManifest has d decided by the Verifier, shared with every
+// concurrent request for the same key. A failure to decide fails closed.
+func (p *Proxy) verifyManifest(ctx context.Context, d *manifestDecision) error {
+	res, err := p.verifyShared(ctx, d.mr, d.key, d.desc.Digest, d.manifest)
+	if err != nil {
+		var fe *fetchError
+		if errors.As(err, &fe) {
+			return p.fetchFailure(ctx, d.mr, d.desc.Digest, fe.err)
 		}
+		var ve *verifyError
+		if errors.As(err, &ve) {
+			return p.verificationFailure(d.mr, d.desc.Digest, ve.err)
+		}
+		if ctx.Err() != nil {
+			return clientGone(ctx)
+		}
+		return err
 	}
+	d.verdict, d.source = res.verdict, sourceVerified
+	if res.cached {
+		d.source = sourceCache
+	}
+	// The flight's bytes may be another request's: they are checked again
+	// unless they came from the manifest cache.
+	d.manifest, d.fromCache, d.bytesChecked, d.parsed = &res.manifest, res.fromCache, res.fromCache, nil
+	return nil
+}
 
+// loadBytes brings the bytes a served answer needs and does not have yet:
+// a GET's body, and a HEAD's Content-Type and Content-Length when the tag
+// resolution gave none. The manifest cache is always asked, since bytes in
+// hand also open the manifest's blobs; the upstream only when needed.
+func (p *Proxy) loadBytes(ctx context.Context, d *manifestDecision, get bool) error {
+	if d.manifest != nil || !d.verdict.Served() {
+		return nil
+	}
+	if p.fromManifestCache(d) || (!get && d.desc.Size > 0) {
+		return nil
+	}
+	return p.fetchBytes(ctx, d)
+}
+
+// fetchBytes makes sure d has its bytes: from the manifest cache, else from
+// the upstream by digest.
+func (p *Proxy) fetchBytes(ctx context.Context, d *manifestDecision) error {
+	if d.manifest != nil || p.fromManifestCache(d) {
+		return nil
+	}
+	m, fromCache, err := p.manifestBytes(ctx, d.mr.u, d.mr.repo, d.desc.Digest, nil)
+	if err != nil {
+		return p.fetchFailure(ctx, d.mr, d.desc.Digest, err)
+	}
+	d.manifest, d.fromCache, d.bytesChecked = &m, fromCache, fromCache
+	return nil
+}
+
+func (p *Proxy) fromManifestCache(d *manifestDecision) bool {
+	mc := p.opts.manifests
+	if mc == nil {
+		return false
+	}
+	m, ok := mc.Get(d.digest)
+	if !ok || m.Digest != d.desc.Digest {
+		return false
+	}
+	// The cache only holds bytes checked when they were added.
+	d.manifest, d.fromCache, d.bytesChecked = &m, true, true
+	return true
+}
+
+// checkBytes runs right before a served manifest is written: its bytes must
+// hash to the digest, and they are parsed for the blobs and children they
+// open.
+func (p *Proxy) checkBytes(d *manifestDecision) error {
+	if d.manifest == nil || !d.verdict.Served() {
+		return nil
+	}
+	if err := p.checkDigest(d); err != nil {
+		return err
+	}
+	if d.parsed != nil {
+		return nil
+	}
+	pm, err := p.parse(d.manifest)
+	if err != nil {
+		// The verdict is about the digest; bytes served under another
+		// media type than the verified ones may still not parse.
+		d.verdict = malformedVerdict(d.desc.Digest, err)
+		return nil
+	}
+	d.parsed = pm
+	return nil
+}
+
+// checkDigest hashes bytes that did not come from the manifest cache.
+// The upstream client has already checked them; should that promise ever
+// break, nothing is served and the refusal is recorded like any other
+// decision. It is a 403, not a 5xx: a runtime answered 5xx tries the next
+// mirror or the origin, around the proxy.
+func (p *Proxy) checkDigest(d *manifestDecision) error {
+	if d.bytesChecked {
+		return nil
+	}
+	if !digestMatches(d.desc.Digest, d.manifest.Bytes) {
+		p.metrics.verificationErrors.WithLabelValues("digest").Inc()
+		p.log.Error("manifest bytes do not match their digest", zap.String("digest", d.digest),
+			zap.String("upstream", d.mr.u.name), zap.String("repository", d.mr.repo))
+		return p.failClosed(d.mr, d.desc.Digest, "digest", fmt.Errorf("manifest bytes do not match %s", d.digest))
+	}
+	d.bytesChecked = true
+	return nil
+}
+
+// keep remembers what a served manifest vouches for and keeps its bytes
+// for the next pull.
+func (p *Proxy) keep(d *manifestDecision) {
+	if d.parsed == nil {
+		return
+	}
+	p.remember(d)
+	if p.opts.manifests != nil && !d.fromCache {
+		p.opts.manifests.Add(*d.manifest)
+	}
+}
+
+func (p *Proxy) writeManifest(w http.ResponseWriter, r *http.Request, d *manifestDecision) {
 	h := w.Header()
-	h.Set("Docker-Content-Digest", digest.String())
-	h.Set("ETag", `"`+digest.String()+`"`)
+	h.Set("Docker-Content-Digest", d.digest)
+	h.Set("ETag", `"`+d.digest+`"`)
+	m := d.manifest
 	if m != nil {
 		mt := m.MediaType
-		if pm != nil {
-			mt = pm.mediaType
+		if d.parsed != nil {
+			mt = d.parsed.mediaType
 		}
 		h.Set("Content-Type", string(mt))
 		h.Set("Content-Length", strconv.Itoa(len(m.Bytes)))
 	} else {
-		h.Set("Content-Type", string(desc.MediaType))
-		h.Set("Content-Length", strconv.FormatInt(desc.Size, 10))
+		h.Set("Content-Type", string(d.desc.MediaType))
+		h.Set("Content-Length", strconv.FormatInt(d.desc.Size, 10))
 	}
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {
 		_, _ = w.Write(m.Bytes)
 	}
-	return nil
 }
 
 // parse parses a manifest once per digest and media type; the parsed form
@@ -331,7 +490,7 @@ func (p *Proxy) manifestBytes(ctx context.Context, u *upstreamEntry, repo string
 			return m, true, nil
 		}
 	}
-	m, err = u.client.GetManifest(ctx, repo, digest.String(), nil)
+	m, err = u.manifests.GetManifest(ctx, repo, digest.String(), nil)
 	if err != nil {
 		return verify.Manifest{}, false, err
 	}
@@ -345,23 +504,46 @@ func (p *Proxy) manifestBytes(ctx context.Context, u *upstreamEntry, repo string
 }
 
 // remember records what a served manifest vouches for: an index's children
-// (served later under its verdict) and an image's blobs (blob gating).
-func (p *Proxy) remember(mr manifestReq, digest v1.Hash, v verify.Verdict, pm *parsedManifest) {
-	fp := p.verifier.Fingerprint()
+// (see cover) and an image's blobs (blob gating).
+func (p *Proxy) remember(d *manifestDecision) {
+	pm, u, repo := d.parsed, d.mr.u.name, d.mr.repo
 	if pm.index {
-		for _, c := range pm.children {
-			p.coverage.add(verdictKey(fp, mr.u.name, mr.repo, c), coverEntry{parent: digest.String(), verdict: v})
-		}
+		p.cover(d)
 		return
 	}
-	p.blobs.add(blobKey(mr.u.name, mr.repo, pm.config), struct{}{})
+	p.blobs.add(blobKey(u, repo, pm.config), struct{}{})
 	for _, l := range pm.layers {
-		p.blobs.add(blobKey(mr.u.name, mr.repo, l), struct{}{})
+		p.blobs.add(blobKey(u, repo, l), struct{}{})
+	}
+}
+
+// cover lets the children an index lists be served on its verdict. Only an
+// enforce-mode allow in a named boundary covers anything: a warn-mode
+// verdict (allowed or not) would let a child skip its own would-be denial.
+// Coverage is keyed like the verdict (policy and trust fingerprint,
+// upstream, repository, digest) and ends when the verdict it rests on
+// does, the coverage TTL after the verdict was decided.
+func (p *Proxy) cover(d *manifestDecision) {
+	v := d.verdict
+	if !v.Allowed || v.Mode != verify.ModeEnforce || v.Boundary == "" {
+		return
+	}
+	expires := p.coverage.now().Add(p.opts.coverageTTL)
+	if !v.CheckedAt.IsZero() {
+		if end := v.CheckedAt.Add(p.opts.coverageTTL); end.Before(expires) {
+			expires = end
+		}
+	}
+	e := coverEntry{parent: d.digest, boundary: v.Boundary, verdict: v}
+	for _, c := range d.parsed.children {
+		p.coverage.addUntil(verdictKey(d.fingerprint, d.mr.u.name, d.mr.repo, c), e, expires)
 	}
 }
 
 // decide reports a decision: audit event, metrics, drift and the ring.
-func (p *Proxy) decide(mr manifestReq, digest v1.Hash, v verify.Verdict, cached bool, coveredBy string) {
+func (p *Proxy) decide(md *manifestDecision) {
+	v, mr := md.verdict, md.mr
+	cached := md.source == sourceCache || md.source == sourceCoverage
 	decision := "deny"
 	switch {
 	case v.Allowed:
@@ -369,7 +551,7 @@ func (p *Proxy) decide(mr manifestReq, digest v1.Hash, v verify.Verdict, cached 
 	case v.Served():
 		decision = "warn"
 	}
-	dk := strings.Join([]string{mr.u.name, mr.repo, digest.String()}, "\x00")
+	dk := mr.u.name + "\x00" + mr.repo + "\x00" + md.digest
 	prev, seen := p.lastAllowed.Get(dk)
 	drift := seen && prev && !v.Allowed
 	p.lastAllowed.Add(dk, v.Allowed)
@@ -381,23 +563,22 @@ func (p *Proxy) decide(mr manifestReq, digest v1.Hash, v verify.Verdict, cached 
 		mode = verify.ModeEnforce
 	}
 	p.metrics.decisions.WithLabelValues(v.Boundary, decision, string(mode), strconv.FormatBool(cached)).Inc()
-	d := Decision{
+	p.record(Decision{
 		Time:       time.Now().UTC(),
 		Client:     mr.client,
 		Upstream:   mr.u.name,
 		Repository: mr.repo,
 		Reference:  mr.ref,
-		Digest:     digest.String(),
+		Digest:     md.digest,
 		Boundary:   v.Boundary,
 		Decision:   decision,
 		Mode:       mode,
 		Signers:    v.Signers,
 		Reasons:    v.Reasons,
 		Cached:     cached,
-		CoveredBy:  coveredBy,
+		CoveredBy:  md.coveredBy,
 		Drift:      drift,
-	}
-	p.record(d)
+	})
 }
 
 func (p *Proxy) record(d Decision) {

@@ -18,6 +18,7 @@ type options struct {
 	blobGating      bool
 	tagTTL          time.Duration
 	verifyTimeout   time.Duration
+	coverageTTL     time.Duration
 	registerer      prometheus.Registerer
 }
 
@@ -26,6 +27,7 @@ func defaultOptions() options {
 		logger:        zap.NewNop(),
 		blobGating:    true,
 		verifyTimeout: 60 * time.Second,
+		coverageTTL:   10 * time.Minute,
 	}
 }
 
@@ -111,6 +113,21 @@ func WithVerifyTimeout(d time.Duration) Option {
 			return errors.New("verify timeout must be positive")
 		}
 		o.verifyTimeout = d
+		return nil
+	}
+}
+
+// WithCoverageTTL bounds how long an allowed index covers the children it
+// lists: a child in the index's boundary is served on the index's verdict
+// until d after that verdict was decided. Set it to the verdict cache's
+// allow TTL so coverage lives exactly as long as the verdict it rests on.
+// 0 turns coverage off: every child is verified on its own. Default: 10m.
+func WithCoverageTTL(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return errors.New("negative coverage TTL")
+		}
+		o.coverageTTL = d
 		return nil
 	}
 }

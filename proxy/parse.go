@@ -2,13 +2,10 @@ package proxy
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"strings"
 
@@ -235,20 +232,9 @@ func walkValue(dec *json.Decoder, depth int, freeKeys bool) error {
 	}
 }
 
-func hasherFor(alg string) (hash.Hash, error) {
-	switch alg {
-	case "sha256":
-		return sha256.New(), nil
-	case "sha512":
-		return sha512.New(), nil
-	default:
-		return nil, fmt.Errorf("unsupported digest algorithm %q", alg)
-	}
-}
-
 // digestMatches recomputes the digest of b.
 func digestMatches(d v1.Hash, b []byte) bool {
-	h, err := hasherFor(d.Algorithm)
+	h, err := v1.Hasher(d.Algorithm)
 	if err != nil {
 		return false
 	}

@@ -23,7 +23,6 @@ import (
 // Bounds of the in-memory indexes the proxy keeps.
 const (
 	coverageSize    = 100_000
-	coverageTTL     = 10 * time.Minute
 	blobAllowSize   = 100_000
 	blobAllowTTL    = 10 * time.Minute
 	tagCacheSize    = 10_000
@@ -46,7 +45,8 @@ type Proxy struct {
 	gatherer prometheus.Gatherer
 
 	flights singleflight.Group
-	// coverage maps a child manifest to the served index that lists it.
+	// coverage maps a child manifest's verdict key to the served index
+	// that lists it, while that index's verdict lasts.
 	coverage *ttlCache[string, coverEntry]
 	// blobs holds the blobs referenced by manifests served per repository.
 	blobs *ttlCache[string, struct{}]
@@ -84,7 +84,7 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		opts:     o,
 		log:      o.logger,
 		audit:    o.logger.Named("audit"),
-		coverage: newTTLCache[string, coverEntry](coverageSize, coverageTTL),
+		coverage: newTTLCache[string, coverEntry](coverageSize, o.coverageTTL),
 		blobs:    newTTLCache[string, struct{}](blobAllowSize, blobAllowTTL),
 	}
 	p.bufPool.New = func() any { b := make([]byte, blobBufferSize); return &b }
@@ -141,7 +141,7 @@ func newRouter(upstreams []Upstream, o options) (*router, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstream %q: %w", u.Name, err)
 		}
-		e := &upstreamEntry{name: u.Name, client: c}
+		e := &upstreamEntry{name: u.Name, client: c, manifests: c}
 		for _, k := range append([]string{u.Name}, u.Aliases...) {
 			k = strings.ToLower(k)
 			if slices.Contains(e.keys, k) {

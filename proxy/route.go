@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -10,6 +11,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/portcullis-oci/portcullis/proxy/internal/names"
 	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
+	"github.com/portcullis-oci/portcullis/verify"
 )
 
 // Limits and grammars from the OCI distribution specification.
@@ -160,35 +162,20 @@ func validateName(name string) *Error {
 	return nil
 }
 
-// parseDigest accepts only the algorithms the proxy can check itself.
+// parseDigest accepts only the algorithms the proxy can check itself: those
+// go-containerregistry can hash (sha256, sha512), with lower-case hex of
+// the algorithm's length.
 func parseDigest(s string) (v1.Hash, *Error) {
-	alg, hex, ok := strings.Cut(s, ":")
-	if !ok || !algRE.MatchString(alg) || hex == "" {
-		return v1.Hash{}, errorf(http.StatusBadRequest, CodeDigestInvalid, "invalid digest %q", truncate(s, 140))
+	h, err := v1.NewHash(s)
+	if err == nil {
+		return h, nil
 	}
-	var want int
-	switch alg {
-	case "sha256":
-		want = 64
-	case "sha512":
-		want = 128
-	default:
-		return v1.Hash{}, errorf(http.StatusBadRequest, CodeDigestInvalid, "unsupported digest algorithm %q", truncate(alg, 32))
-	}
-	if len(hex) != want || !isLowerHex(hex) {
-		return v1.Hash{}, errorf(http.StatusBadRequest, CodeDigestInvalid, "invalid digest %q", truncate(s, 140))
-	}
-	return v1.Hash{Algorithm: alg, Hex: hex}, nil
-}
-
-func isLowerHex(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
+	if alg, hex, ok := strings.Cut(s, ":"); ok && hex != "" && algRE.MatchString(alg) {
+		if _, herr := v1.Hasher(alg); herr != nil {
+			return v1.Hash{}, errorf(http.StatusBadRequest, CodeDigestInvalid, "unsupported digest algorithm %q", truncate(alg, 32))
 		}
 	}
-	return true
+	return v1.Hash{}, errorf(http.StatusBadRequest, CodeDigestInvalid, "invalid digest %q", truncate(s, 140))
 }
 
 func truncate(s string, n int) string {
@@ -204,6 +191,16 @@ type upstreamEntry struct {
 	keys      []string // Name, then aliases, de-duplicated
 	dockerHub bool     // library/ is implied for single-component names
 	client    *upstream.Client
+	// manifests is where manifest bytes are fetched by digest: client,
+	// except in tests that need an upstream client breaking its promise
+	// of checked bytes.
+	manifests manifestGetter
+}
+
+// manifestGetter fetches a manifest whose bytes it has checked against ref
+// when ref is a digest. *upstream.Client satisfies it.
+type manifestGetter interface {
+	GetManifest(ctx context.Context, repo, ref string, accept []string) (verify.Manifest, error)
 }
 
 // router maps ?ns= values and path prefixes to upstreams. Keys are lookup

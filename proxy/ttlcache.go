@@ -12,6 +12,8 @@ import (
 type ttlCache[K comparable, V any] struct {
 	c   *lru.Cache[K, ttlEntry[V]]
 	ttl time.Duration
+	// now is the clock; tests replace it before first use.
+	now func() time.Time
 }
 
 type ttlEntry[V any] struct {
@@ -25,11 +27,23 @@ func newTTLCache[K comparable, V any](size int, ttl time.Duration) *ttlCache[K, 
 		// Only a non-positive size fails; sizes are constants.
 		panic(err)
 	}
-	return &ttlCache[K, V]{c: c, ttl: ttl}
+	return &ttlCache[K, V]{c: c, ttl: ttl, now: time.Now}
 }
 
 func (t *ttlCache[K, V]) add(k K, v V) {
-	t.c.Add(k, ttlEntry[V]{v: v, expires: time.Now().Add(t.ttl)})
+	t.c.Add(k, ttlEntry[V]{v: v, expires: t.now().Add(t.ttl)})
+}
+
+// addUntil stores v until expires, never longer than the cache's TTL.
+func (t *ttlCache[K, V]) addUntil(k K, v V, expires time.Time) {
+	now := t.now()
+	if limit := now.Add(t.ttl); expires.After(limit) {
+		expires = limit
+	}
+	if !now.Before(expires) {
+		return
+	}
+	t.c.Add(k, ttlEntry[V]{v: v, expires: expires})
 }
 
 func (t *ttlCache[K, V]) get(k K) (V, bool) {
@@ -38,7 +52,7 @@ func (t *ttlCache[K, V]) get(k K) (V, bool) {
 		var zero V
 		return zero, false
 	}
-	if time.Now().After(e.expires) {
+	if !t.now().Before(e.expires) {
 		// Left for the LRU bound to evict: removing here could race with
 		// a concurrent add of a fresh entry.
 		var zero V

@@ -75,6 +75,9 @@ func newProxy(cfg *config.Config, eng *verify.Engine, logger *zap.Logger, extra 
 		proxy.WithBlobGating(!cfg.InsecureDisableBlobGating),
 		proxy.WithTagTTL(cfg.Cache.TagTTL.D()),
 		proxy.WithVerifyTimeout(cfg.VerifyTimeout.D()),
+		// An index covers its children exactly as long as its allow
+		// verdict is cached.
+		proxy.WithCoverageTTL(cfg.Cache.AllowTTL.D()),
 	}
 	if cfg.DefaultUpstream != "" {
 		opts = append(opts, proxy.WithDefaultUpstream(cfg.DefaultUpstream))
