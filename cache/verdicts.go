@@ -3,6 +3,7 @@ package cache
 import (
 	"encoding/hex"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -71,8 +72,8 @@ func newVerdicts(size int, allowTTL, denyTTL time.Duration, now func() time.Time
 
 // Get returns the verdict stored under key if it has not expired.
 //
-// The Reasons and Lineage of the result share storage with the cache and
-// must not be modified.
+// The Reasons and Lineage of the result (and any other slice the cache
+// keeps verbatim) share storage with the cache and must not be modified.
 func (c *Verdicts) Get(key string) (verify.Verdict, bool) {
 	now := c.clock()
 	c.mu.Lock()
@@ -94,8 +95,8 @@ func (c *Verdicts) Get(key string) (verify.Verdict, bool) {
 // Add stores v under key, replacing any previous verdict for key. Its
 // lifetime is the allow TTL when v.Allowed, else the deny TTL.
 //
-// The cache keeps v's Reasons and Lineage; the caller must not modify them
-// afterwards.
+// The cache keeps v's Reasons, Lineage and any other slice it cannot
+// compact; the caller must not modify them afterwards.
 func (c *Verdicts) Add(key string, v verify.Verdict) {
 	ttl := c.denyTTL
 	if v.Allowed {
@@ -176,10 +177,40 @@ const (
 // verdictExtra holds the parts of a verdict that are absent from the
 // common case.
 type verdictExtra struct {
-	digest      string // when not representable as sum
-	moreSigners []unique.Handle[verify.Signer]
-	reasons     []string
-	lineage     []verify.Dependency
+	moreSigners  []unique.Handle[verify.Signer]
+	attestations []attestationEntry
+	reasons      []string
+	lineage      []verify.Dependency
+	artifact     unique.Handle[string] // zero when the verdict has none
+	// rest is the verdict with every field held in compact form zeroed,
+	// when anything is left: a digest that is not sha256, an empty but
+	// non-nil slice, an attestation that does not survive compaction, and
+	// any field Verdict gains later. A field is therefore kept verbatim
+	// unless this file knows how to hold it, never dropped.
+	rest *verify.Verdict
+}
+
+// attestationEntry is a verify.AttestationResult with its rule, predicate
+// type and signer interned: a boundary's verdicts repeat them.
+type attestationEntry struct {
+	names  unique.Handle[attestationNames]
+	signer unique.Handle[verify.Signer]
+	time   time.Time
+}
+
+type attestationNames struct{ rule, predicateType, name string }
+
+func compactAttestation(a verify.AttestationResult) attestationEntry {
+	return attestationEntry{
+		names:  unique.Make(attestationNames{a.Rule, a.PredicateType, a.Name}),
+		signer: unique.Make(a.Signer),
+		time:   a.Time,
+	}
+}
+
+func (a attestationEntry) result() verify.AttestationResult {
+	n := a.names.Value()
+	return verify.AttestationResult{Rule: n.rule, PredicateType: n.predicateType, Name: n.name, Signer: a.signer.Value(), Time: a.time}
 }
 
 const (
@@ -194,68 +225,111 @@ func compactVerdict(v verify.Verdict, expires int64) verdictEntry {
 		boundary:  unique.Make(v.Boundary),
 		mode:      unique.Make(v.Mode),
 	}
+	// rest starts as the whole verdict; each field moved into the compact
+	// form is zeroed in it.
+	rest := v
+	rest.Allowed, rest.Mode, rest.Boundary, rest.CheckedAt = false, "", "", time.Time{}
 	if v.Allowed {
 		e.flags |= flagAllowed
 	}
-	var x verdictExtra
 	if sum, ok := parseSHA256(v.Digest); ok {
 		e.sum = sum
 		e.flags |= flagSHA256
-	} else {
-		x.digest = v.Digest
+		rest.Digest = ""
 	}
+	// Empty slices stay in rest, so that nil and empty come back as given.
+	var x verdictExtra
 	if len(v.Signers) > 0 {
+		rest.Signers = nil
 		e.signer = unique.Make(v.Signers[0])
 		e.flags |= flagSigner
-		if rest := v.Signers[1:]; len(rest) > 0 {
-			x.moreSigners = make([]unique.Handle[verify.Signer], len(rest))
-			for i, s := range rest {
+		if tail := v.Signers[1:]; len(tail) > 0 {
+			x.moreSigners = make([]unique.Handle[verify.Signer], len(tail))
+			for i, s := range tail {
 				x.moreSigners[i] = unique.Make(s)
 			}
 		}
 	}
+	if len(v.Attestations) > 0 {
+		x.attestations = make([]attestationEntry, len(v.Attestations))
+		for i, a := range v.Attestations {
+			x.attestations[i] = compactAttestation(a)
+			// A field of AttestationResult this file does not know of
+			// would not survive; such a list is kept verbatim instead.
+			if x.attestations[i].result() != a {
+				x.attestations = nil
+				break
+			}
+		}
+		if x.attestations != nil {
+			rest.Attestations = nil
+		}
+	}
+	// A caller appending to a slice it got back must not write into the
+	// cache's storage.
 	if len(v.Reasons) > 0 {
-		x.reasons = slices.Clip(v.Reasons)
+		x.reasons, rest.Reasons = slices.Clip(v.Reasons), nil
 	}
 	if len(v.Lineage) > 0 {
-		x.lineage = slices.Clip(v.Lineage)
+		x.lineage, rest.Lineage = slices.Clip(v.Lineage), nil
 	}
-	if x.digest != "" || x.moreSigners != nil || x.reasons != nil || x.lineage != nil {
+	if v.Artifact != "" {
+		x.artifact, rest.Artifact = unique.Make(v.Artifact), ""
+	}
+	if !reflect.ValueOf(&rest).Elem().IsZero() {
+		rest.Attestations = slices.Clip(rest.Attestations)
+		x.rest = &rest
+	}
+	if x.moreSigners != nil || x.attestations != nil || x.reasons != nil || x.lineage != nil ||
+		x.artifact != (unique.Handle[string]{}) || x.rest != nil {
 		e.extra = &x
 	}
 	return e
 }
 
 func (e *verdictEntry) verdict() verify.Verdict {
-	v := verify.Verdict{
-		Allowed:   e.flags&flagAllowed != 0,
-		Mode:      e.mode.Value(),
-		Boundary:  e.boundary.Value(),
-		CheckedAt: e.checkedAt,
+	var v verify.Verdict
+	x := e.extra
+	if x != nil && x.rest != nil {
+		v = *x.rest
 	}
+	v.Allowed = e.flags&flagAllowed != 0
+	v.Mode = e.mode.Value()
+	v.Boundary = e.boundary.Value()
+	v.CheckedAt = e.checkedAt
 	if e.flags&flagSHA256 != 0 {
 		v.Digest = formatSHA256(e.sum)
 	}
-	n := 0
 	if e.flags&flagSigner != 0 {
-		n = 1
-	}
-	if x := e.extra; x != nil {
-		if e.flags&flagSHA256 == 0 {
-			v.Digest = x.digest
+		n := 1
+		if x != nil {
+			n += len(x.moreSigners)
 		}
-		n += len(x.moreSigners)
-		v.Reasons = x.reasons
-		v.Lineage = x.lineage
-	}
-	if n > 0 {
 		v.Signers = make([]verify.Signer, 0, n)
 		v.Signers = append(v.Signers, e.signer.Value())
-		if e.extra != nil {
-			for _, h := range e.extra.moreSigners {
+		if x != nil {
+			for _, h := range x.moreSigners {
 				v.Signers = append(v.Signers, h.Value())
 			}
 		}
+	}
+	if x == nil {
+		return v
+	}
+	if x.attestations != nil {
+		v.Attestations = make([]verify.AttestationResult, len(x.attestations))
+		for i, a := range x.attestations {
+			v.Attestations[i] = a.result()
+		}
+	}
+	if x.reasons != nil {
+		v.Reasons = x.reasons
+	}
+	if x.lineage != nil {
+		v.Lineage = x.lineage
+	}
+	if x.artifact != (unique.Handle[string]{}) {
+		v.Artifact = x.artifact.Value()
 	}
 	return v
 }

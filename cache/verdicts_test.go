@@ -258,6 +258,11 @@ func TestVerdictsRoundTrip(t *testing.T) {
 		{"short digest", allow("sha256:abcd")},
 		{"no digest", allow("")},
 		{"no signers", func() verify.Verdict { v := allow(sha256Digest("n")); v.Signers = nil; return v }()},
+		{"empty slices", func() verify.Verdict {
+			v := deny(sha256Digest("e"))
+			v.Signers, v.Reasons, v.Lineage, v.Attestations = []verify.Signer{}, []string{}, []verify.Dependency{}, []verify.AttestationResult{}
+			return v
+		}()},
 		{"local time", func() verify.Verdict {
 			v := allow(sha256Digest("t"))
 			v.CheckedAt = time.Date(2025, 6, 1, 12, 0, 0, 0, time.FixedZone("X", 3600))
@@ -332,43 +337,185 @@ func TestVerdictsConcurrent(t *testing.T) {
 // verdicts retains. Keys are 64-hex strings as the proxy builds them; each
 // verdict carries freshly allocated strings, as one decoded from a
 // certificate would, so that only the cache's own sharing is measured.
+// "image" is the common case, one keyless signer; "model" adds what a
+// model boundary records: its artifact kind and two attestations.
 func BenchmarkVerdictsMemory(b *testing.B) {
-	const n = 100_000
-	var retained float64
-	for b.Loop() {
-		var before, after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
-		c, err := cache.NewVerdicts(n, time.Hour, time.Minute)
-		if err != nil {
-			b.Fatal(err)
+	signer := func() verify.Signer {
+		return verify.Signer{
+			Authority: strings.Clone("ci"),
+			Kind:      strings.Clone("keyless"),
+			Identity:  strings.Clone("https://github.com/acme/models/.github/workflows/release.yml@refs/heads/main"),
+			Issuer:    strings.Clone("https://token.actions.githubusercontent.com"),
+			Evidence:  strings.Clone("sigstore-bundle"),
 		}
-		for i := range n {
-			key := sha256.Sum256(fmt.Appendf(nil, "fingerprint|docker.io|ml/model|%d", i))
-			digest := sha256.Sum256(fmt.Appendf(nil, "manifest %d", i))
-			c.Add(hex.EncodeToString(key[:]), verify.Verdict{
-				Allowed:  true,
-				Mode:     verify.ModeEnforce,
-				Boundary: strings.Clone("models"),
-				Digest:   "sha256:" + hex.EncodeToString(digest[:]),
-				Signers: []verify.Signer{{
-					Authority: strings.Clone("ci"),
-					Kind:      strings.Clone("keyless"),
-					Identity:  strings.Clone("https://github.com/acme/models/.github/workflows/release.yml@refs/heads/main"),
-					Issuer:    strings.Clone("https://token.actions.githubusercontent.com"),
-					Evidence:  strings.Clone("sigstore-bundle"),
-				}},
-				CheckedAt: time.Now(),
-			})
-		}
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		if c.Len() != n {
-			b.Fatalf("Len = %d, want %d", c.Len(), n)
-		}
-		runtime.KeepAlive(c)
-		retained += float64(after.HeapAlloc) - float64(before.HeapAlloc)
 	}
-	b.ReportMetric(retained/float64(b.N), "heap-bytes/100k")
-	b.ReportMetric(retained/float64(b.N)/(1<<20), "MiB/100k")
+	image := func(i int) verify.Verdict {
+		digest := sha256.Sum256(fmt.Appendf(nil, "manifest %d", i))
+		return verify.Verdict{
+			Allowed:   true,
+			Mode:      verify.ModeEnforce,
+			Boundary:  strings.Clone("models"),
+			Digest:    "sha256:" + hex.EncodeToString(digest[:]),
+			Signers:   []verify.Signer{signer()},
+			CheckedAt: time.Now(),
+		}
+	}
+	model := func(i int) verify.Verdict {
+		v := image(i)
+		v.Artifact = strings.Clone("model")
+		v.Attestations = []verify.AttestationResult{
+			{Rule: strings.Clone("provenance"), PredicateType: strings.Clone("https://slsa.dev/provenance/v1"), Name: strings.Clone("slsa-provenance"), Signer: signer(), Time: time.Now()},
+			{Rule: strings.Clone("model-signing"), PredicateType: strings.Clone("https://model_signing/signature/v1.0"), Name: strings.Clone("model-signing"), Signer: signer(), Time: time.Now()},
+		}
+		return v
+	}
+	for _, bc := range []struct {
+		name    string
+		verdict func(int) verify.Verdict
+	}{{"image", image}, {"model", model}} {
+		b.Run(bc.name, func(b *testing.B) {
+			const n = 100_000
+			var retained float64
+			for b.Loop() {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				c, err := cache.NewVerdicts(n, time.Hour, time.Minute)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for i := range n {
+					key := sha256.Sum256(fmt.Appendf(nil, "fingerprint|docker.io|ml/model|%d", i))
+					c.Add(hex.EncodeToString(key[:]), bc.verdict(i))
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				if c.Len() != n {
+					b.Fatalf("Len = %d, want %d", c.Len(), n)
+				}
+				runtime.KeepAlive(c)
+				retained += float64(after.HeapAlloc) - float64(before.HeapAlloc)
+			}
+			b.ReportMetric(retained/float64(b.N), "heap-bytes/100k")
+			b.ReportMetric(retained/float64(b.N)/(1<<20), "MiB/100k")
+		})
+	}
+}
+
+// TestVerdictsRoundTripEveryField fills every exported field of a Verdict,
+// recursively, with a distinct non-zero value and requires Get to return it
+// unchanged. It is built by reflection so that a field added to Verdict (or
+// to anything it holds) is covered without editing this test: a cache that
+// forgets to keep it fails here.
+func TestVerdictsRoundTripEveryField(t *testing.T) {
+	t.Parallel()
+	var full verify.Verdict
+	f := filler{t: t}
+	f.fill(reflect.ValueOf(&full).Elem(), "Verdict", 0)
+	// The compact entry holds a sha256 digest as raw bytes and everything
+	// else verbatim; both paths must keep every field.
+	withSHA256 := full
+	withSHA256.Digest = sha256Digest("every field")
+	for _, tc := range []struct {
+		name string
+		v    verify.Verdict
+	}{
+		{"opaque digest", full},
+		{"sha256 digest", withSHA256},
+		{"denied", func() verify.Verdict { v := full; v.Allowed = false; return v }()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, _ := newVerdicts(t, 10, time.Hour, time.Hour)
+			c.Add("k", tc.v)
+			got, ok := c.Get("k")
+			if !ok {
+				t.Fatal("verdict not cached")
+			}
+			if !reflect.DeepEqual(got, tc.v) {
+				gv, wv := reflect.ValueOf(got), reflect.ValueOf(tc.v)
+				for i := range wv.NumField() {
+					if !reflect.DeepEqual(gv.Field(i).Interface(), wv.Field(i).Interface()) {
+						t.Errorf("field %s lost in the cache:\n got  %+v\n want %+v",
+							wv.Type().Field(i).Name, gv.Field(i).Interface(), wv.Field(i).Interface())
+					}
+				}
+				t.Fatal("round trip changed the verdict")
+			}
+		})
+	}
+}
+
+// filler sets every exported field reachable from a value to a non-zero
+// value distinct from all others, and fails the test on a kind it cannot
+// fill, so that an unfillable new field is noticed rather than skipped.
+type filler struct {
+	t *testing.T
+	n int
+}
+
+// maxFillDepth bounds the recursion through pointers (a Dependency holds a
+// *Verdict): deep enough to fill a nested verdict completely.
+const maxFillDepth = 3
+
+var timeType = reflect.TypeFor[time.Time]()
+
+func (f *filler) fill(v reflect.Value, path string, depth int) {
+	f.t.Helper()
+	f.n++
+	switch {
+	case v.Type() == timeType:
+		v.Set(reflect.ValueOf(time.Date(2025, 1, 2, 3, 4, f.n, f.n, time.UTC)))
+		return
+	}
+	switch v.Kind() {
+	case reflect.Bool:
+		v.SetBool(true)
+	case reflect.String:
+		v.SetString(fmt.Sprintf("%s-%d", path, f.n))
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		v.SetInt(int64(f.n))
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		v.SetUint(uint64(f.n))
+	case reflect.Float32, reflect.Float64:
+		v.SetFloat(float64(f.n) + 0.5)
+	case reflect.Slice:
+		// Two elements, so that code keeping only the first is caught.
+		s := reflect.MakeSlice(v.Type(), 2, 2)
+		for i := range 2 {
+			f.fill(s.Index(i), fmt.Sprintf("%s[%d]", path, i), depth)
+		}
+		v.Set(s)
+	case reflect.Array:
+		for i := range v.Len() {
+			f.fill(v.Index(i), fmt.Sprintf("%s[%d]", path, i), depth)
+		}
+	case reflect.Map:
+		m := reflect.MakeMap(v.Type())
+		k, e := reflect.New(v.Type().Key()).Elem(), reflect.New(v.Type().Elem()).Elem()
+		f.fill(k, path+".key", depth)
+		f.fill(e, path+".value", depth)
+		m.SetMapIndex(k, e)
+		v.Set(m)
+	case reflect.Pointer:
+		if depth >= maxFillDepth {
+			return
+		}
+		p := reflect.New(v.Type().Elem())
+		f.fill(p.Elem(), path, depth+1)
+		v.Set(p)
+	case reflect.Struct:
+		for i := range v.NumField() {
+			sf := v.Type().Field(i)
+			if !sf.IsExported() {
+				f.t.Fatalf("%s.%s: cannot fill an unexported field", path, sf.Name)
+			}
+			f.fill(v.Field(i), path+"."+sf.Name, depth)
+			if v.Field(i).IsZero() && !(sf.Type.Kind() == reflect.Pointer && depth >= maxFillDepth) {
+				f.t.Fatalf("%s.%s is still zero", path, sf.Name)
+			}
+		}
+	default:
+		f.t.Fatalf("%s: cannot fill a %s", path, v.Kind())
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
@@ -14,8 +15,11 @@ import (
 // conditionals only. Client credentials are never forwarded.
 var blobRequestHeaders = []string{"Range", "If-Range", "If-None-Match", "If-Match", "If-Modified-Since", "If-Unmodified-Since"}
 
-// Response headers passed back to the client.
-var blobResponseHeaders = []string{"Content-Length", "Content-Range", "Accept-Ranges", "Content-Type", "Docker-Content-Digest", "ETag", "Last-Modified"}
+// Response headers passed back to the client. Content-Length is the
+// upstream client's checked length, Content-Range is only relayed on a 206
+// and Docker-Content-Digest is always the requested digest, so none of
+// them is copied.
+var blobResponseHeaders = []string{"Accept-Ranges", "Content-Type", "ETag", "Last-Modified"}
 
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, digest v1.Hash) error {
 	if p.opts.blobGating {
@@ -30,8 +34,20 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 		}
 	}
 	ctx := r.Context()
-	resp, err := u.client.OpenBlob(ctx, r.Method, repo, digest, hdr)
+	// The gating entry does not record the descriptor's size, so the
+	// length that bounds the stream is the upstream's own (Content-Length,
+	// Content-Range or a HEAD); the digest check still rejects any body
+	// that is not the blob.
+	resp, err := u.client.OpenBlob(ctx, r.Method, repo, digest, -1, hdr)
 	if err != nil {
+		if errors.Is(err, upstream.ErrUnexpectedPartial) {
+			// A part of a blob cannot be checked against its digest, and
+			// the client asked for all of it.
+			p.log.Error("upstream answered a whole-blob request with partial content", zap.String("upstream", u.name),
+				zap.String("repository", repo), zap.String("digest", digest.String()), zap.Error(err))
+			p.metrics.upstreamErrors.WithLabelValues(u.name, "unexpected_partial").Inc()
+			return errorf(http.StatusBadGateway, CodeUnknown, "upstream %s answered a request for the whole blob with partial content", u.name)
+		}
 		var ue *upstream.Error
 		if errors.As(err, &ue) && ue.Status == http.StatusRequestedRangeNotSatisfiable {
 			copyHeaders(w.Header(), ue.Header, []string{"Content-Range"})
@@ -51,18 +67,28 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 		return errorf(http.StatusBadGateway, CodeUnknown, "upstream %s answered %d for a blob", u.name, resp.StatusCode)
 	}
 	copyHeaders(w.Header(), resp.Header, blobResponseHeaders)
-	if w.Header().Get("Docker-Content-Digest") == "" {
-		w.Header().Set("Docker-Content-Digest", digest.String())
+	w.Header().Set("Docker-Content-Digest", digest.String())
+	if resp.ContentLength >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	// A 200 is the whole blob even when a range was asked for (the
+	// upstream may ignore Range); it is relayed, hashed, as a 200, never
+	// with a Content-Range claiming a part. A 206 is either the whole blob,
+	// hashed, or the part the client asked for, which the client checks
+	// once it has assembled the blob.
+	if resp.StatusCode == http.StatusPartialContent {
+		copyHeaders(w.Header(), resp.Header, []string{"Content-Range"})
 	}
 	w.WriteHeader(resp.StatusCode)
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	// A verified 200 body copies itself: it hashes on a second goroutine
-	// with its own pooled buffers and holds back the last chunk until the
-	// digest matches. Range and other unverified answers go through the
+	// A verified body (a 200 or a whole-blob 206) copies itself: it hashes
+	// on a second goroutine with its own pooled buffers and holds back the
+	// last chunk until the digest matches. A partial 206 goes through the
 	// proxy's pooled buffer (w does not implement io.ReaderFrom, see
-	// statusRecorder), in large writes with constant memory.
+	// statusRecorder), in large writes with constant memory. Either body
+	// fails rather than yield a byte past its announced length.
 	var n int64
 	if wt, ok := resp.Body.(io.WriterTo); ok {
 		n, err = wt.WriteTo(w)
@@ -74,14 +100,18 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 	p.metrics.blobBytes.Add(float64(n))
 	if err != nil {
 		mismatch := errors.Is(err, upstream.ErrDigestMismatch)
-		if mismatch || r.Context().Err() == nil {
+		tooLong := errors.Is(err, upstream.ErrTooLarge)
+		if mismatch || tooLong || r.Context().Err() == nil {
 			// The status is already sent; aborting the connection is the
 			// only way left to tell the client the body is not the blob.
-			// A mismatch is reported even if the client left meanwhile:
-			// the upstream served the wrong bytes either way.
+			// Wrong or over-long bytes are reported even if the client
+			// left meanwhile: the upstream sent them either way.
 			kind := "blob_stream"
-			if mismatch {
+			switch {
+			case mismatch:
 				kind = "blob_digest_mismatch"
+			case tooLong:
+				kind = "blob_too_long"
 			}
 			p.log.Warn("blob stream failed", zap.String("upstream", u.name), zap.String("repository", repo),
 				zap.String("digest", digest.String()), zap.Int64("bytes", n), zap.Error(err))

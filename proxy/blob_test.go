@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -138,7 +139,7 @@ func BenchmarkBlobStream(b *testing.B) {
 
 // blobBehaviours is an upstream that answers each blob digest its own way:
 // the right bytes, the wrong bytes, or a connection cut mid-body.
-type blobBehaviours map[string]func(w http.ResponseWriter)
+type blobBehaviours map[string]func(w http.ResponseWriter, r *http.Request)
 
 func (b blobBehaviours) serve(w http.ResponseWriter, r *http.Request) {
 	i := strings.LastIndex(r.URL.Path, "/")
@@ -148,31 +149,37 @@ func (b blobBehaviours) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	f(w)
+	f(w, r)
 }
 
-func withLength(body []byte) func(http.ResponseWriter) {
-	return func(w http.ResponseWriter) {
+func withLength(body []byte) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		_, _ = w.Write(body)
 	}
 }
 
-func chunked(body []byte) func(http.ResponseWriter) {
-	return func(w http.ResponseWriter) {
+// chunked streams body without a Content-Length; like any registry, it
+// gives the length on HEAD.
+func chunked(body []byte) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			return
+		}
 		w.WriteHeader(http.StatusOK)
-		for len(body) > 0 {
-			n := min(len(body), 100_000)
-			_, _ = w.Write(body[:n])
+		for rest := body; len(rest) > 0; {
+			n := min(len(rest), 100_000)
+			_, _ = w.Write(rest[:n])
 			w.(http.Flusher).Flush()
-			body = body[n:]
+			rest = rest[n:]
 		}
 	}
 }
 
 // cutAfter announces body but closes the connection after n bytes.
-func cutAfter(body []byte, n int) func(http.ResponseWriter) {
-	return func(w http.ResponseWriter) {
+func cutAfter(body []byte, n int) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(body[:n])
@@ -206,7 +213,7 @@ func TestBlobDigestMismatchNotDelivered(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		want  []byte // what the digest names
-		serve func(http.ResponseWriter)
+		serve func(http.ResponseWriter, *http.Request)
 		sent  int // bytes the upstream sends
 	}{
 		{"last byte, content length", blob, withLength(lastTampered), len(blob)},
@@ -320,4 +327,185 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// partialAnswer answers 206 with contentRange and body, and a
+// Docker-Content-Digest the proxy must not pass on.
+func partialAnswer(contentRange string, body []byte) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Range", contentRange)
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Header().Set("Docker-Content-Digest", bogusDigest)
+		w.WriteHeader(http.StatusPartialContent)
+		_, _ = w.Write(body)
+	}
+}
+
+const bogusDigest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+
+// endless answers status with hdr and body, chunked, then junk until the
+// proxy goes away (or, so that a proxy relaying it all fails the test
+// rather than hang it, 8 MiB of it); a HEAD gets headLength as its
+// Content-Length.
+func endless(status int, hdr http.Header, body []byte, headLength int) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Length", strconv.Itoa(headLength))
+			return
+		}
+		for k, v := range hdr {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(status)
+		_, _ = w.Write(body)
+		w.(http.Flusher).Flush()
+		junk := bytes.Repeat([]byte("z"), 64<<10)
+		for i := 0; i < 128 && r.Context().Err() == nil; i++ {
+			if _, err := w.Write(junk); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+	}
+}
+
+// overlong announces body's length but sends more, on a raw connection (a
+// net/http handler cannot write past its Content-Length).
+func overlong(body, extra []byte) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		conn, bw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			panic(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(bw, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", len(body))
+		_, _ = bw.Write(body)
+		_, _ = bw.Write(extra)
+		_ = bw.Flush()
+	}
+}
+
+// TestBlobUntrustedUpstreamAnswers sends blob requests through the proxy
+// to an upstream that lies with its status, range or length, and checks
+// what the client receives: a 206 nobody asked for is refused before any
+// byte; whatever covers the whole blob (a 200, to a Range request or not,
+// or a 206 spanning it) is hashed and never completes when wrong; a real
+// part is relayed as asked for; and no body runs past its length.
+func TestBlobUntrustedUpstreamAnswers(t *testing.T) {
+	t.Parallel()
+	blob := testBlob(1<<20+333, 3)
+	size := len(blob)
+	tampered := append([]byte(nil), blob...)
+	tampered[size/2] ^= 1
+	whole := fmt.Sprintf("bytes 0-%d/%d", size-1, size)
+	part := fmt.Sprintf("bytes 10-19/%d", size)
+	for _, tc := range []struct {
+		name   string
+		rng    string // the client's Range, if any
+		answer func(http.ResponseWriter, *http.Request)
+		// A clean answer: its status, body and Content-Range.
+		status       int
+		body         []byte
+		contentRange string
+		// Otherwise the body must fail (or, refused, never start) with at
+		// most maxBytes of it received.
+		maxBytes int
+		kind     string // the upstream error counted
+	}{
+		{name: "206 without Range", answer: partialAnswer(whole, blob),
+			status: http.StatusBadGateway, kind: "unexpected_partial"},
+		{name: "206 part without Range", answer: partialAnswer(part, blob[10:20]),
+			status: http.StatusBadGateway, kind: "unexpected_partial"},
+		{name: "206 whole range", rng: "bytes=0-", answer: partialAnswer(whole, blob),
+			status: http.StatusPartialContent, body: blob, contentRange: whole},
+		{name: "206 whole range, wrong bytes", rng: "bytes=0-", answer: partialAnswer(whole, tampered),
+			maxBytes: size - 1, kind: "blob_digest_mismatch"},
+		{name: "206 whole range, endless", rng: "bytes=0-",
+			answer:   endless(http.StatusPartialContent, http.Header{"Content-Range": {whole}}, blob, 0),
+			maxBytes: size - 1, kind: "blob_too_long"},
+		{name: "206 part", rng: "bytes=10-19", answer: partialAnswer(part, blob[10:20]),
+			status: http.StatusPartialContent, body: blob[10:20], contentRange: part},
+		{name: "206 part, endless", rng: "bytes=10-19",
+			answer:   endless(http.StatusPartialContent, http.Header{"Content-Range": {part}}, blob[10:20], 0),
+			maxBytes: 10, kind: "blob_too_long"},
+		{name: "200 to a Range request", rng: "bytes=10-19",
+			answer: func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Range", part) // a lie on a 200
+				withLength(blob)(w, nil)
+			},
+			status: http.StatusOK, body: blob},
+		{name: "200 to a Range request, wrong bytes", rng: "bytes=10-19", answer: withLength(tampered),
+			maxBytes: size - 1, kind: "blob_digest_mismatch"},
+		{name: "200 endless", answer: endless(http.StatusOK, nil, blob, size),
+			maxBytes: size - 1, kind: "blob_too_long"},
+		{name: "200 past its Content-Length", answer: overlong(blob, bytes.Repeat([]byte("z"), 1<<20)),
+			status: http.StatusOK, body: blob},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			d := sha(blob)
+			up := fakeUpstream(t, blobBehaviours{d.String(): tc.answer}.serve)
+			core, logs := observer.New(zapcore.WarnLevel)
+			p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithLogger(zap.New(core)))
+			front := httptest.NewServer(p)
+			t.Cleanup(front.Close)
+			client := &http.Client{Transport: &http.Transport{}}
+			t.Cleanup(client.CloseIdleConnections)
+
+			req, _ := http.NewRequest(http.MethodGet, front.URL+"/v2/acme/app/blobs/"+d.String()+"?ns=docker.io", nil)
+			if tc.rng != "" {
+				req.Header.Set("Range", tc.rng)
+			}
+			resp, err := client.Do(req)
+			var got []byte
+			var rerr error
+			if err == nil {
+				got, rerr = io.ReadAll(resp.Body)
+				resp.Body.Close()
+			}
+
+			if tc.body != nil || tc.status == http.StatusBadGateway {
+				if err != nil || rerr != nil {
+					t.Fatalf("request failed: %v, %v", err, rerr)
+				}
+				if resp.StatusCode != tc.status {
+					t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.status, got)
+				}
+			}
+			switch {
+			case tc.status == http.StatusBadGateway:
+				if !strings.Contains(string(got), `"code":"UNKNOWN"`) || bytes.Contains(got, blob[:16]) {
+					t.Errorf("refusal body is not an error envelope: %.200q", got)
+				}
+				if n := logs.FilterMessage("upstream answered a whole-blob request with partial content").
+					FilterLevelExact(zapcore.ErrorLevel).Len(); n != 1 {
+					t.Errorf("%d errors logged, want 1: %v", n, logs.All())
+				}
+			case tc.body != nil:
+				if !bytes.Equal(got, tc.body) {
+					t.Fatalf("received %d bytes, not the %d expected", len(got), len(tc.body))
+				}
+				if cr := resp.Header.Get("Content-Range"); cr != tc.contentRange {
+					t.Errorf("Content-Range %q, want %q", cr, tc.contentRange)
+				}
+				if dcd := resp.Header.Get("Docker-Content-Digest"); dcd != d.String() {
+					t.Errorf("Docker-Content-Digest %q, want the requested %s", dcd, d)
+				}
+			default:
+				if len(got) > tc.maxBytes {
+					t.Errorf("client received %d bytes, at most %d allowed", len(got), tc.maxBytes)
+				}
+				if tc.maxBytes >= size-1 && err == nil && rerr == nil {
+					t.Errorf("client read %d bytes without an error", len(got))
+				}
+			}
+			if tc.kind != "" {
+				w := do(p.AdminHandler(), http.MethodGet, "/metrics")
+				want := `portcullis_upstream_errors_total{kind="` + tc.kind + `",upstream="docker.io"} 1`
+				if !strings.Contains(w.Body.String(), want) {
+					t.Errorf("/metrics lacks %q", want)
+				}
+			}
+		})
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -18,19 +20,46 @@ import (
 // caller's client sent stays at the proxy.
 var blobHeaders = []string{"Range", "If-Range", "If-None-Match", "If-Match", "If-Modified-Since", "If-Unmodified-Since"}
 
-// OpenBlob opens a blob for streaming. method is GET or HEAD; hdr may carry
-// Range/If-* headers to forward. Redirects to storage hosts are followed
-// without the upstream's credentials. The caller must close the body. A non
-// 2xx upstream answer is returned as *Error (body already drained and
-// closed).
+// OpenBlob opens a blob for streaming. method is GET or HEAD; size is the
+// blob's size when the caller knows it from a descriptor, else -1; hdr may
+// carry Range/If-* headers to forward. Redirects to storage hosts are
+// followed without the upstream's credentials. The caller must close the
+// body. A non 2xx upstream answer is returned as *Error (body already
+// drained and closed).
 //
 // The timeout covers getting the response headers only; the body is bounded
-// by ctx. The body of a 200 GET is hashed as it is read and its final Read
-// fails with ErrDigestMismatch when the bytes are not the blob; 206 and 304
-// answers are returned unchecked. That body also implements io.WriterTo,
-// the fast path for streaming: it hashes concurrently with the copy and
-// never writes the final chunk of a mismatching blob.
-func (c *Client) OpenBlob(ctx context.Context, method, repo string, digest v1.Hash, hdr http.Header) (*http.Response, error) {
+// by ctx. Whatever the answer, the body of a GET yields exactly
+// resp.ContentLength bytes or fails: the length is the descriptor's size,
+// the upstream's Content-Length, the length of its Content-Range, or, for a
+// 200 without any of these, the Content-Length of a HEAD for the blob. A
+// body that runs past it fails with ErrTooLarge before any byte beyond it
+// is returned; one that ends early fails with io.ErrUnexpectedEOF.
+//
+// Which answers are checked against the digest:
+//   - 200, asked for a range or not, is the whole blob: it is hashed as it
+//     is read and its final Read fails with ErrDigestMismatch when the bytes
+//     are not the blob. A caller relaying it must relay it as a 200.
+//   - 206 to a request without Range is refused with ErrUnexpectedPartial
+//     (wrapping ErrInvalidResponse): the caller asked for the whole blob
+//     and could not check a part.
+//   - 206 whose Content-Range spans the whole blob is hashed like a 200.
+//   - 206 for a part of the blob is returned unchecked (a part cannot be
+//     hashed against the digest of the whole); its Content-Range must be a
+//     single well-formed range. The client that asked for it assembles and
+//     checks the blob.
+//   - 304 carries no body.
+//
+// The verified body also implements io.WriterTo, the fast path for
+// streaming: it hashes concurrently with the copy and never writes the
+// final chunk of a mismatching blob.
+func (c *Client) OpenBlob(ctx context.Context, method, repo string, digest v1.Hash, size int64, hdr http.Header) (*http.Response, error) {
+	return c.openBlob(ctx, method, repo, digest, size, hdr, true)
+}
+
+// openBlob is OpenBlob; without needLength a 200 of unknown length is
+// returned hashed but unframed (ContentLength -1), for a caller that
+// bounds the read itself.
+func (c *Client) openBlob(ctx context.Context, method, repo string, digest v1.Hash, size int64, hdr http.Header, needLength bool) (*http.Response, error) {
 	if method != http.MethodGet && method != http.MethodHead {
 		return nil, fmt.Errorf("upstream %s: method %s not allowed for blobs", c.name, method)
 	}
@@ -41,16 +70,169 @@ func (c *Client) OpenBlob(ctx context.Context, method, repo string, digest v1.Ha
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", c.name, err)
 	}
-	resp, err := c.open(ctx, headersOnly, method, repo, "blobs/"+digest.String(), nil, forward(hdr, blobHeaders...),
+	fwd := forward(hdr, blobHeaders...)
+	resp, err := c.open(ctx, headersOnly, method, repo, "blobs/"+digest.String(), nil, fwd,
 		http.StatusOK, http.StatusPartialContent, http.StatusNotModified)
 	if err != nil {
 		return nil, err
 	}
-	if method == http.MethodGet && resp.StatusCode == http.StatusOK {
-		resp.Body = &verifyingReader{rc: resp.Body, h: h, want: digest, name: c.name}
+	if err := c.frameBlob(ctx, resp, method, repo, digest, size, len(fwd.Values("Range")) > 0, needLength, h); err != nil {
+		resp.Body.Close()
+		return nil, err
 	}
 	return resp, nil
 }
+
+// frameBlob checks a blob answer's status and length against the request
+// and wraps its body so that it yields exactly the announced bytes,
+// hashed when they are the whole blob.
+func (c *Client) frameBlob(ctx context.Context, resp *http.Response, method, repo string, digest v1.Hash, size int64, ranged, needLength bool, h hash.Hash) error {
+	wrongSize := func(what string, n int64) error {
+		return fmt.Errorf("upstream %s: blob %s: %w: %s %d, descriptor size %d", c.name, digest, ErrDigestMismatch, what, n, size)
+	}
+	switch resp.StatusCode {
+	case http.StatusNotModified:
+		return nil
+	case http.StatusPartialContent:
+		if !ranged {
+			return fmt.Errorf("upstream %s: blob %s: %w: %w", c.name, digest, ErrInvalidResponse, ErrUnexpectedPartial)
+		}
+		first, last, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+		if err != nil {
+			return fmt.Errorf("upstream %s: blob %s: %w: %w", c.name, digest, ErrInvalidResponse, err)
+		}
+		if size >= 0 && total != size {
+			return wrongSize("Content-Range total", total)
+		}
+		n := last - first + 1
+		if resp.ContentLength >= 0 && resp.ContentLength != n {
+			return fmt.Errorf("upstream %s: blob %s: %w: Content-Length %d for a range of %d bytes",
+				c.name, digest, ErrInvalidResponse, resp.ContentLength, n)
+		}
+		if method == http.MethodHead {
+			return nil
+		}
+		resp.ContentLength = n
+		body := &exactReader{rc: resp.Body, left: n, name: c.name, digest: digest, size: n}
+		if first == 0 && n == total {
+			resp.Body = &verifyingReader{rc: body, h: h, want: digest, name: c.name}
+		} else {
+			resp.Body = body
+		}
+		return nil
+	}
+	// 200: the whole blob, whether a range was asked for or not.
+	n := resp.ContentLength
+	if size >= 0 {
+		if n >= 0 && n != size {
+			return wrongSize("Content-Length", n)
+		}
+		n = size
+	}
+	if method == http.MethodHead {
+		return nil
+	}
+	if n < 0 && !needLength {
+		resp.Body = &verifyingReader{rc: resp.Body, h: h, want: digest, name: c.name}
+		return nil
+	}
+	if n < 0 {
+		// Without a length an endless body could be streamed on forever;
+		// the distribution spec requires one on HEAD.
+		var err error
+		if n, err = c.blobLength(ctx, repo, digest); err != nil {
+			return err
+		}
+	}
+	resp.ContentLength = n
+	resp.Body = &verifyingReader{
+		rc: &exactReader{rc: resp.Body, left: n, name: c.name, digest: digest, size: n},
+		h:  h, want: digest, name: c.name,
+	}
+	return nil
+}
+
+// blobLength asks the upstream for a blob's length with a HEAD.
+func (c *Client) blobLength(ctx context.Context, repo string, digest v1.Hash) (int64, error) {
+	resp, err := c.open(ctx, headersOnly, http.MethodHead, repo, "blobs/"+digest.String(), nil, http.Header{}, http.StatusOK)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	if resp.ContentLength < 0 {
+		return 0, fmt.Errorf("upstream %s: blob %s: %w: no Content-Length on GET or HEAD", c.name, digest, ErrInvalidResponse)
+	}
+	return resp.ContentLength, nil
+}
+
+// parseContentRange parses a 206's "bytes first-last/total" with a known
+// total; multipart answers (no Content-Range) and "*" totals are refused.
+func parseContentRange(s string) (first, last, total int64, err error) {
+	spec, ok := strings.CutPrefix(s, "bytes ")
+	if !ok {
+		return 0, 0, 0, fmt.Errorf("no single byte range in Content-Range %q", sanitize(s, 100))
+	}
+	rng, tot, ok1 := strings.Cut(spec, "/")
+	f, l, ok2 := strings.Cut(rng, "-")
+	if !ok1 || !ok2 {
+		return 0, 0, 0, fmt.Errorf("malformed Content-Range %q", sanitize(s, 100))
+	}
+	if first, err = parseLength(f); err == nil {
+		if last, err = parseLength(l); err == nil {
+			total, err = parseLength(tot)
+		}
+	}
+	if err != nil || first > last || last >= total {
+		return 0, 0, 0, fmt.Errorf("malformed Content-Range %q", sanitize(s, 100))
+	}
+	return first, last, total, nil
+}
+
+// parseLength accepts only plain decimal digits (no sign, no spaces).
+func parseLength(s string) (int64, error) {
+	if s == "" || len(s) > 19 || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, errors.New("not a length")
+	}
+	return strconv.ParseInt(s, 10, 64)
+}
+
+// exactReader yields exactly size bytes from rc. It reads at most one byte
+// past what is left, so a body that runs on is detected without waiting
+// for its end and without any byte beyond size being returned.
+type exactReader struct {
+	rc     io.ReadCloser
+	left   int64
+	size   int64
+	name   string
+	digest v1.Hash
+	err    error
+}
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	if e.left < int64(len(p)) {
+		p = p[:e.left+1]
+	}
+	n, err := e.rc.Read(p)
+	if int64(n) > e.left {
+		n = int(e.left)
+		e.left = 0
+		e.err = fmt.Errorf("upstream %s: blob %s: %w: body runs past its %d bytes", e.name, e.digest, ErrTooLarge, e.size)
+		return n, e.err
+	}
+	e.left -= int64(n)
+	if err == io.EOF && e.left > 0 {
+		err = fmt.Errorf("upstream %s: blob %s: body ended %d bytes short of %d: %w", e.name, e.digest, e.left, e.size, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		e.err = err
+	}
+	return n, err
+}
+
+func (e *exactReader) Close() error { return e.rc.Close() }
 
 // streamBufferSize is the size of each of the two buffers a verified
 // stream copy holds. Larger buffers mean larger reads from the upstream
@@ -211,7 +393,8 @@ func (c *Client) Blob(ctx context.Context, repo string, digest v1.Hash, limit in
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	resp, err := c.OpenBlob(ctx, http.MethodGet, repo, digest, nil)
+	// limit bounds the read, so a body of unknown length needs no HEAD.
+	resp, err := c.openBlob(ctx, http.MethodGet, repo, digest, -1, nil, false)
 	if err != nil {
 		return nil, err
 	}

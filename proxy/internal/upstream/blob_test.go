@@ -2,10 +2,17 @@ package upstream
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 
@@ -194,5 +201,277 @@ func TestVerifyingReadThenWriteTo(t *testing.T) {
 		if err != nil || !bytes.Equal(append(head, out.Bytes()...), blob) {
 			t.Fatalf("WriteTo after Read: %v", err)
 		}
+	}
+}
+
+// lyingBlob is an upstream whose blob answers a test scripts; it counts
+// the HEADs it receives.
+type lyingBlob struct {
+	answer func(w http.ResponseWriter, r *http.Request)
+	heads  atomic.Int32
+}
+
+func (l *lyingBlob) serve(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/v2/" {
+		return
+	}
+	if r.Method == http.MethodHead {
+		l.heads.Add(1)
+	}
+	l.answer(w, r)
+}
+
+// stream writes body in flushed pieces without a Content-Length, so the
+// answer is chunked; then, if endless, junk until the client goes away
+// (at most 4 MiB, so that a reader without a bound fails rather than
+// hangs).
+func stream(w http.ResponseWriter, r *http.Request, status int, body []byte, endless bool) {
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return
+	}
+	_, _ = w.Write(body)
+	w.(http.Flusher).Flush()
+	junk := bytes.Repeat([]byte("z"), 64<<10)
+	for i := 0; endless && i < 64 && r.Context().Err() == nil; i++ {
+		if _, err := w.Write(junk); err != nil {
+			return
+		}
+		w.(http.Flusher).Flush()
+	}
+}
+
+// headLength answers a HEAD with Content-Length n and hands GETs to get.
+func headLength(n int, get func(w http.ResponseWriter, r *http.Request)) func(w http.ResponseWriter, r *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Length", strconv.Itoa(n))
+			return
+		}
+		get(w, r)
+	}
+}
+
+func partial(contentRange string, body []byte, withLength bool) func(w http.ResponseWriter, r *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if contentRange != "" {
+			w.Header().Set("Content-Range", contentRange)
+		}
+		if withLength {
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		}
+		w.WriteHeader(http.StatusPartialContent)
+		if !withLength {
+			// Sent before the body, the header cannot get a length.
+			w.(http.Flusher).Flush()
+		}
+		_, _ = w.Write(body)
+	}
+}
+
+// TestOpenBlobUntrustedAnswers checks OpenBlob against upstreams that lie
+// about what they send: a 206 nobody asked for, a whole-blob 206 of the
+// wrong bytes, bodies longer or shorter than announced, and ranges that
+// contradict themselves. Whatever the answer, the body never yields a byte
+// past the announced length, and the whole blob is only ever returned
+// hashed.
+func TestOpenBlobUntrustedAnswers(t *testing.T) {
+	t.Parallel()
+	blob := bytes.Repeat([]byte("0123456789abcdef"), 20_000) // 320000 bytes
+	size := len(blob)
+	tampered := append([]byte(nil), blob...)
+	tampered[size-1] ^= 1
+	whole := fmt.Sprintf("bytes 0-%d/%d", size-1, size)
+	noRange, rangeAll, rangePart := http.Header{}, http.Header{"Range": {"bytes=0-"}}, http.Header{"Range": {"bytes=10-19"}}
+
+	for _, tc := range []struct {
+		name   string
+		answer func(w http.ResponseWriter, r *http.Request)
+		hdr    http.Header
+		size   int64 // the descriptor's size, -1 unknown
+		// openErr is the error of OpenBlob itself; readErr that of
+		// reading the body; want the bytes a clean read returns.
+		openErr, readErr error
+		want             []byte
+		status           int
+		maxHeads         int32
+	}{
+		{name: "206 without Range", hdr: noRange, size: -1,
+			answer: partial(whole, blob, true), openErr: ErrUnexpectedPartial},
+		{name: "206 part without Range", hdr: noRange, size: -1,
+			answer: partial("bytes 0-9/320000", blob[:10], true), openErr: ErrUnexpectedPartial},
+		{name: "206 whole range", hdr: rangeAll, size: -1,
+			answer: partial(whole, blob, true), want: blob, status: http.StatusPartialContent},
+		{name: "206 whole range, wrong bytes", hdr: rangeAll, size: -1,
+			answer: partial(whole, tampered, true), readErr: ErrDigestMismatch},
+		{name: "206 whole range, chunked wrong bytes", hdr: rangeAll, size: -1,
+			answer: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Range", whole)
+				stream(w, r, http.StatusPartialContent, tampered, false)
+			}, readErr: ErrDigestMismatch},
+		{name: "206 whole range, endless", hdr: rangeAll, size: -1,
+			answer: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Range", whole)
+				stream(w, r, http.StatusPartialContent, blob, true)
+			}, readErr: ErrTooLarge},
+		{name: "206 total differs from descriptor", hdr: rangePart, size: int64(size) + 1,
+			answer: partial("bytes 10-19/320000", blob[10:20], true), openErr: ErrDigestMismatch},
+		{name: "206 part", hdr: rangePart, size: -1,
+			answer: partial("bytes 10-19/320000", blob[10:20], true), want: blob[10:20], status: http.StatusPartialContent},
+		{name: "206 part, endless", hdr: rangePart, size: -1,
+			answer: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Range", "bytes 10-19/320000")
+				stream(w, r, http.StatusPartialContent, blob[10:20], true)
+			}, readErr: ErrTooLarge},
+		{name: "206 part, short", hdr: rangePart, size: -1,
+			answer: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Range", "bytes 10-19/320000")
+				stream(w, r, http.StatusPartialContent, blob[10:15], false)
+			}, readErr: io.ErrUnexpectedEOF},
+		{name: "206 length contradicts range", hdr: rangePart, size: -1,
+			answer: partial("bytes 10-19/320000", blob[10:21], true), openErr: ErrInvalidResponse},
+		{name: "206 without Content-Range", hdr: rangePart, size: -1,
+			answer: partial("", blob[10:20], true), openErr: ErrInvalidResponse},
+		{name: "206 unknown total", hdr: rangePart, size: -1,
+			answer: partial("bytes 10-19/*", blob[10:20], true), openErr: ErrInvalidResponse},
+		{name: "206 inverted range", hdr: rangePart, size: -1,
+			answer: partial("bytes 19-10/320000", blob[10:20], false), openErr: ErrInvalidResponse},
+		{name: "206 range past total", hdr: rangePart, size: -1,
+			answer: partial("bytes 10-320000/320000", blob[10:20], false), openErr: ErrInvalidResponse},
+		{name: "206 signed range", hdr: rangePart, size: -1,
+			answer: partial("bytes +10-19/320000", blob[10:20], true), openErr: ErrInvalidResponse},
+		{name: "206 range claiming the whole blob", hdr: rangePart, size: -1,
+			answer: partial("bytes 0-9/10", blob[:10], false), readErr: ErrDigestMismatch},
+		{name: "200 to a Range request", hdr: rangePart, size: -1,
+			answer: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Range", "bytes 10-19/320000") // a lie on a 200
+				w.Header().Set("Content-Length", strconv.Itoa(size))
+				_, _ = w.Write(blob)
+			}, want: blob, status: http.StatusOK},
+		{name: "200 to a Range request, wrong bytes", hdr: rangePart, size: -1,
+			answer: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", strconv.Itoa(size))
+				_, _ = w.Write(tampered)
+			}, readErr: ErrDigestMismatch},
+		{name: "200 chunked, length from HEAD", hdr: noRange, size: -1, maxHeads: 1,
+			answer: headLength(size, func(w http.ResponseWriter, r *http.Request) {
+				stream(w, r, http.StatusOK, blob, false)
+			}), want: blob, status: http.StatusOK},
+		{name: "200 chunked endless, length from HEAD", hdr: noRange, size: -1, maxHeads: 1,
+			answer: headLength(size, func(w http.ResponseWriter, r *http.Request) {
+				stream(w, r, http.StatusOK, blob, true)
+			}), readErr: ErrTooLarge},
+		{name: "200 chunked short, length from HEAD", hdr: noRange, size: -1, maxHeads: 1,
+			answer: headLength(size, func(w http.ResponseWriter, r *http.Request) {
+				stream(w, r, http.StatusOK, blob[:size-1], false)
+			}), readErr: io.ErrUnexpectedEOF},
+		{name: "200 chunked endless, descriptor size", hdr: noRange, size: int64(size),
+			answer: func(w http.ResponseWriter, r *http.Request) {
+				stream(w, r, http.StatusOK, blob, true)
+			}, readErr: ErrTooLarge},
+		{name: "200 chunked, no length anywhere", hdr: noRange, size: -1, maxHeads: 1,
+			answer: func(w http.ResponseWriter, r *http.Request) {
+				stream(w, r, http.StatusOK, blob, false)
+			}, openErr: ErrInvalidResponse},
+		{name: "206 past any length", hdr: rangePart, size: -1,
+			answer: partial("bytes 10-9223372036854775806/9223372036854775807", blob[10:20], false), readErr: io.ErrUnexpectedEOF},
+		{name: "200 length differs from descriptor", hdr: noRange, size: int64(size) - 1,
+			answer: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", strconv.Itoa(size))
+				_, _ = w.Write(blob)
+			}, openErr: ErrDigestMismatch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			up := &lyingBlob{answer: tc.answer}
+			srv := httptest.NewServer(http.HandlerFunc(up.serve))
+			t.Cleanup(srv.Close)
+			c := newTestClient(t, Config{URL: srv.URL, Insecure: true})
+			resp, err := c.OpenBlob(context.Background(), http.MethodGet, "app", sha256Hash(blob), tc.size, tc.hdr)
+			if n := up.heads.Load(); n > tc.maxHeads {
+				t.Errorf("%d HEADs sent, want at most %d", n, tc.maxHeads)
+			}
+			if tc.openErr != nil {
+				if !errors.Is(err, tc.openErr) {
+					t.Fatalf("OpenBlob: err = %v, want %v", err, tc.openErr)
+				}
+				if errors.Is(tc.openErr, ErrUnexpectedPartial) && !errors.Is(err, ErrInvalidResponse) {
+					t.Errorf("unexpected partial is not an invalid response: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("OpenBlob: %v", err)
+			}
+			defer resp.Body.Close()
+			// io.Copy takes the body's WriteTo when it has one, the path
+			// the proxy streams through.
+			var got bytes.Buffer
+			_, err = io.Copy(&got, resp.Body)
+			if tc.readErr != nil {
+				if !errors.Is(err, tc.readErr) {
+					t.Fatalf("read: err = %v after %d bytes, want %v", err, got.Len(), tc.readErr)
+				}
+				if int64(got.Len()) > resp.ContentLength {
+					t.Errorf("%d bytes returned, past the announced %d", got.Len(), resp.ContentLength)
+				}
+				if errors.Is(tc.readErr, ErrDigestMismatch) && got.Len() >= size {
+					t.Errorf("the whole wrong blob was returned")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if resp.StatusCode != tc.status || !bytes.Equal(got.Bytes(), tc.want) {
+				t.Fatalf("status %d, %d bytes; want %d, %d bytes", resp.StatusCode, got.Len(), tc.status, len(tc.want))
+			}
+			if resp.ContentLength != int64(len(tc.want)) {
+				t.Errorf("ContentLength = %d, want %d", resp.ContentLength, len(tc.want))
+			}
+		})
+	}
+}
+
+// TestExactReader checks the length framing on its own: exactly size
+// bytes, never one more, however the source cuts its reads.
+func TestExactReader(t *testing.T) {
+	t.Parallel()
+	body := []byte("0123456789")
+	for _, tc := range []struct {
+		name   string
+		script []read
+		size   int64
+		err    error
+	}{
+		{name: "exact", script: chunks(body, 3, io.EOF), size: 10},
+		{name: "exact, eof alone", script: append(chunks(body, 3, nil), read{err: io.EOF}), size: 10},
+		{name: "one byte over", script: chunks(append(append([]byte(nil), body...), 'x'), 3, io.EOF), size: 10, err: ErrTooLarge},
+		{name: "over in one read", script: []read{{data: append(append([]byte(nil), body...), "xyz"...)}}, size: 10, err: ErrTooLarge},
+		{name: "short", script: chunks(body[:9], 3, io.EOF), size: 10, err: io.ErrUnexpectedEOF},
+		{name: "empty", script: []read{{err: io.EOF}}, size: 0},
+		{name: "empty, not empty", script: []read{{data: []byte("x"), err: io.EOF}}, size: 0, err: ErrTooLarge},
+		{name: "largest size", script: chunks(body, 3, io.EOF), size: math.MaxInt64, err: io.ErrUnexpectedEOF},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := &exactReader{rc: &scriptedBody{script: tc.script}, left: tc.size, size: tc.size, name: "test"}
+			got, err := io.ReadAll(e)
+			if int64(len(got)) > tc.size {
+				t.Fatalf("%d bytes returned, size %d", len(got), tc.size)
+			}
+			if tc.err == nil {
+				if err != nil || !bytes.Equal(got, body[:tc.size]) {
+					t.Fatalf("read %q, %v", got, err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("err = %v, want %v", err, tc.err)
+			}
+			if _, err := e.Read(make([]byte, 4)); !errors.Is(err, tc.err) {
+				t.Errorf("the failure did not stick: %v", err)
+			}
+		})
 	}
 }

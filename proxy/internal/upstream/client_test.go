@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -173,7 +174,7 @@ func TestTimeout(t *testing.T) {
 		"manifest": func() error { _, err := c.GetManifest(context.Background(), "app", "v1", nil); return err },
 		"resolve":  func() error { _, _, err := c.Resolve(context.Background(), "app", "v1", nil); return err },
 		"blob": func() error {
-			_, err := c.OpenBlob(context.Background(), http.MethodGet, "app", sha256Hash(nil), nil)
+			_, err := c.OpenBlob(context.Background(), http.MethodGet, "app", sha256Hash(nil), -1, nil)
 			return err
 		},
 		"get": func() error { _, err := c.Get(context.Background(), "app", "tags/list", nil, nil); return err },
@@ -202,6 +203,10 @@ func TestBlobBodyOutlivesTimeout(t *testing.T) {
 		if r.URL.Path == "/v2/" {
 			return
 		}
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Length", strconv.Itoa(len(content)))
+			return
+		}
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(content[:4])
 		w.(http.Flusher).Flush()
@@ -210,7 +215,7 @@ func TestBlobBodyOutlivesTimeout(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	c := newTestClient(t, Config{URL: srv.URL, Insecure: true, Timeout: timeout})
-	resp, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, nil)
+	resp, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, -1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,6 +233,10 @@ func TestBlobBodyEndsWithCallerContext(t *testing.T) {
 		if r.URL.Path == "/v2/" {
 			return
 		}
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Length", "1000")
+			return
+		}
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("part"))
 		w.(http.Flusher).Flush()
@@ -239,7 +248,7 @@ func TestBlobBodyEndsWithCallerContext(t *testing.T) {
 	t.Cleanup(func() { close(release); srv.Close() })
 	c := newTestClient(t, Config{URL: srv.URL, Insecure: true})
 	ctx, cancel := context.WithCancel(context.Background())
-	resp, err := c.OpenBlob(ctx, http.MethodGet, "app", sha256Hash([]byte("x")), nil)
+	resp, err := c.OpenBlob(ctx, http.MethodGet, "app", sha256Hash([]byte("x")), -1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +389,7 @@ func TestRedirectDropsCredentials(t *testing.T) {
 				t.Fatalf("Blob: %v", err)
 			}
 
-			resp, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d,
+			resp, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, -1,
 				http.Header{"Range": {"bytes=2-9"}, "Authorization": {"Bearer client-token"}})
 			if err != nil {
 				t.Fatal(err)
@@ -445,7 +454,7 @@ func TestRedirectsRefused(t *testing.T) {
 			}))
 			t.Cleanup(srv.Close)
 			c := newTestClient(t, Config{URL: srv.URL, Insecure: true})
-			resp, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, nil)
+			resp, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, -1, nil)
 			if err == nil {
 				resp.Body.Close()
 				t.Fatal("redirect followed")
@@ -569,7 +578,7 @@ func TestOpenBlobStreamVerifies(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	c := newTestClient(t, Config{URL: srv.URL, Insecure: true})
-	resp, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, nil)
+	resp, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, -1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -590,7 +599,7 @@ func TestOpenBlobAgainstRegistry(t *testing.T) {
 	c := newTestClient(t, Config{URL: up.URL, Insecure: true})
 
 	t.Run("head", func(t *testing.T) {
-		resp, err := c.OpenBlob(context.Background(), http.MethodHead, "app", d, nil)
+		resp, err := c.OpenBlob(context.Background(), http.MethodHead, "app", d, -1, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -600,7 +609,7 @@ func TestOpenBlobAgainstRegistry(t *testing.T) {
 		}
 	})
 	t.Run("range", func(t *testing.T) {
-		resp, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, http.Header{"Range": {"bytes=0-3"}})
+		resp, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, -1, http.Header{"Range": {"bytes=0-3"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -611,18 +620,18 @@ func TestOpenBlobAgainstRegistry(t *testing.T) {
 		}
 	})
 	t.Run("missing", func(t *testing.T) {
-		_, err := c.OpenBlob(context.Background(), http.MethodGet, "app", sha256Hash([]byte("none")), nil)
+		_, err := c.OpenBlob(context.Background(), http.MethodGet, "app", sha256Hash([]byte("none")), -1, nil)
 		if !errors.Is(err, verify.ErrNotFound) {
 			t.Fatalf("err = %v", err)
 		}
 	})
 	t.Run("write method refused", func(t *testing.T) {
-		if _, err := c.OpenBlob(context.Background(), http.MethodDelete, "app", d, nil); err == nil {
+		if _, err := c.OpenBlob(context.Background(), http.MethodDelete, "app", d, -1, nil); err == nil {
 			t.Fatal("DELETE accepted")
 		}
 	})
 	t.Run("unsupported algorithm", func(t *testing.T) {
-		if _, err := c.OpenBlob(context.Background(), http.MethodGet, "app", v1.Hash{Algorithm: "md5", Hex: strings.Repeat("a", 32)}, nil); err == nil {
+		if _, err := c.OpenBlob(context.Background(), http.MethodGet, "app", v1.Hash{Algorithm: "md5", Hex: strings.Repeat("a", 32)}, -1, nil); err == nil {
 			t.Fatal("md5 accepted")
 		}
 	})
@@ -728,7 +737,7 @@ func TestErrorsOmitRedirectQuery(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	c := newTestClient(t, Config{URL: srv.URL, Insecure: true})
-	_, err = c.OpenBlob(context.Background(), http.MethodGet, "app", sha256Hash(nil), nil)
+	_, err = c.OpenBlob(context.Background(), http.MethodGet, "app", sha256Hash(nil), -1, nil)
 	if err == nil || !IsTransient(err) {
 		t.Fatalf("err = %v, want transient", err)
 	}
@@ -749,7 +758,7 @@ func TestRangeNotSatisfiable(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	c := newTestClient(t, Config{URL: srv.URL, Insecure: true})
-	_, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, http.Header{"Range": {"bytes=100-200"}})
+	_, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, -1, http.Header{"Range": {"bytes=100-200"}})
 	var ue *Error
 	if !errors.As(err, &ue) || ue.Status != http.StatusRequestedRangeNotSatisfiable {
 		t.Fatalf("err = %v, want 416", err)

@@ -13,8 +13,15 @@
 //     size an allocation.
 //   - A full (200) blob stream is hashed while it is read and fails at its
 //     end with ErrDigestMismatch when the bytes are not the requested blob,
-//     so a caller streaming it on can abort instead of completing it.
-//     Partial (206) responses cannot be checked and are passed as they are.
+//     so a caller streaming it on can abort instead of completing it. So is
+//     a 206 whose Content-Range spans the whole blob. A 206 to a request
+//     without Range is refused (ErrUnexpectedPartial). A 206 for a part of
+//     the blob cannot be checked against the digest of the whole and is
+//     passed as it is, framed to its Content-Range.
+//   - A blob body never yields more bytes than its length (the caller's
+//     descriptor size, Content-Length, the Content-Range, or a HEAD's
+//     Content-Length when the 200 has none): a longer or endless body
+//     fails with ErrTooLarge before any byte past it is returned.
 //   - Error bodies are kept up to 64 KiB for diagnostics.
 //
 // # Credentials

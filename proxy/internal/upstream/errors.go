@@ -27,6 +27,10 @@ var (
 	// ErrInvalidResponse means the upstream's answer could not be parsed or
 	// contradicts itself.
 	ErrInvalidResponse = errors.New("invalid upstream response")
+	// ErrUnexpectedPartial means the upstream answered 206 Partial Content
+	// to a request that asked for the whole blob. It comes wrapped together
+	// with ErrInvalidResponse.
+	ErrUnexpectedPartial = errors.New("partial content to a request without Range")
 )
 
 // maxErrorBody bounds how much of an error answer is kept.
