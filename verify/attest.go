@@ -83,35 +83,16 @@ func (st *statement) names(s Subject) bool {
 	return false
 }
 
-// bundleStatement parses the in-toto statement of a DSSE bundle.
-func bundleStatement(ev *evidence) (*statement, error) {
-	env, err := ev.bundle.Envelope()
-	if err != nil || env == nil || env.RawEnvelope() == nil {
-		return nil, errors.New("bundle has no DSSE envelope")
-	}
-	_, st, err := dsseStatement(env.RawEnvelope().PayloadType, env.RawEnvelope().Payload)
-	return st, err
-}
-
 // dsseStatement is the one reading of a DSSE envelope's in-toto
 // statement, for bundles and legacy .att layers, key and keyless alike:
 // the payload type must be in-toto and the statement is parsed from the
 // decoded payload, exactly the bytes the envelope signature covers (its
-// pre-authentication encoding is over payload type and these bytes). It
-// returns the payload too, for verifiers that rebuild that encoding.
-func dsseStatement(payloadType, payloadB64 string) ([]byte, *statement, error) {
+// pre-authentication encoding is over payload type and these bytes).
+func dsseStatement(payloadType string, payload []byte) (*statement, error) {
 	if payloadType != mediaTypeInToto {
-		return nil, nil, fmt.Errorf("DSSE payload type %q is not in-toto", payloadType)
+		return nil, fmt.Errorf("DSSE payload type %q is not in-toto", payloadType)
 	}
-	payload, err := decodeB64(payloadB64)
-	if err != nil {
-		return nil, nil, errors.New("DSSE payload is not base64")
-	}
-	st, err := parseStatement(payload)
-	if err != nil {
-		return nil, nil, err
-	}
-	return payload, st, nil
+	return parseStatement(payload)
 }
 
 func decodeB64(s string) ([]byte, error) {
@@ -147,7 +128,11 @@ func parseLegacyAttestation(raw []byte, ann map[string]string) (*legacySignature
 	if err := strictUnmarshal(raw, &env); err != nil {
 		return nil, nil, fmt.Errorf("malformed DSSE envelope: %w", err)
 	}
-	payload, st, err := dsseStatement(env.PayloadType, env.Payload)
+	payload, err := decodeB64(env.Payload)
+	if err != nil {
+		return nil, nil, errors.New("DSSE payload is not base64")
+	}
+	st, err := dsseStatement(env.PayloadType, payload)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -261,26 +246,26 @@ func verifyAttestation(ev *evidence, s Subject, now time.Time, auths []*compiled
 	if ev.err != nil {
 		return nil, ev.err
 	}
-	if ev.statementErr != nil {
-		return nil, ev.statementErr
-	}
 	st := ev.statement
 	if st == nil {
 		return nil, errors.New("no in-toto statement")
 	}
-	art := sgverify.WithArtifactDigest("sha256", digestBytes(s.Digest))
+	// What the statement is about is decided here, on the statement
+	// parsed when the evidence was read, so sigstore-go is asked only for
+	// the envelope signature: it does not read the payload again to
+	// compare a subject already compared.
 	if st.PredicateType == PredicateModelSigning {
 		// An OpenSSF model signature's subject is a hash over the model's
 		// files, not the manifest digest. The subject check is replaced by
 		// checkModelSigning, which ties each signed file to a layer of this
-		// manifest; the envelope signature is still verified here.
-		art = sgverify.WithoutArtifactUnsafe()
+		// manifest.
 		if err := checkModelSigning(st.predicate, s.Manifest); err != nil {
 			return nil, err
 		}
 	} else if !st.names(s) {
 		return nil, fmt.Errorf("statement subject is not the subject %s", s.Digest)
 	}
+	art := sgverify.WithoutArtifactUnsafe()
 	var fails []string
 	for _, a := range auths {
 		signer, times, err := a.verify(ev, art, now)

@@ -3,6 +3,7 @@ package verify_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/portcullis-oci/portcullis/test/fixtures"
 	"github.com/portcullis-oci/portcullis/verify"
@@ -11,11 +12,15 @@ import (
 // The benchmarks measure a cold verification (the engine keeps no cache)
 // with evidence served from memory, so only parsing and cryptography count.
 func benchVerify(b *testing.B, attach func(e *env) error, auth func(e *env) verify.Authority) {
+	benchVerifyPolicy(b, attach, func(e *env) verify.Policy { return policy(1, auth(e)) })
+}
+
+func benchVerifyPolicy(b *testing.B, attach func(e *env) error, pol func(e *env) verify.Policy) {
 	e := newEnv(b)
 	if err := attach(e); err != nil {
 		b.Fatal(err)
 	}
-	eng := engine(b, policy(1, auth(e)))
+	eng := engine(b, pol(e))
 	f := fixtures.Memoize(e.reg.Fetcher())
 	s := e.subj(b)
 	ctx := context.Background()
@@ -47,4 +52,52 @@ func BenchmarkVerifyKeylessBundle(b *testing.B) {
 			return err
 		},
 		func(e *env) verify.Authority { return keylessAuthority("ci", e.ss, testIssuer, testSubject) })
+}
+
+// BenchmarkVerifyKeyAttestation is cosign v2's default layout with a key:
+// a legacy .sig signature and a legacy .att provenance attestation that a
+// rule requires.
+func BenchmarkVerifyKeyAttestation(b *testing.B) {
+	prov := fixtures.BundleSpec{PredicateType: verify.PredicateSLSAProvenanceV1, Predicate: provenance(time.Now())}
+	benchVerifyPolicy(b,
+		func(e *env) error {
+			ctx := context.Background()
+			if err := fixtures.AttachLegacySignature(ctx, e.subject, e.key, fixtures.Tamper{}); err != nil {
+				return err
+			}
+			return fixtures.AttachLegacyAttestation(ctx, e.subject, e.key, prov)
+		},
+		func(e *env) verify.Policy { return attPolicy(provRule(nil), keyAuthority("release", e.key)) })
+}
+
+// BenchmarkVerifyKeyBundleAttestation is cosign v3's default layout with a
+// key: one DSSE bundle carrying the provenance, which is both the
+// signature and the attestation.
+func BenchmarkVerifyKeyBundleAttestation(b *testing.B) {
+	prov := fixtures.BundleSpec{PredicateType: verify.PredicateSLSAProvenanceV1, Predicate: provenance(time.Now())}
+	benchVerifyPolicy(b,
+		func(e *env) error {
+			_, err := fixtures.AttachBundle(context.Background(), e.subject, e.key, prov)
+			return err
+		},
+		func(e *env) verify.Policy { return attPolicy(provRule(nil), keyAuthority("release", e.key)) })
+}
+
+// BenchmarkVerifyKeylessAttestation is the keyless counterpart of
+// BenchmarkVerifyKeyAttestation: .sig and .att with certificates and
+// Rekor entries.
+func BenchmarkVerifyKeylessAttestation(b *testing.B) {
+	prov := fixtures.BundleSpec{PredicateType: verify.PredicateSLSAProvenanceV1, Predicate: provenance(time.Now())}
+	benchVerifyPolicy(b,
+		func(e *env) error {
+			ctx := context.Background()
+			s := e.ss.Signer(testIssuer, testSubject)
+			if err := fixtures.AttachLegacySignature(ctx, e.subject, s, fixtures.Tamper{}); err != nil {
+				return err
+			}
+			return fixtures.AttachLegacyAttestation(ctx, e.subject, s, prov)
+		},
+		func(e *env) verify.Policy {
+			return attPolicy(provRule(nil), keylessAuthority("release", e.ss, testIssuer, testSubject))
+		})
 }

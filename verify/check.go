@@ -25,11 +25,13 @@ func (a *compiledAuthority) check(ev *evidence, s Subject, now time.Time) (Signe
 	return signer, ref, err
 }
 
-// verify checks ev's signature under the authority. art says what the
-// signed content must be for bundles and certificate-signed legacy
-// evidence; simplesigning digests and statement subjects of legacy
-// attestations are checked by the caller. It returns the verified signing
-// times (log integration and RFC3161), empty for key signatures.
+// verify checks ev's signature under the authority. art is what
+// sigstore-go compares the signed content with: the subject digest for a
+// signature (message digest, or DSSE statement subject), nothing for an
+// attestation whose subject the caller compared on the parsed statement.
+// A key-signed simplesigning digest was compared when it was parsed. It
+// returns the verified signing times (log integration and RFC3161), empty
+// for key signatures.
 func (a *compiledAuthority) verify(ev *evidence, art sgverify.ArtifactPolicyOption, now time.Time) (Signer, []time.Time, error) {
 	signer, _, times, err := a.verifySigner(ev, art, now)
 	return signer, times, err
@@ -48,21 +50,15 @@ func (a *compiledAuthority) verifySigner(ev *evidence, art sgverify.ArtifactPoli
 
 func (a *compiledAuthority) checkKey(ev *evidence, art sgverify.ArtifactPolicyOption) (Signer, *compiledKey, error) {
 	signer := Signer{Authority: a.name, Kind: "key", Evidence: ev.format}
+	var entities []sgverify.SignedEntity
+	hint, what := "", "envelope"
 	switch {
-	case ev.legacy != nil && ev.legacy.env != nil:
-		// A DSSE signature covers the pre-authentication encoding of the
-		// payload type and payload, never the bare payload.
-		pae := dsse.PAE(ev.legacy.env.PayloadType, ev.legacy.payload)
-		for _, k := range a.keys {
-			for _, sig := range ev.legacy.sigs {
-				if k.verifier.VerifySignature(bytes.NewReader(sig), bytes.NewReader(pae)) == nil {
-					signer.Key = k.name
-					return signer, k, nil
-				}
-			}
-		}
-		return Signer{}, nil, fmt.Errorf("envelope does not verify with any key of authority %q", a.name)
-	case ev.legacy != nil:
+	case ev.legacy != nil && ev.legacy.env == nil:
+		// A simplesigning signature covers the payload bytes, whose
+		// docker-manifest-digest parseLegacy compared with the subject.
+		// It is not DSSE: checked directly, it costs one signature check
+		// where sigstore-go's message-signature path would add a policy,
+		// a result and a copy of the payload per key.
 		for _, k := range a.keys {
 			if k.verifier.VerifySignature(bytes.NewReader(ev.legacy.sig), bytes.NewReader(ev.legacy.payload)) == nil {
 				signer.Key = k.name
@@ -70,6 +66,8 @@ func (a *compiledAuthority) checkKey(ev *evidence, art sgverify.ArtifactPolicyOp
 			}
 		}
 		return Signer{}, nil, fmt.Errorf("signature does not verify with any key of authority %q", a.name)
+	case ev.legacy != nil:
+		entities = legacyEntities(ev.legacy, true)
 	case ev.bundle != nil:
 		vc, err := ev.bundle.VerificationContent()
 		if err != nil {
@@ -78,18 +76,22 @@ func (a *compiledAuthority) checkKey(ev *evidence, art sgverify.ArtifactPolicyOp
 		if vc.Certificate() != nil || vc.PublicKey() == nil {
 			return Signer{}, nil, fmt.Errorf("bundle is certificate-signed; authority %q accepts keys", a.name)
 		}
-		hint := vc.PublicKey().Hint()
-		keys := make([]*compiledKey, 0, len(a.keys))
-		for _, k := range a.keys {
-			if hint != "" && k.hints[hint] {
-				keys = append([]*compiledKey{k}, keys...)
-			} else {
-				keys = append(keys, k)
-			}
+		entities, hint, what = []sgverify.SignedEntity{ev.bundle}, vc.PublicKey().Hint(), "bundle"
+	default:
+		return Signer{}, nil, errors.New("no signature material")
+	}
+	keys := make([]*compiledKey, 0, len(a.keys))
+	for _, k := range a.keys {
+		if hint != "" && k.hints[hint] {
+			keys = append([]*compiledKey{k}, keys...)
+		} else {
+			keys = append(keys, k)
 		}
-		var first error
-		for _, k := range keys {
-			_, err := k.bundle.Verify(ev.bundle, sgverify.NewPolicy(art, sgverify.WithKey()))
+	}
+	var first error
+	for _, k := range keys {
+		for _, entity := range entities {
+			_, err := k.bundle.Verify(entity, sgverify.NewPolicy(art, sgverify.WithKey()))
 			if err == nil {
 				signer.Key = k.name
 				return signer, k, nil
@@ -98,21 +100,20 @@ func (a *compiledAuthority) checkKey(ev *evidence, art sgverify.ArtifactPolicyOp
 				first = err
 			}
 		}
-		return Signer{}, nil, fmt.Errorf("does not verify with any key of authority %q: %s", a.name, trimErr(first))
 	}
-	return Signer{}, nil, errors.New("no signature material")
+	return Signer{}, nil, fmt.Errorf("%s does not verify with any key of authority %q: %s", what, a.name, trimErr(first))
 }
 
 func (a *compiledAuthority) checkKeyless(ev *evidence, art sgverify.ArtifactPolicyOption, now time.Time) (Signer, signerRef, []time.Time, error) {
 	kl := a.keyless
 	fail := func(err error) (Signer, signerRef, []time.Time, error) { return Signer{}, signerRef{}, nil, err }
-	var entity sgverify.SignedEntity
+	var entities []sgverify.SignedEntity
 	switch {
 	case ev.legacy != nil:
 		if ev.legacy.cert == nil {
 			return fail(fmt.Errorf("no certificate; authority %q is keyless", a.name))
 		}
-		entity = legacyEntity{ls: ev.legacy}
+		entities = legacyEntities(ev.legacy, false)
 		if ev.legacy.env == nil {
 			// A simplesigning signature covers the payload bytes.
 			art = sgverify.WithArtifact(bytes.NewReader(ev.legacy.payload))
@@ -125,7 +126,7 @@ func (a *compiledAuthority) checkKeyless(ev *evidence, art sgverify.ArtifactPoli
 		if vc.Certificate() == nil {
 			return fail(fmt.Errorf("bundle is key-signed; authority %q is keyless", a.name))
 		}
-		entity = ev.bundle
+		entities = []sgverify.SignedEntity{ev.bundle}
 	default:
 		return fail(errors.New("no signature material"))
 	}
@@ -133,28 +134,39 @@ func (a *compiledAuthority) checkKeyless(ev *evidence, art sgverify.ArtifactPoli
 	// and signature checks; it costs about 1% of a keyless verification
 	// (BenchmarkVerifyKeylessBundle). Its error names only the last
 	// comparison, so a mismatch is explained by identityMismatch.
-	res, err := kl.verifier.Verify(entity, sgverify.NewPolicy(art, sgverify.WithCertificateIdentity(kl.identity)))
-	if err != nil {
-		var mismatch *sgverify.ErrNoMatchingCertificateIdentity
-		if errors.As(err, &mismatch) {
-			return fail(fmt.Errorf("%s (authority %q)", kl.identityMismatch(entity), a.name))
+	var firstErr error
+	mismatched := false
+	for _, entity := range entities {
+		res, err := kl.verifier.Verify(entity, sgverify.NewPolicy(art, sgverify.WithCertificateIdentity(kl.identity)))
+		if err != nil {
+			// A signature that verified under the wrong identity explains
+			// the refusal better than one that did not verify at all.
+			var mismatch *sgverify.ErrNoMatchingCertificateIdentity
+			if firstErr == nil || !mismatched && errors.As(err, &mismatch) {
+				firstErr, mismatched = err, errors.As(err, &mismatch)
+			}
+			continue
 		}
-		msg := trimErr(err)
-		if vc, verr := entity.VerificationContent(); verr == nil && vc.Certificate() != nil && now.After(vc.Certificate().NotAfter) {
-			msg += fmt.Sprintf(" (certificate expired at %s)", vc.Certificate().NotAfter.UTC().Format(time.RFC3339))
+		if res.Signature == nil || res.Signature.Certificate == nil || res.VerifiedIdentity == nil {
+			return fail(errors.New("verified without a certificate identity"))
 		}
-		return fail(fmt.Errorf("keyless verification for authority %q failed: %s", a.name, msg))
+		signer := Signer{Authority: a.name, Kind: "keyless", Evidence: ev.format,
+			Identity: res.Signature.Certificate.SubjectAlternativeName, Issuer: res.Signature.Certificate.Extensions.Issuer}
+		var times []time.Time
+		for _, t := range res.VerifiedTimestamps {
+			times = append(times, t.Timestamp)
+		}
+		return signer, signerRef{entity: entity, summary: res.Signature.Certificate}, times, nil
 	}
-	if res.Signature == nil || res.Signature.Certificate == nil || res.VerifiedIdentity == nil {
-		return fail(errors.New("verified without a certificate identity"))
+	entity := entities[0]
+	if mismatched {
+		return fail(fmt.Errorf("%s (authority %q)", kl.identityMismatch(entity), a.name))
 	}
-	signer := Signer{Authority: a.name, Kind: "keyless", Evidence: ev.format,
-		Identity: res.Signature.Certificate.SubjectAlternativeName, Issuer: res.Signature.Certificate.Extensions.Issuer}
-	var times []time.Time
-	for _, t := range res.VerifiedTimestamps {
-		times = append(times, t.Timestamp)
+	msg := trimErr(firstErr)
+	if vc, verr := entity.VerificationContent(); verr == nil && vc.Certificate() != nil && now.After(vc.Certificate().NotAfter) {
+		msg += fmt.Sprintf(" (certificate expired at %s)", vc.Certificate().NotAfter.UTC().Format(time.RFC3339))
 	}
-	return signer, signerRef{entity: entity, summary: res.Signature.Certificate}, times, nil
+	return fail(fmt.Errorf("keyless verification for authority %q failed: %s", a.name, msg))
 }
 
 // identityMismatch says which part of the certificate identity the

@@ -31,6 +31,9 @@ const (
 	annotationRekorBundle  = "dev.sigstore.cosign/bundle"
 	annotationRFC3161      = "dev.sigstore.cosign/rfc3161timestamp"
 	annotationBundleType   = "dev.sigstore.bundle.content"
+	// annotationBundlePredicate is unsigned: it only labels a rejected
+	// bundle in reasons.
+	annotationBundlePredicate = "dev.sigstore.bundle.predicateType"
 )
 
 // Size limits for evidence blobs. A simplesigning payload is a few hundred
@@ -46,19 +49,21 @@ const (
 type evidence struct {
 	format string
 	source string
-	// predicateType is the in-toto predicate type of a DSSE statement
-	// (bundles with an envelope, legacy attestations); empty for plain
-	// message signatures and simplesigning payloads.
-	predicateType string
-	bundle        *bundle.Bundle
-	legacy        *legacySignature
-	// statement is the parsed in-toto statement of a DSSE bundle or legacy
-	// attestation; nil when there is none or it did not parse.
+	bundle *bundle.Bundle
+	legacy *legacySignature
+	// statement is the in-toto statement of a DSSE envelope (a bundle's or
+	// a legacy attestation's), parsed once, strictly, from exactly the
+	// payload bytes the envelope signature covers; nil for message
+	// signatures and simplesigning payloads. A DSSE envelope whose
+	// statement does not parse is rejected evidence (err set): a
+	// statement that cannot be read cannot name the subject.
 	statement *statement
-	err       error
-	// statementErr says why a DSSE bundle's statement could not be used
-	// for attestation rules; it does not reject the bundle as a signature.
-	statementErr error
+	// predicateType is the statement's predicate type. For evidence whose
+	// blob was read but rejected while parsing it is the unsigned
+	// annotation instead, only so a rule's reasons can say why the
+	// attestation it asked for was rejected; such evidence never verifies.
+	predicateType string
+	err           error
 }
 
 func (ev *evidence) label() string { return ev.format + " " + ev.source }
@@ -234,14 +239,11 @@ func (e *Engine) openReferrer(ctx context.Context, s Subject, f Fetcher, desc v1
 		}
 		return nil, err
 	}
-	b, pt, err := parseBundle(raw)
-	if err != nil {
-		ev.err = err
-		return ev, nil
-	}
-	ev.bundle, ev.predicateType = b, pt
-	if pt != "" {
-		ev.statement, ev.statementErr = bundleStatement(ev)
+	ev.bundle, ev.statement, ev.err = parseBundle(raw)
+	if ev.statement != nil {
+		ev.predicateType = ev.statement.PredicateType
+	} else if ev.err != nil {
+		ev.predicateType = man.Annotations[annotationBundlePredicate]
 	}
 	return ev, nil
 }
@@ -283,25 +285,27 @@ func checkDigest(b []byte, h v1.Hash) error {
 	return nil
 }
 
-// parseBundle parses a sigstore bundle (v0.1–v0.3) and returns the
-// predicate type of its DSSE statement, if any.
-func parseBundle(raw []byte) (*bundle.Bundle, string, error) {
+// parseBundle parses a sigstore bundle (v0.1–v0.3) and, when it carries
+// a DSSE envelope, its in-toto statement. The statement is read from the
+// envelope's payload bytes as the bundle holds them, which are the bytes
+// its signature covers. A bundle whose statement does not parse is
+// refused as a whole: cosign counts a DSSE bundle as a signature because
+// its statement names the digest, and an unreadable statement names
+// nothing.
+func parseBundle(raw []byte) (*bundle.Bundle, *statement, error) {
 	var b bundle.Bundle
 	if err := b.UnmarshalJSON(raw); err != nil {
-		return nil, "", fmt.Errorf("malformed bundle: %w", err)
+		return nil, nil, fmt.Errorf("malformed bundle: %w", err)
 	}
-	var pt string
-	if env, err := b.Envelope(); err == nil && env != nil {
-		if env.PayloadType != "application/vnd.in-toto+json" {
-			return nil, "", fmt.Errorf("malformed bundle: DSSE payload type %q is not in-toto", env.PayloadType)
-		}
-		st, err := env.Statement()
-		if err != nil {
-			return nil, "", fmt.Errorf("malformed bundle: in-toto statement: %w", err)
-		}
-		pt = st.GetPredicateType()
+	env := b.GetDsseEnvelope()
+	if env == nil {
+		return &b, nil, nil
 	}
-	return &b, pt, nil
+	st, err := dsseStatement(env.GetPayloadType(), env.GetPayload())
+	if err != nil {
+		return nil, nil, fmt.Errorf("bundle statement cannot name the subject: %w", err)
+	}
+	return &b, st, nil
 }
 
 func parseManifest(b []byte) (*v1.Manifest, error) {

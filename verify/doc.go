@@ -31,17 +31,33 @@
 // docker-reference is not compared, because it names whatever registry
 // host was used at signing time.
 //
+// A DSSE envelope's in-toto statement is parsed once, strictly, when the
+// evidence is read, from exactly the payload bytes its signature covers;
+// its predicate type, subject and predicate all come from that one
+// reading, and annotations naming a predicate type are never trusted. A
+// DSSE bundle counts as a signature when its statement names the digest,
+// as for cosign verify --key, attestations included; a bundle whose
+// statement does not parse (an unknown statement type, no subject, a
+// predicate that is not an object) names nothing and counts for nothing,
+// with a reason saying so. Every DSSE envelope, in a bundle or a legacy
+// layer, key-signed or keyless, is verified by sigstore-go; an envelope
+// with several signatures is accepted when one of them verifies, as
+// cosign accepts it. Only simplesigning layers signed by a key are checked
+// directly against the key.
+//
 // Key authorities accept signatures without a transparency log entry or
 // timestamp (cosign --tlog-upload=false). Keyless authorities always
 // require the configured number of log entries and observed timestamps,
 // and the certificate must chain to the trusted root's Fulcio CAs at one
 // of those times. The certificate must also carry SCTThreshold embedded
 // signed certificate timestamps (default and minimum 1, as cosign
-// requires) from the trusted root's CT logs; only InsecureSkipSCT turns
-// that off. The certificate identity is then matched by sigstore-go's
-// identity policy: the OIDC issuer extension and the SAN, each exactly or
-// by regular expression. A regular expression matches anywhere unless it
-// is anchored, so configurations anchor them as ^…$ (config check warns).
+// requires) from the trusted root's CT logs; a threshold of 0 means the
+// default, and only InsecureSkipSCT (insecure_skip_sct in configuration)
+// turns the requirement off. The certificate identity is then matched by
+// sigstore-go's identity policy: the OIDC issuer extension and the SAN,
+// each exactly or by regular expression. A regular expression matches
+// anywhere unless it is anchored, so configurations anchor them as ^…$
+// (config check warns).
 //
 // # Threshold
 //
@@ -66,43 +82,73 @@
 // read them; DSSE bundles whose statement names the subject do, as they
 // do for cosign.
 //
-// A rule is satisfied by one attestation of its predicate type whose
-// envelope verifies under one of the authorities the rule names (with the
-// same key and keyless machinery as signatures), whose statement subject
-// is the manifest digest, that is no older than MaxAge, and for which the
-// rule's CEL condition is true. The predicate type and everything in the
-// statement are trusted only after the envelope verified; annotations
-// such as cosign's predicateType are never trusted. Age is measured from
-// the verified signing time (log integration or RFC3161 timestamp) when
-// there is one, else from the time the signed statement claims for itself
-// (SLSA finishedOn/startedOn, VSA timeVerified): for key-signed
-// attestations without a timestamp the signer's own claim is all there
-// is. Conditions are compiled in New and evaluated with a cost limit; an
-// evaluation error fails the rule. Every rule must hold, in addition to
-// the signature threshold.
+// An attestation is valid for a rule when it has the rule's predicate
+// type, its envelope verifies under one of the authorities the rule names
+// (all of the boundary's when it names none), and its statement subject is
+// the manifest digest. Its time is the verified signing time (log
+// integration or RFC3161 timestamp) when there is one, else the time the
+// signed statement claims for itself (SLSA finishedOn/startedOn, VSA
+// timeVerified): for key-signed attestations without a timestamp the
+// signer's own claim is all there is. Which valid attestation answers the
+// rule depends on its Select:
 //
-// OpenSSF model signatures name a hash over the model's files rather than
-// the manifest, so for that predicate type the subject check is replaced
-// by a comparison of the signed file digests with the manifest's raw file
-// layers (org.cncf.model.filepath): both must be the same set of files
-// with the same sha256 digests.
+//   - SelectNewest ("newest", the default): the newest valid attestation
+//     decides and must pass, so a newer failing scan is not masked by an
+//     older passing one. An attestation without any time counts as the
+//     oldest; one whose time is more than five minutes in the future is
+//     not valid; when several share the newest time, each of them must
+//     pass. Older valid attestations are not considered, and the reason
+//     says how many were passed over.
+//   - SelectAny ("any"): any valid attestation that passes satisfies it.
+//
+// To pass, an attestation must be no older than MaxAge and the rule's CEL
+// condition must be true for it. Conditions are compiled in New and
+// evaluated with a cost limit; an evaluation error fails the rule. Every
+// rule must hold, in addition to the signature threshold.
+//
+// # Model signing
+//
+// An OpenSSF model signature (PredicateModelSigning) names a hash over the
+// model's files rather than the manifest, so it does not count as a
+// signature, and for that predicate type the subject check is replaced by
+// a comparison of the signed file list with the manifest: every layer
+// must be a raw file layer whose org.cncf.model.filepath names a signed
+// file with the same sha256 digest, and every signed file must have its
+// layer. A layer without the annotation, a packed layer, an unsigned file
+// or a signed file without a layer fails the rule with a reason naming
+// it. The config blob is not a layer and need not be signed; it is bound
+// by the manifest digest, which the signature threshold covers.
 //
 // # Lineage
 //
 // A LineageRule makes the inputs listed in a verified SLSA provenance
 // statement (v1 resolvedDependencies, v0.2 materials) part of the
-// decision. Dependencies whose names match the rule's globs must be OCI
-// artifacts pinned by sha256 digest and are verified through the
-// Subject's DependencyVerifier, which the caller implements (the proxy
-// maps the registry named in the statement to a configured upstream; the
-// name is a lookup key, never an address to dial). The walk is bounded by
-// the rule's depth, by WithMaxDependencies per subject and by the
-// caller's context; a dependency already on the chain is a cycle and
-// denies. A denied dependency denies its parent with a reason naming the
-// chain ("ml/llm@sha256:… ← datasets/corpus@sha256:…: why"); a dependency
-// that cannot be decided makes Verify return an error. Dependencies the
-// rule does not require, and inputs that are not OCI artifacts, are
+// decision. The provenance is the one that satisfied the boundary's
+// provenance rule, or without such a rule the newest valid provenance a
+// boundary authority signed about the subject; lineage is followed only
+// after the signatures and every rule passed. An input's name is its name
+// in v1 provenance, else the last path segment of its repository (for an
+// OCI input) or of its URI.
+//
+// Every OCI input, pinned by sha256 digest, is verified whatever its
+// name, through the Subject's DependencyVerifier, under the boundary that
+// matches it (the proxy maps the registry named in the statement to a
+// configured upstream; the name is a lookup key, never an address to
+// dial). Silence is never success: an input no glob names is verified
+// like any other. Require globs name inputs that must also be present;
+// a required input that is missing, or is not an OCI artifact, denies.
+// Ignore globs exempt inputs deliberately: an ignored OCI input is listed
+// in Verdict.Lineage with Ignored set and is not verified; a name matched
+// by both lists is required. An "oci://" input without a verifiable
+// digest denies unless it is ignored. Inputs that are not OCI artifacts (git, URLs) are
 // recorded in Verdict.Lineage and never fetched.
+//
+// The walk is bounded by the rule's depth (1 to MaxLineageDepth), by
+// WithMaxDependencies per subject and by the caller's context; a
+// dependency already on the chain is a cycle and denies. A denied
+// dependency denies its parent with a reason naming the chain
+// ("ml/llm@sha256:… ← datasets/corpus@sha256:…: why"); a dependency that
+// cannot be decided makes Verify return an error.
 //
 // # Models and datasets
 //
@@ -116,5 +162,6 @@
 // of evidence and why it was rejected; it is a policy outcome and may be
 // cached. Verify returns an error only when the policy could not be
 // evaluated: a Fetcher failure other than ErrNotFound or ErrNoReferrersAPI,
-// a DependencyVerifier failure, or a cancelled context. Callers must then fail closed without caching.
+// a DependencyVerifier failure, or a cancelled context. Callers must then
+// fail closed without caching.
 package verify

@@ -104,8 +104,10 @@ type compiledKey struct {
 	// hints are the identifiers a bundle's publicKey.hint may use for this
 	// key: its configured name and the SHA-256 of its DER encoding.
 	hints map[string]bool
-	// bundle verifies sigstore bundles against this key alone, whatever
-	// hint the bundle carries; a hint only orders the keys tried.
+	// bundle verifies DSSE envelopes and bundles against this key alone,
+	// whatever hint a bundle carries (a hint only orders the keys tried):
+	// key-signed legacy attestations go through it too, so every DSSE
+	// envelope is verified by sigstore-go, key and keyless alike.
 	bundle *sgverify.Verifier
 }
 
@@ -277,7 +279,10 @@ func compileAuthority(a *Authority) (*compiledAuthority, error) {
 	if tlogN == 0 && tsN == 0 {
 		tlogN, tsN = 1, 1
 	}
-	vopts := []sgverify.VerifierOption{sgverify.WithObserverTimestamps(max(tsN, 1))}
+	// The in-toto statement is parsed once, strictly, when the evidence
+	// is read (dsseStatement); sigstore-go's copy in its result is never
+	// read, so it is built without materialising the predicate.
+	vopts := []sgverify.VerifierOption{sgverify.WithObserverTimestamps(max(tsN, 1)), sgverify.WithoutStatementPredicate()}
 	if tlogN > 0 {
 		vopts = append(vopts, sgverify.WithTransparencyLog(tlogN))
 	}
@@ -322,12 +327,13 @@ func compileKey(nk NamedKey) (*compiledKey, error) {
 			base64.StdEncoding.EncodeToString(sum[:]): true,
 		},
 	}
-	tm := root.NewTrustedPublicKeyMaterial(func(string) (root.TimeConstrainedVerifier, error) {
-		return root.NewExpiringKey(v, time.Time{}, time.Time{}), nil
-	})
+	ek := root.NewExpiringKey(v, time.Time{}, time.Time{})
+	tm := root.NewTrustedPublicKeyMaterial(func(string) (root.TimeConstrainedVerifier, error) { return ek, nil })
 	// A key signature made with --tlog-upload=false carries no log entry
-	// and no timestamp; the key itself is the trust anchor.
-	k.bundle, err = sgverify.NewVerifier(tm, sgverify.WithNoObserverTimestamps())
+	// and no timestamp; the key itself is the trust anchor. As for
+	// keyless verifiers, the result's statement is built without its
+	// predicate, which is read from the statement parsed at discovery.
+	k.bundle, err = sgverify.NewVerifier(tm, sgverify.WithNoObserverTimestamps(), sgverify.WithoutStatementPredicate())
 	if err != nil {
 		return nil, fmt.Errorf("key %q: %w", nk.Name, err)
 	}

@@ -229,20 +229,49 @@ func parseRekorBundle(b []byte) (*tlog.Entry, error) {
 	return e, nil
 }
 
-// legacyEntity presents a certificate-signed legacy signature to
-// sigstore-go, so keyless legacy and bundle evidence share one
-// verification path (chain to Fulcio at a log or TSA time, SET checks).
+// legacyEntity presents a legacy signature or attestation layer to
+// sigstore-go as a bundle would carry it, so legacy and bundle evidence
+// share one verification path: for keyless evidence the chain to Fulcio
+// at a log or TSA time and the SET checks, for DSSE envelopes the
+// signature over the pre-authentication encoding, key and keyless alike.
 type legacyEntity struct {
 	ls *legacySignature
+	// index selects one signature of a DSSE envelope. sigstore-go verifies
+	// an envelope holding exactly one signature, as a bundle carries it;
+	// cosign accepts a legacy envelope when any of its signatures
+	// verifies, so each is presented on its own.
+	index int
+	// key presents the layer as key-signed: a key authority checks the
+	// signature against its own keys, whatever certificate the layer
+	// also carries, as cosign verify --key does.
+	key bool
 }
 
 var _ sgverify.SignedEntity = legacyEntity{}
+
+// legacyEntities lists the entities to verify for ls: one per envelope
+// signature, or the one message signature.
+func legacyEntities(ls *legacySignature, key bool) []sgverify.SignedEntity {
+	if ls.env == nil || len(ls.env.Signatures) <= 1 {
+		return []sgverify.SignedEntity{legacyEntity{ls: ls, key: key}}
+	}
+	out := make([]sgverify.SignedEntity, len(ls.env.Signatures))
+	for i := range ls.env.Signatures {
+		out[i] = legacyEntity{ls: ls, index: i, key: key}
+	}
+	return out
+}
 
 func (l legacyEntity) HasInclusionPromise() bool { return l.ls.tlog != nil }
 func (l legacyEntity) HasInclusionProof() bool   { return false }
 func (l legacyEntity) Version() (string, error)  { return "v0.1", nil }
 
 func (l legacyEntity) VerificationContent() (sgverify.VerificationContent, error) {
+	if l.key {
+		// The key verifier's trusted material answers every hint with its
+		// one key, so the empty hint names that key.
+		return &bundle.PublicKey{}, nil
+	}
 	if l.ls.cert == nil {
 		return nil, errors.New("no certificate")
 	}
@@ -250,8 +279,13 @@ func (l legacyEntity) VerificationContent() (sgverify.VerificationContent, error
 }
 
 func (l legacyEntity) SignatureContent() (sgverify.SignatureContent, error) {
-	if l.ls.env != nil {
-		return &bundle.Envelope{Envelope: l.ls.env}, nil
+	if env := l.ls.env; env != nil {
+		if len(env.Signatures) <= 1 {
+			return &bundle.Envelope{Envelope: env}, nil
+		}
+		return &bundle.Envelope{Envelope: &dsse.Envelope{
+			PayloadType: env.PayloadType, Payload: env.Payload, Signatures: env.Signatures[l.index : l.index+1],
+		}}, nil
 	}
 	sum := sha256.Sum256(l.ls.payload)
 	return bundle.NewMessageSignature(sum[:], "SHA2_256", l.ls.sig), nil

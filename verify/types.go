@@ -247,7 +247,9 @@ type Verdict struct {
 	// Reasons say why the subject was denied, or why individual pieces of
 	// evidence were rejected when it was allowed anyway.
 	Reasons []string `json:"reasons,omitempty"`
-	// Lineage holds the verdicts of the dependencies that were followed.
+	// Lineage lists the inputs of the provenance lineage was decided on:
+	// followed OCI inputs with their verdicts, ignored ones marked
+	// Ignored, and inputs that are not OCI artifacts, recorded only.
 	Lineage   []Dependency `json:"lineage,omitempty"`
 	CheckedAt time.Time    `json:"checked_at"`
 	// Attestations lists, per satisfied attestation rule, the attestation
