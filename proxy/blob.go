@@ -22,10 +22,18 @@ var blobRequestHeaders = []string{"Range", "If-Range", "If-None-Match", "If-Matc
 var blobResponseHeaders = []string{"Accept-Ranges", "Content-Type", "ETag", "Last-Modified"}
 
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, digest v1.Hash) error {
+	// size bounds the stream: a verified manifest's descriptor says how
+	// long the blob is, so an upstream cannot stream past it. Without gating
+	// the upstream's own length (Content-Length, Content-Range or a HEAD)
+	// bounds it; the digest check still rejects any body that is not the
+	// blob.
+	size := int64(-1)
 	if p.opts.blobGating {
-		if _, ok := p.blobs.get(blobKey(u.name, repo, digest)); !ok {
+		s, ok := p.blobs.get(blobKey(u.name, repo, digest))
+		if !ok {
 			return errorf(http.StatusForbidden, CodeDenied, "blob %s is not referenced by any verified manifest in %s", digest, repo)
 		}
+		size = s
 	}
 	hdr := http.Header{}
 	for _, k := range blobRequestHeaders {
@@ -34,11 +42,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 		}
 	}
 	ctx := r.Context()
-	// The gating entry does not record the descriptor's size, so the
-	// length that bounds the stream is the upstream's own (Content-Length,
-	// Content-Range or a HEAD); the digest check still rejects any body
-	// that is not the blob.
-	resp, err := u.client.OpenBlob(ctx, r.Method, repo, digest, -1, hdr)
+	resp, err := u.client.OpenBlob(ctx, r.Method, repo, digest, size, hdr)
 	if err != nil {
 		if errors.Is(err, upstream.ErrUnexpectedPartial) {
 			// A part of a blob cannot be checked against its digest, and

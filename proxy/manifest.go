@@ -511,9 +511,9 @@ func (p *Proxy) remember(d *manifestDecision) {
 		p.cover(d)
 		return
 	}
-	p.blobs.add(blobKey(u, repo, pm.config), struct{}{})
+	p.blobs.add(blobKey(u, repo, pm.config.digest), pm.config.size)
 	for _, l := range pm.layers {
-		p.blobs.add(blobKey(u, repo, l), struct{}{})
+		p.blobs.add(blobKey(u, repo, l.digest), l.size)
 	}
 }
 

@@ -21,9 +21,16 @@ type parsedManifest struct {
 	mediaType    types.MediaType
 	index        bool
 	artifactType string
-	config       v1.Hash
-	layers       []v1.Hash
+	config       blobRef
+	layers       []blobRef
 	children     []v1.Hash
+}
+
+// blobRef is a blob a manifest references, with the size its descriptor
+// declares: the served body is cut at that size.
+type blobRef struct {
+	digest v1.Hash
+	size   int64
 }
 
 type descriptorJSON struct {
@@ -115,7 +122,7 @@ func parseManifest(contentType types.MediaType, b []byte) (*parsedManifest, erro
 		if err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
-		pm.config = h
+		pm.config = blobRef{h, mj.Config.Size}
 		if pm.artifactType == "" {
 			pm.artifactType = mj.Config.MediaType
 		}
@@ -125,7 +132,7 @@ func parseManifest(contentType types.MediaType, b []byte) (*parsedManifest, erro
 				if err != nil {
 					return nil, fmt.Errorf("layers[%d]: %w", i, err)
 				}
-				pm.layers = append(pm.layers, h)
+				pm.layers = append(pm.layers, blobRef{h, d.Size})
 			}
 		}
 	}

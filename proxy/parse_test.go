@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -71,9 +72,16 @@ func FuzzParseManifest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		refs := append(pm.children, pm.layers...)
+		refs := slices.Clone(pm.children)
+		blobs := pm.layers
 		if !pm.index {
-			refs = append(refs, pm.config)
+			blobs = append(blobs, pm.config)
+		}
+		for _, ref := range blobs {
+			if ref.size < 0 {
+				t.Fatalf("accepted manifest with a negative size: %q", b)
+			}
+			refs = append(refs, ref.digest)
 		}
 		for _, h := range refs {
 			if _, perr := parseDigest(h.String()); perr != nil {

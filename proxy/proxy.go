@@ -48,8 +48,9 @@ type Proxy struct {
 	// coverage maps a child manifest's verdict key to the served index
 	// that lists it, while that index's verdict lasts.
 	coverage *ttlCache[string, coverEntry]
-	// blobs holds the blobs referenced by manifests served per repository.
-	blobs *ttlCache[string, struct{}]
+	// blobs holds the blobs referenced by manifests served per repository,
+	// with the size their descriptor declares.
+	blobs *ttlCache[string, int64]
 	// tags caches tag→descriptor when a tag TTL is configured.
 	tags *ttlCache[string, v1.Descriptor]
 	// lastAllowed remembers whether a digest was last allowed, to detect
@@ -85,7 +86,7 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		log:      o.logger,
 		audit:    o.logger.Named("audit"),
 		coverage: newTTLCache[string, coverEntry](coverageSize, o.coverageTTL),
-		blobs:    newTTLCache[string, struct{}](blobAllowSize, blobAllowTTL),
+		blobs:    newTTLCache[string, int64](blobAllowSize, blobAllowTTL),
 	}
 	p.bufPool.New = func() any { b := make([]byte, blobBufferSize); return &b }
 	if o.tagTTL > 0 {
