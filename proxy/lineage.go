@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -17,8 +15,8 @@ import (
 var _ verify.DependencyVerifier = (*Proxy)(nil)
 
 // flightDepth is the context key under which a dependency flight records
-// its remaining lineage depth, so that the dependencies it asks for can be
-// held to a strictly smaller one (see VerifyDependency).
+// its remaining lineage depth, so that the dependencies it asks for are
+// admitted by verify.AdmitDependency at a strictly smaller one.
 type flightDepth struct{}
 
 // VerifyDependency decides on one lineage dependency named by a subject's
@@ -38,36 +36,13 @@ type flightDepth struct{}
 //
 // # Deadlock freedom
 //
-// A verification shared through singleflight that waits for another shared
-// verification deadlocks if the waits form a cycle. Within one lineage walk
-// the Verifier breaks cycles through the chain, but two concurrent pulls
-// can still meet crosswise: the pull of A verifies its dependency B while
-// the pull of B verifies its dependency A. Were dependencies shared under
-// the keys of pulls, A's flight would wait on B's and B's on A's forever.
-// Two rules rule that out:
-//
-//   - A dependency's key is its verdict key qualified with its remaining
-//     depth, a key space that pulls never use. A pull's flight therefore
-//     only ever waits on dependency flights, and no flight waits on a
-//     pull's flight.
-//   - A dependency flight at remaining depth d records d in its context and
-//     only waits on dependency flights of depth < d: a request for depth
-//     >= d from within it is lowered to d-1, and a negative depth is a
-//     denial, not a flight.
-//
-// Every wait thus goes from a pull to a dependency, or from a dependency to
-// one of strictly smaller depth; such waits cannot form a cycle, and each
-// chain of them ends within the depth budget. This holds whatever the
-// Verifier does with the depth and the chain, provided it calls back with
-// the context it was given.
-//
-// The depth in the key also keeps a dependency's verdict, computed with a
-// reduced budget, from being served as the verdict of a pull of the same
-// digest, and the other way round. The chain is not part of the key: a
-// verdict depends on the chain only through cycle detection, and a subject
-// that reaches a member of its chain lies on a cycle itself, so it is
-// denied whichever chain it was first reached through; only the wording of
-// the reason can differ.
+// Dependency verifications are shared through singleflight, so their waits
+// must not form a cycle; verify.AdmitDependency states the rules and why
+// they suffice. The proxy keeps its side of them: a dependency's flight and
+// cached verdict are keyed by verify.DependencyKey, never by a pull's key;
+// the flight records its admitted depth in its context (flightDepth); and
+// every call made with that context (the Verifier calls back with the
+// context it was given) is admitted below that depth.
 func (p *Proxy) VerifyDependency(ctx context.Context, dep verify.DependencyRef, lc verify.LineageContext) (verify.Verdict, error) {
 	v, err := p.verifyDependency(ctx, dep, lc)
 	result := "deny"
@@ -82,15 +57,12 @@ func (p *Proxy) VerifyDependency(ctx context.Context, dep verify.DependencyRef, 
 }
 
 func (p *Proxy) verifyDependency(ctx context.Context, dep verify.DependencyRef, lc verify.LineageContext) (verify.Verdict, error) {
-	if len(lc.Chain) == 0 {
-		// An empty chain would make the dependency a root, with a fresh
-		// depth budget: refuse rather than let lineage recurse unbounded.
-		return verify.Verdict{}, fmt.Errorf("dependency %s: no lineage chain given", dependencyLabel(dep))
+	within, nested := ctx.Value(flightDepth{}).(int)
+	lc, ok, err := verify.AdmitDependency(lc, within, nested)
+	if err != nil {
+		return verify.Verdict{}, fmt.Errorf("dependency %s: %w", dependencyLabel(dep), err)
 	}
-	if parent, ok := ctx.Value(flightDepth{}).(int); ok && lc.Depth >= parent {
-		lc.Depth = parent - 1
-	}
-	if lc.Depth < 0 {
+	if !ok {
 		return deniedDependency(dep.Digest, "dependency %s: lineage depth exhausted", dependencyLabel(dep)), nil
 	}
 
@@ -112,9 +84,8 @@ func (p *Proxy) verifyDependency(ctx context.Context, dep verify.DependencyRef, 
 			dependencyLabel(dep), derr.Message), nil
 	}
 	digest := dep.Digest
-	lc.Chain = slices.Clone(lc.Chain)
 	mr := manifestReq{u: u, repo: repo, ref: digest.String(), client: "lineage", lineage: lc}
-	key := dependencyKey(verdictKey(p.verifier.Fingerprint(), u.name, repo, digest), lc.Depth)
+	key := verify.DependencyKey(verdictKey(p.verifier.Fingerprint(), u.name, repo, digest), lc)
 
 	if vc := p.opts.verdicts; vc != nil {
 		if v, ok := vc.Get(key); ok {
@@ -178,13 +149,6 @@ func (p *Proxy) decideDependency(ctx context.Context, mr manifestReq, digest v1.
 		return verify.Verdict{}, fmt.Errorf("failed to verify dependency %s/%s@%s: %w", mr.u.name, mr.repo, digest, err)
 	}
 	return v, nil
-}
-
-// dependencyKey qualifies a verdict key with the remaining lineage depth.
-// No pull uses such a key, which both keeps reduced-budget verdicts apart
-// from full ones and keeps pulls from ever waiting on each other.
-func dependencyKey(key string, depth int) string {
-	return key + "\x00depth=" + strconv.Itoa(depth)
 }
 
 // dependencyLabel names dep in messages: as the statement wrote it when it

@@ -448,7 +448,7 @@ func TestLineageDependencyNotFound(t *testing.T) {
 	if !slices.Contains(detailReasons(detail), want) {
 		t.Errorf("reasons %v do not say %q", detailReasons(detail), want)
 	}
-	key := dependencyKey(verdictKey(e.v.Fingerprint(), "datasets", "ml/data", missing), 2)
+	key := verify.DependencyKey(verdictKey(e.v.Fingerprint(), "datasets", "ml/data", missing), verify.LineageContext{Depth: 2})
 	if cv, ok := e.verdicts.Get(key); !ok || cv.Allowed {
 		t.Fatalf("the absent dependency's denial was not cached (%+v, %v)", cv, ok)
 	}
@@ -685,9 +685,10 @@ func TestLineageCrossRequestCycleFinishes(t *testing.T) {
 
 // contractBreaker is a Verifier that follows dependencies without spending
 // depth and without detecting cycles. The engine does both, so no real
-// verifier behaves like this; it exists to show that the proxy's own
-// rules (depth-qualified flight keys, strictly decreasing depth) end every
-// lineage walk whatever the Verifier does.
+// verifier behaves like this; it exists to show that the rules the proxy
+// applies to every dependency (flight keys by verify.DependencyKey, depth
+// lowered by verify.AdmitDependency) end every lineage walk whatever the
+// Verifier does.
 type contractBreaker struct {
 	hook func(ctx context.Context, s verify.Subject) error
 	deps map[v1.Hash][]verify.DependencyRef // set before the first pull

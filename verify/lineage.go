@@ -206,41 +206,6 @@ func matchAny(globs []string, name string) bool {
 	return false
 }
 
-// shortDigest keeps messages readable; verdicts keep full digests.
-func shortDigest(h v1.Hash) string {
-	hx := h.Hex
-	if len(hx) > 12 {
-		hx = hx[:12]
-	}
-	return h.Algorithm + ":" + hx
-}
-
-// chainLabel shortens a Chain entry "upstream/repository@digest" to
-// "repository@sha256:<12 hex>".
-func chainLabel(entry string) string {
-	at := strings.LastIndex(entry, "@")
-	if at < 0 {
-		return entry
-	}
-	repo := entry[:at]
-	if _, r, ok := strings.Cut(repo, "/"); ok {
-		repo = r
-	}
-	if h, err := v1.NewHash(entry[at+1:]); err == nil {
-		return repo + "@" + shortDigest(h)
-	}
-	return repo + "@" + entry[at+1:]
-}
-
-func chainDigest(entry string) (v1.Hash, bool) {
-	at := strings.LastIndex(entry, "@")
-	if at < 0 {
-		return v1.Hash{}, false
-	}
-	h, err := v1.NewHash(entry[at+1:])
-	return h, err == nil
-}
-
 // evalLineage verifies the inputs listed by the subject's provenance.
 // Every OCI input is followed under its own boundary, whatever its name;
 // an input the rule's Ignore globs name (and no Require glob does) is
@@ -296,32 +261,21 @@ func (e *Engine) evalLineage(ctx context.Context, r *LineageRule, s Subject, pro
 	if len(oci) == 0 {
 		return out, reasons, nil
 	}
-	remaining := s.Lineage.Depth
-	if len(s.Lineage.Chain) == 0 && remaining == 0 {
-		remaining = r.Depth
-	}
-	if remaining <= 0 {
+	lc, ok := dependencyLineage(s, r.Depth)
+	if !ok {
 		return out, append(reasons, fmt.Sprintf("lineage deeper than depth %d", len(s.Lineage.Chain))), nil
 	}
 	if len(oci) > e.maxDeps {
 		return out, append(reasons, fmt.Sprintf("too many dependencies: %d to follow, at most %d are followed", len(oci), e.maxDeps)), nil
 	}
-	self := s.Upstream + "/" + s.Repository + "@" + s.Digest.String()
-	chain := append(slices.Clone(s.Lineage.Chain), self)
 	selfLabel := s.Repository + "@" + shortDigest(s.Digest)
 	for _, i := range oci {
 		ref := *deps[i].Ref
 		depLabel := ref.Repository + "@" + shortDigest(ref.Digest)
-		if cyc := cycle(chain, ref.Digest); cyc >= 0 {
-			labels := make([]string, 0, len(chain)-cyc+1)
-			for _, c := range chain[cyc:] {
-				labels = append(labels, chainLabel(c))
-			}
-			labels = append(labels, depLabel)
-			reasons = append(reasons, "cycle: "+strings.Join(labels, " ← "))
+		if reason, ok := cycleReason(lc.Chain, ref); ok {
+			reasons = append(reasons, reason)
 			continue
 		}
-		lc := LineageContext{Dependencies: s.Lineage.Dependencies, Depth: remaining - 1, Chain: chain}
 		dv, err := s.Lineage.Dependencies.VerifyDependency(ctx, ref, lc)
 		if err != nil {
 			return nil, nil, fmt.Errorf("verifying dependency %s (%s): %w", ref.Name, ref.URI, err)
@@ -356,16 +310,4 @@ func nested(selfLabel, depLabel, reason string, dep v1.Hash) string {
 		return selfLabel + " ← " + reason
 	}
 	return selfLabel + " ← " + depLabel + ": " + reason
-}
-
-// cycle returns the index in chain of the entry with digest d, or -1.
-// Digests are compared, not names: the same content reached through
-// another registry or repository is the same node.
-func cycle(chain []string, d v1.Hash) int {
-	for i, c := range chain {
-		if h, ok := chainDigest(c); ok && h == d {
-			return i
-		}
-	}
-	return -1
 }

@@ -2,10 +2,12 @@ package verify
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 var hexA = strings.Repeat("a", 64)
@@ -170,5 +172,115 @@ func FuzzStatement(f *testing.F) {
 			t.Fatalf("accepted a malformed statement: %+v", st)
 		}
 		_ = statementTime(st)
+	})
+}
+
+func TestLineageWalkRules(t *testing.T) {
+	t.Parallel()
+	hexB, hexC := strings.Repeat("b", 64), strings.Repeat("c", 64)
+	digest := func(hx string) v1.Hash { return v1.Hash{Algorithm: "sha256", Hex: hx} }
+	subject := func(depth int, chain ...string) Subject {
+		return Subject{Upstream: "models", Repository: "ml/a", Digest: digest(hexA), Lineage: LineageContext{Depth: depth, Chain: chain}}
+	}
+	self := "models/ml/a@sha256:" + hexA
+
+	t.Run("depth budget", func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			name  string
+			s     Subject
+			depth int // of the dependencies; -1 means none may be followed
+		}{
+			{"root starts from the boundary's depth", subject(0), 2},
+			{"dependency spends one", subject(2, "x/y@sha256:"+hexB), 1},
+			{"last level", subject(1, "x/y@sha256:"+hexB), 0},
+			// 0 on a root means "the boundary's depth"; on a dependency it
+			// must not restart the budget.
+			{"dependency with no depth left", subject(0, "x/y@sha256:"+hexB), -1},
+			{"negative depth", subject(-1, "x/y@sha256:"+hexB), -1},
+		} {
+			lc, ok := dependencyLineage(tc.s, 3)
+			if tc.depth < 0 {
+				if ok {
+					t.Errorf("%s: followed with %+v, want the budget spent", tc.name, lc)
+				}
+				continue
+			}
+			want := append(slices.Clone(tc.s.Lineage.Chain), self)
+			if !ok || lc.Depth != tc.depth || !slices.Equal(lc.Chain, want) {
+				t.Errorf("%s: %+v %v, want depth %d chain %v", tc.name, lc, ok, tc.depth, want)
+			}
+		}
+		// Siblings derived from one parent chain must not share storage.
+		parent := make([]string, 1, 4)
+		parent[0] = "x/y@sha256:" + hexB
+		a, _ := dependencyLineage(subject(2, parent...), 3)
+		b := subject(2, parent...)
+		b.Repository = "ml/b"
+		if lb, _ := dependencyLineage(b, 3); a.Chain[1] != self || lb.Chain[1] != "models/ml/b@sha256:"+hexA {
+			t.Errorf("derived chains alias each other: %v %v", a.Chain, lb.Chain)
+		}
+	})
+
+	t.Run("cycle through another repository with the same digest", func(t *testing.T) {
+		t.Parallel()
+		chain := []string{"models/ml/a@sha256:" + hexA, "datasets/data/b@sha256:" + hexB}
+		dep := DependencyRef{Registry: "mirror.example", Repository: "other/copy", Digest: digest(hexA)}
+		reason, ok := cycleReason(chain, dep)
+		want := "cycle: ml/a@sha256:aaaaaaaaaaaa ← data/b@sha256:bbbbbbbbbbbb ← other/copy@sha256:aaaaaaaaaaaa"
+		if !ok || reason != want {
+			t.Errorf("cycleReason = %q %v, want %q", reason, ok, want)
+		}
+		dep.Repository, dep.Digest = "ml/a", digest(hexC) // the same name with other content is no cycle
+		if reason, ok := cycleReason(chain, dep); ok {
+			t.Errorf("no cycle reported as %q", reason)
+		}
+	})
+
+	t.Run("admission", func(t *testing.T) {
+		t.Parallel()
+		chain := []string{self}
+		for _, tc := range []struct {
+			name          string
+			depth, within int
+			nested        bool
+			want          int // -1 means denied
+		}{
+			{"from a pull", 5, 0, false, 5},
+			{"below the calling verification", 1, 2, true, 1},
+			{"at the calling verification's depth is lowered", 2, 2, true, 1},
+			{"above the calling verification's depth is lowered", 9, 2, true, 1},
+			{"lowered below zero", 3, 0, true, -1},
+			{"depth exhausted", -1, 0, false, -1},
+		} {
+			lc, ok, err := AdmitDependency(LineageContext{Depth: tc.depth, Chain: chain}, tc.within, tc.nested)
+			switch {
+			case err != nil:
+				t.Errorf("%s: %v", tc.name, err)
+			case tc.want < 0 && ok:
+				t.Errorf("%s: admitted at depth %d, want a denial", tc.name, lc.Depth)
+			case tc.want >= 0 && (!ok || lc.Depth != tc.want || !slices.Equal(lc.Chain, chain)):
+				t.Errorf("%s: %+v %v, want depth %d", tc.name, lc, ok, tc.want)
+			}
+			if ok && &lc.Chain[0] == &chain[0] {
+				t.Errorf("%s: the admitted chain is the caller's", tc.name)
+			}
+		}
+		if _, ok, err := AdmitDependency(LineageContext{Depth: 1}, 0, false); err == nil || ok {
+			t.Errorf("a dependency without a chain was admitted (%v, %v)", ok, err)
+		}
+	})
+
+	t.Run("verdict key", func(t *testing.T) {
+		t.Parallel()
+		const pull = "fingerprint\x00datasets\x00ml/data\x00sha256:" + "00"
+		k1 := DependencyKey(pull, LineageContext{Depth: 1, Chain: []string{self}})
+		k2 := DependencyKey(pull, LineageContext{Depth: 2, Chain: []string{self}})
+		if k1 == k2 || k1 == pull || k2 == pull || k1 == DependencyKey(pull+"x", LineageContext{Depth: 1}) {
+			t.Errorf("keys do not keep depths and pulls apart: %q %q %q", pull, k1, k2)
+		}
+		if other := DependencyKey(pull, LineageContext{Depth: 1, Chain: []string{"x/y@sha256:" + hexB, self}}); other != k1 {
+			t.Errorf("the chain is part of the key: %q != %q", other, k1)
+		}
 	})
 }

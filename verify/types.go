@@ -62,8 +62,10 @@ type DependencyRef struct {
 type DependencyVerifier interface {
 	// VerifyDependency returns dep's verdict. lc is the dependency's own
 	// lineage context (its remaining Depth and the Chain including the
-	// parent), to be put on the dependency's Subject. An error means the
-	// dependency could not be decided (the parent then fails closed).
+	// parent), to be checked with AdmitDependency and put on the
+	// dependency's Subject; a verdict shared or cached is keyed by
+	// DependencyKey. An error means the dependency could not be decided
+	// (the parent then fails closed).
 	VerifyDependency(ctx context.Context, dep DependencyRef, lc LineageContext) (Verdict, error)
 }
 
