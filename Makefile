@@ -4,7 +4,7 @@ BIN       ?= bin/portcullis
 PKGS      := ./...
 E2E_BIN   ?= /usr/local/e2e/bin
 
-.PHONY: all build demo run test vet lint fmt-check race fuzz bench e2e e2e-install docker clean
+.PHONY: all build demo run test vet lint fmt-check race fuzz bench e2e e2e-install e2e-selfcheck mutate docker clean
 
 all: build
 
@@ -57,6 +57,46 @@ e2e-install:
 
 e2e: build
 	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/run.sh
+
+## e2e-selfcheck: the suite against a deny-all and an allow-all proxy; each must fail at least half of its checks
+e2e-selfcheck: build
+	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/selfcheck.sh
+
+## mutate: mutation testing (gremlins at a pinned version, installed into bin/) over
+## verify/, cache/ and the proxy's decision files, with a score per package.
+## Slow, so neither part of test nor of CI. MUTATE_PKGS="cache" runs one package.
+GREMLINS_VERSION ?= v0.6.0
+MUTATE_PKGS      ?= verify cache proxy
+MUTATE_WORKERS   ?= 1
+# A mutant's test run may take this many times the unmutated coverage run
+# (gremlins' default of 3 times out good runs on a loaded 2-core machine).
+MUTATE_TIMEOUT_COEFFICIENT ?= 10
+# In proxy/ only the files that decide are mutated, not the HTTP plumbing.
+MUTATE_PROXY_FILES := manifest.go lineage.go blob.go
+mutate:
+	@test -x bin/gremlins-$(GREMLINS_VERSION) || GOBIN=$(CURDIR)/bin/.tools $(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@$(GREMLINS_VERSION)
+	@test -x bin/gremlins-$(GREMLINS_VERSION) || mv bin/.tools/gremlins bin/gremlins-$(GREMLINS_VERSION)
+	@mkdir -p bin/mutate
+	@for pkg in $(MUTATE_PKGS); do \
+	  excl=""; \
+	  if [ "$$pkg" = proxy ]; then \
+	    excl="-E ^internal/"; \
+	    for f in $$(cd proxy && ls *.go | grep -v '_test\.go$$'); do \
+	      case " $(MUTATE_PROXY_FILES) " in *" $$f "*) ;; *) excl="$$excl -E ^$$f\$$";; esac; \
+	    done; \
+	  fi; \
+	  echo "== mutate $$pkg"; \
+	  ./bin/gremlins-$(GREMLINS_VERSION) unleash --workers $(MUTATE_WORKERS) \
+	    --timeout-coefficient $(MUTATE_TIMEOUT_COEFFICIENT) -o bin/mutate/$$pkg.json $$excl $(CURDIR)/$$pkg || exit 1; \
+	done
+	@echo; echo "mutation score per package (efficacy = killed / (killed + lived)):"
+	@for pkg in $(MUTATE_PKGS); do \
+	  python3 -c 'import json, sys; r = json.load(open(sys.argv[2])); \
+	    st = [m["status"] for f in r["files"] for m in f["mutations"]]; \
+	    print("  %-7s efficacy %6.2f%%  mutant coverage %6.2f%%  killed %d, lived %d, timed out %d, not covered %d, not viable %d" % ( \
+	      sys.argv[1], r["test_efficacy"], r["mutations_coverage"], r["mutants_killed"], r["mutants_lived"], \
+	      st.count("TIMED OUT"), r["mutants_not_covered"], r["mutants_not_viable"]))' $$pkg bin/mutate/$$pkg.json; \
+	done
 
 docker:
 	docker build -t portcullis:dev .

@@ -4,10 +4,16 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -202,5 +208,139 @@ func TestDemoOnce(t *testing.T) {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("demo output lacks %q", want)
 		}
+	}
+}
+
+// TestServePathDoesNotReachDemo keeps the demo's scaffolding (seeded
+// registry, throwaway signers, test/fixtures) off the code serve runs:
+// nothing reachable from runServe calls into the demo or fixtures package,
+// none of the packages that path uses depends on them, and only demo.go
+// imports the demo package.
+func TestServePathDoesNotReachDemo(t *testing.T) {
+	const (
+		mod         = "github.com/portcullis-oci/portcullis"
+		demoPkg     = mod + "/cmd/portcullis/internal/demo"
+		fixturesPkg = mod + "/test/fixtures"
+	)
+	forbidden := map[string]bool{demoPkg: true, fixturesPkg: true}
+
+	fset := token.NewFileSet()
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// calls maps each top-level function to the functions of this package
+	// and the imported packages its body refers to.
+	type refs struct{ funcs, pkgs map[string]bool }
+	calls := map[string]refs{}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		file, err := parser.ParseFile(fset, f, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imports := map[string]string{}
+		for _, imp := range file.Imports {
+			p, _ := strconv.Unquote(imp.Path.Value)
+			n := path.Base(p)
+			if imp.Name != nil {
+				n = imp.Name.Name
+			}
+			imports[n] = p
+			if forbidden[p] && !(p == demoPkg && f == "demo.go") {
+				t.Errorf("%s imports %s: only demo.go may import the demo package, and no file of the command the fixtures", f, p)
+			}
+		}
+		for _, d := range file.Decls {
+			fd, ok := d.(*ast.FuncDecl)
+			if !ok {
+				continue
+			}
+			r := refs{funcs: map[string]bool{}, pkgs: map[string]bool{}}
+			ast.Inspect(fd.Body, func(n ast.Node) bool {
+				switch n := n.(type) {
+				case *ast.SelectorExpr:
+					if x, ok := n.X.(*ast.Ident); ok && imports[x.Name] != "" {
+						r.pkgs[imports[x.Name]] = true
+					}
+				case *ast.Ident:
+					r.funcs[n.Name] = true
+				}
+				return true
+			})
+			calls[fd.Name.Name] = r
+		}
+	}
+	if _, ok := calls["runDemo"]; !ok {
+		t.Fatal("runDemo not found: the walk below would prove nothing")
+	}
+
+	// walk returns the functions reachable from root and the packages
+	// they refer to.
+	walk := func(root string) (map[string]bool, map[string]bool) {
+		reached, queue := map[string]bool{root: true}, []string{root}
+		pkgs := map[string]bool{}
+		for len(queue) > 0 {
+			fn := queue[0]
+			queue = queue[1:]
+			for p := range calls[fn].pkgs {
+				pkgs[p] = true
+			}
+			for callee := range calls[fn].funcs {
+				if _, isFunc := calls[callee]; isFunc && !reached[callee] {
+					reached[callee] = true
+					queue = append(queue, callee)
+				}
+			}
+		}
+		return reached, pkgs
+	}
+	// The walk sees the demo where it is used, so its silence about serve
+	// means something.
+	if _, demoPkgs := walk("runDemo"); !demoPkgs[demoPkg] {
+		t.Fatalf("the walk from runDemo does not reach %s", demoPkg)
+	}
+	reached, pkgs := walk("runServe")
+	if !reached["serve"] || !reached["newProxy"] {
+		t.Fatalf("the walk from runServe missed serve/newProxy (reached %v)", reached)
+	}
+	if reached["runDemo"] {
+		t.Error("runServe reaches runDemo")
+	}
+	var modPkgs []string
+	for p := range pkgs {
+		if forbidden[p] {
+			t.Errorf("serve's path uses package %s", p)
+		}
+		if strings.HasPrefix(p, mod+"/") {
+			modPkgs = append(modPkgs, p)
+		}
+	}
+	if len(modPkgs) == 0 {
+		t.Fatal("serve's path uses no package of the module: the walk is broken")
+	}
+
+	deps := func(pkgs ...string) map[string]bool {
+		out, err := exec.Command("go", append([]string{"list", "-deps"}, pkgs...)...).Output()
+		if err != nil {
+			t.Fatalf("go list -deps %v: %v", pkgs, err)
+		}
+		m := map[string]bool{}
+		for _, l := range strings.Fields(string(out)) {
+			m[l] = true
+		}
+		return m
+	}
+	for p := range deps(modPkgs...) {
+		if forbidden[p] {
+			t.Errorf("serve's path (%v) depends on %s", modPkgs, p)
+		}
+	}
+	// The forbidden names are real: the demo package is where the fixtures
+	// are used.
+	if !deps(demoPkg)[fixturesPkg] {
+		t.Errorf("%s does not depend on %s; update this test", demoPkg, fixturesPkg)
 	}
 }

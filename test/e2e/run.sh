@@ -3,16 +3,44 @@
 # API, olareg with it), real signers (cosign v2 legacy .sig/.att, cosign v3
 # sigstore bundles), real clients (crane, skopeo, oras, regctl, containerd)
 # pulling through a real portcullis process. Prints "N passed, N failed".
+#
+# Every allowed pull is compared with what was pushed (manifest digest,
+# layer digests, layer contents); every denial must carry its specific
+# reason; real cosign and portcullis must agree both ways on the same keys.
+# A step that builds, signs or attests content aborts the suite when it
+# fails, since every later check would be meaningless.
+#
+# Each run owns its processes and ports: every server listens on a port the
+# kernel picks, the port is read back from the process itself and checked
+# to belong to the PID this script started, and each registry must hand
+# back a random marker pushed to it, so concurrent runs do not interfere.
+#
+# E2E_POLICY=deny-all or allow-all runs the same checks against a proxy
+# configured to deny everything (its only key signs nothing) or to allow
+# everything (no boundary, unmatched: insecure-allow, no blob gating); the
+# suite must then fail at least half of its checks (see selfcheck.sh).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 PORTCULLIS=${PORTCULLIS:-$root/bin/portcullis}
 E2E_BIN=${E2E_BIN:-/usr/local/e2e/bin}
+E2E_POLICY=${E2E_POLICY:-enforce}
 export PATH="$E2E_BIN:$PATH"
+case "$E2E_POLICY" in
+  enforce | deny-all | allow-all) ;;
+  *) echo "E2E_POLICY must be enforce, deny-all or allow-all, not \"$E2E_POLICY\"" >&2; exit 2 ;;
+esac
 
+started=$(date +%s)
 work=$(mktemp -d /tmp/portcullis-e2e.XXXXXX)
+# RUN names this run's upstream aliases and markers.
+RUN=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
 export TUF_ROOT="$work/tuf" REGCTL_CONFIG="$work/regctl.json" COSIGN_PASSWORD="" HOME="$work/home"
-mkdir -p "$HOME"
+mkdir -p "$HOME" "$work/payload"
+# A private copy: a rebuild of bin/ during the run (another run's make, an
+# edit) cannot swap the binary under test halfway through.
+[ -x "$PORTCULLIS" ] || { echo "no portcullis binary at $PORTCULLIS (make build)" >&2; rm -rf "$work"; exit 2; }
+cp "$PORTCULLIS" "$work/portcullis" && PORTCULLIS=$work/portcullis
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
@@ -21,112 +49,197 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Ports on loopback only.
-DIST=127.0.0.1:15101 OLA=127.0.0.1:15102 PROXY=127.0.0.1:15100 ADMIN=127.0.0.1:19100
-
 passed=0 failed=0
 ok()   { passed=$((passed+1)); printf '  ok    %s\n' "$*"; }
 bad()  { failed=$((failed+1)); printf '  FAIL  %s\n' "$*"; }
 phase() { printf '\n[e2e] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
+die()  { printf '\n[e2e] ABORT: %s\n' "$*" >&2; exit 1; }
+show() { sed 's/^/        /' "$1" | tail -"${2:-5}"; }
 wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; return 1; }
+sha() { sha256sum "${1:--}" | cut -d' ' -f1; }
+# has GREP-ARGS...: grep that reads all of its input. "grep -q" exits at
+# the first match, and under pipefail the writer's SIGPIPE would turn that
+# match into a failure.
+has() { grep "$@" >/dev/null; }
 
-# expect_ok NAME CMD...: the command must succeed.
-expect_ok() { local n=$1; shift; if "$@" >"$work/out" 2>&1; then ok "$n"; else bad "$n"; sed 's/^/        /' "$work/out" | tail -5; fi; }
-# expect_denied NAME CMD...: the command must fail and its output must show
-# the proxy's DENIED reason.
-expect_denied() {
-  local n=$1; shift
-  if "$@" >"$work/out" 2>&1; then bad "$n (succeeded, expected a denial)"; return; fi
-  if grep -q 'DENIED\|denied' "$work/out"; then ok "$n"; else bad "$n (failed without the DENIED reason)"; sed 's/^/        /' "$work/out" | tail -5; fi
+# must WHAT CMD...: a setup step; its failure ends the suite.
+must() {
+  local what=$1; shift
+  local out="$work/must.$BASHPID.out"
+  if ! "$@" >"$out" 2>&1; then
+    show "$out" 10 >&2
+    die "$what failed"
+  fi
+  rm -f "$out"
 }
 
-phase "starting registries"
+# listen_ports PID: the TCP ports PID listens on, read from /proc so that
+# a port counts only when this very process holds the socket.
+listen_ports() {
+  local inodes
+  inodes=" $(find "/proc/$1/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n' | tr '\n' ' ') "
+  [ "$inodes" != "  " ] || return 0
+  awk -v inodes="$inodes" '$4 == "0A" && index(inodes, " " $10 " ") { split($2, a, ":"); print a[2] }' /proc/net/tcp /proc/net/tcp6 2>/dev/null |
+    while read -r hex; do printf '%d\n' "0x$hex"; done
+}
+# await_port PID NAME: the one port PID listens on, once it listens.
+await_port() {
+  local ports
+  for _ in $(seq 200); do
+    kill -0 "$1" 2>/dev/null || { echo "$2 exited" >&2; return 1; }
+    ports=$(listen_ports "$1")
+    if [ -n "$ports" ]; then echo "$ports" | head -1; return 0; fi
+    sleep 0.05
+  done
+  echo "$2 did not listen" >&2; return 1
+}
+owns_port() { listen_ports "$1" | has -x "$2"; }
+
+# image KEY REG REPO: pushes REPO:v1, a one-layer linux/amd64 OCI image of
+# fresh random bytes, and records the digest the push reported in D[KEY]
+# and the layer's contents in payload/KEY/.
+declare -A D
+image() {
+  local k=$1 reg=$2 repo=$3 out
+  mkdir -p "$work/payload/$k"
+  head -c 4096 /dev/urandom > "$work/payload/$k/blob.bin"
+  tar -C "$work/payload/$k" -cf "$work/payload/$k.tar" blob.bin
+  must "crane append $reg/$repo" crane append --oci-empty-base -f "$work/payload/$k.tar" -t "$reg/$repo:v1"
+  out=$(crane mutate --set-platform linux/amd64 "$reg/$repo:v1" 2>"$work/must.out") || { show "$work/must.out"; die "crane mutate $reg/$repo failed"; }
+  D[$k]=${out##*@}
+  [[ ${D[$k]} == sha256:* ]] || die "crane mutate $reg/$repo printed no digest: $out"
+}
+
+# claim_registry NAME PID ADDR: ADDR is served by PID and answers with a
+# marker only this run pushed.
+claim_registry() {
+  local name=$1 pid=$2 addr=$3 got
+  owns_port "$pid" "${addr##*:}" || die "$name: port ${addr##*:} is not held by PID $pid"
+  wait_http "http://$addr/v2/" || die "$name at $addr does not answer /v2/"
+  image "marker_$name" "$addr" "e2e/marker-$RUN"
+  got=$(crane digest "$addr/e2e/marker-$RUN:v1" 2>/dev/null) || die "$name: marker not readable"
+  [ "$got" = "${D[marker_$name]}" ] || die "$name at $addr answers marker $got, pushed ${D[marker_$name]}"
+}
+
+phase "starting registries (run $RUN, policy $E2E_POLICY)"
 cat > "$work/dist.yml" <<YML
 version: 0.1
 log: {level: warn}
 storage:
   filesystem: {rootdirectory: $work/dist}
 http:
-  addr: $DIST
+  addr: 127.0.0.1:0
 YML
-docker-registry serve "$work/dist.yml" >"$work/dist.log" 2>&1 & pids+=($!)
-olareg serve --addr "${OLA%:*}" --port "${OLA#*:}" --store-type mem >"$work/ola.log" 2>&1 & pids+=($!)
-wait_http "http://$DIST/v2/" && wait_http "http://$OLA/v2/" || exit 1
+docker-registry serve "$work/dist.yml" >"$work/dist.log" 2>&1 & dist_pid=$!; pids+=($dist_pid)
+olareg serve --addr 127.0.0.1 --port 0 --store-type mem >"$work/ola.log" 2>&1 & ola_pid=$!; pids+=($ola_pid)
+DIST=127.0.0.1:$(await_port "$dist_pid" docker-registry) || die "docker-registry did not start: $(tail -3 "$work/dist.log")"
+OLA=127.0.0.1:$(await_port "$ola_pid" olareg) || die "olareg did not start: $(tail -3 "$work/ola.log")"
+claim_registry dist "$dist_pid" "$DIST"
+claim_registry ola "$ola_pid" "$OLA"
+# distribution stores on disk: the marker must be in this run's directory.
+[ -e "$work/dist/docker/registry/v2/repositories/e2e/marker-$RUN/_manifests/tags/v1" ] || die "the marker is not in $work/dist"
+echo "  dist $DIST (pid $dist_pid), ola $OLA (pid $ola_pid)"
 
 phase "building content"
 cd "$work"
-# image REG REPO TAG: a small single-layer OCI image, printed as its digest.
-image() {
-  head -c 4096 /dev/urandom > "$work/blob.bin"
-  tar -C "$work" -cf "$work/layer.tar" blob.bin
-  crane append --oci-empty-base -f "$work/layer.tar" -t "$1/$2:$3" >/dev/null 2>&1 &&
-  crane mutate --set-platform linux/amd64 "$1/$2:$3" >/dev/null 2>&1 &&
-  crane digest "$1/$2:$3"
+# Independent signing steps run in parallel (cosign is most of the setup
+# time); join waits for all of them and aborts when any failed.
+bg_pids=()
+spawn() { "$@" & bg_pids+=($!); }
+join() {
+  local p failed_jobs=0
+  for p in "${bg_pids[@]}"; do wait "$p" || failed_jobs=$((failed_jobs+1)); done
+  bg_pids=()
+  [ "$failed_jobs" -eq 0 ] || die "$failed_jobs signing or attesting steps failed (output above)"
 }
-cosign2 generate-key-pair --output-key-prefix v2 >/dev/null 2>&1
-cosign3 generate-key-pair --output-key-prefix v3 >/dev/null 2>&1
-cosign2 generate-key-pair --output-key-prefix rogue >/dev/null 2>&1
+spawn must "cosign2 generate-key-pair" cosign2 generate-key-pair --output-key-prefix v2
+spawn must "cosign3 generate-key-pair" cosign3 generate-key-pair --output-key-prefix v3
+spawn must "cosign2 generate-key-pair (rogue)" cosign2 generate-key-pair --output-key-prefix rogue
+# Keys nothing is signed with: the deny-all self-check trusts only them
+# (two, as two authorities may not share a key).
+spawn must "cosign2 generate-key-pair (nobody)" cosign2 generate-key-pair --output-key-prefix nobody2
+spawn must "cosign3 generate-key-pair (nobody)" cosign3 generate-key-pair --output-key-prefix nobody3
 # An empty trusted root: lets cosign v3 verify key-signed bundles offline.
 echo '{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}' > "$work/trusted_root.json"
 
-sign2() { cosign2 sign --key "$1" --tlog-upload=false -y "$2" >/dev/null 2>&1; }
-sign3() { cosign3 sign --key "$1" --use-signing-config=false --tlog-upload=false -y "$2" >/dev/null 2>&1; }
+sign2() { spawn must "cosign2 sign $2" cosign2 sign --key "$1" --tlog-upload=false -y "$2"; }
+sign3() { spawn must "cosign3 sign $2" cosign3 sign --key "$1" --use-signing-config=false --tlog-upload=false -y "$2"; }
 
-declare -A D
-D[dist_v2]=$(image "$DIST" e2e/signed-v2 v1);      sign2 v2.key "$DIST/e2e/signed-v2@${D[dist_v2]}"
-D[dist_v3]=$(image "$DIST" e2e/signed-v3 v1);      sign3 v3.key "$DIST/e2e/signed-v3@${D[dist_v3]}"
-D[ola_v3]=$(image "$OLA" e2e/signed-v3 v1);        sign3 v3.key "$OLA/e2e/signed-v3@${D[ola_v3]}"
-D[ola_v2]=$(image "$OLA" e2e/signed-v2 v1);        sign2 v2.key "$OLA/e2e/signed-v2@${D[ola_v2]}"
-D[dist_unsigned]=$(image "$DIST" e2e/unsigned v1)
-D[dist_rogue]=$(image "$DIST" e2e/rogue v1);       sign2 rogue.key "$DIST/e2e/rogue@${D[dist_rogue]}"
-for k in "${!D[@]}"; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
+image dist_v2 "$DIST" e2e/signed-v2
+image dist_v3 "$DIST" e2e/signed-v3
+image ola_v3 "$OLA" e2e/signed-v3
+image ola_v2 "$OLA" e2e/signed-v2
+image dist_unsigned "$DIST" e2e/unsigned
+image dist_rogue "$DIST" e2e/rogue
+# For a threshold of two: signed by both keys, and by one key twice (a
+# legacy .sig and a bundle), which must count once.
+image pair_both "$OLA" e2e/pairs/both
+image pair_one "$OLA" e2e/pairs/one-key
+join
+sign2 v2.key "$DIST/e2e/signed-v2@${D[dist_v2]}"
+sign3 v3.key "$DIST/e2e/signed-v3@${D[dist_v3]}"
+sign3 v3.key "$OLA/e2e/signed-v3@${D[ola_v3]}"
+sign2 v2.key "$OLA/e2e/signed-v2@${D[ola_v2]}"
+sign2 rogue.key "$DIST/e2e/rogue@${D[dist_rogue]}"
+sign2 v2.key "$OLA/e2e/pairs/both@${D[pair_both]}"; sign3 v3.key "$OLA/e2e/pairs/both@${D[pair_both]}"
+sign2 v3.key "$OLA/e2e/pairs/one-key@${D[pair_one]}"; sign3 v3.key "$OLA/e2e/pairs/one-key@${D[pair_one]}"
 
 # Models and datasets as CNCF ModelPack artifacts pushed with oras; the
 # model's SLSA provenance (cosign attest) names its training data by digest.
+DIST_ALIAS=dist-$RUN.e2e.local OLA_ALIAS=ola-$RUN.e2e.local
 echo '{}' > "$work/model-config.json"
-echo '{"text": "the corpus"}' > "$work/corpus.jsonl"
-echo '{"text": "poisoned"}' > "$work/poisoned.jsonl"
+echo "{\"text\": \"the corpus $RUN\"}" > "$work/corpus.jsonl"
+echo "{\"text\": \"poisoned $RUN\"}" > "$work/poisoned.jsonl"
 head -c 8192 /dev/urandom > "$work/weights.bin"
-oras_push() { # REG REPO FILE:MEDIATYPE
-  oras push --plain-http "$1/$2:v1" --artifact-type application/vnd.cncf.model.manifest.v1+json \
-    --config model-config.json:application/vnd.cncf.model.config.v1+json "$3" >/dev/null 2>&1 && crane digest "$1/$2:v1"
+# model KEY REG REPO FILE:MEDIATYPE [ORAS ARGS...]: pushes REPO:v1 with oras
+# and records the digest oras reported.
+model() {
+  local k=$1 reg=$2 repo=$3 file=$4; shift 4
+  D[$k]=$(oras push --plain-http --format go-template='{{.digest}}' "$reg/$repo:v1" \
+    --artifact-type application/vnd.cncf.model.manifest.v1+json \
+    --config model-config.json:application/vnd.cncf.model.config.v1+json "$@" "$file" 2>"$work/must.out") ||
+    { show "$work/must.out" >&2; die "oras push $reg/$repo failed"; }
+  [[ ${D[$k]} == sha256:* ]] || die "oras push $reg/$repo printed no digest: ${D[$k]}"
 }
-provenance() { # DATASET_URI: an SLSA v1 predicate naming one dataset
-  cat > "$work/prov.json" <<JSON
+provenance() { # FILE DATASET_URI: an SLSA v1 predicate naming one dataset
+  cat > "$work/$1" <<JSON
 {"buildDefinition":{"buildType":"https://e2e.local/train/v1","externalParameters":{"epochs":3},
- "resolvedDependencies":[{"name":"dataset-corpus","uri":"$1"},{"name":"trainer-src","uri":"git+https://git.e2e.local/trainer@refs/heads/main","digest":{"gitCommit":"0123456789abcdef0123456789abcdef01234567"}}]},
+ "resolvedDependencies":[{"name":"dataset-corpus","uri":"$2"},{"name":"trainer-src","uri":"git+https://git.e2e.local/trainer@refs/heads/main","digest":{"gitCommit":"0123456789abcdef0123456789abcdef01234567"}}]},
  "runDetails":{"builder":{"id":"https://ci.e2e.local/trainer"},"metadata":{"startedOn":"$(date -u -d '-2 hour' +%FT%TZ)","finishedOn":"$(date -u -d '-1 hour' +%FT%TZ)"}}}
 JSON
 }
-attest3() { cosign3 attest --key v3.key --use-signing-config=false --tlog-upload=false --type slsaprovenance1 --predicate prov.json -y "$1" >/dev/null 2>&1; }
-attest2() { cosign2 attest --key v2.key --tlog-upload=false --type slsaprovenance1 --predicate prov.json -y "$1" >/dev/null 2>&1; }
+attest3() { spawn must "cosign3 attest $2" cosign3 attest --key v3.key --use-signing-config=false --tlog-upload=false --type slsaprovenance1 --predicate "$1" -y "$2"; }
+attest2() { spawn must "cosign2 attest $2" cosign2 attest --key v2.key --tlog-upload=false --type slsaprovenance1 --predicate "$1" -y "$2"; }
 
-D[corpus]=$(oras_push "$OLA" e2e/datasets/corpus corpus.jsonl:application/vnd.cncf.model.dataset.v1.raw); sign3 v3.key "$OLA/e2e/datasets/corpus@${D[corpus]}"
-D[poisoned]=$(oras_push "$OLA" e2e/datasets/poisoned poisoned.jsonl:application/vnd.cncf.model.dataset.v1.raw)
-D[llm]=$(oras_push "$OLA" e2e/ml/llm weights.bin:application/vnd.cncf.model.weight.v1.raw)
-sign3 v3.key "$OLA/e2e/ml/llm@${D[llm]}"; provenance "oci://ola.e2e.local/e2e/datasets/corpus@${D[corpus]}"; attest3 "$OLA/e2e/ml/llm@${D[llm]}"
-# Same weights as llm would give the same digest: make the manifest differ.
-D[llm_poisoned]=$(oras push --plain-http "$OLA/e2e/ml/llm-poisoned:v1" --artifact-type application/vnd.cncf.model.manifest.v1+json \
-  --annotation "org.opencontainers.image.description=poisoned" --config model-config.json:application/vnd.cncf.model.config.v1+json \
-  weights.bin:application/vnd.cncf.model.weight.v1.raw >/dev/null 2>&1 && crane digest "$OLA/e2e/ml/llm-poisoned:v1")
-sign3 v3.key "$OLA/e2e/ml/llm-poisoned@${D[llm_poisoned]}"; provenance "oci://ola.e2e.local/e2e/datasets/poisoned@${D[poisoned]}"; attest3 "$OLA/e2e/ml/llm-poisoned@${D[llm_poisoned]}"
+model corpus "$OLA" e2e/datasets/corpus corpus.jsonl:application/vnd.cncf.model.dataset.v1.raw
+model poisoned "$OLA" e2e/datasets/poisoned poisoned.jsonl:application/vnd.cncf.model.dataset.v1.raw
+model llm "$OLA" e2e/ml/llm weights.bin:application/vnd.cncf.model.weight.v1.raw
+# The same weights would give llm's digest: an annotation makes it differ.
+model llm_poisoned "$OLA" e2e/ml/llm-poisoned weights.bin:application/vnd.cncf.model.weight.v1.raw --annotation "org.opencontainers.image.description=poisoned"
 # A model on the registry without the referrers API, with a legacy .att,
 # whose dataset lives on the other upstream.
-D[llm_legacy]=$(oras push --plain-http "$DIST/e2e/ml/llm-legacy:v1" --artifact-type application/vnd.cncf.model.manifest.v1+json \
-  --config model-config.json:application/vnd.cncf.model.config.v1+json weights.bin:application/vnd.cncf.model.weight.v1.raw >/dev/null 2>&1 && crane digest "$DIST/e2e/ml/llm-legacy:v1")
-sign2 v2.key "$DIST/e2e/ml/llm-legacy@${D[llm_legacy]}"; provenance "oci://ola.e2e.local/e2e/datasets/corpus@${D[corpus]}"; attest2 "$DIST/e2e/ml/llm-legacy@${D[llm_legacy]}"
-for k in corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
+model llm_legacy "$DIST" e2e/ml/llm-legacy weights.bin:application/vnd.cncf.model.weight.v1.raw
+provenance prov-corpus.json "oci://$OLA_ALIAS/e2e/datasets/corpus@${D[corpus]}"
+provenance prov-poisoned.json "oci://$OLA_ALIAS/e2e/datasets/poisoned@${D[poisoned]}"
+sign3 v3.key "$OLA/e2e/datasets/corpus@${D[corpus]}"
+sign3 v3.key "$OLA/e2e/ml/llm@${D[llm]}"
+attest3 prov-corpus.json "$OLA/e2e/ml/llm@${D[llm]}"
+sign3 v3.key "$OLA/e2e/ml/llm-poisoned@${D[llm_poisoned]}"
+attest3 prov-poisoned.json "$OLA/e2e/ml/llm-poisoned@${D[llm_poisoned]}"
+sign2 v2.key "$DIST/e2e/ml/llm-legacy@${D[llm_legacy]}"
+attest2 prov-corpus.json "$DIST/e2e/ml/llm-legacy@${D[llm_legacy]}"
+join
+for k in dist_v2 dist_v3 ola_v3 ola_v2 dist_unsigned dist_rogue pair_both pair_one corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
 
 phase "starting portcullis"
-cat > "$work/portcullis.yaml" <<YML
-listen: $PROXY
-admin: $ADMIN
-upstreams:
-  - {name: dist, url: "http://$DIST", aliases: [dist.e2e.local, "$DIST"], insecure: true}
-  - {name: ola, url: "http://$OLA", aliases: [ola.e2e.local, "$OLA"], insecure: true}
+upstreams="upstreams:
+  - {name: dist, url: \"http://$DIST\", aliases: [$DIST_ALIAS, \"$DIST\"], insecure: true}
+  - {name: ola, url: \"http://$OLA\", aliases: [$OLA_ALIAS, \"$OLA\"], insecure: true}"
+policy() { # KEY_V2 KEY_V3: the suite's policy, trusting these two keys
+  cat <<YML
 trust:
-  - {name: cosign-v2, keys: [v2.pub]}
-  - {name: cosign-v3, keys: [v3.pub]}
+  - {name: cosign-v2, keys: [$1]}
+  - {name: cosign-v3, keys: [$2]}
 boundaries:
   - name: models
     match: {repositories: ["e2e/ml/**"], artifact_types: ["application/vnd.cncf.model.manifest.v1+json"]}
@@ -139,89 +252,181 @@ boundaries:
         max_age: 24h
         condition: 'predicate.runDetails.builder.id == "https://ci.e2e.local/trainer"'
     lineage: {depth: 2, require: ["dataset*"]}
+  - name: pairs
+    match: {repositories: ["e2e/pairs/**"]}
+    signatures:
+      threshold: 2
+      authorities: [{name: release-v2, key: cosign-v2}, {name: release-v3, key: cosign-v3}]
   - name: e2e
     match: {repositories: ["e2e/**"]}
     signatures:
       threshold: 1
       authorities: [{name: release-v2, key: cosign-v2}, {name: release-v3, key: cosign-v3}]
 unmatched: deny
-log: {level: info}
 YML
-"$PORTCULLIS" config check "$work/portcullis.yaml" || exit 1
+}
+{
+  echo "listen: 127.0.0.1:0"
+  echo "admin: 127.0.0.1:0"
+  echo "$upstreams"
+  case "$E2E_POLICY" in
+    enforce) policy v2.pub v3.pub ;;
+    deny-all) policy nobody2.pub nobody3.pub ;;
+    allow-all) printf 'boundaries: []\nunmatched: insecure-allow\ninsecure_disable_blob_gating: true\n' ;;
+  esac
+  echo "log: {level: info}"
+} > "$work/portcullis.yaml"
+must "portcullis config check" "$PORTCULLIS" config check "$work/portcullis.yaml"
 "$PORTCULLIS" serve --config "$work/portcullis.yaml" >"$work/portcullis.log" 2>&1 & pc_pid=$!; pids+=($pc_pid)
-wait_http "http://$ADMIN/readyz" || { tail -20 "$work/portcullis.log"; exit 1; }
+# The bound addresses are read from the process's own log, then checked
+# against the sockets it holds.
+logged_addr() { sed -n "s/.*\"msg\":\"$1\".*\"listen\":\"\([^\"]*\)\".*/\1/p" "$work/portcullis.log" | head -1; }
+for _ in $(seq 200); do
+  PROXY=$(logged_addr serving) ADMIN=$(logged_addr admin)
+  [ -n "$PROXY" ] && [ -n "$ADMIN" ] && break
+  kill -0 "$pc_pid" 2>/dev/null || break
+  sleep 0.05
+done
+[ -n "$PROXY" ] && [ -n "$ADMIN" ] || { show "$work/portcullis.log" 20 >&2; die "portcullis did not log its addresses"; }
+owns_port "$pc_pid" "${PROXY##*:}" && owns_port "$pc_pid" "${ADMIN##*:}" || die "portcullis PID $pc_pid does not hold $PROXY and $ADMIN"
+wait_http "http://$ADMIN/readyz" || { show "$work/portcullis.log" 20 >&2; die "portcullis not ready"; }
+# Only this run's proxy knows the alias; tags pass through unverified.
+curl -fsS "http://$PROXY/v2/$DIST_ALIAS/e2e/marker-$RUN/tags/list" 2>/dev/null | has '"v1"' || die "the proxy at $PROXY does not route $DIST_ALIAS to this run's registry"
+echo "  proxy $PROXY, admin $ADMIN (pid $pc_pid)"
 
-P_DIST=$PROXY/dist.e2e.local P_OLA=$PROXY/ola.e2e.local
-same_bytes() { # NAME FILE_A FILE_B
-  if cmp -s "$2" "$3"; then ok "$1"; else bad "$1 (bytes differ)"; fi
+P_DIST=$PROXY/$DIST_ALIAS P_OLA=$PROXY/$OLA_ALIAS
+upstream_of() { [ "$1" = dist ] && echo "$DIST" || echo "$OLA"; }
+proxied() { [ "$1" = dist ] && echo "$P_DIST" || echo "$P_OLA"; }
+
+# check_pulled NAME KEY MANIFEST BLOBFN: MANIFEST (a file) is the pushed
+# manifest of KEY, and every layer it lists, read with "BLOBFN DIGEST",
+# hashes to its descriptor's digest and unpacks to the pushed bytes.
+check_pulled() {
+  local n=$1 k=$2 m=$3 get=$4 dig got
+  if [ ! -s "$m" ]; then bad "$n (no manifest)"; return; fi
+  got=sha256:$(sha "$m")
+  if [ "$got" != "${D[$k]}" ]; then bad "$n (manifest $got, pushed ${D[$k]})"; return; fi
+  local layers; layers=$(python3 -c 'import json,sys; [print(l["digest"]) for l in json.load(open(sys.argv[1]))["layers"]]' "$m")
+  [ -n "$layers" ] || { bad "$n (manifest lists no layers)"; return; }
+  for dig in $layers; do
+    if ! $get "$dig" > "$work/layer.blob" 2>"$work/out"; then bad "$n (layer $dig not pulled)"; show "$work/out" 3; return; fi
+    got=sha256:$(sha "$work/layer.blob")
+    if [ "$got" != "$dig" ]; then bad "$n (layer bytes hash to $got, not $dig)"; return; fi
+    if [ -e "$work/payload/$k/blob.bin" ] && ! tar -xOf "$work/layer.blob" blob.bin 2>/dev/null | cmp -s - "$work/payload/$k/blob.bin"; then
+      bad "$n (layer $dig does not unpack to the pushed bytes)"; return
+    fi
+  done
+  ok "$n"
 }
 
+# oci_blob DIGEST: a blob of the OCI layout crane pulled into $work/oci.
+oci_blob() { cat "$work/oci/blobs/sha256/${1#sha256:}"; }
+
+# expect_denied NAME WANT CMD...: the command must fail and its output
+# must carry the proxy's denial with the specific reason WANT (a fixed
+# string), not just any failure or any denial.
+expect_denied() {
+  local n=$1 want=$2; shift 2
+  if "$@" >"$work/out" 2>&1; then bad "$n (succeeded, expected a denial)"; return; fi
+  { echo "== $n"; cat "$work/out"; } >> "$work/denials.log"
+  if ! grep -qi 'denied' "$work/out"; then bad "$n (failed without a denial)"; show "$work/out"; return; fi
+  if ! grep -qF -- "$want" "$work/out"; then bad "$n (denied without the reason \"$want\")"; show "$work/out"; return; fi
+  ok "$n"
+}
+
+# Reasons each denial must give. The lineage chain names the model, the
+# dataset it was trained on and why the dataset failed.
+R_UNSIGNED="no signatures found"
+R_ROGUE='does not verify with any key of authority'
+R_BLIND="is not referenced by any verified manifest"
+R_THRESHOLD="threshold 2 not met: 1 authority verified"
+R_CHAIN="e2e/ml/llm-poisoned@${D[llm_poisoned]:0:19} ← e2e/datasets/poisoned@${D[poisoned]:0:19}: $R_UNSIGNED"
+
 phase "crane"
-for c in "dist signed-v2" "dist signed-v3" "ola signed-v3" "ola signed-v2"; do
-  set -- $c; up=$([ "$1" = dist ] && echo "$DIST" || echo "$OLA"); pp=$([ "$1" = dist ] && echo "$P_DIST" || echo "$P_OLA")
-  crane manifest "$up/e2e/$2:v1" > "$work/m.direct" 2>/dev/null
-  if crane manifest "$pp/e2e/$2:v1" > "$work/m.proxy" 2>"$work/out"; then
-    same_bytes "crane manifest $1/$2 byte-identical" "$work/m.direct" "$work/m.proxy"
-  else bad "crane manifest $1/$2"; tail -3 "$work/out"; fi
+for c in "dist_v2 dist signed-v2" "dist_v3 dist signed-v3" "ola_v3 ola signed-v3" "ola_v2 ola signed-v2"; do
+  set -- $c; k=$1 pp=$(proxied "$2") repo=e2e/$3
+  crane manifest "$pp/$repo:v1" > "$work/m.proxy" 2>"$work/out" || show "$work/out" 3
+  crane_blob() { crane blob "$pp/$repo@$1"; }
+  check_pulled "crane manifest+blob $2/$3: the pushed digest and layer bytes" "$k" "$work/m.proxy" crane_blob
   rm -rf "$work/oci"
-  expect_ok "crane pull $1/$2 (all blobs)" crane pull --format oci "$pp/e2e/$2:v1" "$work/oci"
+  if crane pull --format oci "$pp/e2e/$3:v1" "$work/oci" >"$work/out" 2>&1; then
+    idx=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$work/oci/index.json")
+    check_pulled "crane pull $2/$3 (OCI layout): the pushed digest and layer bytes" "$k" "$work/oci/blobs/sha256/${idx#sha256:}" oci_blob
+  else bad "crane pull $2/$3"; show "$work/out" 3; fi
 done
-expect_denied "crane: unsigned denied" crane manifest "$P_DIST/e2e/unsigned:v1"
-expect_denied "crane: untrusted key denied" crane manifest "$P_DIST/e2e/rogue:v1"
-expect_denied "crane: blind blob denied" crane blob "$P_DIST/e2e/unsigned@$(crane manifest "$DIST/e2e/unsigned:v1" | python3 -c 'import json,sys;print(json.load(sys.stdin)["layers"][0]["digest"])')"
+expect_denied "crane: unsigned denied ($R_UNSIGNED)" "$R_UNSIGNED" crane manifest "$P_DIST/e2e/unsigned:v1"
+expect_denied "crane: untrusted key denied ($R_ROGUE)" "$R_ROGUE" crane manifest "$P_DIST/e2e/rogue:v1"
+blind=$(crane manifest "$DIST/e2e/unsigned:v1" | python3 -c 'import json,sys;print(json.load(sys.stdin)["layers"][0]["digest"])')
+expect_denied "crane: blind blob denied ($R_BLIND)" "$R_BLIND" crane blob "$P_DIST/e2e/unsigned@$blind"
+
+phase "threshold of two keys (crane, oras)"
+rm -rf "$work/oci"
+if crane pull --format oci "$P_OLA/e2e/pairs/both:v1" "$work/oci" >"$work/out" 2>&1; then
+  idx=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$work/oci/index.json")
+  check_pulled "crane pull: signed by both keys, the pushed digest and layer bytes" pair_both "$work/oci/blobs/sha256/${idx#sha256:}" oci_blob
+else bad "crane pull: signed by both keys"; show "$work/out" 3; fi
+expect_denied "crane: one key signing twice counts once ($R_THRESHOLD)" "$R_THRESHOLD" crane manifest "$P_OLA/e2e/pairs/one-key:v1"
+expect_denied "oras: one key signing twice counts once ($R_THRESHOLD)" "$R_THRESHOLD" oras manifest fetch --plain-http "$P_OLA/e2e/pairs/one-key:v1"
 
 phase "skopeo"
-for c in "dist signed-v2" "ola signed-v3"; do
-  set -- $c; up=$([ "$1" = dist ] && echo "$DIST" || echo "$OLA"); pp=$([ "$1" = dist ] && echo "$P_DIST" || echo "$P_OLA")
+skopeo_check() { # NAME KEY SKOPEO-ARGS...: copy to a dir: layout and compare
+  local n=$1 k=$2; shift 2
   rm -rf "$work/sk"
-  if skopeo copy --src-tls-verify=false "docker://$pp/e2e/$2:v1" "dir:$work/sk" >"$work/out" 2>&1; then
-    crane manifest "$up/e2e/$2:v1" > "$work/m.direct"
-    same_bytes "skopeo copy $1/$2 byte-identical" "$work/m.direct" "$work/sk/manifest.json"
-  else bad "skopeo copy $1/$2"; tail -3 "$work/out"; fi
-done
+  if skopeo "$@" "dir:$work/sk" >"$work/out" 2>&1; then
+    sk_blob() { cat "$work/sk/${1#sha256:}"; }
+    check_pulled "$n" "$k" "$work/sk/manifest.json" sk_blob
+  else bad "$n"; show "$work/out" 3; fi
+}
+skopeo_check "skopeo copy dist/signed-v2: the pushed digest and layer bytes" dist_v2 copy --src-tls-verify=false "docker://$P_DIST/e2e/signed-v2:v1"
+skopeo_check "skopeo copy ola/signed-v3: the pushed digest and layer bytes" ola_v3 copy --src-tls-verify=false "docker://$P_OLA/e2e/signed-v3:v1"
 rm -rf "$work/sk"
-expect_denied "skopeo: unsigned denied" skopeo copy --src-tls-verify=false "docker://$P_DIST/e2e/unsigned:v1" "dir:$work/sk"
+expect_denied "skopeo: unsigned denied ($R_UNSIGNED)" "$R_UNSIGNED" skopeo copy --src-tls-verify=false "docker://$P_DIST/e2e/unsigned:v1" "dir:$work/sk"
 
 # CRI-O, podman and skopeo share containers/image and its registries.conf:
 # with the generated drop-in, a pull of the REAL registry's name goes to the
 # proxy and a denial is final.
-"$PORTCULLIS" mirror-config crio --proxy "http://$PROXY" "$DIST=dist.e2e.local" > "$work/registries.conf" || bad "mirror-config crio"
+"$PORTCULLIS" mirror-config crio --proxy "http://$PROXY" "$DIST=$DIST_ALIAS" > "$work/registries.conf" || die "portcullis mirror-config crio failed"
+skopeo_check "registries.conf drop-in: signed pull via the proxy, the pushed bytes" dist_v2 --registries-conf "$work/registries.conf" copy "docker://$DIST/e2e/signed-v2:v1"
 rm -rf "$work/sk"
-if skopeo --registries-conf "$work/registries.conf" copy "docker://$DIST/e2e/signed-v2:v1" "dir:$work/sk" >"$work/out" 2>&1; then
-  crane manifest "$DIST/e2e/signed-v2:v1" > "$work/m.direct"
-  same_bytes "registries.conf drop-in: signed pull via proxy byte-identical" "$work/m.direct" "$work/sk/manifest.json"
-else bad "registries.conf drop-in: signed pull"; tail -3 "$work/out"; fi
-rm -rf "$work/sk"
-expect_denied "registries.conf drop-in: unsigned denied, no fallback" skopeo --registries-conf "$work/registries.conf" copy "docker://$DIST/e2e/unsigned:v1" "dir:$work/sk"
+expect_denied "registries.conf drop-in: unsigned denied, no fallback" "$R_UNSIGNED" skopeo --registries-conf "$work/registries.conf" copy "docker://$DIST/e2e/unsigned:v1" "dir:$work/sk"
 
 phase "oras"
-expect_ok "oras manifest fetch ola/signed-v3" oras manifest fetch --plain-http "$P_OLA/e2e/signed-v3:v1"
-expect_denied "oras: rogue denied" oras manifest fetch --plain-http "$P_DIST/e2e/rogue:v1"
+oras manifest fetch --plain-http "$P_OLA/e2e/signed-v3:v1" > "$work/m.proxy" 2>"$work/out"
+oras_blob() { oras blob fetch --plain-http --output - "$P_OLA/e2e/signed-v3@$1"; }
+check_pulled "oras manifest+blob fetch ola/signed-v3: the pushed digest and layer bytes" ola_v3 "$work/m.proxy" oras_blob
+expect_denied "oras: untrusted key denied ($R_ROGUE)" "$R_ROGUE" oras manifest fetch --plain-http "$P_DIST/e2e/rogue:v1"
 
 phase "models and lineage (oras)"
 rm -rf "$work/pull" && mkdir -p "$work/pull"
-if (cd "$work/pull" && oras pull --plain-http "$P_OLA/e2e/ml/llm:v1" >"$work/out" 2>&1); then
-  same_bytes "oras pull model with verified dataset lineage: weights byte-identical" "$work/weights.bin" "$work/pull/weights.bin"
-else bad "oras pull model with verified lineage"; tail -3 "$work/out"; fi
-expect_ok "oras pull model from the registry without referrers (legacy .att, cross-upstream dataset)" oras manifest fetch --plain-http "$P_DIST/e2e/ml/llm-legacy:v1"
-expect_denied "oras: model trained on an unsigned dataset denied" oras pull --plain-http -o "$work/pull" "$P_OLA/e2e/ml/llm-poisoned:v1"
-if grep -q 'datasets/poisoned' "$work/out"; then ok "denial names the lineage chain"; else bad "denial does not name the dataset"; tail -3 "$work/out"; fi
-"$PORTCULLIS" verify --config "$work/portcullis.yaml" "ola.e2e.local/e2e/ml/llm-poisoned:v1" > "$work/out" 2>&1; code=$?
-if [ "$code" = 1 ] && grep -q 'dataset-corpus' "$work/out"; then ok "portcullis verify prints the lineage tree and exits 1"; else bad "portcullis verify on the poisoned model (exit $code)"; tail -5 "$work/out"; fi
-"$PORTCULLIS" verify --config "$work/portcullis.yaml" "ola.e2e.local/e2e/ml/llm:v1" > "$work/out" 2>&1; code=$?
-if [ "$code" = 0 ]; then ok "portcullis verify allows the model (exit 0)"; else bad "portcullis verify on the model (exit $code)"; tail -5 "$work/out"; fi
+if (cd "$work/pull" && oras pull --plain-http "$P_OLA/e2e/ml/llm:v1" >"$work/out" 2>&1) &&
+   oras manifest fetch --plain-http "$P_OLA/e2e/ml/llm:v1" > "$work/m.proxy" 2>>"$work/out"; then
+  got=sha256:$(sha "$work/m.proxy")
+  if [ "$got" = "${D[llm]}" ] && cmp -s "$work/weights.bin" "$work/pull/weights.bin"; then ok "oras pull model with verified dataset lineage: the pushed digest and weights"
+  else bad "oras pull model: manifest $got (pushed ${D[llm]}) or weights differ"; fi
+else bad "oras pull model with verified lineage"; show "$work/out" 3; fi
+if oras manifest fetch --plain-http "$P_DIST/e2e/ml/llm-legacy:v1" > "$work/m.proxy" 2>"$work/out" && [ "sha256:$(sha "$work/m.proxy")" = "${D[llm_legacy]}" ]; then
+  ok "oras: model on the registry without referrers (legacy .att, cross-upstream dataset), the pushed digest"
+else bad "oras: model on the registry without referrers"; show "$work/out" 3; fi
+rm -rf "$work/pull-denied" && mkdir -p "$work/pull-denied"
+expect_denied "oras: model trained on an unsigned dataset denied, naming the chain ($R_CHAIN)" "$R_CHAIN" oras pull --plain-http -o "$work/pull-denied" "$P_OLA/e2e/ml/llm-poisoned:v1"
+if [ -z "$(ls -A "$work/pull-denied")" ]; then ok "oras: nothing of the denied model was written"
+else bad "oras wrote files of the denied model: $(ls "$work/pull-denied" | tr '\n' ' ')"; fi
+"$PORTCULLIS" verify --config "$work/portcullis.yaml" "$OLA_ALIAS/e2e/ml/llm-poisoned:v1" > "$work/out" 2>&1; code=$?
+if [ "$code" = 1 ] && grep -qF "e2e/datasets/poisoned@${D[poisoned]}" "$work/out" && grep -qF "$R_UNSIGNED" "$work/out" && grep -q 'dataset-corpus' "$work/out"; then ok "portcullis verify prints the lineage tree and exits 1"
+else bad "portcullis verify on the poisoned model (exit $code)"; show "$work/out"; fi
+"$PORTCULLIS" verify --config "$work/portcullis.yaml" "$OLA_ALIAS/e2e/ml/llm:v1" > "$work/out" 2>&1; code=$?
+if [ "$code" = 0 ] && grep -q 'ALLOWED' "$work/out" && grep -qF "${D[corpus]}" "$work/out"; then ok "portcullis verify allows the model, naming its verified dataset (exit 0)"
+else bad "portcullis verify on the model (exit $code)"; show "$work/out"; fi
 
 phase "regctl"
-regctl registry set --tls disabled "$PROXY" >/dev/null 2>&1
-regctl registry set --tls disabled "$DIST" >/dev/null 2>&1
-if regctl manifest get --format raw-body "$P_DIST/e2e/signed-v3:v1" > "$work/m.proxy" 2>"$work/out"; then
-  crane manifest "$DIST/e2e/signed-v3:v1" > "$work/m.direct"
-  same_bytes "regctl manifest dist/signed-v3 byte-identical" "$work/m.direct" "$work/m.proxy"
-else bad "regctl manifest dist/signed-v3"; tail -3 "$work/out"; fi
-expect_denied "regctl: unsigned denied" regctl manifest get "$P_DIST/e2e/unsigned:v1"
+must "regctl registry set" regctl registry set --tls disabled "$PROXY"
+regctl manifest get --format raw-body "$P_DIST/e2e/signed-v3:v1" > "$work/m.proxy" 2>"$work/out"
+regctl_blob() { regctl blob get "$P_DIST/e2e/signed-v3" "$1"; }
+check_pulled "regctl manifest+blob dist/signed-v3: the pushed digest and layer bytes" dist_v3 "$work/m.proxy" regctl_blob
+expect_denied "regctl: unsigned denied ($R_UNSIGNED)" "$R_UNSIGNED" regctl manifest get "$P_DIST/e2e/unsigned:v1"
 
 phase "containerd"
-"$PORTCULLIS" mirror-config containerd --proxy "http://$PROXY" --out "$work/certs.d" "$DIST" "$OLA" >/dev/null || bad "mirror-config containerd"
+must "portcullis mirror-config containerd" "$PORTCULLIS" mirror-config containerd --proxy "http://$PROXY" --out "$work/certs.d" "$DIST" "$OLA"
 mkdir -p "$work/ctrd"
 cat > "$work/ctrd/config.toml" <<TOML
 version = 2
@@ -234,59 +439,140 @@ TOML
 containerd --config "$work/ctrd/config.toml" >"$work/ctrd.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do [ -S "$work/ctrd/containerd.sock" ] && break; sleep 0.1; done
 CTR=(ctr --address "$work/ctrd/containerd.sock")
+"${CTR[@]}" version >/dev/null 2>&1 || die "containerd did not start: $(tail -3 "$work/ctrd.log")"
+# audit_denied DIGEST WANT: the proxy's audit log has a deny event for
+# DIGEST whose reasons contain WANT.
+audit_denied() {
+  grep '"decision":"deny"' "$work/portcullis.log" | grep -F "\"digest\":\"$1\"" | has -F -- "$2"
+}
 # The image names are the REAL registry's: if containerd fell back to it
 # after a denial, the pull would succeed.
-expect_ok "ctr pull signed via hosts.toml" "${CTR[@]}" images pull --hosts-dir "$work/certs.d" "$DIST/e2e/signed-v2:v1"
+if "${CTR[@]}" images pull --hosts-dir "$work/certs.d" "$DIST/e2e/signed-v2:v1" >"$work/out" 2>&1; then
+  "${CTR[@]}" content get "${D[dist_v2]}" > "$work/m.ctr" 2>/dev/null
+  ctr_blob() { "${CTR[@]}" content get "$1"; }
+  check_pulled "ctr pull signed via hosts.toml: the pushed digest and layer bytes" dist_v2 "$work/m.ctr" ctr_blob
+else bad "ctr pull signed via hosts.toml"; show "$work/out" 3; fi
 # containerd resolves with HEAD, which has no body: the denial shows as its
-# 403 status; the reason is in the proxy's audit log (checked below).
+# 403 status; the reason is in the proxy's audit log.
 if "${CTR[@]}" images pull --hosts-dir "$work/certs.d" "$DIST/e2e/unsigned:v1" >"$work/out" 2>&1; then
   bad "ctr pull unsigned (succeeded, expected a denial)"
 elif grep -q '403' "$work/out"; then ok "ctr pull unsigned denied with 403"
-else bad "ctr pull unsigned failed without a 403"; tail -3 "$work/out"; fi
-if grep '"audit"' "$work/portcullis.log" | grep 'e2e/unsigned' | grep -q '"deny"'; then ok "audit log records the unsigned denial"; else bad "no audit event for the unsigned denial"; fi
-if "${CTR[@]}" images ls -q | grep -q unsigned; then bad "containerd stored the denied image"; else ok "containerd did not fall back to the real registry"; fi
+else bad "ctr pull unsigned failed without a 403"; show "$work/out" 3; fi
+if audit_denied "${D[dist_unsigned]}" "$R_UNSIGNED"; then ok "the audit log records the unsigned denial with its reason"; else bad "no audit event with \"$R_UNSIGNED\" for ${D[dist_unsigned]}"; fi
+if "${CTR[@]}" images ls -q | has unsigned; then bad "containerd stored the denied image"; else ok "containerd did not fall back to the real registry"; fi
 
-phase "cross-check with cosign verify"
-cosign_accepts() { # REF: accepted by either real cosign with either trusted key
-  cosign2 verify --key "$work/v2.pub" --insecure-ignore-tlog=true "$1" >/dev/null 2>&1 ||
-  cosign3 verify --key "$work/v3.pub" --insecure-ignore-tlog=true --trusted-root "$work/trusted_root.json" "$1" >/dev/null 2>&1 ||
-  cosign3 verify --key "$work/v2.pub" --insecure-ignore-tlog=true --trusted-root "$work/trusted_root.json" "$1" >/dev/null 2>&1
+phase "cross-check with cosign verify (the same keys both ways)"
+# cosign_accepts REF: real cosign (either version) accepts a signature on
+# REF by one of the keys the suite signs with and the proxy trusts.
+cosign_accepts() {
+  local key
+  for key in "$work/v2.pub" "$work/v3.pub"; do
+    cosign2 verify --key "$key" --insecure-ignore-tlog=true --allow-http-registry "$1" >/dev/null 2>&1 && return 0
+    cosign3 verify --key "$key" --insecure-ignore-tlog=true --allow-http-registry --trusted-root "$work/trusted_root.json" "$1" >/dev/null 2>&1 && return 0
+  done
+  return 1
 }
-# Policy may ask for more than a signature (lineage), so the rule is an
-# implication both ways: allowed => cosign accepts; cosign rejects => denied.
-for row in "dist_v2 dist e2e/signed-v2" "dist_v3 dist e2e/signed-v3" "dist_unsigned dist e2e/unsigned" "dist_rogue dist e2e/rogue" \
-           "ola_v2 ola e2e/signed-v2" "ola_v3 ola e2e/signed-v3" "corpus ola e2e/datasets/corpus" "poisoned ola e2e/datasets/poisoned" \
-           "llm ola e2e/ml/llm" "llm_poisoned ola e2e/ml/llm-poisoned" "llm_legacy dist e2e/ml/llm-legacy"; do
-  set -- $row; k=$1 reg=$2 repo=$3
-  up=$([ "$reg" = dist ] && echo "$DIST" || echo "$OLA"); alias=$reg.e2e.local
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$PROXY/v2/$alias/$repo/manifests/${D[$k]}")
-  if cosign_accepts "$up/$repo@${D[$k]}"; then cosign=accepts; else cosign=rejects; fi
-  if [ "$code" = 200 ] && [ "$cosign" = rejects ]; then bad "cross-check $k: proxy allowed what cosign rejects"
-  elif [ "$code" != 200 ] && [ "$code" != 403 ]; then bad "cross-check $k: proxy answered $code"
-  else ok "cross-check $k: proxy $code, cosign $cosign"; fi
+# builder_is ID: one of the DSSE envelopes cosign printed carries a
+# statement whose provenance names builder ID.
+builder_is() {
+  python3 -c '
+import base64, json, sys
+for line in sys.stdin.read().splitlines():
+    try:
+        st = json.loads(base64.b64decode(json.loads(line)["payload"]))
+    except (ValueError, KeyError, TypeError):
+        continue
+    if st.get("predicate", {}).get("runDetails", {}).get("builder", {}).get("id") == sys.argv[1]:
+        sys.exit(0)
+sys.exit(1)' "$1"
+}
+# cosign_attests REF: real cosign accepts an SLSA provenance attestation
+# on REF, by a trusted key, from the expected builder.
+cosign_attests() {
+  local key
+  for key in "$work/v2.pub" "$work/v3.pub"; do
+    cosign2 verify-attestation --key "$key" --insecure-ignore-tlog=true --allow-http-registry --type slsaprovenance1 "$1" 2>/dev/null | builder_is https://ci.e2e.local/trainer && return 0
+    cosign3 verify-attestation --key "$key" --insecure-ignore-tlog=true --allow-http-registry --trusted-root "$work/trusted_root.json" --type slsaprovenance1 "$1" 2>/dev/null | builder_is https://ci.e2e.local/trainer && return 0
+  done
+  return 1
+}
+proxy_code() { curl -s -o /dev/null -w '%{http_code}' -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$PROXY/v2/$1/manifests/$2"; }
+alias_of() { [ "$1" = dist ] && echo "$DIST_ALIAS" || echo "$OLA_ALIAS"; }
+# xc_verdict NAME WANT COSIGN CODE: the cross-check's outcome as
+# "ok|text" or "bad|text". WANT says what cosign must conclude, so the
+# check cannot pass by both sides rejecting (or accepting) everything.
+xc_verdict() {
+  local n=$1 want=$2 cosign=$3 code=$4
+  if [ "$cosign" != "$want" ]; then echo "bad|$n: cosign $cosign, the suite signed it so that cosign $want"
+  elif [ "$cosign" = accepts ] && [ "$code" != 200 ]; then echo "bad|$n: cosign accepts, the proxy answered $code"
+  elif [ "$cosign" = rejects ] && [ "$code" != 403 ]; then echo "bad|$n: cosign rejects, the proxy answered $code"
+  else echo "ok|$n: cosign $cosign, proxy $code"; fi
+}
+# Under the signature-only boundary the rule is an equivalence: cosign
+# accepts <=> the proxy allows.
+xc_signature() { # KEY REG REPO WANT
+  local code cosign=rejects
+  code=$(proxy_code "$(alias_of "$2")/$3" "${D[$1]}")
+  cosign_accepts "$(upstream_of "$2")/$3@${D[$1]}" && cosign=accepts
+  xc_verdict "cross-check $1" "$4" "$cosign" "$code"
+}
+# Models also need provenance and a verified dataset: the proxy allows
+# exactly when cosign accepts the signature, the attestation and the
+# dataset the provenance names.
+xc_model() { # KEY REG REPO DATASET_KEY DATASET_REPO WANT
+  local code ref cosign=rejects
+  code=$(proxy_code "$(alias_of "$2")/$3" "${D[$1]}")
+  ref="$(upstream_of "$2")/$3@${D[$1]}"
+  cosign_accepts "$ref" && cosign_attests "$ref" && cosign_accepts "$OLA/$5@${D[$4]}" && cosign=accepts
+  xc_verdict "cross-check $1 (signature, provenance, dataset)" "$6" "$cosign" "$code"
+}
+# Rows run in parallel (each is a handful of cosign runs) and report in
+# order.
+mkdir -p "$work/xc"
+i=0 xc_pids=()
+for row in "xc_signature dist_v2 dist e2e/signed-v2 accepts" "xc_signature dist_v3 dist e2e/signed-v3 accepts" \
+           "xc_signature dist_unsigned dist e2e/unsigned rejects" "xc_signature dist_rogue dist e2e/rogue rejects" \
+           "xc_signature ola_v2 ola e2e/signed-v2 accepts" "xc_signature ola_v3 ola e2e/signed-v3 accepts" \
+           "xc_signature corpus ola e2e/datasets/corpus accepts" "xc_signature poisoned ola e2e/datasets/poisoned rejects" \
+           "xc_model llm ola e2e/ml/llm corpus e2e/datasets/corpus accepts" \
+           "xc_model llm_poisoned ola e2e/ml/llm-poisoned poisoned e2e/datasets/poisoned rejects" \
+           "xc_model llm_legacy dist e2e/ml/llm-legacy corpus e2e/datasets/corpus accepts"; do
+  i=$((i+1))
+  $row > "$work/xc/$(printf %02d $i)" 2>/dev/null & xc_pids+=($!)
+done
+wait "${xc_pids[@]}"
+for f in "$work"/xc/*; do
+  IFS='|' read -r verdict text < "$f"
+  if [ "$verdict" = ok ]; then ok "$text"; else bad "${text:-cross-check row $(basename "$f") reported nothing}"; fi
 done
 
 phase "denials on every client"
 # Each client, for unsigned, wrongly signed and lineage-broken content, must
-# fail and show the proxy's DENIED reason (containerd resolves with HEAD,
-# which carries no body: it shows the 403).
-for bad_ref in "dist.e2e.local/e2e/unsigned:v1" "dist.e2e.local/e2e/rogue:v1" "ola.e2e.local/e2e/ml/llm-poisoned:v1"; do
+# fail and show the proxy's specific reason (containerd resolves with HEAD,
+# which carries no body: it shows the 403, and the audit log the reason).
+for row in "unsigned|$DIST_ALIAS/e2e/unsigned:v1|$R_UNSIGNED" "rogue|$DIST_ALIAS/e2e/rogue:v1|$R_ROGUE" \
+           "llm_poisoned|$OLA_ALIAS/e2e/ml/llm-poisoned:v1|$R_CHAIN"; do
+  IFS='|' read -r k bad_ref want <<< "$row"
   ref="$PROXY/$bad_ref"
-  expect_denied "crane $bad_ref" crane manifest "$ref"
-  rm -rf "$work/sk"; expect_denied "skopeo $bad_ref" skopeo copy --src-tls-verify=false "docker://$ref" "dir:$work/sk"
-  expect_denied "oras $bad_ref" oras manifest fetch --plain-http "$ref"
-  expect_denied "regctl $bad_ref" regctl manifest get "$ref"
+  expect_denied "crane $k: $want" "$want" crane manifest "$ref"
+  rm -rf "$work/sk"; expect_denied "skopeo $k: $want" "$want" skopeo copy --src-tls-verify=false "docker://$ref" "dir:$work/sk"
+  expect_denied "oras $k: $want" "$want" oras manifest fetch --plain-http "$ref"
+  expect_denied "regctl $k: $want" "$want" regctl manifest get "$ref"
 done
-for bad in "$DIST/e2e/unsigned:v1" "$DIST/e2e/rogue:v1" "$OLA/e2e/ml/llm-poisoned:v1"; do
-  if "${CTR[@]}" images pull --hosts-dir "$work/certs.d" "$bad" >"$work/out" 2>&1; then bad "ctr $bad (succeeded)"
-  elif grep -q 403 "$work/out"; then ok "ctr $bad denied with 403"; else bad "ctr $bad failed without a 403"; fi
+for row in "dist_unsigned|$DIST/e2e/unsigned:v1|$R_UNSIGNED" "dist_rogue|$DIST/e2e/rogue:v1|$R_ROGUE" \
+           "llm_poisoned|$OLA/e2e/ml/llm-poisoned:v1|$R_CHAIN"; do
+  IFS='|' read -r k ref want <<< "$row"
+  if "${CTR[@]}" images pull --hosts-dir "$work/certs.d" "$ref" >"$work/out" 2>&1; then bad "ctr $ref (succeeded)"
+  elif ! grep -q 403 "$work/out"; then bad "ctr $ref failed without a 403"; show "$work/out" 3
+  elif ! audit_denied "${D[$k]}" "$want"; then bad "ctr $ref: no audit event with \"$want\""
+  else ok "ctr $k denied with 403, audited: $want"; fi
 done
-if "${CTR[@]}" images ls | grep "$DIST/e2e/signed-v2:v1" | grep -q "${D[dist_v2]}"; then ok "containerd stored the signed image under the upstream's digest"
-else bad "containerd's image digest differs from the upstream's"; fi
+if "${CTR[@]}" images ls | grep "$DIST/e2e/signed-v2:v1" | has "${D[dist_v2]}"; then ok "containerd stored the signed image under the pushed digest"
+else bad "containerd's image digest differs from the pushed one"; fi
 
 phase "observability"
 if curl -fsS "http://$ADMIN/metrics" | grep -E '^portcullis_decisions_total\{.*decision="deny".*\} [1-9]' >/dev/null; then ok "denials are counted in /metrics"; else bad "no deny count in /metrics"; fi
-if curl -fsS "http://$ADMIN/v1/decisions" | grep -q '"decision":"deny"'; then ok "/v1/decisions lists denials"; else bad "/v1/decisions has no denial"; fi
+if curl -fsS "http://$ADMIN/v1/decisions" | python3 -c 'import json,sys; sys.exit(not any(d.get("digest") == sys.argv[1] and d.get("decision") == "deny" for d in json.load(sys.stdin)["decisions"]))' "${D[dist_unsigned]}"; then ok "/v1/decisions lists the unsigned denial"; else bad "/v1/decisions has no denial of ${D[dist_unsigned]}"; fi
 
 phase "graceful shutdown"
 kill -TERM "$pc_pid"
@@ -297,5 +583,6 @@ else wait "$pc_pid"; rc=$?
 fi
 
 phase "result"
+echo "policy $E2E_POLICY: $passed passed, $failed failed in $(( $(date +%s) - started ))s"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
