@@ -51,15 +51,13 @@ func NewVerdicts(size int, allowTTL, denyTTL time.Duration) (*Verdicts, error) {
 }
 
 func newVerdicts(size int, allowTTL, denyTTL time.Duration, now func() time.Time) (*Verdicts, error) {
-	if size <= 0 {
-		return nil, fmt.Errorf("verdict cache size must be positive, got %d", size)
-	}
 	if allowTTL < 0 || denyTTL < 0 {
 		return nil, fmt.Errorf("verdict cache TTLs must not be negative, got allow %v, deny %v", allowTTL, denyTTL)
 	}
+	// simplelru refuses a size below one; that is the only check of it.
 	lru, err := simplelru.NewLRU[string, verdictEntry](size, nil)
 	if err != nil {
-		return nil, fmt.Errorf("failed to create verdict cache: %w", err)
+		return nil, fmt.Errorf("failed to create verdict cache of size %d: %w", size, err)
 	}
 	return &Verdicts{
 		allowTTL: allowTTL,
@@ -72,8 +70,9 @@ func newVerdicts(size int, allowTTL, denyTTL time.Duration, now func() time.Time
 
 // Get returns the verdict stored under key if it has not expired.
 //
-// The Reasons and Lineage of the result (and any other slice the cache
-// keeps verbatim) share storage with the cache and must not be modified.
+// Signers and Attestations of the result are the caller's own. Its Reasons
+// and Lineage (and any other slice the cache keeps verbatim) share storage
+// with the cache and must not be modified; appending to them is safe.
 func (c *Verdicts) Get(key string) (verify.Verdict, bool) {
 	now := c.clock()
 	c.mu.Lock()
@@ -153,19 +152,26 @@ func (c *Verdicts) clock() int64 { return int64(c.now().Sub(c.epoch)) }
 
 // verdictEntry is the stored form of a verify.Verdict. A proxy keeps on the
 // order of 10^5 verdicts, almost all of which repeat the same boundary,
-// mode and signer and differ only in digest and time, so the repeated
-// values are interned with the unique package (the intern tables are weak:
-// a value nobody references any more is collected) and a sha256 digest is
-// held as its 32 raw bytes. Everything that is uncommon lives behind extra.
+// mode, artifact kind and signer and differ only in digest and time, so the
+// repeated values are interned with the unique package (the intern tables
+// are weak: a value nobody references any more is collected) and a sha256
+// digest is held as its 32 raw bytes. Everything that is uncommon lives
+// behind extra.
 type verdictEntry struct {
 	expires   int64 // clock offset at which the entry expires
 	checkedAt time.Time
 	sum       [sha256Size]byte // digest when flagSHA256 is set
-	boundary  unique.Handle[string]
-	mode      unique.Handle[verify.Mode]
+	labels    unique.Handle[verdictLabels]
 	signer    unique.Handle[verify.Signer] // first signer when flagSigner is set
 	extra     *verdictExtra
 	flags     uint8
+}
+
+// verdictLabels are the fields a boundary's verdicts share.
+type verdictLabels struct {
+	boundary string
+	mode     verify.Mode
+	artifact string
 }
 
 const (
@@ -181,12 +187,12 @@ type verdictExtra struct {
 	attestations []attestationEntry
 	reasons      []string
 	lineage      []verify.Dependency
-	artifact     unique.Handle[string] // zero when the verdict has none
 	// rest is the verdict with every field held in compact form zeroed,
 	// when anything is left: a digest that is not sha256, an empty but
-	// non-nil slice, an attestation that does not survive compaction, and
-	// any field Verdict gains later. A field is therefore kept verbatim
-	// unless this file knows how to hold it, never dropped.
+	// non-nil list of signers or attestations, an attestation that does not
+	// survive compaction, and any field Verdict gains later. A field is
+	// therefore kept verbatim unless this file knows how to hold it, never
+	// dropped.
 	rest *verify.Verdict
 }
 
@@ -208,6 +214,24 @@ func compactAttestation(a verify.AttestationResult) attestationEntry {
 	}
 }
 
+// compactAttestations reports false when an attestation would not come
+// back unchanged: a field of AttestationResult this file does not know of.
+// The caller then keeps the list verbatim.
+func compactAttestations(as []verify.AttestationResult) ([]attestationEntry, bool) {
+	if len(as) == 0 {
+		// nil and empty are told apart by keeping them verbatim.
+		return nil, false
+	}
+	es := make([]attestationEntry, len(as))
+	for i, a := range as {
+		es[i] = compactAttestation(a)
+		if es[i].result() != a {
+			return nil, false
+		}
+	}
+	return es, true
+}
+
 func (a attestationEntry) result() verify.AttestationResult {
 	n := a.names.Value()
 	return verify.AttestationResult{Rule: n.rule, PredicateType: n.predicateType, Name: n.name, Signer: a.signer.Value(), Time: a.time}
@@ -222,13 +246,12 @@ func compactVerdict(v verify.Verdict, expires int64) verdictEntry {
 	e := verdictEntry{
 		expires:   expires,
 		checkedAt: v.CheckedAt,
-		boundary:  unique.Make(v.Boundary),
-		mode:      unique.Make(v.Mode),
+		labels:    unique.Make(verdictLabels{v.Boundary, v.Mode, v.Artifact}),
 	}
 	// rest starts as the whole verdict; each field moved into the compact
 	// form is zeroed in it.
 	rest := v
-	rest.Allowed, rest.Mode, rest.Boundary, rest.CheckedAt = false, "", "", time.Time{}
+	rest.Allowed, rest.Mode, rest.Boundary, rest.Artifact, rest.CheckedAt = false, "", "", "", time.Time{}
 	if v.Allowed {
 		e.flags |= flagAllowed
 	}
@@ -237,51 +260,33 @@ func compactVerdict(v verify.Verdict, expires int64) verdictEntry {
 		e.flags |= flagSHA256
 		rest.Digest = ""
 	}
-	// Empty slices stay in rest, so that nil and empty come back as given.
+	// Signers and attestations come back from their compact form as new
+	// slices, so an empty but non-nil list stays in rest to keep it so.
 	var x verdictExtra
 	if len(v.Signers) > 0 {
 		rest.Signers = nil
 		e.signer = unique.Make(v.Signers[0])
 		e.flags |= flagSigner
-		if tail := v.Signers[1:]; len(tail) > 0 {
-			x.moreSigners = make([]unique.Handle[verify.Signer], len(tail))
-			for i, s := range tail {
-				x.moreSigners[i] = unique.Make(s)
-			}
+		tail := v.Signers[1:]
+		// Grow leaves moreSigners nil for a single signer.
+		x.moreSigners = slices.Grow(x.moreSigners, len(tail))
+		for _, s := range tail {
+			x.moreSigners = append(x.moreSigners, unique.Make(s))
 		}
 	}
-	if len(v.Attestations) > 0 {
-		x.attestations = make([]attestationEntry, len(v.Attestations))
-		for i, a := range v.Attestations {
-			x.attestations[i] = compactAttestation(a)
-			// A field of AttestationResult this file does not know of
-			// would not survive; such a list is kept verbatim instead.
-			if x.attestations[i].result() != a {
-				x.attestations = nil
-				break
-			}
-		}
-		if x.attestations != nil {
-			rest.Attestations = nil
-		}
+	if as, ok := compactAttestations(v.Attestations); ok {
+		x.attestations, rest.Attestations = as, nil
 	}
-	// A caller appending to a slice it got back must not write into the
-	// cache's storage.
-	if len(v.Reasons) > 0 {
-		x.reasons, rest.Reasons = slices.Clip(v.Reasons), nil
-	}
-	if len(v.Lineage) > 0 {
-		x.lineage, rest.Lineage = slices.Clip(v.Lineage), nil
-	}
-	if v.Artifact != "" {
-		x.artifact, rest.Artifact = unique.Make(v.Artifact), ""
-	}
+	// Reasons and Lineage are kept as given, nil or empty alike, but
+	// clipped: a caller appending to a slice it got back must not write into
+	// the storage another caller's copy shares.
+	x.reasons, rest.Reasons = slices.Clip(v.Reasons), nil
+	x.lineage, rest.Lineage = slices.Clip(v.Lineage), nil
 	if !reflect.ValueOf(&rest).Elem().IsZero() {
 		rest.Attestations = slices.Clip(rest.Attestations)
 		x.rest = &rest
 	}
-	if x.moreSigners != nil || x.attestations != nil || x.reasons != nil || x.lineage != nil ||
-		x.artifact != (unique.Handle[string]{}) || x.rest != nil {
+	if x.moreSigners != nil || x.attestations != nil || x.reasons != nil || x.lineage != nil || x.rest != nil {
 		e.extra = &x
 	}
 	return e
@@ -294,8 +299,8 @@ func (e *verdictEntry) verdict() verify.Verdict {
 		v = *x.rest
 	}
 	v.Allowed = e.flags&flagAllowed != 0
-	v.Mode = e.mode.Value()
-	v.Boundary = e.boundary.Value()
+	l := e.labels.Value()
+	v.Mode, v.Boundary, v.Artifact = l.mode, l.boundary, l.artifact
 	v.CheckedAt = e.checkedAt
 	if e.flags&flagSHA256 != 0 {
 		v.Digest = formatSHA256(e.sum)
@@ -322,41 +327,34 @@ func (e *verdictEntry) verdict() verify.Verdict {
 			v.Attestations[i] = a.result()
 		}
 	}
-	if x.reasons != nil {
-		v.Reasons = x.reasons
-	}
-	if x.lineage != nil {
-		v.Lineage = x.lineage
-	}
-	if x.artifact != (unique.Handle[string]{}) {
-		v.Artifact = x.artifact.Value()
-	}
+	v.Reasons, v.Lineage = x.reasons, x.lineage
 	return v
 }
 
-// parseSHA256 accepts exactly "sha256:" followed by 64 lowercase hex
-// digits, the only spelling formatSHA256 reproduces; anything else is kept
-// verbatim so that Get returns the digest string it was given.
+// parseSHA256 returns the raw bytes of d when formatSHA256 spells them back
+// as exactly d: "sha256:" and 64 lowercase hex digits. Any other digest
+// (upper case, another length or algorithm) is kept verbatim by the caller,
+// so that Get returns the string it was given. The round trip is the whole
+// test, so nothing it accepts can come back different.
 func parseSHA256(d string) ([sha256Size]byte, bool) {
 	var sum [sha256Size]byte
-	h, ok := strings.CutPrefix(d, sha256Prefix)
-	if !ok || len(h) != 2*sha256Size {
-		return sum, false
-	}
-	for i := 0; i < len(h); i++ {
-		if c := h[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return sum, false
-		}
-	}
-	if _, err := hex.Decode(sum[:], []byte(h)); err != nil {
-		return sum, false
-	}
-	return sum, true
+	h := strings.TrimPrefix(d, sha256Prefix)
+	// The error is not needed: decoding stops at the first byte that is not
+	// hex, and anything longer than a sha256 is cut to one; either way the
+	// bytes decoded no longer spell d.
+	hex.Decode(sum[:], []byte(h[:min(len(h), hex.EncodedLen(sha256Size))]))
+	enc := encodeSHA256(sum)
+	return sum, string(enc[:]) == d
 }
 
 func formatSHA256(sum [sha256Size]byte) string {
+	b := encodeSHA256(sum)
+	return string(b[:])
+}
+
+func encodeSHA256(sum [sha256Size]byte) [len(sha256Prefix) + 2*sha256Size]byte {
 	var b [len(sha256Prefix) + 2*sha256Size]byte
 	copy(b[:], sha256Prefix)
 	hex.Encode(b[len(sha256Prefix):], sum[:])
-	return string(b[:])
+	return b
 }

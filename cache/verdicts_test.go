@@ -168,15 +168,27 @@ func TestVerdictsReplaceTakesNewLifetime(t *testing.T) {
 
 func TestVerdictsZeroTTLDisablesKind(t *testing.T) {
 	t.Parallel()
-	c, _ := newVerdicts(t, 10, time.Hour, 0)
-	c.Add("k", allow(sha256Digest("x")))
-	c.Add("k", deny(sha256Digest("x")))
-	if got, ok := c.Get("k"); ok {
-		t.Fatalf("Get = %+v; a denial with zero deny TTL must not be cached nor leave the older allow behind", got)
-	}
-	c.Add("other", deny(sha256Digest("y")))
-	if n := c.Len(); n != 0 {
-		t.Fatalf("Len = %d, want 0", n)
+	for _, tc := range []struct {
+		name              string
+		allowTTL, denyTTL time.Duration
+		older, latest     verify.Verdict
+	}{
+		{"zero deny TTL", time.Hour, 0, allow(sha256Digest("x")), deny(sha256Digest("x"))},
+		{"zero allow TTL", 0, time.Hour, deny(sha256Digest("x")), allow(sha256Digest("x"))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, _ := newVerdicts(t, 10, tc.allowTTL, tc.denyTTL)
+			c.Add("k", tc.older)
+			c.Add("k", tc.latest)
+			if got, ok := c.Get("k"); ok {
+				t.Fatalf("Get = %+v; a verdict whose TTL is zero must not be cached nor leave the older one behind", got)
+			}
+			c.Add("other", tc.latest)
+			if n := c.Len(); n != 0 {
+				t.Fatalf("Len = %d, want 0", n)
+			}
+		})
 	}
 }
 
@@ -258,6 +270,13 @@ func TestVerdictsRoundTrip(t *testing.T) {
 		{"short digest", allow("sha256:abcd")},
 		{"no digest", allow("")},
 		{"no signers", func() verify.Verdict { v := allow(sha256Digest("n")); v.Signers = nil; return v }()},
+		// Each part held outside the fixed entry, alone, so that none of
+		// them is kept only when another one is present.
+		{"two signers only", func() verify.Verdict { v := allow(sha256Digest("s")); v.Signers = full.Signers[:2]; return v }()},
+		{"attestations only", attested(sha256Digest("at"))},
+		{"lineage only", func() verify.Verdict { v := allow(sha256Digest("l")); v.Lineage = full.Lineage; return v }()},
+		{"artifact only", func() verify.Verdict { v := allow(sha256Digest("m")); v.Artifact = "model"; return v }()},
+		{"long digest", allow(sha256Digest("long") + "00")},
 		{"empty slices", func() verify.Verdict {
 			v := deny(sha256Digest("e"))
 			v.Signers, v.Reasons, v.Lineage, v.Attestations = []verify.Signer{}, []string{}, []verify.Dependency{}, []verify.AttestationResult{}
@@ -284,17 +303,66 @@ func TestVerdictsRoundTrip(t *testing.T) {
 	}
 }
 
-// Signers are rebuilt on every Get, so a caller changing its copy must not
-// change what the next caller sees.
-func TestVerdictsGetReturnsIndependentSigners(t *testing.T) {
+func attested(digest string) verify.Verdict {
+	v := allow(digest)
+	v.Attestations = []verify.AttestationResult{{
+		Rule:          "provenance",
+		PredicateType: "https://slsa.dev/provenance/v1",
+		Name:          "slsa-provenance",
+		Signer:        verify.Signer{Authority: "ci", Kind: "keyless", Identity: "https://github.com/acme/m/.github/workflows/r.yml@refs/heads/main", Evidence: "sigstore-bundle"},
+		Time:          time.Date(2025, 1, 2, 3, 0, 0, 0, time.UTC),
+	}}
+	return v
+}
+
+// Signers and attestations are held in compact form and rebuilt on every
+// Get, so neither the caller that added a verdict nor one that read it can
+// change what the next caller sees by writing into its copy.
+func TestVerdictsSignersAndAttestationsAreCopies(t *testing.T) {
 	t.Parallel()
 	c, _ := newVerdicts(t, 10, time.Hour, time.Hour)
-	c.Add("k", allow(sha256Digest("a")))
+	want := attested(sha256Digest("a"))
+	in := attested(sha256Digest("a"))
+	c.Add("k", in)
+	in.Signers[0].Authority = "attacker"
+	in.Attestations[0].Rule, in.Attestations[0].Signer.Identity = "forged", "attacker"
+
 	v1, _ := c.Get("k")
 	v1.Signers[0].Authority = "attacker"
-	v2, _ := c.Get("k")
-	if v2.Signers[0].Authority != "release" {
-		t.Fatalf("cached signer changed through a returned verdict: %+v", v2.Signers[0])
+	v1.Attestations[0].Rule, v1.Attestations[0].Signer.Identity = "forged", "attacker"
+	if v2, _ := c.Get("k"); !reflect.DeepEqual(v2, want) {
+		t.Fatalf("cached verdict changed through a caller's copy:\n got  %+v\n want %+v", v2, want)
+	}
+}
+
+// Reasons and Lineage are shared with the cache rather than copied, but
+// without spare capacity: two callers appending to the slices they got back
+// must each get their own array, not write into one another's.
+func TestVerdictsAppendToReturnedSlices(t *testing.T) {
+	t.Parallel()
+	v := deny(sha256Digest("a"))
+	v.Reasons = append(make([]string, 0, 8), "no valid signature")
+	v.Lineage = append(make([]verify.Dependency, 0, 8), verify.Dependency{Name: "dataset", URI: "git+https://example.com/d"})
+	c, _ := newVerdicts(t, 10, time.Hour, time.Hour)
+	c.Add("k", v)
+	in := append(v.Reasons, "added by the caller")
+	inDeps := append(v.Lineage, verify.Dependency{Name: "added by the caller"})
+
+	g1, _ := c.Get("k")
+	r1, d1 := append(g1.Reasons, "first"), append(g1.Lineage, verify.Dependency{Name: "first"})
+	g2, _ := c.Get("k")
+	r2, d2 := append(g2.Reasons, "second"), append(g2.Lineage, verify.Dependency{Name: "second"})
+	for _, tc := range []struct{ name, got, want string }{
+		{"caller's reasons", in[1], "added by the caller"},
+		{"caller's lineage", inDeps[1].Name, "added by the caller"},
+		{"first reader's reasons", r1[1], "first"},
+		{"first reader's lineage", d1[1].Name, "first"},
+		{"second reader's reasons", r2[1], "second"},
+		{"second reader's lineage", d2[1].Name, "second"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s: appended element is %q, want %q", tc.name, tc.got, tc.want)
+		}
 	}
 }
 
@@ -331,6 +399,26 @@ func TestVerdictsConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// FuzzVerdictsDigestRoundTrip: a sha256 digest is held as raw bytes only
+// when that spells it back exactly; every other string must come back as
+// it was given.
+func FuzzVerdictsDigestRoundTrip(f *testing.F) {
+	d := sha256Digest("seed")
+	for _, seed := range []string{
+		d, "", "sha256:", "sha256", d[:len(d)-1], d + "0", "sha256:" + strings.ToUpper(d[7:]),
+		"sha512:" + strings.Repeat("ab", 64), "SHA256:" + d[7:], "sha256:sha256:" + d[14:], d[7:], "sha256:" + strings.Repeat("g", 64),
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, digest string) {
+		c, _ := newVerdicts(t, 1, time.Hour, time.Hour)
+		c.Add("k", allow(digest))
+		if got, ok := c.Get("k"); !ok || got.Digest != digest {
+			t.Fatalf("Get = %q, %v; want %q", got.Digest, ok, digest)
+		}
+	})
 }
 
 // BenchmarkVerdictsMemory measures the heap a full cache of 100 000
