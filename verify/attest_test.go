@@ -103,6 +103,14 @@ func TestAttestations(t *testing.T) {
 			}), wantKind: "key"},
 		{name: "within max_age by statement time", attach: []func(*env) error{bundle(key, prov)}, auths: keyAuth,
 			rules: provRule(func(r *verify.AttestationRule) { r.MaxAge = time.Hour }), wantKind: "key"},
+		// The statement time has whole seconds: an attestation exactly
+		// max_age old is still fresh, one second more is stale.
+		{name: "exactly max_age old", attach: []func(*env) error{bundle(key, prov)}, auths: keyAuth,
+			rules: provRule(func(r *verify.AttestationRule) { r.MaxAge = time.Hour }),
+			opts:  []verify.Option{verify.WithClock(func() time.Time { return now.Truncate(time.Second).Add(time.Hour) })}, wantKind: "key"},
+		{name: "one second past max_age", attach: []func(*env) error{bundle(key, prov)}, auths: keyAuth,
+			rules: provRule(func(r *verify.AttestationRule) { r.MaxAge = time.Hour }),
+			opts:  []verify.Option{verify.WithClock(func() time.Time { return now.Truncate(time.Second).Add(time.Hour + time.Second) })}, want: "stale: built"},
 
 		{name: "missing attestation", attach: []func(*env) error{func(e *env) error { return fixtures.AttachLegacySignature(ctx, e.subject, e.key, fixtures.Tamper{}) }},
 			auths: keyAuth, rules: provRule(nil), want: `attestation rule "provenance": missing attestation https://slsa.dev/provenance/v1`},
