@@ -33,3 +33,25 @@ func TestParseStatementPredicate(t *testing.T) {
 		})
 	}
 }
+
+// A statement is exactly one JSON object of the right shape: trailing
+// data or a field of the wrong type is a parse failure, never a partly
+// filled statement.
+func TestParseStatementStrict(t *testing.T) {
+	t.Parallel()
+	subject := `[{"name":"x","digest":{"sha256":"` + strings.Repeat("a", 64) + `"}}]`
+	good := `{"_type":"` + StatementV1 + `","subject":` + subject + `,"predicateType":"p","predicate":{}}`
+	if _, err := parseStatement([]byte(good)); err != nil {
+		t.Fatalf("well-formed statement refused: %v", err)
+	}
+	for name, b := range map[string]string{
+		"trailing object":      good + `{"_type":"x"}`,
+		"trailing garbage":     good + ` x`,
+		"subject not an array": `{"_type":"` + StatementV1 + `","subject":"x","predicateType":"p"}`,
+		"truncated":            good[:len(good)-3],
+	} {
+		if _, err := parseStatement([]byte(b)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
