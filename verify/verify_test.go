@@ -797,6 +797,29 @@ func TestEvidenceLimit(t *testing.T) {
 	}
 }
 
+// A legacy .sig manifest with more signature layers than the evidence
+// limit is read only up to the limit.
+func TestEvidenceLimitLegacyLayers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	stranger, err := fixtures.NewKeySigner("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fixtures.AttachLegacySignature(ctx, e.subject, stranger, fixtures.Tamper{Copies: 9}); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 3
+	f := fixtures.Count(e.reg.Fetcher())
+	v := mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key)), verify.WithMaxEvidence(limit)), e.subj(t), f)
+	wantDenied(t, v, "evidence limit reached: examined 3 of 10 signature layers")
+	// referrers + fallback tag + .sig tag, then one blob per examined layer.
+	if got, max := f.Calls(), int64(3+limit); got > max {
+		t.Errorf("fetcher called %d times, want at most %d", got, max)
+	}
+}
+
 func TestFetcherErrorsFailToDecide(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
