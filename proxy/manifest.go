@@ -528,11 +528,11 @@ func (p *Proxy) cover(d *manifestDecision) {
 	if !v.Allowed || v.Mode != verify.ModeEnforce || v.Boundary == "" {
 		return
 	}
-	expires := p.coverage.now().Add(p.opts.coverageTTL)
-	if !v.CheckedAt.IsZero() {
-		if end := v.CheckedAt.Add(p.opts.coverageTTL); end.Before(expires) {
-			expires = end
-		}
+	// addUntil caps the end at the cache's TTL from now, which also covers
+	// a verdict without a decision time.
+	expires := v.CheckedAt.Add(p.opts.coverageTTL)
+	if v.CheckedAt.IsZero() {
+		expires = p.coverage.now().Add(p.opts.coverageTTL)
 	}
 	e := coverEntry{parent: d.digest, boundary: v.Boundary, verdict: v}
 	for _, c := range d.parsed.children {
