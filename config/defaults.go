@@ -17,6 +17,25 @@ const (
 	DefaultTagTTL          = time.Duration(0) // tags are re-resolved on every request
 	DefaultUpstreamTimeout = 30 * time.Second
 	DefaultVerifyTimeout   = 60 * time.Second
+	// DefaultUpstreamIdleTimeout drops an upstream that stalls mid-body.
+	DefaultUpstreamIdleTimeout = 30 * time.Second
+	DefaultMaxConnsPerUpstream = 64
+	// Evidence budgets: one pull cannot make the proxy read (and parse)
+	// more than this, whatever a repository holds.
+	DefaultEvidenceBytes    = 16 << 20
+	DefaultSignatureBytes   = 1 << 20
+	DefaultAttestationBytes = 4 << 20
+	DefaultMaxEvidence      = 64
+	DefaultPredicateDepth   = 64
+	// DefaultVerifications is a multiple of GOMAXPROCS, resolved when the
+	// proxy starts; the queue defaults to VerifyQueueFactor times it.
+	DefaultVerificationsPerCPU = 4
+	DefaultVerifyQueueFactor   = 8
+	DefaultVerifyQueueWait     = 10 * time.Second
+	DefaultClientConnections   = 4096
+	DefaultClientIdleTimeout   = 60 * time.Second
+	DefaultHeaderBytes         = 64 << 10
+	DefaultStreamBufferBytes   = 64 << 20
 	DefaultLogLevel        = "info"
 	DefaultLogFormat       = "json"
 	// DefaultTlogThreshold and DefaultTimestampThreshold require one
@@ -62,6 +81,13 @@ func (c *Config) applyDefaults() {
 	if c.VerifyTimeout == 0 {
 		c.VerifyTimeout = Duration(DefaultVerifyTimeout)
 	}
+	if c.UpstreamIdleTimeout == 0 {
+		c.UpstreamIdleTimeout = Duration(DefaultUpstreamIdleTimeout)
+	}
+	if c.MaxConnsPerUpstream == 0 {
+		c.MaxConnsPerUpstream = DefaultMaxConnsPerUpstream
+	}
+	c.Limits.applyDefaults()
 	if c.Cache.Verdicts == 0 {
 		c.Cache.Verdicts = DefaultCacheVerdicts
 	}
@@ -107,4 +133,46 @@ func (c *Config) applyDefaults() {
 			}
 		}
 	}
+}
+
+func (l *Limits) applyDefaults() {
+	setSize := func(v *ByteSize, d int64) {
+		if *v == 0 {
+			*v = ByteSize(d)
+		}
+	}
+	setInt := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	setSize(&l.EvidenceBytes, DefaultEvidenceBytes)
+	setSize(&l.SignatureBytes, DefaultSignatureBytes)
+	setSize(&l.AttestationBytes, DefaultAttestationBytes)
+	setSize(&l.HeaderBytes, DefaultHeaderBytes)
+	setSize(&l.StreamBufferBytes, DefaultStreamBufferBytes)
+	setInt(&l.MaxEvidence, DefaultMaxEvidence)
+	setInt(&l.PredicateDepth, DefaultPredicateDepth)
+	setInt(&l.ClientConnections, DefaultClientConnections)
+	// Verifications and VerifyQueue stay 0 ("per CPU"): the machine the
+	// file is checked on need not be the one that serves it.
+	if l.VerifyQueueWait == 0 {
+		l.VerifyQueueWait = Duration(DefaultVerifyQueueWait)
+	}
+	if l.ClientIdleTimeout == 0 {
+		l.ClientIdleTimeout = Duration(DefaultClientIdleTimeout)
+	}
+}
+
+// VerificationSlots resolves Verifications and VerifyQueue for a process
+// with gomaxprocs CPUs.
+func (l Limits) VerificationSlots(gomaxprocs int) (running, queued int) {
+	running, queued = l.Verifications, l.VerifyQueue
+	if running == 0 {
+		running = DefaultVerificationsPerCPU * max(gomaxprocs, 1)
+	}
+	if queued == 0 {
+		queued = DefaultVerifyQueueFactor * running
+	}
+	return running, queued
 }

@@ -22,7 +22,14 @@ type Config struct {
 	// Timeouts for upstream calls and for one verification.
 	UpstreamTimeout Duration `yaml:"upstream_timeout"` // default 30s
 	VerifyTimeout   Duration `yaml:"verify_timeout"`   // default 60s
-	Log             Log      `yaml:"log"`
+	// UpstreamIdleTimeout drops an upstream that sends no byte of a
+	// response body for this long (default 30s).
+	UpstreamIdleTimeout Duration `yaml:"upstream_idle_timeout"`
+	// MaxConnsPerUpstream caps connections to each upstream host
+	// (default 64); an upstream's max_conns overrides it.
+	MaxConnsPerUpstream int    `yaml:"max_conns_per_upstream"`
+	Limits              Limits `yaml:"limits"`
+	Log                 Log    `yaml:"log"`
 
 	// Path is the file the config was read from ("" when parsed from bytes);
 	// relative paths in the file are resolved against its directory.
@@ -48,6 +55,12 @@ type Upstream struct {
 	CAFile   string   `yaml:"ca_file"`
 	Auth     *Auth    `yaml:"auth"`
 	Timeout  Duration `yaml:"timeout"` // overrides UpstreamTimeout
+	// MaxConns overrides MaxConnsPerUpstream for this upstream.
+	MaxConns int `yaml:"max_conns"`
+	// RedirectHosts are the storage hosts this upstream may redirect blob
+	// requests to even when they resolve to loopback, private or
+	// link-local addresses ("host", "host:port" or "*.suffix").
+	RedirectHosts []string `yaml:"redirect_hosts"`
 }
 
 // Auth is how the proxy authenticates to an upstream. At most one of the
@@ -151,6 +164,30 @@ type Cache struct {
 	DenyTTL     Duration `yaml:"deny_ttl"`     // default 30s
 	ManifestMiB int      `yaml:"manifest_mib"` // verified manifest bytes kept; default 64
 	TagTTL      Duration `yaml:"tag_ttl"`      // default 0: re-resolve tags on every request
+}
+
+// Limits bound the memory, connections and work one client, upstream or
+// subject can cost. Zero means the default.
+type Limits struct {
+	// Evidence read per verification, in total and per item.
+	EvidenceBytes    ByteSize `yaml:"evidence_bytes"`    // default 16MiB
+	SignatureBytes   ByteSize `yaml:"signature_bytes"`   // default 1MiB
+	AttestationBytes ByteSize `yaml:"attestation_bytes"` // default 4MiB
+	MaxEvidence      int      `yaml:"max_evidence"`      // referrers examined per subject; default 64
+	PredicateDepth   int      `yaml:"predicate_depth"`   // JSON nesting of a predicate; default 64
+	// Verifications is how many verifications run at once (default
+	// 4 × GOMAXPROCS, written as 0); VerifyQueue more wait up to
+	// VerifyQueueWait before the client gets 429.
+	Verifications   int      `yaml:"verifications"`
+	VerifyQueue     int      `yaml:"verify_queue"`      // default 8 × verifications
+	VerifyQueueWait Duration `yaml:"verify_queue_wait"` // default 10s
+	// Client side of the registry listener.
+	ClientConnections int      `yaml:"client_connections"`  // default 4096
+	ClientIdleTimeout Duration `yaml:"client_idle_timeout"` // default 60s
+	HeaderBytes       ByteSize `yaml:"header_bytes"`        // default 64KiB
+	// StreamBufferBytes bounds the large copy buffers all blob streams
+	// hold together (default 64MiB); streams beyond it use small ones.
+	StreamBufferBytes ByteSize `yaml:"stream_buffer_bytes"`
 }
 
 // Log configures logging.

@@ -78,6 +78,13 @@ func (c *Config) validate(file string) error {
 	if c.VerifyTimeout <= 0 {
 		r.addf("verify_timeout", "must be positive")
 	}
+	if c.UpstreamIdleTimeout <= 0 {
+		r.addf("upstream_idle_timeout", "must be positive")
+	}
+	if c.MaxConnsPerUpstream <= 0 {
+		r.addf("max_conns_per_upstream", "must be positive")
+	}
+	c.Limits.validate(r)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -151,6 +158,14 @@ func (c *Config) validateUpstreams(r *reporter) map[string]*Upstream {
 		validateURL(r, joinPath(p, "url"), u.URL, u.Insecure)
 		if u.Timeout < 0 {
 			r.addf(joinPath(p, "timeout"), "must not be negative")
+		}
+		if u.MaxConns < 0 {
+			r.addf(joinPath(p, "max_conns"), "must not be negative")
+		}
+		for j, h := range u.RedirectHosts {
+			if err := checkRedirectHost(h); err != nil {
+				r.addf(indexPath(joinPath(p, "redirect_hosts"), j), "%v", err)
+			}
 		}
 		if u.Auth != nil {
 			validateAuth(r, joinPath(p, "auth"), u.Auth)
@@ -506,4 +521,54 @@ func isMediaType(s string) bool {
 	}
 	typ, sub, ok := strings.Cut(mt, "/")
 	return ok && typ != "" && sub != "" && !strings.Contains(sub, "/")
+}
+
+func (l *Limits) validate(r *reporter) {
+	positive := func(key string, v int64) {
+		if v <= 0 {
+			r.addf("limits."+key, "must be positive")
+		}
+	}
+	positive("evidence_bytes", l.EvidenceBytes.Int64())
+	positive("signature_bytes", l.SignatureBytes.Int64())
+	positive("attestation_bytes", l.AttestationBytes.Int64())
+	positive("max_evidence", int64(l.MaxEvidence))
+	positive("predicate_depth", int64(l.PredicateDepth))
+	positive("client_connections", int64(l.ClientConnections))
+	positive("client_idle_timeout", int64(l.ClientIdleTimeout))
+	positive("verify_queue_wait", int64(l.VerifyQueueWait))
+	positive("stream_buffer_bytes", l.StreamBufferBytes.Int64())
+	if l.HeaderBytes < 4<<10 {
+		r.addf("limits.header_bytes", "must be at least 4KiB: registry clients send long Accept and Authorization headers")
+	}
+	if l.Verifications < 0 {
+		r.addf("limits.verifications", "must not be negative (0 means 4 per CPU)")
+	}
+	if l.VerifyQueue < 0 {
+		r.addf("limits.verify_queue", "must not be negative (0 means 8 per verification slot)")
+	}
+	// One item larger than the whole budget could never be read.
+	for _, item := range []struct {
+		key string
+		v   ByteSize
+	}{{"signature_bytes", l.SignatureBytes}, {"attestation_bytes", l.AttestationBytes}} {
+		if item.v > l.EvidenceBytes && l.EvidenceBytes > 0 {
+			r.addf("limits."+item.key, "%s is larger than evidence_bytes (%s)", item.v, l.EvidenceBytes)
+		}
+	}
+}
+
+// checkRedirectHost accepts "host", "host:port" and "*.suffix".
+func checkRedirectHost(h string) error {
+	host := strings.TrimPrefix(h, "*.")
+	if hp, port, err := net.SplitHostPort(host); err == nil {
+		if n, perr := strconv.ParseUint(port, 10, 16); perr != nil || n == 0 {
+			return fmt.Errorf("redirect host %q has an invalid port", h)
+		}
+		host = hp
+	}
+	if host == "" || host == "*" || strings.ContainsAny(host, "/*@ ") || strings.ToLower(host) != host {
+		return fmt.Errorf("redirect host %q must be a lowercase host, host:port or *.domain", h)
+	}
+	return nil
 }
