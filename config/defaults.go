@@ -36,8 +36,8 @@ const (
 	DefaultClientIdleTimeout   = 60 * time.Second
 	DefaultHeaderBytes         = 64 << 10
 	DefaultStreamBufferBytes   = 64 << 20
-	DefaultLogLevel        = "info"
-	DefaultLogFormat       = "json"
+	DefaultLogLevel            = "info"
+	DefaultLogFormat           = "json"
 	// DefaultTlogThreshold and DefaultTimestampThreshold require one
 	// transparency log entry and one signed timestamp for keyless
 	// signatures, as cosign does.
