@@ -13,7 +13,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
-	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 )
 
 // maxClockSkew is how far in the future an attestation's time may be
@@ -30,15 +29,17 @@ const (
 	mediaTypeInToto = "application/vnd.in-toto+json"
 )
 
-// statement is an in-toto statement as parsed for policy: the predicate is
-// kept as generic JSON so conditions and the lineage parser can read any
-// predicate type.
+// statement is an in-toto statement as parsed for policy. The predicate
+// is kept as the signed bytes and read only when a rule needs it: a
+// condition (object), a signed time (statementTime), a model signature's
+// file list or lineage's dependencies.
 type statement struct {
 	Type          string             `json:"_type"`
 	Subject       []statementSubject `json:"subject"`
 	PredicateType string             `json:"predicateType"`
 	Predicate     json.RawMessage    `json:"predicate"`
 
+	// predicate is Predicate as generic JSON, set by object on first use.
 	predicate map[string]any
 }
 
@@ -47,10 +48,19 @@ type statementSubject struct {
 	Digest map[string]string `json:"digest"`
 }
 
+// statementDepth is how deeply a statement's own fields nest
+// (subject → descriptor → digest); anything deeper is in its predicate.
+const statementDepth = 4
+
 // parseStatement parses an in-toto statement v0.1 or v1 strictly: one
 // JSON object, a known statement type, at least one subject and an object
-// predicate (absent means empty).
-func parseStatement(b []byte) (*statement, error) {
+// predicate (absent means empty) nesting at most maxDepth levels. Nesting
+// is counted before anything is decoded, so a deep predicate costs a scan,
+// not a parse.
+func parseStatement(b []byte, maxDepth int) (*statement, error) {
+	if limit := max(maxDepth+1, statementDepth); jsonDepth(b, limit) > limit {
+		return nil, errTooDeep(maxDepth)
+	}
 	var st statement
 	if err := strictUnmarshal(b, &st); err != nil {
 		return nil, fmt.Errorf("malformed in-toto statement: %w", err)
@@ -64,13 +74,67 @@ func parseStatement(b []byte) (*statement, error) {
 	if len(st.Subject) == 0 {
 		return nil, errors.New("in-toto statement has no subject")
 	}
-	st.predicate = map[string]any{}
-	if len(st.Predicate) > 0 && !bytes.Equal(bytes.TrimSpace(st.Predicate), []byte("null")) {
-		if err := json.Unmarshal(st.Predicate, &st.predicate); err != nil {
-			return nil, fmt.Errorf("in-toto predicate is not a JSON object: %w", err)
-		}
+	// The decoder has checked the predicate is one JSON value; its first
+	// byte says whether it is an object.
+	if p := bytes.TrimSpace(st.Predicate); len(p) > 0 && p[0] != '{' && !bytes.Equal(p, []byte("null")) {
+		return nil, errors.New("in-toto predicate is not a JSON object")
+	}
+	if jsonDepth(st.Predicate, maxDepth) > maxDepth {
+		return nil, errTooDeep(maxDepth)
 	}
 	return &st, nil
+}
+
+func errTooDeep(maxDepth int) error {
+	return fmt.Errorf("in-toto predicate nests deeper than the limit of %d levels", maxDepth)
+}
+
+// object returns the predicate as generic JSON, parsing it on first use.
+// Its nesting was bounded when the statement was parsed.
+func (st *statement) object() (map[string]any, error) {
+	if st.predicate != nil {
+		return st.predicate, nil
+	}
+	m := map[string]any{}
+	if p := bytes.TrimSpace(st.Predicate); len(p) > 0 && !bytes.Equal(p, []byte("null")) {
+		if err := json.Unmarshal(p, &m); err != nil {
+			return nil, fmt.Errorf("in-toto predicate: %w", err)
+		}
+	}
+	st.predicate = m
+	return m, nil
+}
+
+// field returns the predicate's value at path, keys compared exactly and
+// the last of duplicate keys winning, as for a parsed object. Only the
+// objects on the path are read; siblings are skipped, not materialised.
+func (st *statement) field(path ...string) (json.RawMessage, bool) {
+	cur := []byte(st.Predicate)
+	for _, key := range path {
+		dec := json.NewDecoder(bytes.NewReader(cur))
+		if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+			return nil, false
+		}
+		var found json.RawMessage
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				return nil, false
+			}
+			var v json.RawMessage
+			if err := dec.Decode(&v); err != nil {
+				return nil, false
+			}
+			if k, _ := tok.(string); k == key {
+				found = v
+			}
+		}
+		if found == nil {
+			return nil, false
+		}
+		cur = found
+	}
+	return cur, true
 }
 
 // names reports whether the statement is about digest.
@@ -87,12 +151,13 @@ func (st *statement) names(s Subject) bool {
 // statement, for bundles and legacy .att layers, key and keyless alike:
 // the payload type must be in-toto and the statement is parsed from the
 // decoded payload, exactly the bytes the envelope signature covers (its
-// pre-authentication encoding is over payload type and these bytes).
-func dsseStatement(payloadType string, payload []byte) (*statement, error) {
+// pre-authentication encoding is over payload type and these bytes). It
+// is called only once the envelope signature has verified (run.open).
+func dsseStatement(payloadType string, payload []byte, maxDepth int) (*statement, error) {
 	if payloadType != mediaTypeInToto {
 		return nil, fmt.Errorf("DSSE payload type %q is not in-toto", payloadType)
 	}
-	return parseStatement(payload)
+	return parseStatement(payload, maxDepth)
 }
 
 func decodeB64(s string) ([]byte, error) {
@@ -103,55 +168,49 @@ func decodeB64(s string) ([]byte, error) {
 }
 
 // openAttestations reads the cosign legacy "sha256-<hex>.att" manifest.
-func (e *Engine) openAttestations(ctx context.Context, s Subject, f Fetcher, m Manifest, d *discovery) ([]*evidence, error) {
-	return e.openLayers(ctx, s, f, m, d, cosignLayers{
-		format: FormatCosignAttestation, tag: "sha256-" + s.Digest.Hex + ".att", what: "attestation",
-		mediaType: mediaTypeDSSE, source: "att", maxBytes: maxBundleBytes,
+func (r *run) openAttestations(ctx context.Context, m Manifest) error {
+	return r.openLayers(ctx, m, cosignLayers{
+		format: FormatCosignAttestation, tag: "sha256-" + r.s.Digest.Hex + ".att", what: "attestation",
+		mediaType: mediaTypeDSSE, source: "att", maxBytes: r.e.limits.AttestationBytes,
+		wanted: r.needAttestations,
 		parse: func(ev *evidence, raw []byte, l v1.Descriptor) {
-			ev.legacy, ev.statement, ev.err = parseLegacyAttestation(raw, l.Annotations)
-			if ev.statement != nil {
-				// The annotation is unsigned; the signed statement decides.
-				ev.predicateType = ev.statement.PredicateType
-			} else {
-				// Rejected evidence can never satisfy a rule; the annotation
-				// only lets the rule's reasons say why it was rejected.
-				ev.predicateType = l.Annotations["predicateType"]
-			}
+			// The annotation is unsigned: it stands until the signed
+			// statement is read, and for rejected evidence only lets the
+			// rule's reasons say why it was rejected.
+			ev.predicateType = l.Annotations["predicateType"]
+			ev.legacy, ev.err = parseLegacyAttestation(raw, l.Annotations)
 		},
 	})
 }
 
 // parseLegacyAttestation parses a cosign .att layer: the blob is the DSSE
-// envelope, the annotations carry keyless material as on .sig layers.
-func parseLegacyAttestation(raw []byte, ann map[string]string) (*legacySignature, *statement, error) {
+// envelope, the annotations carry keyless material as on .sig layers. The
+// statement inside is left for run.open.
+func parseLegacyAttestation(raw []byte, ann map[string]string) (*legacySignature, error) {
 	var env dsse.Envelope
 	if err := strictUnmarshal(raw, &env); err != nil {
-		return nil, nil, fmt.Errorf("malformed DSSE envelope: %w", err)
+		return nil, fmt.Errorf("malformed DSSE envelope: %w", err)
 	}
 	payload, err := decodeB64(env.Payload)
 	if err != nil {
-		return nil, nil, errors.New("DSSE payload is not base64")
-	}
-	st, err := dsseStatement(env.PayloadType, payload)
-	if err != nil {
-		return nil, nil, err
+		return nil, errors.New("DSSE payload is not base64")
 	}
 	if len(env.Signatures) == 0 {
-		return nil, nil, errors.New("DSSE envelope has no signatures")
+		return nil, errors.New("DSSE envelope has no signatures")
 	}
 	var sigs [][]byte
 	for _, s := range env.Signatures {
 		sig, err := decodeB64(s.Sig)
 		if err != nil || len(sig) == 0 {
-			return nil, nil, errors.New("DSSE signature is not base64")
+			return nil, errors.New("DSSE signature is not base64")
 		}
 		sigs = append(sigs, sig)
 	}
 	ls := &legacySignature{payload: payload, sig: sigs[0], sigs: sigs, env: &env}
 	if err := parseLegacyMaterial(ls, ann); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return ls, st, nil
+	return ls, nil
 }
 
 // compiledRule is an attestation rule with its authorities resolved and its
@@ -230,9 +289,10 @@ func compileRules(b *Boundary, auths []*compiledAuthority) ([]*compiledRule, err
 }
 
 // verifiedAttestation is an attestation whose envelope verified under an
-// authority and whose statement is about the subject.
+// authority and whose statement is about the subject. It holds the
+// statement, not the evidence, so the bundle or envelope it came in can
+// be dropped once it is read.
 type verifiedAttestation struct {
-	ev     *evidence
 	st     *statement
 	signer Signer
 	// at is the signed time, else the statement's own time; zero if none.
@@ -251,31 +311,30 @@ func verifyAttestation(ev *evidence, s Subject, now time.Time, auths []*compiled
 		return nil, errors.New("no in-toto statement")
 	}
 	// What the statement is about is decided here, on the statement
-	// parsed when the evidence was read, so sigstore-go is asked only for
-	// the envelope signature: it does not read the payload again to
+	// parsed when the evidence was opened, so sigstore-go is asked only
+	// for the envelope signature: it does not read the payload again to
 	// compare a subject already compared.
 	if st.PredicateType == PredicateModelSigning {
 		// An OpenSSF model signature's subject is a hash over the model's
 		// files, not the manifest digest. The subject check is replaced by
 		// checkModelSigning, which ties each signed file to a layer of this
 		// manifest.
-		if err := checkModelSigning(st.predicate, s.Manifest); err != nil {
+		if err := checkModelSigning(st, s.Manifest); err != nil {
 			return nil, err
 		}
 	} else if !st.names(s) {
 		return nil, fmt.Errorf("statement subject is not the subject %s", s.Digest)
 	}
-	art := sgverify.WithoutArtifactUnsafe()
 	var fails []string
 	for _, a := range auths {
-		signer, times, err := a.verify(ev, art, now)
-		if err != nil {
-			fails = appendUnique(fails, err.Error())
+		res := ev.result(a, now)
+		if res.err != nil {
+			fails = appendUnique(fails, res.err.Error())
 			continue
 		}
-		va := &verifiedAttestation{ev: ev, st: st, signer: signer}
-		if len(times) > 0 {
-			va.at, va.signed = slices.MinFunc(times, func(a, b time.Time) int { return a.Compare(b) }), true
+		va := &verifiedAttestation{st: st, signer: res.signer}
+		if len(res.times) > 0 {
+			va.at, va.signed = slices.MinFunc(res.times, func(a, b time.Time) int { return a.Compare(b) }), true
 		} else {
 			va.at = statementTime(st)
 		}
@@ -300,35 +359,26 @@ func statementTime(st *statement) time.Time {
 		paths = [][]string{{"timeVerified"}}
 	}
 	for _, p := range paths {
-		if s, ok := lookupString(st.predicate, p...); ok {
-			if t, err := time.Parse(time.RFC3339, s); err == nil {
-				return t
-			}
+		raw, ok := st.field(p...)
+		if !ok {
+			continue
+		}
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			continue
+		}
+		if t, err := time.Parse(time.RFC3339, s); err == nil {
+			return t
 		}
 	}
 	return time.Time{}
 }
 
-func lookupString(m map[string]any, path ...string) (string, bool) {
-	var cur any = m
-	for _, k := range path {
-		obj, ok := cur.(map[string]any)
-		if !ok {
-			return "", false
-		}
-		cur = obj[k]
-	}
-	s, ok := cur.(string)
-	return s, ok
-}
-
-// evalRule decides one attestation rule. It returns the attestation that
-// satisfied it, or the reasons it is not satisfied.
-//
-// An attestation is valid for the rule when its envelope verifies under
-// one of the rule's authorities and its statement is about the subject;
-// invalid ones are only listed in the reasons. Which valid attestation
-// answers the rule depends on r.Select:
+// ruleState is one attestation rule being decided while evidence is
+// read. An attestation is valid for the rule when its envelope verifies
+// under one of the rule's authorities and its statement is about the
+// subject; invalid ones are only listed in the reasons. Which valid
+// attestation answers the rule depends on its Select:
 //
 //   - SelectNewest (the default): the newest valid attestation decides, by
 //     signed time, else the time its statement claims; it must pass
@@ -339,62 +389,85 @@ func lookupString(m map[string]any, path ...string) (string, bool) {
 //     long as its clock is ahead). When several share the newest time,
 //     each of them must pass: which one is "the" newest is not knowable,
 //     so the conservative answer is that any failing one fails the rule.
-//   - SelectAny: any valid attestation that passes satisfies the rule.
-func (cb *compiledBoundary) evalRule(ctx context.Context, r *compiledRule, s Subject, cands []*evidence, now time.Time) (*verifiedAttestation, []string, error) {
-	name := PredicateName(r.PredicateType)
-	newest := r.Select != SelectAny
-	var reasons []string
-	type candidate struct {
-		va    *verifiedAttestation
-		label string
+//     Such a rule is decided only once all evidence has been read.
+//   - SelectAny: any valid attestation that passes satisfies the rule, as
+//     soon as it is read.
+type ruleState struct {
+	*compiledRule
+	// satisfied is the attestation that satisfied a select-any rule.
+	satisfied *verifiedAttestation
+	// latest are the valid attestations sharing the newest time seen so
+	// far (select newest); older counts the valid ones it passed over.
+	// Only these are kept: an older attestation can no longer decide.
+	latest  []candidate
+	older   int
+	reasons []string
+}
+
+type candidate struct {
+	va    *verifiedAttestation
+	label string
+}
+
+// offer considers one piece of evidence of the rule's predicate type. An
+// error only means the context ended.
+func (cb *compiledBoundary) offer(ctx context.Context, rs *ruleState, ev *evidence, s Subject, now time.Time) error {
+	label := fmt.Sprintf("attestation %s (%s)", PredicateName(rs.PredicateType), ev.label())
+	va, err := verifyAttestation(ev, s, now, rs.authorities)
+	if err != nil {
+		if ev.err == nil && ev.statement != nil {
+			if other := cb.otherAuthority(ev, s, now, rs.authorities); other != "" {
+				err = fmt.Errorf("signed by authority %q not named by rule", other)
+			}
+		}
+		rs.reasons = append(rs.reasons, label+": "+err.Error())
+		return nil
 	}
-	var valid []candidate
-	for _, ev := range cands {
-		if ev.predicateType != r.PredicateType {
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, nil, err
-		}
-		label := fmt.Sprintf("attestation %s (%s)", name, ev.label())
-		va, err := verifyAttestation(ev, s, now, r.authorities)
+	if rs.Select == SelectAny {
+		fail, err := rs.judge(ctx, va, now)
 		if err != nil {
-			if ev.err == nil && ev.statement != nil {
-				if other := cb.otherAuthority(ev, s, now, r.authorities); other != "" {
-					err = fmt.Errorf("signed by authority %q not named by rule", other)
-				}
-			}
-			reasons = append(reasons, label+": "+err.Error())
-			continue
+			return err
 		}
-		if !newest {
-			fail, err := r.judge(ctx, va, now)
-			if err != nil {
-				return nil, nil, err
-			}
-			if fail == "" {
-				return va, nil, nil
-			}
-			reasons = append(reasons, label+": "+fail)
-			continue
+		if fail == "" {
+			rs.satisfied, rs.reasons = va, nil
+			return nil
 		}
-		if future(va, now) {
-			reasons = append(reasons, fmt.Sprintf("%s: time %s is in the future", label, va.at.UTC().Format(time.RFC3339)))
-			continue
-		}
-		valid = append(valid, candidate{va, label})
+		rs.reasons = append(rs.reasons, label+": "+fail)
+		return nil
 	}
-	if len(valid) > 0 {
-		latest := slices.MaxFunc(valid, func(a, b candidate) int { return a.va.at.Compare(b.va.at) }).va.at
+	if future(va, now) {
+		rs.reasons = append(rs.reasons, fmt.Sprintf("%s: time %s is in the future", label, va.at.UTC().Format(time.RFC3339)))
+		return nil
+	}
+	switch {
+	case len(rs.latest) == 0 || va.at.After(rs.latest[0].va.at):
+		rs.older += len(rs.latest)
+		rs.latest = append(rs.latest[:0:0], candidate{va, label})
+	case va.at.Equal(rs.latest[0].va.at):
+		rs.latest = append(rs.latest, candidate{va, label})
+	default:
+		rs.older++
+	}
+	return nil
+}
+
+// decide returns the attestation that satisfied the rule, or the reasons
+// it is not satisfied. unread says a limit left evidence unread: a
+// select-newest rule is then not decided, since the newest attestation
+// may be among what was not read.
+func (rs *ruleState) decide(ctx context.Context, now time.Time, unread bool) (*verifiedAttestation, []string, error) {
+	if rs.satisfied != nil {
+		return rs.satisfied, nil, nil
+	}
+	reasons := rs.reasons
+	if unread && rs.Select != SelectAny {
+		return nil, append(reasons, fmt.Sprintf("attestation rule %q not decided: not all evidence was read", rs.Name)), nil
+	}
+	if len(rs.latest) > 0 {
 		var decided *verifiedAttestation
 		var fails []string
-		older := 0
-		for _, c := range valid {
-			if c.va.at.Before(latest) {
-				older++
-				continue
-			}
-			fail, err := r.judge(ctx, c.va, now)
+		for _, c := range rs.latest {
+			fail, err := rs.judge(ctx, c.va, now)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -409,32 +482,25 @@ func (cb *compiledBoundary) evalRule(ctx context.Context, r *compiledRule, s Sub
 		}
 		reasons = append(reasons, fails...)
 		return nil, append(reasons, fmt.Sprintf("attestation rule %q: the newest valid attestation %s (%s) fails; %d older valid %s not considered (select newest)",
-			r.Name, r.PredicateType, fmtTime(latest), older, plural(older, "attestation is", "attestations are"))), nil
+			rs.Name, rs.PredicateType, fmtTime(rs.latest[0].va.at), rs.older, plural(rs.older, "attestation is", "attestations are"))), nil
 	}
 	if len(reasons) == 0 {
-		return nil, []string{fmt.Sprintf("attestation rule %q: missing attestation %s", r.Name, r.PredicateType)}, nil
+		return nil, []string{fmt.Sprintf("attestation rule %q: missing attestation %s", rs.Name, rs.PredicateType)}, nil
 	}
-	return nil, append(reasons, fmt.Sprintf("attestation rule %q: no valid attestation %s", r.Name, r.PredicateType)), nil
+	return nil, append(reasons, fmt.Sprintf("attestation rule %q: no valid attestation %s", rs.Name, rs.PredicateType)), nil
 }
 
-// newestProvenance is the newest SLSA provenance among cands that verifies
-// under auths and is about s, as select newest orders them (a future time
-// is not valid; among equal times the first found). Nil when none is valid.
-func newestProvenance(cands []*evidence, s Subject, now time.Time, auths []*compiledAuthority) *verifiedAttestation {
-	var newest *verifiedAttestation
-	for _, ev := range cands {
-		if !isProvenance(ev.predicateType) {
-			continue
-		}
-		va, err := verifyAttestation(ev, s, now, auths)
-		if err != nil || future(va, now) {
-			continue
-		}
-		if newest == nil || va.at.After(newest.at) {
-			newest = va
-		}
+// offerProvenance keeps the newest SLSA provenance that verifies under
+// auths and is about s, as select newest orders them (a future time is
+// not valid; among equal times the first found).
+func offerProvenance(newest **verifiedAttestation, ev *evidence, s Subject, now time.Time, auths []*compiledAuthority) {
+	va, err := verifyAttestation(ev, s, now, auths)
+	if err != nil || future(va, now) {
+		return
 	}
-	return newest
+	if *newest == nil || va.at.After((*newest).at) {
+		*newest = va
+	}
 }
 
 // judge applies max_age and the condition to a valid attestation. It

@@ -101,3 +101,21 @@ func BenchmarkVerifyKeylessAttestation(b *testing.B) {
 			return attPolicy(provRule(nil), keylessAuthority("release", e.ss, testIssuer, testSubject))
 		})
 }
+
+// BenchmarkVerifyEvidenceBomb measures the denial of a subject whose 64
+// referrers are 1 MiB bundles that parse but are not validly signed: the
+// evidence budget bounds the bytes read and allocated per verification.
+func BenchmarkVerifyEvidenceBomb(b *testing.B) {
+	s := memSubject(b)
+	f := fixtures.NewMemoryFetcher()
+	addBomb(b, f, s, 64, 1<<20)
+	eng := engine(b, policy(1, keyAuthority("release", newKey(b))))
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		v, err := eng.Verify(ctx, s, f)
+		if err != nil || v.Allowed || v.Limit != verify.LimitEvidenceBytes {
+			b.Fatalf("verdict %+v, %v", v, err)
+		}
+	}
+}

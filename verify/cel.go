@@ -63,9 +63,13 @@ func (c *condition) eval(ctx context.Context, st *statement, signer Signer) (boo
 		}
 		subjects = append(subjects, map[string]any{"name": s.Name, "digest": d})
 	}
+	predicate, err := st.object()
+	if err != nil {
+		return false, err
+	}
 	out, _, err := c.prg.ContextEval(ctx, map[string]any{
 		"predicateType": st.PredicateType,
-		"predicate":     st.predicate,
+		"predicate":     predicate,
 		"subject":       subjects,
 		"signer": map[string]string{
 			"authority": signer.Authority,

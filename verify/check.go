@@ -17,26 +17,46 @@ import (
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 )
 
-// check verifies one piece of well-formed signature evidence against the
-// authority: the signed digest must be the subject's. It also says who
-// signed, for the threshold.
+// envelopeResult is one authority's check of a DSSE envelope signature.
+type envelopeResult struct {
+	signer Signer
+	ref    signerRef
+	times  []time.Time
+	err    error
+}
+
+// result checks the signature of ev, a DSSE envelope, under a, once: the
+// envelope alone, since what its statement is about is compared on the
+// statement parsed after the signature verified.
+func (ev *evidence) result(a *compiledAuthority, now time.Time) *envelopeResult {
+	if res, ok := ev.results[a]; ok {
+		return res
+	}
+	if ev.results == nil {
+		ev.results = map[*compiledAuthority]*envelopeResult{}
+	}
+	res := &envelopeResult{}
+	res.signer, res.ref, res.times, res.err = a.verifySigner(ev, sgverify.WithoutArtifactUnsafe(), now)
+	ev.results[a] = res
+	return res
+}
+
+// check verifies a message signature (a bundle's or a simplesigning
+// layer's) against the authority: the signed digest must be the
+// subject's. It also says who signed, for the threshold. DSSE envelopes
+// go through evidence.result instead.
 func (a *compiledAuthority) check(ev *evidence, s Subject, now time.Time) (Signer, signerRef, error) {
 	signer, ref, _, err := a.verifySigner(ev, sgverify.WithArtifactDigest("sha256", digestBytes(s.Digest)), now)
 	return signer, ref, err
 }
 
-// verify checks ev's signature under the authority. art is what
+// verifySigner checks ev's signature under the authority. art is what
 // sigstore-go compares the signed content with: the subject digest for a
-// signature (message digest, or DSSE statement subject), nothing for an
-// attestation whose subject the caller compared on the parsed statement.
-// A key-signed simplesigning digest was compared when it was parsed. It
+// message signature, nothing for a DSSE envelope, whose subject is
+// compared on the statement parsed once the signature verified. A
+// key-signed simplesigning digest was compared when it was parsed. It
 // returns the verified signing times (log integration and RFC3161), empty
 // for key signatures.
-func (a *compiledAuthority) verify(ev *evidence, art sgverify.ArtifactPolicyOption, now time.Time) (Signer, []time.Time, error) {
-	signer, _, times, err := a.verifySigner(ev, art, now)
-	return signer, times, err
-}
-
 func (a *compiledAuthority) verifySigner(ev *evidence, art sgverify.ArtifactPolicyOption, now time.Time) (Signer, signerRef, []time.Time, error) {
 	if a.keyless != nil {
 		return a.checkKeyless(ev, art, now)

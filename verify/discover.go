@@ -34,18 +34,15 @@ const (
 	// annotationBundlePredicate is unsigned: it only labels a rejected
 	// bundle in reasons.
 	annotationBundlePredicate = "dev.sigstore.bundle.predicateType"
-)
-
-// Size limits for evidence blobs. A simplesigning payload is a few hundred
-// bytes; bundles can carry large attestation statements.
-const (
-	maxPayloadBytes = 1 << 20
-	maxBundleBytes  = 8 << 20
+	// bundleTypeMessage is the dev.sigstore.bundle.content value of a
+	// message-signature bundle.
+	bundleTypeMessage = "message-signature"
 )
 
 // evidence is one piece of signature or attestation material found for a
-// subject. Discovery never judges trust; it only parses. Malformed material
-// becomes evidence with err set, so it is reported rather than dropped.
+// subject. Reading it never judges trust; it only parses what can be
+// parsed without trusting it. Malformed material becomes evidence with err
+// set, so it is reported rather than dropped.
 type evidence struct {
 	format string
 	source string
@@ -53,118 +50,167 @@ type evidence struct {
 	legacy *legacySignature
 	// statement is the in-toto statement of a DSSE envelope (a bundle's or
 	// a legacy attestation's), parsed once, strictly, from exactly the
-	// payload bytes the envelope signature covers; nil for message
+	// payload bytes the envelope signature covers, and only after that
+	// signature verified under one of the boundary's authorities (open):
+	// what no authority signed is never parsed. It is nil for message
 	// signatures and simplesigning payloads. A DSSE envelope whose
 	// statement does not parse is rejected evidence (err set): a
 	// statement that cannot be read cannot name the subject.
 	statement *statement
-	// predicateType is the statement's predicate type. For evidence whose
-	// blob was read but rejected while parsing it is the unsigned
+	// predicateType is the statement's predicate type. Until the statement
+	// is read, and for evidence rejected before it was, it is the unsigned
 	// annotation instead, only so a rule's reasons can say why the
 	// attestation it asked for was rejected; such evidence never verifies.
 	predicateType string
 	err           error
+	// results holds each authority's check of a DSSE envelope's
+	// signature, so opening it, counting it and judging it for rules
+	// verify it once per authority.
+	results map[*compiledAuthority]*envelopeResult
 }
 
 func (ev *evidence) label() string { return ev.format + " " + ev.source }
 
-type discovery struct {
-	evidence []*evidence
-	// attestations are legacy .att envelopes, read only when the boundary
-	// has attestation or lineage rules and never counted as signatures.
-	attestations []*evidence
-	checked      []string
-	notes        []string
+// envelope returns the payload type and payload of a DSSE envelope, and
+// false for other evidence.
+func (ev *evidence) envelope() (string, []byte, bool) {
+	switch {
+	case ev.legacy != nil && ev.legacy.env != nil:
+		return ev.legacy.env.PayloadType, ev.legacy.payload, true
+	case ev.bundle != nil:
+		if env := ev.bundle.GetDsseEnvelope(); env != nil {
+			return env.GetPayloadType(), env.GetPayload(), true
+		}
+	}
+	return "", nil, false
 }
 
-// discover collects the signature evidence of s. Only Fetcher failures
-// other than ErrNotFound / ErrNoReferrersAPI and context errors are
-// returned as errors: they mean the evidence could not be read at all.
-func (e *Engine) discover(ctx context.Context, s Subject, f Fetcher, attestations bool) (*discovery, error) {
-	d := &discovery{}
+// collect reads the evidence of the subject, verifying each piece as it
+// is read, until every decision is made or a limit stops it. Only Fetcher
+// failures other than ErrNotFound / ErrNoReferrersAPI and context errors
+// are returned: they mean the evidence could not be read at all.
+func (r *run) collect(ctx context.Context) error {
+	err := r.read(ctx)
+	if errors.Is(err, errBudget) {
+		r.leftUnread(LimitEvidenceBytes, r.budget.reason())
+		return nil
+	}
+	return err
+}
+
+func (r *run) read(ctx context.Context) error {
+	s, f := r.s, r.f
 	fallbackTag := "sha256-" + s.Digest.Hex
 
 	var descs []v1.Descriptor
 	idx, err := f.Referrers(ctx, s.Repository, s.Digest)
 	switch {
 	case err == nil:
-		d.checked = append(d.checked, "referrers")
+		r.checked = append(r.checked, "referrers")
 		if idx != nil {
 			descs = append(descs, idx.Manifests...)
 		}
 	case errors.Is(err, ErrNoReferrersAPI), errors.Is(err, ErrNotFound):
 	default:
-		return nil, fmt.Errorf("listing referrers of %s: %w", s.Digest, err)
+		return fmt.Errorf("listing referrers of %s: %w", s.Digest, err)
 	}
 
 	// The fallback tag is read even when the referrers API answered:
 	// evidence pushed while the registry lacked the API stays there.
-	d.checked = append(d.checked, fallbackTag)
-	m, err := f.Manifest(ctx, s.Repository, fallbackTag)
-	switch {
-	case err == nil:
+	r.checked = append(r.checked, fallbackTag)
+	m, ok, err := r.readTag(ctx, fallbackTag)
+	if err != nil {
+		return err
+	}
+	if ok {
 		fi, perr := parseIndex(m.Bytes)
+		if perr == nil && int64(len(m.Bytes)) > r.manifestLimit() {
+			perr = fmt.Errorf("%d bytes exceed the limit of %d bytes", len(m.Bytes), r.manifestLimit())
+		}
 		if perr != nil {
-			d.evidence = append(d.evidence, &evidence{format: FormatSigstoreBundle, source: fallbackTag,
-				err: fmt.Errorf("malformed fallback index: %w", perr)})
+			ev := &evidence{format: FormatSigstoreBundle, source: fallbackTag, err: fmt.Errorf("malformed fallback index: %w", perr)}
+			if err := r.add(ctx, ev, true); err != nil {
+				return err
+			}
 		} else {
 			descs = append(descs, fi.Manifests...)
 		}
-	case errors.Is(err, ErrNotFound):
-	default:
-		return nil, fmt.Errorf("reading %s: %w", fallbackTag, err)
 	}
 
 	descs = dedupe(descs)
 	// Descriptors labelled as bundles are opened first. The label is never
 	// trusted to select evidence, only to spend the budget well.
 	sort.SliceStable(descs, func(i, j int) bool { return bundleHint(descs[i]) && !bundleHint(descs[j]) })
-	if len(descs) > e.maxEvidence {
-		d.notes = append(d.notes, fmt.Sprintf("evidence limit reached: examined %d of %d referrers", e.maxEvidence, len(descs)))
-		descs = descs[:e.maxEvidence]
+	listed := len(descs)
+	if listed > r.e.maxEvidence {
+		descs = descs[:r.e.maxEvidence]
 	}
 	for _, desc := range descs {
-		ev, err := e.openReferrer(ctx, s, f, desc)
+		if r.done() {
+			return nil
+		}
+		ev, err := r.openReferrer(ctx, desc)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if ev != nil {
-			d.evidence = append(d.evidence, ev)
+			if err := r.add(ctx, ev, true); err != nil {
+				return err
+			}
 		}
+	}
+	if listed > len(descs) && !r.done() {
+		r.leftUnread(LimitEvidenceItems, fmt.Sprintf("evidence limit reached: examined %d of %d referrers", len(descs), listed))
 	}
 
 	sigTag := fallbackTag + ".sig"
-	d.checked = append(d.checked, sigTag)
-	m, err = f.Manifest(ctx, s.Repository, sigTag)
-	switch {
-	case err == nil:
-		evs, err := e.openLegacy(ctx, s, f, m, d)
+	if r.needSignatures() {
+		r.checked = append(r.checked, sigTag)
+		m, ok, err := r.readTag(ctx, sigTag)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		d.evidence = append(d.evidence, evs...)
-	case errors.Is(err, ErrNotFound):
-	default:
-		return nil, fmt.Errorf("reading %s: %w", sigTag, err)
+		if ok {
+			if err := r.openLegacy(ctx, m); err != nil {
+				return err
+			}
+		}
 	}
 
-	if !attestations {
-		return d, nil
+	if !r.needAttestations() {
+		return nil
 	}
 	attTag := fallbackTag + ".att"
-	m, err = f.Manifest(ctx, s.Repository, attTag)
-	switch {
-	case err == nil:
-		evs, err := e.openAttestations(ctx, s, f, m, d)
-		if err != nil {
-			return nil, err
-		}
-		d.attestations = append(d.attestations, evs...)
-	case errors.Is(err, ErrNotFound):
-	default:
-		return nil, fmt.Errorf("reading %s: %w", attTag, err)
+	m, ok, err = r.readTag(ctx, attTag)
+	if err != nil || !ok {
+		return err
 	}
-	return d, nil
+	return r.openAttestations(ctx, m)
+}
+
+// manifestLimit bounds one evidence manifest, which may hold either kind
+// of evidence.
+func (r *run) manifestLimit() int64 {
+	return max(r.e.limits.SignatureBytes, r.e.limits.AttestationBytes)
+}
+
+// readTag reads a manifest by tag, charging it to the budget. It reports
+// false when the tag does not exist.
+func (r *run) readTag(ctx context.Context, tag string) (Manifest, bool, error) {
+	if err := r.budget.admit(0); err != nil {
+		return Manifest{}, false, err
+	}
+	m, err := r.f.Manifest(ctx, r.s.Repository, tag)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return Manifest{}, false, nil
+	case err != nil:
+		return Manifest{}, false, fmt.Errorf("reading %s: %w", tag, err)
+	}
+	if err := r.budget.charge(int64(len(m.Bytes))); err != nil {
+		return Manifest{}, false, err
+	}
+	return m, true, nil
 }
 
 func bundleHint(d v1.Descriptor) bool {
@@ -186,19 +232,37 @@ func dedupe(descs []v1.Descriptor) []v1.Descriptor {
 
 // openReferrer opens one listed manifest and returns its bundle evidence,
 // or nil when it is some other kind of artifact (an SBOM, a model card).
-func (e *Engine) openReferrer(ctx context.Context, s Subject, f Fetcher, desc v1.Descriptor) (*evidence, error) {
+// A manifest or bundle larger than its item limit is rejected evidence,
+// read no further than the limit; errBudget means the budget cannot pay
+// for it.
+func (r *run) openReferrer(ctx context.Context, desc v1.Descriptor) (*evidence, error) {
+	s := r.s
 	ev := &evidence{format: FormatSigstoreBundle, source: desc.Digest.String()}
 	if desc.Digest.Algorithm != "sha256" || len(desc.Digest.Hex) != 64 {
 		ev.err = fmt.Errorf("unsupported descriptor digest %q", desc.Digest)
 		return ev, nil
 	}
-	m, err := f.Manifest(ctx, s.Repository, desc.Digest.String())
+	if limit := r.manifestLimit(); desc.Size > limit {
+		ev.err = fmt.Errorf("referrer manifest of %d bytes exceeds the limit of %d bytes", desc.Size, limit)
+		return ev, nil
+	}
+	if err := r.budget.admit(desc.Size); err != nil {
+		return nil, err
+	}
+	m, err := r.f.Manifest(ctx, s.Repository, desc.Digest.String())
 	if errors.Is(err, ErrNotFound) {
 		ev.err = errors.New("listed manifest not found")
 		return ev, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading referrer %s: %w", desc.Digest, err)
+	}
+	if err := r.budget.charge(int64(len(m.Bytes))); err != nil {
+		return nil, err
+	}
+	if limit := r.manifestLimit(); int64(len(m.Bytes)) > limit {
+		ev.err = fmt.Errorf("referrer manifest of %d bytes exceeds the limit of %d bytes", len(m.Bytes), limit)
+		return ev, nil
 	}
 	if err := checkDigest(m.Bytes, desc.Digest); err != nil {
 		ev.err = err
@@ -231,7 +295,15 @@ func (e *Engine) openReferrer(ctx context.Context, s Subject, f Fetcher, desc v1
 		ev.err = fmt.Errorf("referrer subject %s is not the subject %s", man.Subject.Digest, s.Digest)
 		return ev, nil
 	}
-	raw, err := readBlob(ctx, f, s.Repository, layer.Digest, maxBundleBytes)
+	ev.predicateType = man.Annotations[annotationBundlePredicate]
+	// The content annotation is unsigned, but it is written by whoever
+	// wrote this referrer: believing "message-signature" can only hold
+	// their own bundle to the smaller limit. Anything else may be DSSE.
+	limit, what := r.e.limits.AttestationBytes, "bundle"
+	if man.Annotations[annotationBundleType] == bundleTypeMessage {
+		limit, what = r.e.limits.SignatureBytes, "message-signature bundle"
+	}
+	raw, err := r.readBlob(ctx, layer.Digest, layer.Size, limit, what)
 	if err != nil {
 		if errors.Is(err, errEvidence) {
 			ev.err = err
@@ -239,11 +311,9 @@ func (e *Engine) openReferrer(ctx context.Context, s Subject, f Fetcher, desc v1
 		}
 		return nil, err
 	}
-	ev.bundle, ev.statement, ev.err = parseBundle(raw)
-	if ev.statement != nil {
-		ev.predicateType = ev.statement.PredicateType
-	} else if ev.err != nil {
-		ev.predicateType = man.Annotations[annotationBundlePredicate]
+	ev.bundle, ev.err = parseBundle(raw)
+	if ev.err == nil && ev.bundle.GetMessageSignature() != nil && int64(len(raw)) > r.e.limits.SignatureBytes {
+		ev.bundle, ev.err = nil, fmt.Errorf("message-signature bundle of %d bytes exceeds the limit of %d bytes", len(raw), r.e.limits.SignatureBytes)
 	}
 	return ev, nil
 }
@@ -252,22 +322,47 @@ func (e *Engine) openReferrer(ctx context.Context, s Subject, f Fetcher, desc v1
 // than the whole evaluation.
 var errEvidence = errors.New("evidence unavailable")
 
-func readBlob(ctx context.Context, f Fetcher, repo string, h v1.Hash, limit int64) ([]byte, error) {
+// readBlob reads one evidence blob of at most limit bytes through the
+// budget. A blob declared or found larger than limit is rejected evidence
+// (errEvidence); one that does not fit in what is left of the budget
+// spends it (errBudget). Reading stops at the smaller of the two, so
+// neither bound is passed whatever the descriptor claims.
+func (r *run) readBlob(ctx context.Context, h v1.Hash, declared, limit int64, what string) ([]byte, error) {
 	if h.Algorithm != "sha256" || len(h.Hex) != 64 {
 		return nil, fmt.Errorf("%w: unsupported blob digest %q", errEvidence, h)
+	}
+	if declared > limit {
+		return nil, fmt.Errorf("%w: %s of %d bytes exceeds the limit of %d bytes", errEvidence, what, declared, limit)
+	}
+	if err := r.budget.admit(max(declared, 0)); err != nil {
+		return nil, err
 	}
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	raw, err := f.Blob(ctx, repo, h, limit)
-	if errors.Is(err, ErrNotFound) {
+	read := min(limit, r.budget.remaining())
+	// The Fetcher may have read up to read bytes before refusing more.
+	over := func() ([]byte, error) {
+		_ = r.budget.charge(read)
+		if read < limit {
+			r.budget.exceeded = true
+			return nil, errBudget
+		}
+		return nil, fmt.Errorf("%w: %s %s exceeds the limit of %d bytes", errEvidence, what, h, limit)
+	}
+	raw, err := r.f.Blob(ctx, r.s.Repository, h, read)
+	switch {
+	case errors.Is(err, ErrNotFound):
 		return nil, fmt.Errorf("%w: blob %s not found", errEvidence, h)
-	}
-	if err != nil {
+	case errors.Is(err, ErrTooLarge):
+		return over()
+	case err != nil:
 		return nil, fmt.Errorf("reading blob %s: %w", h, err)
+	case int64(len(raw)) > read:
+		return over()
 	}
-	if int64(len(raw)) > limit {
-		return nil, fmt.Errorf("%w: blob %s exceeds %d bytes", errEvidence, h, limit)
+	if err := r.budget.charge(int64(len(raw))); err != nil {
+		return nil, err
 	}
 	if err := checkDigest(raw, h); err != nil {
 		return nil, fmt.Errorf("%w: %v", errEvidence, err)
@@ -285,27 +380,15 @@ func checkDigest(b []byte, h v1.Hash) error {
 	return nil
 }
 
-// parseBundle parses a sigstore bundle (v0.1–v0.3) and, when it carries
-// a DSSE envelope, its in-toto statement. The statement is read from the
-// envelope's payload bytes as the bundle holds them, which are the bytes
-// its signature covers. A bundle whose statement does not parse is
-// refused as a whole: cosign counts a DSSE bundle as a signature because
-// its statement names the digest, and an unreadable statement names
-// nothing.
-func parseBundle(raw []byte) (*bundle.Bundle, *statement, error) {
+// parseBundle parses a sigstore bundle (v0.1–v0.3). A DSSE envelope's
+// payload stays bytes: its statement is read only once an authority has
+// verified the envelope signature (run.open).
+func parseBundle(raw []byte) (*bundle.Bundle, error) {
 	var b bundle.Bundle
 	if err := b.UnmarshalJSON(raw); err != nil {
-		return nil, nil, fmt.Errorf("malformed bundle: %w", err)
+		return nil, fmt.Errorf("malformed bundle: %w", err)
 	}
-	env := b.GetDsseEnvelope()
-	if env == nil {
-		return &b, nil, nil
-	}
-	st, err := dsseStatement(env.GetPayloadType(), env.GetPayload())
-	if err != nil {
-		return nil, nil, fmt.Errorf("bundle statement cannot name the subject: %w", err)
-	}
-	return &b, st, nil
+	return &b, nil
 }
 
 func parseManifest(b []byte) (*v1.Manifest, error) {

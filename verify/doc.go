@@ -19,9 +19,8 @@
 //
 // # Evidence
 //
-// For a subject digest the engine reads, within a bounded budget
-// (WithMaxEvidence): the OCI 1.1 referrers of the digest, the
-// "sha256-<hex>" fallback tag index, and the cosign legacy
+// For a subject digest the engine reads: the OCI 1.1 referrers of the
+// digest, the "sha256-<hex>" fallback tag index, and the cosign legacy
 // "sha256-<hex>.sig" manifest. Each listed referrer is opened; labels in
 // an index are never enough to select or discard evidence. Sigstore
 // bundles v0.1 to v0.3 (message signatures and DSSE envelopes) and
@@ -31,14 +30,21 @@
 // docker-reference is not compared, because it names whatever registry
 // host was used at signing time.
 //
-// A DSSE envelope's in-toto statement is parsed once, strictly, when the
-// evidence is read, from exactly the payload bytes its signature covers;
-// its predicate type, subject and predicate all come from that one
-// reading, and annotations naming a predicate type are never trusted. A
+// A DSSE envelope's in-toto statement is parsed once, strictly, from
+// exactly the payload bytes its signature covers, and only after that
+// signature verified under one of the boundary's authorities: what no
+// authority signed is rejected for its signature and never parsed. Its
+// predicate type, subject and predicate all come from that one reading,
+// and annotations naming a predicate type are never trusted. The
+// predicate is kept as bytes and parsed only when a rule reads it (a
+// condition, a statement time, a model signature's files, lineage's
+// dependencies); a predicate nesting deeper than the depth limit is
+// rejected before anything is parsed. A
 // DSSE bundle counts as a signature when its statement names the digest,
 // as for cosign verify --key, attestations included; a bundle whose
 // statement does not parse (an unknown statement type, no subject, a
-// predicate that is not an object) names nothing and counts for nothing,
+// predicate that is not an object or nests too deeply) names nothing and
+// counts for nothing,
 // with a reason saying so. Every DSSE envelope, in a bundle or a legacy
 // layer, key-signed or keyless, is verified by sigstore-go; an envelope
 // with several signatures is accepted when one of them verifies, as
@@ -58,6 +64,40 @@
 // each exactly or by regular expression. A regular expression matches
 // anywhere unless it is anchored, so configurations anchor them as ^…$
 // (config check warns).
+//
+// # Bounds
+//
+// Evidence is read one piece at a time, verified as it is read and
+// dropped unless it decided something (a signer counted, an attestation a
+// rule may still need), so memory follows the evidence that verified, not
+// what was listed. Reading stops as soon as every decision is made: the
+// threshold met, every select-any rule satisfied, and no select-newest
+// rule or provenance-less lineage rule waiting (those need every piece of
+// evidence). Three limits bound the rest (WithEvidenceLimits,
+// WithMaxEvidence):
+//
+//   - a byte budget per verification (default 16 MiB) over everything
+//     read: referrer manifests, the fallback index, the legacy .sig and
+//     .att manifests and every blob. The referrers listing itself is
+//     bounded by the Fetcher. Lineage dependencies are verified by calls
+//     of their own, each with its own budget;
+//   - per item: 1 MiB for a signature (a message-signature bundle, a
+//     simplesigning payload), 4 MiB for an attestation (a DSSE bundle, a
+//     legacy .att envelope) and for an evidence manifest. A descriptor
+//     declaring more is rejected without being read; a blob larger than
+//     its descriptor said is cut at the limit (Fetcher.Blob, ErrTooLarge)
+//     and rejected;
+//   - at most WithMaxEvidence referrers and layers of each legacy tag
+//     (default 64).
+//
+// A piece of evidence over its item limit is only rejected evidence. When
+// a limit leaves evidence unread while a decision still needs it, the
+// subject is denied: for the budget with the reason "evidence budget
+// exceeded: read … of evidence in N items, limit …"; a select-newest rule
+// or a lineage rule that needs the newest provenance is then "not
+// decided". The verdict names the limit in Verdict.Limit
+// (LimitEvidenceBytes, LimitEvidenceItems); it is a policy outcome, never
+// an error.
 //
 // # Threshold
 //
@@ -161,7 +201,7 @@
 // A denial is a Verdict with Allowed false and reasons naming each piece
 // of evidence and why it was rejected; it is a policy outcome and may be
 // cached. Verify returns an error only when the policy could not be
-// evaluated: a Fetcher failure other than ErrNotFound or ErrNoReferrersAPI,
-// a DependencyVerifier failure, or a cancelled context. Callers must then
-// fail closed without caching.
+// evaluated: a Fetcher failure other than ErrNotFound, ErrNoReferrersAPI
+// or ErrTooLarge, a DependencyVerifier failure, or a cancelled context.
+// Callers must then fail closed without caching.
 package verify

@@ -33,6 +33,7 @@ type Engine struct {
 	clock       func() time.Time
 	maxEvidence int
 	maxDeps     int
+	limits      EvidenceLimits
 	fingerprint string
 }
 
@@ -43,6 +44,7 @@ type options struct {
 	clock       func() time.Time
 	maxEvidence int
 	maxDeps     int
+	limits      EvidenceLimits
 }
 
 // WithClock sets the clock used for CheckedAt and certificate expiry
@@ -122,7 +124,7 @@ type compiledKeyless struct {
 // New validates p and compiles it. It refuses a policy that could not
 // verify anything or that would verify less than it says.
 func New(p Policy, opts ...Option) (*Engine, error) {
-	o := options{clock: time.Now, maxEvidence: DefaultMaxEvidence, maxDeps: DefaultMaxDependencies}
+	o := options{clock: time.Now, maxEvidence: DefaultMaxEvidence, maxDeps: DefaultMaxDependencies, limits: DefaultEvidenceLimits()}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, fmt.Errorf("verify: %w", err)
@@ -134,7 +136,7 @@ func New(p Policy, opts ...Option) (*Engine, error) {
 	// The engine keeps its own copy so a caller mutating its Policy later
 	// cannot change decisions behind the fingerprint.
 	p.Boundaries = slices.Clone(p.Boundaries)
-	e := &Engine{policy: p, clock: o.clock, maxEvidence: o.maxEvidence, maxDeps: o.maxDeps}
+	e := &Engine{policy: p, clock: o.clock, maxEvidence: o.maxEvidence, maxDeps: o.maxDeps, limits: o.limits}
 	names := map[string]bool{}
 	for i := range p.Boundaries {
 		b := &p.Boundaries[i]
@@ -153,7 +155,7 @@ func New(p Policy, opts ...Option) (*Engine, error) {
 	}
 	e.fingerprint = p.Fingerprint
 	if e.fingerprint == "" {
-		e.fingerprint = policyHash(p)
+		e.fingerprint = policyHash(p, o)
 	}
 	return e, nil
 }
@@ -279,9 +281,9 @@ func compileAuthority(a *Authority) (*compiledAuthority, error) {
 	if tlogN == 0 && tsN == 0 {
 		tlogN, tsN = 1, 1
 	}
-	// The in-toto statement is parsed once, strictly, when the evidence
-	// is read (dsseStatement); sigstore-go's copy in its result is never
-	// read, so it is built without materialising the predicate.
+	// The in-toto statement is parsed once, strictly, after the envelope
+	// signature verified (dsseStatement); sigstore-go's copy in its result
+	// is never read, so it is built without materialising the predicate.
 	vopts := []sgverify.VerifierOption{sgverify.WithObserverTimestamps(max(tsN, 1)), sgverify.WithoutStatementPredicate()}
 	if tlogN > 0 {
 		vopts = append(vopts, sgverify.WithTransparencyLog(tlogN))
@@ -332,7 +334,8 @@ func compileKey(nk NamedKey) (*compiledKey, error) {
 	// A key signature made with --tlog-upload=false carries no log entry
 	// and no timestamp; the key itself is the trust anchor. As for
 	// keyless verifiers, the result's statement is built without its
-	// predicate, which is read from the statement parsed at discovery.
+	// predicate, which is read from the statement parsed once the
+	// signature verified.
 	k.bundle, err = sgverify.NewVerifier(tm, sgverify.WithNoObserverTimestamps(), sgverify.WithoutStatementPredicate())
 	if err != nil {
 		return nil, fmt.Errorf("key %q: %w", nk.Name, err)
@@ -340,11 +343,13 @@ func compileKey(nk NamedKey) (*compiledKey, error) {
 	return k, nil
 }
 
-// policyHash identifies a policy that came without a Fingerprint. Trusted
+// policyHash identifies a policy that came without a Fingerprint,
+// together with the engine's limits, which decide verdicts too. Trusted
 // roots are interfaces; their CA certificates and log IDs are hashed, which
 // covers sigstore-go's own implementations. Callers that load trust
-// material from files should set Policy.Fingerprint over the file bytes.
-func policyHash(p Policy) string {
+// material from files should set Policy.Fingerprint over the file bytes
+// and the limits they configure.
+func policyHash(p Policy, o options) string {
 	type key struct{ Name, PEM string }
 	type authority struct {
 		Name               string
@@ -385,9 +390,11 @@ func policyHash(p Policy) string {
 		bs = append(bs, cb)
 	}
 	b, _ := json.Marshal(struct {
-		B []boundary
-		U bool
-	}{bs, p.InsecureAllowUnmatched})
+		B                 []boundary
+		U                 bool
+		Limits            EvidenceLimits
+		MaxEvidence, Deps int
+	}{bs, p.InsecureAllowUnmatched, o.limits, o.maxEvidence, o.maxDeps})
 	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
@@ -482,27 +489,26 @@ func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, err
 		v.Artifact = ArtifactKind(s.ArtifactType)
 	}
 
-	needAttestations := len(cb.rules) > 0 || cb.Lineage != nil
-	d, err := e.discover(ctx, s, f, needAttestations)
-	if err != nil {
+	r := e.newRun(cb, s, f, v.CheckedAt)
+	if err := r.collect(ctx); err != nil {
 		return Verdict{}, err
 	}
-	t := cb.countSigners(d.evidence, s, v.CheckedAt)
 	if err := ctx.Err(); err != nil {
 		return Verdict{}, err
 	}
+	t := r.tally
 	v.Signers = t.signers
-	reasons := append(t.reasons, d.notes...)
+	reasons := append(t.reasons, r.notes...)
 	allowed := len(t.signers) >= cb.Threshold
 	if !allowed {
-		if len(d.evidence) == 0 {
-			reasons = append(reasons, fmt.Sprintf("no signatures found (checked %s)", strings.Join(d.checked, ", ")))
+		if r.found == 0 && r.limit == "" {
+			reasons = append(reasons, fmt.Sprintf("no signatures found (checked %s)", strings.Join(r.checked, ", ")))
 		}
 		reasons = append(reasons, thresholdReason(cb.Threshold, t.names()))
 	}
 
-	if needAttestations {
-		ok, rs, err := e.evalAttestations(ctx, cb, s, d, allowed, &v)
+	if len(cb.rules) > 0 || cb.Lineage != nil {
+		ok, rs, err := e.evalAttestations(ctx, r, allowed, &v)
 		if err != nil {
 			return Verdict{}, err
 		}
@@ -510,6 +516,11 @@ func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, err
 		reasons = append(reasons, rs...)
 	}
 	v.Allowed = allowed
+	if !allowed {
+		// Evidence a limit left unread might have changed the outcome;
+		// the limit is named so the denial can be counted as its doing.
+		v.Limit = r.limit
+	}
 	v.Reasons = reasons
 	return v, nil
 }
@@ -517,49 +528,42 @@ func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, err
 // evalAttestations decides the boundary's attestation rules and, when
 // everything else passed, its lineage rule. Lineage is followed last
 // because it costs a verification per dependency.
-func (e *Engine) evalAttestations(ctx context.Context, cb *compiledBoundary, s Subject, d *discovery, signaturesOK bool, v *Verdict) (bool, []string, error) {
-	var cands []*evidence
-	for _, ev := range d.evidence {
-		if ev.predicateType != "" {
-			cands = append(cands, ev)
-		}
-	}
-	cands = append(cands, d.attestations...)
-
+func (e *Engine) evalAttestations(ctx context.Context, r *run, signaturesOK bool, v *Verdict) (bool, []string, error) {
+	cb, unread := r.cb, r.limit != ""
 	ok := true
 	var reasons []string
 	var prov *verifiedAttestation
-	provRule := false
-	for _, r := range cb.rules {
-		va, rs, err := cb.evalRule(ctx, r, s, cands, v.CheckedAt)
+	for _, rs := range r.rules {
+		va, rsn, err := rs.decide(ctx, v.CheckedAt, unread)
 		if err != nil {
 			return false, nil, err
 		}
-		if isProvenance(r.PredicateType) {
-			provRule = true
-		}
 		if va == nil {
 			ok = false
-			reasons = append(reasons, rs...)
+			reasons = append(reasons, rsn...)
 			continue
 		}
 		v.Attestations = append(v.Attestations, AttestationResult{
-			Rule: r.Name, PredicateType: r.PredicateType, Name: PredicateName(r.PredicateType),
+			Rule: rs.Name, PredicateType: rs.PredicateType, Name: PredicateName(rs.PredicateType),
 			Signer: va.signer, Time: va.at,
 		})
-		if prov == nil && isProvenance(r.PredicateType) {
+		if prov == nil && isProvenance(rs.PredicateType) {
 			prov = va
 		}
 	}
 	if cb.Lineage == nil || !ok || !signaturesOK {
 		return ok, reasons, nil
 	}
-	if prov == nil && !provRule {
+	if !r.provRule {
 		// Without a provenance rule, the newest provenance a boundary
-		// authority signed about this subject describes its inputs.
-		prov = newestProvenance(cands, s, v.CheckedAt, cb.authorities)
+		// authority signed about this subject describes its inputs; with
+		// evidence left unread, which one that is cannot be known.
+		if unread {
+			return false, append(reasons, "lineage not decided: not all evidence was read"), nil
+		}
+		prov = r.prov
 	}
-	deps, rs, err := e.evalLineage(ctx, cb.Lineage, s, prov)
+	deps, rs, err := e.evalLineage(ctx, cb.Lineage, r.s, prov)
 	if err != nil {
 		return false, nil, err
 	}
@@ -580,6 +584,8 @@ type tally struct {
 	// signature found twice (two layers, a layer and a bundle) is named
 	// as a copy instead of being verified again.
 	sigs map[[32]byte]string
+	// done lists the authorities that counted.
+	done map[string]bool
 }
 
 func (t *tally) names() []string {
@@ -614,67 +620,70 @@ func (t *tally) record(id signerID, authority string, ev *evidence) {
 	}
 }
 
-// countSigners verifies signature evidence against the boundary's
-// authorities until the threshold is met. A threshold of N needs N
-// authorities, each satisfied by a different signer: a distinct public
-// key, and for certificates also a distinct identity, because two keyless
-// authorities may both accept one identity and one workflow can sign
-// twice with two short-lived keys. One piece of evidence counts for one
-// authority at most.
-func (cb *compiledBoundary) countSigners(evidence []*evidence, s Subject, now time.Time) *tally {
-	t := &tally{keys: map[string]string{}, identities: map[string]string{}, sigs: map[[32]byte]string{}}
-	done := map[string]bool{}
-	for _, ev := range evidence {
-		if len(t.signers) >= cb.Threshold {
-			break
-		}
-		if ev.err != nil {
-			t.reasons = append(t.reasons, ev.label()+": "+ev.err.Error())
-			continue
-		}
-		// Signers are recorded only under a threshold above 1; a
-		// threshold of 1 cannot count anyone twice.
-		if len(t.sigs) > 0 {
-			if sum, ok := ev.signatureDigest(); ok {
-				if first, dup := t.sigs[sum]; dup {
-					t.reasons = append(t.reasons, ev.label()+": the same signature as "+first+", counted once")
-					continue
-				}
+// count verifies one piece of signature evidence against the boundary's
+// authorities, called while the threshold is not met. A threshold of N
+// needs N authorities, each satisfied by a different signer: a distinct
+// public key, and for certificates also a distinct identity, because two
+// keyless authorities may both accept one identity and one workflow can
+// sign twice with two short-lived keys. One piece of evidence counts for
+// one authority at most.
+func (cb *compiledBoundary) count(t *tally, ev *evidence, s Subject, now time.Time) {
+	if ev.err != nil {
+		t.reasons = append(t.reasons, ev.label()+": "+ev.err.Error())
+		return
+	}
+	// A DSSE bundle counts as a signature when its statement, read once
+	// its envelope verified, names the digest: whoever signed it, it
+	// counts for no one otherwise.
+	if ev.statement != nil && !ev.statement.names(s) {
+		t.reasons = append(t.reasons, fmt.Sprintf("%s: statement subject is not the subject %s", ev.label(), s.Digest))
+		return
+	}
+	// Signers are recorded only under a threshold above 1; a threshold of
+	// 1 cannot count anyone twice.
+	if len(t.sigs) > 0 {
+		if sum, ok := ev.signatureDigest(); ok {
+			if first, dup := t.sigs[sum]; dup {
+				t.reasons = append(t.reasons, ev.label()+": the same signature as "+first+", counted once")
+				return
 			}
-		}
-		ok := false
-		var fails []string
-		for _, a := range cb.authorities {
-			if done[a.name] {
-				continue
-			}
-			signer, ref, err := a.check(ev, s, now)
-			if err != nil {
-				fails = appendUnique(fails, err.Error())
-				continue
-			}
-			if cb.Threshold > 1 {
-				id := ref.id()
-				if prev, dup := t.counted(id); dup {
-					// Every other authority would see the same signer.
-					fails = append(fails, fmt.Sprintf("signed by %s, which already counted for authority %q", id, prev))
-					break
-				}
-				t.record(id, a.name, ev)
-			}
-			done[a.name] = true
-			t.signers = append(t.signers, signer)
-			ok = true
-			break
-		}
-		if !ok {
-			if len(fails) == 0 {
-				fails = []string{"authorities it could satisfy have already verified"}
-			}
-			t.reasons = append(t.reasons, ev.label()+": "+strings.Join(fails, "; "))
 		}
 	}
-	return t
+	var fails []string
+	for _, a := range cb.authorities {
+		if t.done[a.name] {
+			continue
+		}
+		var signer Signer
+		var ref signerRef
+		var err error
+		if ev.statement != nil {
+			res := ev.result(a, now)
+			signer, ref, err = res.signer, res.ref, res.err
+		} else {
+			signer, ref, err = a.check(ev, s, now)
+		}
+		if err != nil {
+			fails = appendUnique(fails, err.Error())
+			continue
+		}
+		if cb.Threshold > 1 {
+			id := ref.id()
+			if prev, dup := t.counted(id); dup {
+				// Every other authority would see the same signer.
+				fails = append(fails, fmt.Sprintf("signed by %s, which already counted for authority %q", id, prev))
+				break
+			}
+			t.record(id, a.name, ev)
+		}
+		t.done[a.name] = true
+		t.signers = append(t.signers, signer)
+		return
+	}
+	if len(fails) == 0 {
+		fails = []string{"authorities it could satisfy have already verified"}
+	}
+	t.reasons = append(t.reasons, ev.label()+": "+strings.Join(fails, "; "))
 }
 
 func thresholdReason(threshold int, names []string) string {

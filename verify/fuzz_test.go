@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 
@@ -46,12 +45,10 @@ func (m *mapFetcher) Blob(_ context.Context, _ string, h v1.Hash, limit int64) (
 		return nil, ErrNotFound
 	}
 	if int64(len(b)) > limit {
-		return nil, errTooLarge
+		return nil, ErrTooLarge
 	}
 	return b, nil
 }
-
-var errTooLarge = errors.New("blob too large")
 
 func hashOf(b []byte) v1.Hash {
 	sum := sha256.Sum256(b)

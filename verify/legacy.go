@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -53,15 +54,22 @@ type SimpleSigning struct {
 		} `json:"image"`
 		Type string `json:"type"`
 	} `json:"critical"`
-	Optional map[string]any `json:"optional"`
+	// Optional is kept as written: Portcullis never reads it, and the
+	// payload is parsed before its signature is checked, so its contents
+	// are not materialised.
+	Optional json.RawMessage `json:"optional"`
 }
 
 // ParseSimpleSigning parses a simplesigning payload strictly: one JSON
-// object with the cosign type and a well-formed sha256 manifest digest.
+// object with the cosign type and a well-formed sha256 manifest digest;
+// optional, when present, is an object or null.
 func ParseSimpleSigning(b []byte) (*SimpleSigning, v1.Hash, error) {
 	var p SimpleSigning
 	if err := strictUnmarshal(b, &p); err != nil {
 		return nil, v1.Hash{}, fmt.Errorf("malformed simplesigning payload: %w", err)
+	}
+	if o := bytes.TrimSpace(p.Optional); len(o) > 0 && o[0] != '{' && !bytes.Equal(o, []byte("null")) {
+		return nil, v1.Hash{}, errors.New("malformed simplesigning payload: optional is not an object")
 	}
 	if p.Critical.Type != simpleSigningType {
 		return nil, v1.Hash{}, fmt.Errorf("simplesigning type %q is not %q", p.Critical.Type, simpleSigningType)
@@ -73,10 +81,12 @@ func ParseSimpleSigning(b []byte) (*SimpleSigning, v1.Hash, error) {
 	return &p, h, nil
 }
 
-func (e *Engine) openLegacy(ctx context.Context, s Subject, f Fetcher, m Manifest, d *discovery) ([]*evidence, error) {
-	return e.openLayers(ctx, s, f, m, d, cosignLayers{
+func (r *run) openLegacy(ctx context.Context, m Manifest) error {
+	s := r.s
+	return r.openLayers(ctx, m, cosignLayers{
 		format: FormatCosignLegacy, tag: "sha256-" + s.Digest.Hex + ".sig", what: "signature",
-		mediaType: mediaTypeSimpleSigning, source: "sig", maxBytes: maxPayloadBytes,
+		mediaType: mediaTypeSimpleSigning, source: "sig", maxBytes: r.e.limits.SignatureBytes,
+		signature: true, wanted: r.needSignatures,
 		parse: func(ev *evidence, raw []byte, l v1.Descriptor) {
 			ev.legacy, ev.err = parseLegacy(raw, l.Annotations, s.Digest)
 		},
@@ -90,45 +100,54 @@ type cosignLayers struct {
 	mediaType         string
 	source            string // evidence source prefix, "sig" → "sig[2]"
 	maxBytes          int64
-	parse             func(ev *evidence, raw []byte, l v1.Descriptor)
+	// signature says the layers count towards the threshold.
+	signature bool
+	// wanted reports whether more of these layers can still change the
+	// decision.
+	wanted func() bool
+	parse  func(ev *evidence, raw []byte, l v1.Descriptor)
 }
 
 // openLayers reads the evidence layers of a cosign legacy tag manifest,
-// at most e.maxEvidence of them. A malformed manifest or layer is rejected
-// evidence; only fetch failures are errors.
-func (e *Engine) openLayers(ctx context.Context, s Subject, f Fetcher, m Manifest, d *discovery, c cosignLayers) ([]*evidence, error) {
+// at most e.maxEvidence of them, each verified as it is read and dropped
+// after. A malformed manifest or layer is rejected evidence; only fetch
+// failures and a spent budget (errBudget) are errors.
+func (r *run) openLayers(ctx context.Context, m Manifest, c cosignLayers) error {
 	man, err := parseManifest(m.Bytes)
-	if err != nil {
-		return []*evidence{{format: c.format, source: c.tag, err: fmt.Errorf("malformed %s manifest: %w", c.what, err)}}, nil
+	if err == nil && int64(len(m.Bytes)) > r.manifestLimit() {
+		err = fmt.Errorf("%d bytes exceed the limit of %d bytes", len(m.Bytes), r.manifestLimit())
 	}
-	var out []*evidence
+	if err != nil {
+		return r.add(ctx, &evidence{format: c.format, source: c.tag, err: fmt.Errorf("malformed %s manifest: %w", c.what, err)}, c.signature)
+	}
 	n := 0
 	for i, l := range man.Layers {
 		if l.MediaType != types.MediaType(c.mediaType) {
 			continue
 		}
-		if n == e.maxEvidence {
-			d.notes = append(d.notes, fmt.Sprintf("evidence limit reached: examined %d of %d %s layers", n, len(man.Layers), c.what))
-			break
+		if !c.wanted() {
+			return nil
+		}
+		if n == r.e.maxEvidence {
+			r.leftUnread(LimitEvidenceItems, fmt.Sprintf("evidence limit reached: examined %d of %d %s layers", n, len(man.Layers), c.what))
+			return nil
 		}
 		n++
 		ev := &evidence{format: c.format, source: fmt.Sprintf("%s[%d]", c.source, i)}
-		out = append(out, ev)
-		if l.Size > c.maxBytes {
-			ev.err = fmt.Errorf("%s layer of %d bytes exceeds %d", c.what, l.Size, c.maxBytes)
-			continue
+		raw, err := r.readBlob(ctx, l.Digest, l.Size, c.maxBytes, c.what+" layer")
+		switch {
+		case errors.Is(err, errEvidence):
+			ev.err = err
+		case err != nil:
+			return err
+		default:
+			c.parse(ev, raw, l)
 		}
-		raw, err := readBlob(ctx, f, s.Repository, l.Digest, c.maxBytes)
-		if err != nil {
-			if errors.Is(err, errEvidence) {
-				ev.err = err
-				continue
-			}
-			return nil, err
+		if err := r.add(ctx, ev, c.signature); err != nil {
+			return err
 		}
-		c.parse(ev, raw, l)
 	}
-	return out, nil
+	return nil
 }
 
 // parseLegacy turns a signature layer into evidence. The signed digest is

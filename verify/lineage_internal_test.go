@@ -164,12 +164,17 @@ func FuzzStatement(f *testing.F) {
 	f.Add([]byte(`{"_type":"https://in-toto.io/Statement/v1","subject":[],"predicateType":"p","predicate":[]}`))
 	f.Add([]byte(`{"_type":"https://in-toto.io/Statement/v1","subject":[{}],"predicateType":"p","predicate":null} {}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		st, err := parseStatement(b)
+		st, err := parseStatement(b, DefaultPredicateDepth)
 		if err != nil {
 			return
 		}
-		if (st.Type != StatementV01 && st.Type != StatementV1) || st.PredicateType == "" || len(st.Subject) == 0 || st.predicate == nil {
+		if (st.Type != StatementV01 && st.Type != StatementV1) || st.PredicateType == "" || len(st.Subject) == 0 {
 			t.Fatalf("accepted a malformed statement: %+v", st)
+		}
+		// An accepted predicate is an object within the depth limit, so
+		// parsing it when a rule reads it cannot fail.
+		if _, err := st.object(); err != nil || jsonDepth(st.Predicate, DefaultPredicateDepth) > DefaultPredicateDepth {
+			t.Fatalf("accepted predicate %q: %v", st.Predicate, err)
 		}
 		_ = statementTime(st)
 	})

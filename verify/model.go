@@ -107,12 +107,9 @@ type modelResource struct {
 // describes the model (format, architecture, the layers' diffIds) and
 // holds no file the signer hashed. It is still bound by the manifest
 // digest, which the proxy's own signature threshold covers.
-func checkModelSigning(predicate map[string]any, manifest []byte) error {
-	raw, err := json.Marshal(predicate["resources"])
-	if err != nil {
-		return fmt.Errorf("model-signing: resources: %w", err)
-	}
+func checkModelSigning(st *statement, manifest []byte) error {
 	var resources []modelResource
+	raw, _ := st.field("resources")
 	if err := json.Unmarshal(raw, &resources); err != nil || len(resources) == 0 {
 		return fmt.Errorf("model-signing: predicate has no resources list")
 	}

@@ -88,7 +88,8 @@ type Fetcher interface {
 	// Manifest fetches a manifest by tag or digest. ErrNotFound when absent.
 	Manifest(ctx context.Context, repo, ref string) (Manifest, error)
 	// Blob reads a whole blob of at most limit bytes; a larger one is an
-	// error, not a truncation. ErrNotFound when absent.
+	// error wrapping ErrTooLarge, not a truncation. ErrNotFound when
+	// absent.
 	Blob(ctx context.Context, repo string, digest v1.Hash, limit int64) ([]byte, error)
 }
 
@@ -99,6 +100,11 @@ var (
 	// ErrNoReferrersAPI is returned by Fetcher.Referrers when the upstream
 	// has no referrers endpoint.
 	ErrNoReferrersAPI = errors.New("registry has no referrers API")
+	// ErrTooLarge is wrapped by a Fetcher's error when a blob exceeds the
+	// limit it was asked for. The engine then rejects that piece of
+	// evidence (or, when the limit was what was left of the evidence
+	// budget, stops reading) instead of failing to decide.
+	ErrTooLarge = errors.New("content exceeds size limit")
 )
 
 // Mode says what a boundary does with a denial.
@@ -260,6 +266,10 @@ type Verdict struct {
 	// Artifact is the kind of artifact the subject is (ArtifactKind), e.g.
 	// "model" or "dataset"; empty for ordinary images.
 	Artifact string `json:"artifact,omitempty"`
+	// Limit names the limit that left evidence unread when the subject
+	// was denied (LimitEvidenceBytes, LimitEvidenceItems); empty when no
+	// limit had a part in the denial.
+	Limit string `json:"limit,omitempty"`
 }
 
 // AttestationResult is the attestation that satisfied one rule.

@@ -447,7 +447,7 @@ func TestDeny(t *testing.T) {
 				_, err := fixtures.AttachBundle(ctx, e.subject, e.key, fixtures.BundleSpec{Tamper: fixtures.Tamper{SignDigest: &other}})
 				return err
 			},
-			reason: `does not verify with any key of authority "release": failed to verify signature: provided artifact digest does not match any digest in statement`,
+			reason: `: statement subject is not the subject sha256:`,
 		},
 		{
 			name: "keyless legacy signature replayed from another digest",
@@ -464,7 +464,7 @@ func TestDeny(t *testing.T) {
 				return err
 			},
 			auth:   keyless,
-			reason: `keyless verification for authority "ci" failed: failed to verify signature: provided artifact digest does not match any digest in statement`,
+			reason: `: statement subject is not the subject sha256:`,
 		},
 		{
 			name: "message signature bundle over other bytes",
@@ -790,6 +790,7 @@ func TestEvidenceLimit(t *testing.T) {
 	f := fixtures.Count(fixtures.FloodReferrers(e.reg.Fetcher(), 10000))
 	v := mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key)), verify.WithMaxEvidence(limit)), e.subj(t), f)
 	wantDenied(t, v, "evidence limit reached: examined 16 of 10001 referrers")
+	wantLimit(t, v, verify.LimitEvidenceItems)
 	// referrers + fallback tag + .sig tag, then one manifest (and at most
 	// one blob) per examined referrer.
 	if got, max := f.Calls(), int64(3+2*limit); got > max {
@@ -814,6 +815,7 @@ func TestEvidenceLimitLegacyLayers(t *testing.T) {
 	f := fixtures.Count(e.reg.Fetcher())
 	v := mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key)), verify.WithMaxEvidence(limit)), e.subj(t), f)
 	wantDenied(t, v, "evidence limit reached: examined 3 of 10 signature layers")
+	wantLimit(t, v, verify.LimitEvidenceItems)
 	// referrers + fallback tag + .sig tag, then one blob per examined layer.
 	if got, max := f.Calls(), int64(3+limit); got > max {
 		t.Errorf("fetcher called %d times, want at most %d", got, max)
