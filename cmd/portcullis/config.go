@@ -57,7 +57,7 @@ func loadAll(path string) (*config.Config, *verify.Engine, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	eng, err := verify.New(pol)
+	eng, err := verify.New(pol, wire.EngineOptions(cfg)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: policy: %w", path, err)
 	}

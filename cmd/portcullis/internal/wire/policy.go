@@ -48,6 +48,20 @@ func Policy(cfg *config.Config) (verify.Policy, error) {
 	return p, nil
 }
 
+// EngineOptions are the verify.Engine options the configuration sets: the
+// evidence limits. Their values are part of Policy's fingerprint.
+func EngineOptions(cfg *config.Config) []verify.Option {
+	return []verify.Option{
+		verify.WithMaxEvidence(cfg.Limits.MaxEvidence),
+		verify.WithEvidenceLimits(verify.EvidenceLimits{
+			TotalBytes:       cfg.Limits.EvidenceBytes.Int64(),
+			SignatureBytes:   cfg.Limits.SignatureBytes.Int64(),
+			AttestationBytes: cfg.Limits.AttestationBytes.Int64(),
+			PredicateDepth:   cfg.Limits.PredicateDepth,
+		}),
+	}
+}
+
 type loader struct {
 	cfg *config.Config
 	// files maps each trust file, as configured, to the SHA-256 of the
@@ -175,13 +189,22 @@ func intOr(p *int, def int) int {
 // addresses, upstream credentials, cache sizes and logging do not change
 // decisions and are left out, so changing them keeps cached verdicts.
 func fingerprint(cfg *config.Config, files map[string]string) (string, error) {
+	// The evidence limits decide verdicts too: a subject denied for
+	// exceeding a budget may be allowed under a larger one, so a changed
+	// limit must not reuse cached verdicts.
+	limits := struct {
+		Evidence, Signature, Attestation int64
+		MaxEvidence, PredicateDepth      int
+	}{cfg.Limits.EvidenceBytes.Int64(), cfg.Limits.SignatureBytes.Int64(), cfg.Limits.AttestationBytes.Int64(),
+		cfg.Limits.MaxEvidence, cfg.Limits.PredicateDepth}
 	doc := struct {
 		Version    int               `json:"v"`
 		Trust      []config.Trust    `json:"trust"`
 		Boundaries []config.Boundary `json:"boundaries"`
 		Unmatched  string            `json:"unmatched"`
 		Files      map[string]string `json:"files"` // encoding/json sorts map keys
-	}{1, cfg.Trust, cfg.Boundaries, cfg.Unmatched, files}
+		Limits     any               `json:"limits"`
+	}{1, cfg.Trust, cfg.Boundaries, cfg.Unmatched, files, limits}
 	b, err := json.Marshal(doc)
 	if err != nil {
 		return "", fmt.Errorf("policy fingerprint: %w", err)

@@ -269,6 +269,7 @@ func TestPolicyFingerprint(t *testing.T) {
 	// Settings that do not change decisions keep the fingerprint.
 	cfg := e.config()
 	cfg.Listen, cfg.Cache.Verdicts, cfg.Log.Level = ":6000", 5, "debug"
+	cfg.Limits.ClientConnections, cfg.Limits.Verifications = 7, 3
 	cfg.Upstreams = []config.Upstream{{Name: "hub", URL: "https://registry-1.docker.io"}}
 	if got := fp(cfg); got != base {
 		t.Errorf("non-policy settings changed the fingerprint")
@@ -283,6 +284,21 @@ func TestPolicyFingerprint(t *testing.T) {
 	cfg.Unmatched = config.UnmatchedInsecureAllow
 	if fp(cfg) == base {
 		t.Error("an unmatched change kept the fingerprint")
+	}
+	// Evidence limits decide verdicts: a budget denial may be an allow
+	// under a larger budget.
+	for name, change := range map[string]func(*config.Limits){
+		"evidence_bytes":    func(l *config.Limits) { l.EvidenceBytes = 32 << 20 },
+		"signature_bytes":   func(l *config.Limits) { l.SignatureBytes = 512 << 10 },
+		"attestation_bytes": func(l *config.Limits) { l.AttestationBytes = 2 << 20 },
+		"max_evidence":      func(l *config.Limits) { l.MaxEvidence = 10 },
+		"predicate_depth":   func(l *config.Limits) { l.PredicateDepth = 8 },
+	} {
+		cfg = e.config()
+		change(&cfg.Limits)
+		if fp(cfg) == base {
+			t.Errorf("a %s change kept the fingerprint", name)
+		}
 	}
 
 	// Same paths, new bytes: the key was rotated in place.
@@ -328,5 +344,29 @@ func TestPolicySharedKeyRefused(t *testing.T) {
 	_, err = verify.New(p)
 	if want := `authorities "release" and "qa" share one public key (keys/cosign.pub and keys/qa.pub)`; err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("verify.New error = %v, want one containing %q", err, want)
+	}
+}
+
+func TestEngineOptionsCarryLimits(t *testing.T) {
+	t.Parallel()
+	e := newPolicyEnv(t)
+	cfg := e.config()
+	cfg.SetDefaults()
+	p, err := Policy(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify.New(p, EngineOptions(cfg)...); err != nil {
+		t.Fatalf("defaults refused: %v", err)
+	}
+	// The engine sees the configured values: one it must refuse proves
+	// they are passed on rather than replaced by its defaults.
+	cfg.Limits.PredicateDepth = -1
+	if _, err := verify.New(p, EngineOptions(cfg)...); err == nil {
+		t.Fatal("a negative predicate depth reached no engine check")
+	}
+	cfg.Limits.PredicateDepth, cfg.Limits.MaxEvidence = config.DefaultPredicateDepth, -1
+	if _, err := verify.New(p, EngineOptions(cfg)...); err == nil {
+		t.Fatal("a negative max_evidence reached no engine check")
 	}
 }
