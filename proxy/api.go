@@ -52,4 +52,16 @@ type Upstream struct {
 	Auth authn.Keychain
 	// Timeout bounds each upstream call (default 30s).
 	Timeout time.Duration
+	// IdleTimeout drops an upstream that sends no byte of a response
+	// body for this long while it is read (default 30s); a blob stream
+	// to the client is then aborted.
+	IdleTimeout time.Duration
+	// MaxConns caps connections to the upstream's host and to each
+	// storage host it redirects to (default 64).
+	MaxConns int
+	// RedirectHosts may be reached by redirects (and token realms) even
+	// at loopback, private or link-local addresses: "host", "host:port"
+	// or "*.domain". Other hosts are refused at such addresses unless
+	// the upstream's own host is one.
+	RedirectHosts []string
 }

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,6 +10,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
@@ -18,8 +21,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/portcullis-oci/portcullis/proxy/internal/names"
@@ -33,12 +34,15 @@ const MaxManifestBytes = 4 << 20
 const (
 	// DefaultTimeout bounds a call when Config.Timeout is zero.
 	DefaultTimeout = 30 * time.Second
+	// DefaultIdleTimeout is how long a response body may go without a byte
+	// from the upstream while it is being read, when Config.IdleTimeout is
+	// zero.
+	DefaultIdleTimeout = 30 * time.Second
+	// DefaultMaxConns caps connections per host (the upstream's, and each
+	// storage host it redirects to) when Config.MaxConns is zero.
+	DefaultMaxConns = 64
 	// maxRedirects bounds the redirect chain of one call.
 	maxRedirects = 5
-	// transportCacheSize bounds the number of per-repository authenticated
-	// transports kept; an evicted one is rebuilt (ping and token exchange)
-	// on next use.
-	transportCacheSize = 1024
 )
 
 // Config describes one upstream registry.
@@ -49,11 +53,34 @@ type Config struct {
 	RootCAs  []byte // PEM added to the system pool
 	Auth     authn.Keychain
 	Timeout  time.Duration // per call; default 30s
+	// IdleTimeout drops a response body (manifest, blob, evidence, pass
+	// through) when no byte arrives for this long while it is being read;
+	// the read fails with ErrUpstreamStalled. Default DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxConns caps the connections to each host, the upstream's own and
+	// each storage host it redirects to; requests beyond it wait for a
+	// connection within their timeout, then fail with ErrConnLimit.
+	// Default DefaultMaxConns. Not applied to a custom Transport.
+	MaxConns int
+	// RedirectHosts are hosts the upstream may send the client to (by
+	// redirect or token realm) even when they resolve to loopback,
+	// private, link-local or other internal addresses: "host",
+	// "host:port", or "*.domain" for every host below domain. Not
+	// applied to a custom Transport, which does its own dialling.
+	RedirectHosts []string
 	// Transport is the base round tripper (tests inject spies); default a
-	// clone of http.DefaultTransport with RootCAs/Insecure applied. When
-	// set, RootCAs and Insecure's TLS setting are not applied to it, but
-	// plain http is still refused unless Insecure.
+	// clone of http.DefaultTransport with RootCAs/Insecure applied, the
+	// connection cap and the redirect address guard. When set, RootCAs,
+	// Insecure's TLS setting, MaxConns and the address guard are not
+	// applied to it, but plain http is still refused unless Insecure.
 	Transport http.RoundTripper
+
+	// repositories overrides DefaultRepositories (tests).
+	repositories int
+	// lookup and mapAddr replace the guard's resolver for the
+	// upstream's own host and rewrite dialled addresses (tests).
+	lookup  func(ctx context.Context, host string) ([]netip.Addr, error)
+	mapAddr func(addr string) string
 }
 
 // Client talks to one upstream registry. Safe for concurrent use.
@@ -64,13 +91,20 @@ type Client struct {
 	reg      name.Registry
 	keychain authn.Keychain
 	timeout  time.Duration
+	idle     time.Duration
 	insecure bool
 
-	// bare carries no credentials; it is used for the auth handshake's
-	// inner transport and for redirect hops to other hosts.
-	bare http.RoundTripper
+	// bare carries no credentials; it is used for redirect hops to other
+	// hosts. pinged is bare with the shared /v2/ answer, the inner
+	// transport of every repository's handshake.
+	bare   http.RoundTripper
+	pinged http.RoundTripper
+	// guard is the default transport's dialer; nil with a custom
+	// Transport.
+	guard    *dialGuard
+	maxConns int // 0 with a custom Transport
 
-	transports *lru.Cache[string, http.RoundTripper]
+	transports *repoCache
 	setup      singleflight.Group
 }
 
@@ -104,13 +138,15 @@ func New(cfg Config) (*Client, error) {
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
 		return nil, fmt.Errorf("upstream %s: url must be scheme://host[:port] only", cfg.Name)
 	}
-	if cfg.Timeout < 0 {
+	if cfg.Timeout < 0 || cfg.IdleTimeout < 0 {
 		return nil, fmt.Errorf("upstream %s: negative timeout", cfg.Name)
 	}
-	timeout := cfg.Timeout
-	if timeout == 0 {
-		timeout = DefaultTimeout
+	if cfg.MaxConns < 0 || cfg.repositories < 0 {
+		return nil, fmt.Errorf("upstream %s: negative connection or repository limit", cfg.Name)
 	}
+	timeout := cmp.Or(cfg.Timeout, DefaultTimeout)
+	idle := cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
+	maxConns := cmp.Or(cfg.MaxConns, DefaultMaxConns)
 
 	opts := []name.Option{name.StrictValidation}
 	if cfg.Insecure {
@@ -121,17 +157,34 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
 	}
 
+	// name.NewRegistry canonicalises some hosts (docker.io becomes
+	// index.docker.io); requests go where credentials are attached.
+	baseURL := url.URL{Scheme: u.Scheme, Host: reg.RegistryStr()}
+
+	var guard *dialGuard
 	base := cfg.Transport
 	if base == nil {
-		base, err = newTransport(cfg.RootCAs, cfg.Insecure, timeout)
+		guard, err = newDialGuard(baseURL.Hostname(), cfg.RedirectHosts,
+			&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second})
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
 		}
-	} else if len(cfg.RootCAs) > 0 {
-		return nil, fmt.Errorf("upstream %s: root CAs cannot be applied to a custom transport", cfg.Name)
+		if cfg.lookup != nil {
+			guard.lookup = cfg.lookup
+		}
+		guard.mapAddr = cfg.mapAddr
+		base, err = newTransport(cfg.RootCAs, cfg.Insecure, timeout, maxConns, guard)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
+		}
+	} else {
+		if len(cfg.RootCAs) > 0 {
+			return nil, fmt.Errorf("upstream %s: root CAs cannot be applied to a custom transport", cfg.Name)
+		}
+		maxConns = 0
 	}
 
-	cache, err := lru.New[string, http.RoundTripper](transportCacheSize)
+	cache, err := newRepoCache(cmp.Or(cfg.repositories, DefaultRepositories))
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
 	}
@@ -139,16 +192,19 @@ func New(cfg Config) (*Client, error) {
 	if kc == nil {
 		kc = anonymousKeychain{}
 	}
+	bare := &schemeGuard{inner: base, allowHTTP: cfg.Insecure}
 	return &Client{
-		name: cfg.Name,
-		// name.NewRegistry canonicalises some hosts (docker.io becomes
-		// index.docker.io); requests go where credentials are attached.
-		base:       url.URL{Scheme: u.Scheme, Host: reg.RegistryStr()},
+		name:       cfg.Name,
+		base:       baseURL,
 		reg:        reg,
 		keychain:   kc,
 		timeout:    timeout,
+		idle:       idle,
 		insecure:   cfg.Insecure,
-		bare:       &schemeGuard{inner: base, allowHTTP: cfg.Insecure},
+		bare:       bare,
+		pinged:     &pingCache{inner: bare, base: baseURL},
+		guard:      guard,
+		maxConns:   maxConns,
 		transports: cache,
 	}, nil
 }
@@ -159,7 +215,10 @@ func (anonymousKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
 	return authn.Anonymous, nil
 }
 
-func newTransport(rootCAs []byte, insecure bool, timeout time.Duration) (*http.Transport, error) {
+// newTransport builds the default base transport. guard dials every
+// connection: the upstream's own host freely, anything else (redirect
+// targets, token realms) only to public addresses unless allowed.
+func newTransport(rootCAs []byte, insecure bool, timeout time.Duration, maxConns int, guard *dialGuard) (*http.Transport, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if len(rootCAs) > 0 {
 		pool, err := x509.SystemCertPool()
@@ -175,12 +234,16 @@ func newTransport(rootCAs []byte, insecure bool, timeout time.Duration) (*http.T
 		tlsCfg.InsecureSkipVerify = true
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.DialContext = guard.DialContext
+	t.Proxy = guard.proxy(http.ProxyFromEnvironment)
 	t.TLSClientConfig = tlsCfg
 	t.TLSHandshakeTimeout = 10 * time.Second
 	t.ResponseHeaderTimeout = timeout
-	t.MaxIdleConns = 256
-	t.MaxIdleConnsPerHost = 64
+	// The cap holds per host (the registry, each storage host); keeping
+	// more idle connections than may be open is pointless.
+	t.MaxConnsPerHost = maxConns
+	t.MaxIdleConnsPerHost = maxConns
+	t.MaxIdleConns = 4 * maxConns
 	t.IdleConnTimeout = 90 * time.Second
 	t.ForceAttemptHTTP2 = true
 	// Registry content is already compressed and addressed by digest;
@@ -209,43 +272,6 @@ func (g *schemeGuard) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // Name is the configured upstream name.
 func (c *Client) Name() string { return c.name }
-
-// authTransport returns the authenticated transport for repo, performing
-// the ping and token exchange on first use. Concurrent first uses share one
-// handshake, which runs on a context detached from any single caller (but
-// bounded by the timeout) so one caller giving up does not fail the others.
-func (c *Client) authTransport(ctx context.Context, repo string) (http.RoundTripper, error) {
-	if rt, ok := c.transports.Get(repo); ok {
-		return rt, nil
-	}
-	ch := c.setup.DoChan(repo, func() (any, error) {
-		if rt, ok := c.transports.Get(repo); ok {
-			return rt, nil
-		}
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
-		defer cancel()
-		r := c.reg.Repo(repo)
-		auth, err := authn.Resolve(sctx, c.keychain, r)
-		if err != nil {
-			return nil, fmt.Errorf("resolving credentials: %w", err)
-		}
-		rt, err := transport.NewWithContext(sctx, c.reg, auth, c.bare, []string{r.Scope(transport.PullScope)})
-		if err != nil {
-			return nil, fmt.Errorf("authenticating: %w", err)
-		}
-		c.transports.Add(repo, rt)
-		return rt, nil
-	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return nil, fmt.Errorf("upstream %s: %w", c.name, res.Err)
-		}
-		return res.Val.(http.RoundTripper), nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("upstream %s: authenticating: %w", c.name, context.Cause(ctx))
-	}
-}
 
 var noRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
@@ -277,6 +303,10 @@ func (c *Client) do(ctx context.Context, method, repo, path string, query url.Va
 		if c.isRegistry(target) {
 			hc.Transport = rt
 		}
+		var waited func() bool
+		if c.maxConns > 0 {
+			req, waited = traceConnWait(req)
+		}
 		resp, err := hc.Do(req)
 		if err != nil {
 			var ue *url.Error
@@ -284,6 +314,10 @@ func (c *Client) do(ctx context.Context, method, repo, path string, query url.Va
 				// Storage redirects often carry presigned query strings;
 				// those are credentials too and stay out of errors.
 				ue.URL = redacted(target)
+			}
+			if waited != nil && waited() && ctx.Err() != nil {
+				return nil, fmt.Errorf("upstream %s: %w: no connection to %s became free (at most %d per host): %w",
+					c.name, ErrConnLimit, target.Host, c.maxConns, err)
 			}
 			return nil, fmt.Errorf("upstream %s: %w", c.name, err)
 		}
@@ -300,11 +334,30 @@ func (c *Client) do(ctx context.Context, method, repo, path string, query url.Va
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", c.name, err)
 		}
+		if c.guard != nil {
+			if err := c.guard.checkLiteral(ctx, next); err != nil {
+				return nil, fmt.Errorf("upstream %s: %w", c.name, err)
+			}
+		}
 		target = next
 		if resp.StatusCode == http.StatusSeeOther && method != http.MethodHead {
 			method = http.MethodGet
 		}
 	}
+}
+
+// traceConnWait reports, once the request is over, whether it never got
+// a connection and never started making one: it waited in the transport's
+// queue for a connection to the host, which only happens at MaxConns.
+func traceConnWait(req *http.Request) (*http.Request, func() bool) {
+	var dialing, got atomic.Bool
+	trace := &httptrace.ClientTrace{
+		DNSStart:     func(httptrace.DNSStartInfo) { dialing.Store(true) },
+		ConnectStart: func(string, string) { dialing.Store(true) },
+		GotConn:      func(httptrace.GotConnInfo) { got.Store(true) },
+	}
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+	return req, func() bool { return !dialing.Load() && !got.Load() }
 }
 
 func redacted(u *url.URL) string {
@@ -390,16 +443,22 @@ func (c *Client) open(ctx context.Context, dl deadline, method, repo, path strin
 			resp.Body.Close()
 		}
 		cancel()
+		if errors.Is(err, ErrConnLimit) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("upstream %s: no response within %s: %w", c.name, c.timeout, context.DeadlineExceeded)
 	}
 	if err != nil {
 		cancel()
-		if timedOut.Load() {
+		if timedOut.Load() && !errors.Is(err, ErrConnLimit) {
 			return nil, fmt.Errorf("upstream %s: no response within %s: %w", c.name, c.timeout, context.DeadlineExceeded)
 		}
 		return nil, err
 	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	// Every body, error bodies included, is dropped when the upstream
+	// stops sending it; cancelling the call's context is what unblocks
+	// the read.
+	resp.Body = &cancelOnClose{ReadCloser: newIdleBody(resp.Body, c.idle, c.name, cancel), cancel: cancel}
 	for _, s := range ok {
 		if resp.StatusCode == s {
 			return resp, nil

@@ -37,6 +37,9 @@ func TestNewRefusesUnsafeConfig(t *testing.T) {
 		{"path in url", Config{Name: "x", URL: "https://r.example/v2"}},
 		{"query in url", Config{Name: "x", URL: "https://r.example?x=1"}},
 		{"negative timeout", Config{Name: "x", URL: "https://r.example", Timeout: -time.Second}},
+		{"negative idle timeout", Config{Name: "x", URL: "https://r.example", IdleTimeout: -time.Second}},
+		{"negative max conns", Config{Name: "x", URL: "https://r.example", MaxConns: -1}},
+		{"malformed redirect host", Config{Name: "x", URL: "https://r.example", RedirectHosts: []string{"https://s.example/"}}},
 		{"root CAs without PEM", Config{Name: "x", URL: "https://r.example", RootCAs: []byte("not pem")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -558,6 +561,11 @@ func TestBlob(t *testing.T) {
 			}
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			// The verifier rejects one piece of evidence, rather than
+			// failing the verification, only on its own sentinel.
+			if tc.wantErr == ErrTooLarge && !errors.Is(err, verify.ErrTooLarge) {
+				t.Fatalf("err = %v does not match verify.ErrTooLarge", err)
 			}
 			if got != nil {
 				t.Error("bytes returned with an error")

@@ -37,6 +37,41 @@
 // removed. Plain http is refused unless the upstream is configured
 // Insecure, including on redirects.
 //
+// The ping's answer (the registry's auth challenge; a 200 or 401 only)
+// is kept for ten minutes and shared by all repositories, so a repository
+// seen for the first time costs at most one token exchange. The per-repository transports live in a 2Q cache: a
+// flood of random repository names passes through its small queue of
+// once-used entries and does not evict repositories that are pulled again.
+//
+// # Addresses
+//
+// The upstream decides where redirects (and its token realm) point, so it
+// could aim the proxy at the proxy's own network: 127.0.0.1, a private
+// service, the cloud metadata address. The default transport dials the
+// upstream's own host freely; any other host is checked at dial time, on
+// the address actually connected to after name resolution (so DNS
+// rebinding cannot pass), and refused with a *RedirectRefusedError
+// (ErrRedirectRefused) when it is loopback, private (RFC 1918,
+// fc00::/7), link-local (169.254.0.0/16, fe80::/10), multicast,
+// unspecified, shared (100.64.0.0/10) or reserved, including IPv4-mapped,
+// NAT64 and 6to4 forms of these. It is allowed anyway when the upstream's
+// own host is itself such an address (a registry and its storage in one
+// private network; a host name is looked up to decide, and the answer
+// kept for five minutes), or when the host matches Config.RedirectHosts.
+// Through an HTTP proxy from the environment the proxy resolves names, so
+// only literal addresses can be refused (before the request is sent); the
+// proxy's own address is the operator's choice and is not checked. A
+// custom Config.Transport does its own dialling and gets none of this.
+//
+// # Limits
+//
+// Config.MaxConns caps connections per host (default 64), the upstream's
+// and each storage host's; a request that finds them all busy waits for
+// one within its timeout and then fails with ErrConnLimit. A response
+// body that receives no byte for Config.IdleTimeout (default 30s) while
+// it is being read is aborted with ErrUpstreamStalled; time the caller
+// spends between reads (writing to a slow client) does not count.
+//
 // # Deadlines
 //
 // Every call is bounded by Config.Timeout. For manifests, referrers and

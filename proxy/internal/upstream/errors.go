@@ -22,8 +22,10 @@ var (
 	// the digest they were requested or announced by.
 	ErrDigestMismatch = errors.New("digest mismatch")
 	// ErrTooLarge means the upstream's answer exceeds the applicable size
-	// limit.
-	ErrTooLarge = errors.New("upstream content exceeds size limit")
+	// limit. It wraps verify.ErrTooLarge, so an evidence blob longer than
+	// its descriptor is rejected evidence rather than a failed
+	// verification.
+	ErrTooLarge = fmt.Errorf("upstream content exceeds size limit: %w", verify.ErrTooLarge)
 	// ErrInvalidResponse means the upstream's answer could not be parsed or
 	// contradicts itself.
 	ErrInvalidResponse = errors.New("invalid upstream response")
@@ -31,6 +33,13 @@ var (
 	// to a request that asked for the whole blob. It comes wrapped together
 	// with ErrInvalidResponse.
 	ErrUnexpectedPartial = errors.New("partial content to a request without Range")
+	// ErrUpstreamStalled means the upstream sent no byte of a response body
+	// for Config.IdleTimeout while it was being read; the request was
+	// aborted. A caller relaying the body must abort its own stream.
+	ErrUpstreamStalled = errors.New("upstream stalled")
+	// ErrConnLimit means a request gave up waiting for a connection while
+	// all Config.MaxConns connections to the host were busy.
+	ErrConnLimit = errors.New("all upstream connections busy")
 )
 
 // maxErrorBody bounds how much of an error answer is kept.
@@ -178,8 +187,12 @@ func IsTransient(err error) bool {
 	}
 	// Content and configuration problems do not go away by retrying, even
 	// when they surface through a network error type.
-	if errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrInvalidResponse) {
+	if errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrInvalidResponse) ||
+		errors.Is(err, ErrRedirectRefused) {
 		return false
+	}
+	if errors.Is(err, ErrUpstreamStalled) || errors.Is(err, ErrConnLimit) {
+		return true
 	}
 	var certErr *tls.CertificateVerificationError
 	var unknownAuth x509.UnknownAuthorityError

@@ -62,6 +62,13 @@ func upstream(cfg *config.Config, u *config.Upstream, env lookupEnv) (proxy.Upst
 		Aliases:  slices.Clone(u.Aliases),
 		Insecure: u.Insecure,
 		Timeout:  u.Timeout.D(),
+		// An unset value reaches the client as 0, its own default.
+		IdleTimeout:   cfg.UpstreamIdleTimeout.D(),
+		MaxConns:      cfg.MaxConnsPerUpstream,
+		RedirectHosts: slices.Clone(u.RedirectHosts),
+	}
+	if u.MaxConns > 0 {
+		pu.MaxConns = u.MaxConns
 	}
 	if pu.Timeout <= 0 {
 		pu.Timeout = cfg.UpstreamTimeout.D()

@@ -64,6 +64,9 @@ func cfgWith(dir string, ups ...config.Upstream) *config.Config {
 		Path:            filepath.Join(dir, "portcullis.yaml"),
 		Upstreams:       ups,
 		UpstreamTimeout: config.Duration(30 * time.Second),
+		// What SetDefaults gives a file that does not set them.
+		UpstreamIdleTimeout: config.Duration(config.DefaultUpstreamIdleTimeout),
+		MaxConnsPerUpstream: config.DefaultMaxConnsPerUpstream,
 	}
 }
 
@@ -93,7 +96,8 @@ func TestUpstreamsFields(t *testing.T) {
 	writeFile(t, dir, "ca.pem", append([]byte("# Issuer: test\n"), ca...))
 	cfg := cfgWith(dir,
 		config.Upstream{Name: "docker.io", URL: "https://registry-1.docker.io/", Aliases: []string{"index.docker.io"}},
-		config.Upstream{Name: "lab", URL: "http://127.0.0.1:5001", Insecure: true, CAFile: "ca.pem", Timeout: config.Duration(5 * time.Second)},
+		config.Upstream{Name: "lab", URL: "http://127.0.0.1:5001", Insecure: true, CAFile: "ca.pem", Timeout: config.Duration(5 * time.Second),
+			MaxConns: 3, RedirectHosts: []string{"storage.lab"}},
 	)
 	ups, err := upstreams(cfg, envMap(nil))
 	if err != nil {
@@ -114,6 +118,15 @@ func TestUpstreamsFields(t *testing.T) {
 	}
 	if lab.Timeout != 5*time.Second {
 		t.Errorf("upstream timeout override not used: %v", lab.Timeout)
+	}
+	if hub.MaxConns != config.DefaultMaxConnsPerUpstream || lab.MaxConns != 3 {
+		t.Errorf("max conns = %d, %d; want the global default and the override", hub.MaxConns, lab.MaxConns)
+	}
+	if hub.IdleTimeout != config.DefaultUpstreamIdleTimeout || lab.IdleTimeout != config.DefaultUpstreamIdleTimeout {
+		t.Errorf("idle timeouts = %v, %v", hub.IdleTimeout, lab.IdleTimeout)
+	}
+	if len(hub.RedirectHosts) != 0 || len(lab.RedirectHosts) != 1 || lab.RedirectHosts[0] != "storage.lab" {
+		t.Errorf("redirect hosts = %q, %q", hub.RedirectHosts, lab.RedirectHosts)
 	}
 	if !lab.Insecure || lab.URL != "http://127.0.0.1:5001" {
 		t.Errorf("lab upstream = %+v", lab)
