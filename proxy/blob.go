@@ -4,7 +4,9 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
@@ -87,22 +89,31 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	// A verified body (a 200 or a whole-blob 206) copies itself: it hashes
-	// on a second goroutine with its own pooled buffers and holds back the
-	// last chunk until the digest matches. A partial 206 goes through the
-	// proxy's pooled buffer (w does not implement io.ReaderFrom, see
-	// statusRecorder), in large writes with constant memory. Either body
-	// fails rather than yield a byte past its announced length.
-	var n int64
-	if wt, ok := resp.Body.(io.WriterTo); ok {
-		n, err = wt.WriteTo(w)
-	} else {
-		bp := p.bufPool.Get().(*[]byte)
-		n, err = io.CopyBuffer(w, resp.Body, *bp)
-		p.bufPool.Put(bp)
-	}
+	// A verified body (a 200 or a whole-blob 206) hashes on a second
+	// goroutine and holds back the last chunk until the digest matches; a
+	// partial 206 is copied as is. Both stream on buffers from the
+	// proxy's budget, and either fails rather than yield a byte past its
+	// announced length.
+	cw := &clientWriter{w: w}
+	n, limited, err := upstream.Stream(cw, resp.Body, p.opts.streamBudget.StreamBudget)
 	p.metrics.blobBytes.Add(float64(n))
+	if limited {
+		p.metrics.streamBufLimited.Inc()
+		if p.opts.streamBudget.report.allow(time.Now(), time.Minute) {
+			p.log.Info("stream buffer budget in use: blob streams beyond it run on small buffers",
+				zap.Int64("budget_bytes", p.opts.streamBudget.Limit()))
+		}
+	}
 	if err != nil {
+		if cw.err != nil && errors.Is(cw.err, os.ErrDeadlineExceeded) {
+			// The listener's idle deadline dropped a client that took
+			// nothing for the idle timeout; the connection is already
+			// closed and counted.
+			p.log.Info("client stalled: blob stream dropped", zap.String("client", r.RemoteAddr),
+				zap.String("upstream", u.name), zap.String("repository", repo),
+				zap.String("digest", digest.String()), zap.Int64("bytes", n))
+			panic(http.ErrAbortHandler)
+		}
 		mismatch := errors.Is(err, upstream.ErrDigestMismatch)
 		tooLong := errors.Is(err, upstream.ErrTooLarge)
 		if mismatch || tooLong || r.Context().Err() == nil {
@@ -116,14 +127,47 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 				kind = "blob_digest_mismatch"
 			case tooLong:
 				kind = "blob_too_long"
+			case errors.Is(err, upstream.ErrUpstreamStalled):
+				kind = "upstream_stalled"
 			}
 			p.log.Warn("blob stream failed", zap.String("upstream", u.name), zap.String("repository", repo),
 				zap.String("digest", digest.String()), zap.Int64("bytes", n), zap.Error(err))
 			p.metrics.upstreamErrors.WithLabelValues(u.name, kind).Inc()
 		}
+		// Aborting closes the client's connection; the deferred Close of
+		// the upstream body closes the upstream's.
 		panic(http.ErrAbortHandler)
 	}
 	return nil
+}
+
+// clientWriter keeps the first error writing to the client, so a stream
+// that failed can tell the client's side from the upstream's.
+type clientWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (c *clientWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// DefaultStreamBufferBudget is the default of WithStreamBufferBudget.
+const DefaultStreamBufferBudget = 64 << 20
+
+// streamBudget is the large-buffer budget a proxy's blob streams share,
+// with the gate that keeps its exhaustion to one log line a minute.
+type streamBudget struct {
+	*upstream.StreamBudget
+	report logGate
+}
+
+func newStreamBudget(bytes int64) *streamBudget {
+	return &streamBudget{StreamBudget: upstream.NewStreamBudget(bytes)}
 }
 
 func copyHeaders(dst, src http.Header, keys []string) {

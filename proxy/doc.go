@@ -40,9 +40,12 @@
 // a complete response with the wrong bytes.
 //
 // Concurrent requests for the same unverified digest share one
-// verification. It runs on a context detached from the requesting clients,
-// bounded by the verify timeout, so one client hanging up does not fail
-// the others.
+// verification. One client hanging up does not fail the others; when every
+// client waiting for it has left, the verification is cancelled and nothing
+// it decided is cached. At most a configured number of verifications run at
+// once (lineage dependencies run inside their parent's slot, so a parent
+// never waits on a slot its own children need); the rest wait in a bounded
+// queue or are answered 429 TOOMANYREQUESTS with Retry-After.
 //
 // # Lineage
 //

@@ -37,6 +37,8 @@ type Error struct {
 	Code    string
 	Message string
 	Detail  any
+	// RetryAfter, when positive, is sent as Retry-After (seconds).
+	RetryAfter int
 }
 
 func (e *Error) Error() string {
@@ -85,6 +87,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		// unless a caller put something unmarshalable in it.
 		pe = &Error{Status: http.StatusInternalServerError, Code: CodeUnknown, Message: genericInternalError}
 		body, _ = json.Marshal(pe)
+	}
+	if pe.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(pe.RetryAfter))
 	}
 	writeRaw(w, r, pe.Status, body)
 }

@@ -95,16 +95,20 @@ func (p *Proxy) verifyDependency(ctx context.Context, dep verify.DependencyRef, 
 		p.metrics.verdictCache.WithLabelValues("miss").Inc()
 	}
 
-	ch := p.flights.DoChan(key, func() (res any, err error) {
+	// The waiters of a dependency's flight are parent verifications: the
+	// parent that started it giving up fails none of the others sharing
+	// it, and when every parent has given up (their clients left, or they
+	// timed out) the dependency's verification is cancelled too. It takes
+	// no verification slot: it runs inside its parent's (see
+	// verifyLimiter).
+	v, err := p.depFlights.do(ctx, key, func(fctx context.Context) (v verify.Verdict, err error) {
 		defer func() {
 			if rec := recover(); rec != nil {
 				p.log.Error("dependency verification panicked", zap.Any("panic", rec), zap.String("digest", digest.String()))
-				res, err = nil, errors.New("dependency verification panicked")
+				v, err = verify.Verdict{}, errors.New("dependency verification panicked")
 			}
 		}()
-		// Detached like a pull's verification, so that the parent that
-		// started it giving up fails none of the others sharing it.
-		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.opts.verifyTimeout)
+		vctx, cancel := context.WithTimeout(fctx, p.opts.verifyTimeout)
 		defer cancel()
 		vctx = context.WithValue(vctx, flightDepth{}, lc.Depth)
 		if vc := p.opts.verdicts; vc != nil {
@@ -112,24 +116,22 @@ func (p *Proxy) verifyDependency(ctx context.Context, dep verify.DependencyRef, 
 				return v, nil
 			}
 		}
-		v, err := p.decideDependency(vctx, mr, digest)
+		v, err = p.decideDependency(vctx, mr, digest)
+		if err == nil {
+			err = settled(vctx)
+		}
 		if err != nil {
-			return nil, err
+			return verify.Verdict{}, err
 		}
 		if vc := p.opts.verdicts; vc != nil {
 			vc.Add(key, v)
 		}
 		return v, nil
 	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return verify.Verdict{}, r.Err
-		}
-		return r.Val.(verify.Verdict), nil
-	case <-ctx.Done():
+	if err != nil && ctx.Err() != nil {
 		return verify.Verdict{}, fmt.Errorf("dependency %s/%s@%s: %w", u.name, repo, digest, context.Cause(ctx))
 	}
+	return v, err
 }
 
 // decideDependency fetches a dependency's manifest by digest and has it

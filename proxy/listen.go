@@ -1,15 +1,30 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+)
+
+// Defaults of the client-facing limits in ServeConfig.
+const (
+	// DefaultClientIdleTimeout is how long a client may take no byte of a
+	// response before its connection is dropped.
+	DefaultClientIdleTimeout = 60 * time.Second
+	// DefaultMaxClientConns caps the client connections open at once.
+	DefaultMaxClientConns = 4096
+	// DefaultMaxHeaderBytes bounds a request's line and headers.
+	DefaultMaxHeaderBytes = 64 << 10
 )
 
 // ServeConfig says where and how Serve listens.
@@ -24,6 +39,19 @@ type ServeConfig struct {
 	// Ready, when set, is called with the bound registry and admin
 	// addresses once both listen (the admin address is "" when disabled).
 	Ready func(addr, admin string)
+
+	// ClientIdleTimeout drops a registry connection when the client takes
+	// no byte of a response for this long: a blob may take hours, a
+	// client that has stopped reading may not. Default
+	// DefaultClientIdleTimeout.
+	ClientIdleTimeout time.Duration
+	// MaxConns caps the registry connections open at once; further
+	// clients wait in the listen backlog until one closes. Default
+	// DefaultMaxClientConns.
+	MaxConns int
+	// MaxHeaderBytes bounds a request's line and headers together; past
+	// it the client is answered 431. Default DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
 }
 
 // Serve runs p on the registry listener and its admin handler on the admin
@@ -37,10 +65,19 @@ func Serve(ctx context.Context, p *Proxy, sc ServeConfig) error {
 	if sc.Grace <= 0 {
 		sc.Grace = 30 * time.Second
 	}
-	regLn, err := net.Listen("tcp", sc.Addr)
+	if sc.ClientIdleTimeout < 0 || sc.MaxConns < 0 || sc.MaxHeaderBytes < 0 {
+		return errors.New("negative client idle timeout, connection limit or header limit")
+	}
+	sc.ClientIdleTimeout = cmp.Or(sc.ClientIdleTimeout, DefaultClientIdleTimeout)
+	sc.MaxConns = cmp.Or(sc.MaxConns, DefaultMaxClientConns)
+	sc.MaxHeaderBytes = cmp.Or(sc.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	tcpLn, err := net.Listen("tcp", sc.Addr)
 	if err != nil {
 		return err
 	}
+	// The cap and the idle deadline sit under TLS, on the TCP connection,
+	// so they hold for the handshake and every byte after it.
+	var regLn net.Listener = newClientListener(tcpLn, sc.MaxConns, sc.ClientIdleTimeout, p.metrics, log)
 	if sc.TLSCert != "" || sc.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(sc.TLSCert, sc.TLSKey)
 		if err != nil {
@@ -50,19 +87,24 @@ func Serve(ctx context.Context, p *Proxy, sc ServeConfig) error {
 		regLn = tls.NewListener(regLn, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
 	// Blobs can be gigabytes, so there is no overall write timeout; slow
-	// clients are bounded by the header, read and idle timeouts instead.
+	// clients are bounded by the header, read and idle timeouts, and a
+	// client that stops reading by the per-write idle deadline of its
+	// connection. The request line counts toward MaxHeaderBytes, so it
+	// also bounds the URL.
 	reg := &http.Server{
 		Handler:           p,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    sc.MaxHeaderBytes,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 	}
 	servers := []*http.Server{reg}
 	errc := make(chan error, 2)
 	go func() { errc <- reg.Serve(regLn) }()
-	log.Info("serving", zap.String("listen", regLn.Addr().String()), zap.Bool("tls", sc.TLSCert != ""))
+	log.Info("serving", zap.String("listen", regLn.Addr().String()), zap.Bool("tls", sc.TLSCert != ""),
+		zap.Duration("client_idle_timeout", sc.ClientIdleTimeout), zap.Int("max_client_conns", sc.MaxConns),
+		zap.Int("max_header_bytes", sc.MaxHeaderBytes))
 
 	adminAddr := ""
 	if sc.AdminAddr != "" {
@@ -105,4 +147,133 @@ func Serve(ctx context.Context, p *Proxy, sc ServeConfig) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// clientListener caps the connections open at once and gives each one an
+// idle write deadline. At the cap, Accept waits for a connection to close
+// (new clients queue in the kernel's backlog) rather than refusing them:
+// a refused pull makes containerd and CRI-O fall back to the next mirror
+// or the registry itself, around the proxy.
+type clientListener struct {
+	net.Listener
+	slots     chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	idle      time.Duration
+	metrics   *metrics
+	log       *zap.Logger
+	fullLog   logGate
+}
+
+func newClientListener(l net.Listener, maxConns int, idle time.Duration, m *metrics, log *zap.Logger) *clientListener {
+	return &clientListener{
+		Listener: l,
+		slots:    make(chan struct{}, maxConns),
+		done:     make(chan struct{}),
+		idle:     idle,
+		metrics:  m,
+		log:      log,
+	}
+}
+
+func (l *clientListener) Accept() (net.Conn, error) {
+	select {
+	case l.slots <- struct{}{}:
+	default:
+		l.metrics.clientConnsLimited.Inc()
+		if l.fullLog.allow(time.Now(), time.Minute) {
+			l.log.Warn("client connection limit reached: new connections wait until one closes",
+				zap.Int("max_client_conns", cap(l.slots)))
+		}
+		select {
+		case l.slots <- struct{}{}:
+		case <-l.done:
+			return nil, net.ErrClosed
+		}
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	l.metrics.clientConns.Inc()
+	return &clientConn{Conn: c, l: l}, nil
+}
+
+func (l *clientListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// clientConn is one client connection under the listener's cap. Every
+// write runs under a deadline of the idle timeout, renewed whenever the
+// client takes some of it: a client reading slowly is served however long
+// the response, one that takes nothing for the whole timeout is dropped.
+type clientConn struct {
+	net.Conn
+	l         *clientListener
+	closeOnce sync.Once
+	stalled   atomic.Bool
+	written   atomic.Int64
+}
+
+func (c *clientConn) Write(b []byte) (int, error) {
+	total := 0
+	for {
+		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.l.idle)); err != nil {
+			return total, err
+		}
+		n, err := c.Conn.Write(b[total:])
+		total += n
+		c.written.Add(int64(n))
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return total, err
+		}
+		if n == 0 {
+			c.noteStall()
+			return total, err
+		}
+		// The client took part of it: a new deadline for the rest.
+	}
+}
+
+// noteStall counts a stalled client once per connection. The handler
+// that was writing logs what it was serving.
+func (c *clientConn) noteStall() {
+	if c.stalled.CompareAndSwap(false, true) {
+		c.l.metrics.clientStalled.Inc()
+		c.l.log.Debug("client stalled: connection dropped", zap.String("client", c.RemoteAddr().String()),
+			zap.Int64("bytes", c.written.Load()), zap.Duration("client_idle_timeout", c.l.idle))
+	}
+}
+
+// CloseWrite keeps net/http's half-close (used before closing a
+// connection whose request body was not read) working through the
+// wrapper.
+func (c *clientConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *clientConn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(func() {
+		c.l.metrics.clientConns.Dec()
+		<-c.l.slots
+	})
+	return err
+}
+
+// logGate lets an event that can repeat at a high rate be logged at most
+// once per interval.
+type logGate struct{ last atomic.Int64 }
+
+func (g *logGate) allow(now time.Time, every time.Duration) bool {
+	last := g.last.Load()
+	if last != 0 && now.UnixNano()-last < int64(every) {
+		return false
+	}
+	return g.last.CompareAndSwap(last, now.UnixNano())
 }

@@ -205,6 +205,10 @@ func (p *Proxy) cachedVerdict(d *manifestDecision) bool {
 func (p *Proxy) verifyManifest(ctx context.Context, d *manifestDecision) error {
 	res, err := p.verifyShared(ctx, d.mr, d.key, d.desc.Digest, d.manifest)
 	if err != nil {
+		var oe *overloadError
+		if errors.As(err, &oe) {
+			return p.overloaded(d.mr, d.desc.Digest, oe)
+		}
 		var fe *fetchError
 		if errors.As(err, &fe) {
 			return p.fetchFailure(ctx, d.mr, d.desc.Digest, fe.err)
@@ -387,52 +391,58 @@ func (p *Proxy) resolveTag(ctx context.Context, u *upstreamEntry, repo, tag stri
 }
 
 // verifyShared runs one verification per key however many requests ask
-// for it. The work runs on a context detached from the first client so
-// that client hanging up fails nobody else; each waiter still stops
-// waiting when its own client leaves.
+// for it. One client hanging up fails nobody else; when every client
+// waiting for it has left, the verification is cancelled (see
+// flightGroup), and what it was deciding is not cached.
 func (p *Proxy) verifyShared(ctx context.Context, mr manifestReq, key string, digest v1.Hash, have *verify.Manifest) (flightResult, error) {
-	ch := p.flights.DoChan(key, func() (res any, err error) {
+	return p.flights.do(ctx, key, func(fctx context.Context) (res flightResult, err error) {
 		defer func() {
 			if rec := recover(); rec != nil {
 				p.log.Error("verification panicked", zap.Any("panic", rec), zap.String("digest", digest.String()))
-				res, err = nil, &verifyError{fmt.Errorf("verification panicked")}
+				res, err = flightResult{}, &verifyError{fmt.Errorf("verification panicked")}
 			}
 		}()
-		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.opts.verifyTimeout)
-		defer cancel()
 		// A request that missed the cache just before an earlier flight
-		// finished finds its verdict here instead of verifying again.
+		// finished finds its verdict here instead of verifying again, and
+		// takes no slot for it.
 		if vc := p.opts.verdicts; vc != nil {
 			if v, ok := vc.Get(key); ok {
+				vctx, cancel := context.WithTimeout(fctx, p.opts.verifyTimeout)
+				defer cancel()
 				m, fromCache, err := p.manifestBytes(vctx, mr.u, mr.repo, digest, have)
 				if err != nil {
-					return nil, &fetchError{err}
+					return flightResult{}, &fetchError{err}
 				}
 				return flightResult{verdict: v, manifest: m, cached: true, fromCache: fromCache}, nil
 			}
 		}
+		// The slot covers fetching the manifest too, so a flood of unknown
+		// digests costs at most as many upstream requests at once as there
+		// are slots and queue places.
+		release, err := p.slots.acquire(fctx)
+		if err != nil {
+			return flightResult{}, err
+		}
+		defer release()
+		// The timeout starts with the slot: the wait for one has its own bound.
+		vctx, cancel := context.WithTimeout(fctx, p.opts.verifyTimeout)
+		defer cancel()
 		m, fromCache, err := p.manifestBytes(vctx, mr.u, mr.repo, digest, have)
 		if err != nil {
-			return nil, &fetchError{err}
+			return flightResult{}, &fetchError{err}
 		}
 		v, err := p.evaluate(vctx, mr, m)
+		if err == nil {
+			err = settled(vctx)
+		}
 		if err != nil {
-			return nil, &verifyError{err}
+			return flightResult{}, &verifyError{err}
 		}
 		if vc := p.opts.verdicts; vc != nil {
 			vc.Add(key, v)
 		}
 		return flightResult{verdict: v, manifest: m, fromCache: fromCache}, nil
 	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return flightResult{}, r.Err
-		}
-		return r.Val.(flightResult), nil
-	case <-ctx.Done():
-		return flightResult{}, ctx.Err()
-	}
 }
 
 // evaluate turns manifest bytes into a verdict. A manifest the proxy cannot
@@ -465,6 +475,14 @@ func (p *Proxy) evaluate(ctx context.Context, mr manifestReq, m verify.Manifest)
 		v.Digest = m.Digest.String()
 	} else if v.Digest != m.Digest.String() {
 		return verify.Verdict{}, fmt.Errorf("verifier answered for %s instead of %s", v.Digest, m.Digest)
+	}
+	if v.Limit != "" && !v.Allowed {
+		// Counted once per verification, not per request the cached
+		// denial answers: a repository stuffed with evidence is an
+		// upstream problem an operator should see.
+		p.metrics.limitExceeded.WithLabelValues(v.Limit).Inc()
+		p.log.Warn("verification stopped at a limit", zap.String("upstream", mr.u.name), zap.String("repository", mr.repo),
+			zap.String("digest", m.Digest.String()), zap.String("limit", v.Limit), zap.Strings("reasons", v.Reasons))
 	}
 	return v, nil
 }
@@ -732,6 +750,21 @@ func (p *Proxy) upstreamFailure(ctx context.Context, u *upstreamEntry, err error
 			p.metrics.upstreamErrors.WithLabelValues(u.name, "status_other").Inc()
 			return errorf(http.StatusBadGateway, CodeUnknown, "upstream %s answered %d", u.name, ue.Status)
 		}
+	}
+	var rr *upstream.RedirectRefusedError
+	switch {
+	case errors.As(err, &rr):
+		p.metrics.upstreamErrors.WithLabelValues(u.name, "redirect_refused").Inc()
+		p.log.Warn("upstream redirect refused", zap.String("upstream", u.name), zap.String("op", op), zap.Error(err))
+		return errorf(http.StatusBadGateway, CodeUnknown, "upstream %s redirected to a disallowed address %s", u.name, rr.Addr)
+	case errors.Is(err, upstream.ErrUpstreamStalled):
+		p.metrics.upstreamErrors.WithLabelValues(u.name, "upstream_stalled").Inc()
+		p.log.Warn("upstream stalled", zap.String("upstream", u.name), zap.String("op", op), zap.Error(err))
+		return errorf(http.StatusBadGateway, CodeUnknown, "upstream %s stopped sending", u.name)
+	case errors.Is(err, upstream.ErrConnLimit):
+		p.metrics.upstreamErrors.WithLabelValues(u.name, "conn_limit").Inc()
+		p.log.Warn("upstream connection limit reached", zap.String("upstream", u.name), zap.String("op", op), zap.Error(err))
+		return errorf(http.StatusServiceUnavailable, CodeUnknown, "all connections to upstream %s are busy, retry later", u.name)
 	}
 	if upstream.IsTransient(err) {
 		p.metrics.upstreamErrors.WithLabelValues(u.name, "unreachable").Inc()

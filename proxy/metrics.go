@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 type metrics struct {
@@ -17,6 +18,14 @@ type metrics struct {
 	verifications      prometheus.Counter
 	drift              *prometheus.CounterVec
 	lineageDeps        *prometheus.CounterVec
+	verifyRunning      prometheus.Gauge
+	verifyQueued       prometheus.Gauge
+	verifyRejected     *prometheus.CounterVec
+	clientConns        prometheus.Gauge
+	clientConnsLimited prometheus.Counter
+	clientStalled      prometheus.Counter
+	streamBufLimited   prometheus.Counter
+	limitExceeded      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -62,13 +71,62 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "portcullis_lineage_dependencies_total",
 			Help: "Lineage dependencies decided for a parent subject, by result (allow, deny, error).",
 		}, []string{"result"}),
+		verifyRunning: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "portcullis_verifications_running",
+			Help: "Root verifications holding a slot (see max verifications).",
+		}),
+		verifyQueued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "portcullis_verifications_queued",
+			Help: "Root verifications waiting for a slot.",
+		}),
+		verifyRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_verifications_rejected_total",
+			Help: "Verifications refused a slot and answered 429, by reason (queue_full, queue_timeout).",
+		}, []string{"reason"}),
+		clientConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "portcullis_client_connections",
+			Help: "Client connections open on the registry listener.",
+		}),
+		clientConnsLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portcullis_client_connections_limited_total",
+			Help: "Client connections that waited to be accepted because max client connections were open.",
+		}),
+		clientStalled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portcullis_client_stalled_total",
+			Help: "Client connections dropped because the client took no byte of a response for the client idle timeout.",
+		}),
+		limitExceeded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_limit_exceeded_total",
+			Help: "Verifications denied because a limit on the evidence they may read was reached, by limit (evidence_bytes, evidence_items).",
+		}, []string{"limit"}),
+		streamBufLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portcullis_stream_buffer_budget_exhausted_total",
+			Help: "Blob streams that ran, at least partly, on small buffers because the stream buffer budget was in use.",
+		}),
 	}
 	for _, c := range []prometheus.Collector{
 		m.requests, m.duration, m.decisions, m.verificationErrors, m.upstreamErrors,
 		m.blobBytes, m.verdictCache, m.verifications, m.drift, m.lineageDeps,
+		m.verifyRunning, m.verifyQueued, m.verifyRejected,
+		m.clientConns, m.clientConnsLimited, m.clientStalled, m.streamBufLimited, m.limitExceeded,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, errors.Join(errors.New("failed to register metrics"), err)
+		}
+	}
+	// Goroutines, heap, open file descriptors and resident memory are what
+	// a flood or a stalled client exhausts first. A registerer that already
+	// carries these collectors (prometheus.DefaultRegisterer does) keeps
+	// its own.
+	for _, c := range []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := reg.Register(c); err != nil {
+			var dup prometheus.AlreadyRegisteredError
+			if !errors.As(err, &dup) {
+				return nil, errors.Join(errors.New("failed to register runtime metrics"), err)
+			}
 		}
 	}
 	// Pre-create the series dashboards alert on, so that a rate() over
@@ -78,5 +136,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"allow", "deny", "error"} {
 		m.lineageDeps.WithLabelValues(r)
 	}
+	m.verifyRejected.WithLabelValues(rejectQueueFull)
+	m.verifyRejected.WithLabelValues(rejectQueueTimeout)
 	return m, nil
 }

@@ -20,6 +20,14 @@ type options struct {
 	verifyTimeout   time.Duration
 	coverageTTL     time.Duration
 	registerer      prometheus.Registerer
+	// Bound on root verifications; zero values mean the defaults
+	// (see verifyLimiter).
+	maxVerifications int
+	verifyQueue      int
+	verifyQueueSet   bool
+	verifyQueueWait  time.Duration
+	// streamBudget is shared by every blob stream of the proxy.
+	streamBudget *streamBudget
 }
 
 func defaultOptions() options {
@@ -28,6 +36,7 @@ func defaultOptions() options {
 		blobGating:    true,
 		verifyTimeout: 60 * time.Second,
 		coverageTTL:   10 * time.Minute,
+		streamBudget:  newStreamBudget(DefaultStreamBufferBudget),
 	}
 }
 
@@ -141,6 +150,54 @@ func WithRegisterer(r prometheus.Registerer) Option {
 			return errors.New("nil registerer")
 		}
 		o.registerer = r
+		return nil
+	}
+}
+
+// WithMaxVerifications bounds the verifications running at once to n.
+// Only a client's pull takes a slot; the lineage dependencies it has
+// verified run inside it. Verdict-cache hits take none. Default:
+// 4 × runtime.GOMAXPROCS(0).
+func WithMaxVerifications(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return errors.New("max verifications must be at least 1")
+		}
+		o.maxVerifications = n
+		return nil
+	}
+}
+
+// WithVerifyQueue lets up to size verifications wait for a slot, each for
+// at most wait; past either bound the client is answered 429
+// TOOMANYREQUESTS with a Retry-After. size 0 turns the queue off. Default:
+// 8 × the max verifications, 10s.
+func WithVerifyQueue(size int, wait time.Duration) Option {
+	return func(o *options) error {
+		if size < 0 {
+			return errors.New("negative verify queue size")
+		}
+		if wait <= 0 {
+			return errors.New("verify queue wait must be positive")
+		}
+		o.verifyQueue, o.verifyQueueSet, o.verifyQueueWait = size, true, wait
+		return nil
+	}
+}
+
+// WithStreamBufferBudget bounds the bytes of large (1 MiB) buffers that
+// blob streams hold at once. A stream takes large buffers while the budget
+// has room and gives them back when it ends; every other stream runs on
+// small (24 KiB) ones. However many clients stop reading, the large
+// buffers they hold stay within the budget and each of the others holds
+// two small ones until it is dropped. 0 streams everything on small
+// buffers. Default: DefaultStreamBufferBudget (64 MiB).
+func WithStreamBufferBudget(bytes int64) Option {
+	return func(o *options) error {
+		if bytes < 0 {
+			return errors.New("negative stream buffer budget")
+		}
+		o.streamBudget = newStreamBudget(bytes)
 		return nil
 	}
 }

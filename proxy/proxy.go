@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,7 +16,6 @@ import (
 	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"golang.org/x/sync/singleflight"
 )
 
 // Bounds of the in-memory indexes the proxy keeps.
@@ -28,7 +26,6 @@ const (
 	tagCacheSize    = 10_000
 	driftMemorySize = 100_000
 	parsedCacheSize = 4096
-	blobBufferSize  = 256 << 10
 	passThroughMax  = 4 << 20
 )
 
@@ -44,7 +41,12 @@ type Proxy struct {
 	metrics  *metrics
 	gatherer prometheus.Gatherer
 
-	flights singleflight.Group
+	// flights shares a pull's verification between concurrent requests,
+	// depFlights a lineage dependency's between parent verifications;
+	// slots bounds the pulls' verifications running at once.
+	flights    rootFlights
+	depFlights dependencyFlights
+	slots      *verifyLimiter
 	// coverage maps a child manifest's verdict key to the served index
 	// that lists it, while that index's verdict lasts.
 	coverage *ttlCache[string, coverEntry]
@@ -62,7 +64,6 @@ type Proxy struct {
 
 	decisions decisionRing
 	draining  atomic.Bool
-	bufPool   sync.Pool
 }
 
 // New builds a proxy in front of upstreams. Every upstream must have a
@@ -88,7 +89,6 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		coverage: newTTLCache[string, coverEntry](coverageSize, o.coverageTTL),
 		blobs:    newTTLCache[string, int64](blobAllowSize, blobAllowTTL),
 	}
-	p.bufPool.New = func() any { b := make([]byte, blobBufferSize); return &b }
 	if o.tagTTL > 0 {
 		p.tags = newTTLCache[string, v1.Descriptor](tagCacheSize, o.tagTTL)
 	}
@@ -117,6 +117,7 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 	if p.metrics, err = newMetrics(reg); err != nil {
 		return nil, err
 	}
+	p.slots = newVerifyLimiter(o, p.metrics, p.log)
 	if !o.blobGating {
 		p.log.Warn("blob gating is disabled: any blob of a configured upstream can be pulled through the proxy")
 	}
@@ -138,6 +139,10 @@ func newRouter(upstreams []Upstream, o options) (*router, error) {
 			Auth:      u.Auth,
 			Timeout:   u.Timeout,
 			Transport: o.transport,
+
+			IdleTimeout:   u.IdleTimeout,
+			MaxConns:      u.MaxConns,
+			RedirectHosts: u.RedirectHosts,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("upstream %q: %w", u.Name, err)
@@ -162,6 +167,10 @@ func newRouter(upstreams []Upstream, o options) (*router, error) {
 		}
 		if u.Insecure {
 			o.logger.Warn("upstream is insecure: plain HTTP or unverified TLS", zap.String("upstream", u.Name), zap.String("url", u.URL))
+		}
+		if len(u.RedirectHosts) > 0 {
+			o.logger.Warn("upstream may redirect to these hosts even at internal addresses",
+				zap.String("upstream", u.Name), zap.Strings("redirect_hosts", u.RedirectHosts))
 		}
 		if len(u.Aliases) > 0 {
 			listing = append(listing, fmt.Sprintf("%s (aliases %s)", u.Name, strings.Join(u.Aliases, ", ")))
@@ -308,7 +317,7 @@ func methodLabel(m string) string {
 
 // statusRecorder captures status and size for the request line. It
 // deliberately does not implement io.ReaderFrom, so blob copies go through
-// the proxy's pooled buffer in large writes.
+// the stream's own buffers, whose size the stream buffer budget decides.
 type statusRecorder struct {
 	http.ResponseWriter
 	status int

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -78,7 +79,10 @@ func newProxy(cfg *config.Config, eng *verify.Engine, logger *zap.Logger, extra 
 		// An index covers its children exactly as long as its allow
 		// verdict is cached.
 		proxy.WithCoverageTTL(cfg.Cache.AllowTTL.D()),
+		proxy.WithStreamBufferBudget(cfg.Limits.StreamBufferBytes.Int64()),
 	}
+	running, queued := cfg.Limits.VerificationSlots(runtime.GOMAXPROCS(0))
+	opts = append(opts, proxy.WithMaxVerifications(running), proxy.WithVerifyQueue(queued, cfg.Limits.VerifyQueueWait.D()))
 	if cfg.DefaultUpstream != "" {
 		opts = append(opts, proxy.WithDefaultUpstream(cfg.DefaultUpstream))
 	}
@@ -97,7 +101,9 @@ func serve(ctx context.Context, cfg *config.Config, eng *verify.Engine, logger *
 	}
 	logger.Info("policy loaded", zap.String("fingerprint", eng.Fingerprint()), zap.String("version", version),
 		zap.Int("upstreams", len(cfg.Upstreams)), zap.Int("boundaries", len(cfg.Boundaries)))
-	sc := proxy.ServeConfig{Addr: cfg.Listen, AdminAddr: cfg.Admin, Logger: logger, Ready: ready, Grace: shutdownGrace}
+	sc := proxy.ServeConfig{Addr: cfg.Listen, AdminAddr: cfg.Admin, Logger: logger, Ready: ready, Grace: shutdownGrace,
+		ClientIdleTimeout: cfg.Limits.ClientIdleTimeout.D(), MaxConns: cfg.Limits.ClientConnections,
+		MaxHeaderBytes: int(cfg.Limits.HeaderBytes)}
 	if cfg.TLS != nil {
 		sc.TLSCert, sc.TLSKey = cfg.Resolve(cfg.TLS.Cert), cfg.Resolve(cfg.TLS.Key)
 	}

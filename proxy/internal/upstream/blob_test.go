@@ -11,6 +11,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -87,7 +88,9 @@ func newVerifying(script []read, want []byte) *verifyingReader {
 
 // TestVerifyingWriteTo runs each case inside a synctest bubble: the bubble
 // fails the test if the hashing goroutine is still alive (blocked) once
-// WriteTo has returned, so every path below doubles as a leak check.
+// WriteTo has returned, so every path below doubles as a leak check. Each
+// case runs on small buffers (WriteTo) and on large ones (Stream with a
+// budget), and must give back every byte it took from the budget.
 func TestVerifyingWriteTo(t *testing.T) {
 	t.Parallel()
 	blob := make([]byte, 3*streamBufferSize+12345)
@@ -101,15 +104,7 @@ func TestVerifyingWriteTo(t *testing.T) {
 	errReset := errors.New("connection reset")
 	small := []byte("small blob")
 
-	for _, tc := range []struct {
-		name   string
-		script []read
-		want   []byte // the blob the digest names
-		w      *limitedWriter
-		err    error // nil: the whole blob is written
-		// maxOut bounds what may reach the writer on failure.
-		maxOut int
-	}{
+	for _, tc := range []writeToCase{
 		{name: "eof with data", script: chunks(blob, 100_000, io.EOF), want: blob},
 		{name: "eof alone", script: append(chunks(blob, 100_000, nil), read{err: io.EOF}), want: blob},
 		{name: "empty reads between chunks", script: []read{{data: blob[:10]}, {}, {}, {data: blob[10:]}, {}, {err: io.EOF}}, want: blob},
@@ -121,58 +116,98 @@ func TestVerifyingWriteTo(t *testing.T) {
 		{name: "single chunk tampered", script: []read{{data: []byte("small blop"), err: io.EOF}}, want: small, err: ErrDigestMismatch, maxOut: 0},
 		{name: "truncated", script: chunks(blob[:len(blob)-1], 100_000, io.EOF), want: blob, err: ErrDigestMismatch, maxOut: len(blob) - 1},
 		{name: "too long", script: chunks(append(append([]byte(nil), blob...), 'x'), 100_000, io.EOF), want: blob, err: ErrDigestMismatch, maxOut: len(blob)},
-		{name: "upstream error", script: []read{{data: blob[:200_000]}, {data: blob[200_000:300_000], err: errReset}}, want: blob, err: errReset, maxOut: 200_000},
+		{name: "upstream error", script: []read{{data: blob[:20_000]}, {data: blob[20_000:30_000], err: errReset}}, want: blob, err: errReset, maxOut: 20_000},
 		{name: "writer error", script: chunks(blob, 100_000, io.EOF), want: blob, w: &limitedWriter{max: 150_000}, err: errWriterGone, maxOut: 150_000},
 		{name: "short write", script: chunks(blob, 100_000, io.EOF), want: blob, w: &limitedWriter{max: 150_000, short: true}, err: io.ErrShortWrite, maxOut: 150_000},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			var sent []byte
-			for _, r := range tc.script {
-				sent = append(sent, r.data...)
+		for _, large := range []bool{false, true} {
+			name := tc.name
+			if large {
+				name += ", large buffers"
 			}
-			synctest.Test(t, func(t *testing.T) {
-				v := newVerifying(tc.script, tc.want)
-				w := tc.w
-				if w == nil {
-					w = &limitedWriter{max: len(blob) + 1}
-				}
-				n, err := v.WriteTo(w)
-				if n != int64(w.Len()) {
-					t.Errorf("WriteTo reported %d bytes, writer got %d", n, w.Len())
-				}
-				if tc.err == nil {
-					if err != nil {
-						t.Fatalf("WriteTo: %v", err)
-					}
-					if !bytes.Equal(w.Bytes(), tc.want) {
-						t.Fatalf("wrote %d bytes, not the blob (%d bytes)", w.Len(), len(tc.want))
-					}
-					if m, err := v.Read(make([]byte, 1)); m != 0 || err != io.EOF {
-						t.Errorf("Read after the stream = %d, %v; want 0, EOF", m, err)
-					}
-					return
-				}
-				if !errors.Is(err, tc.err) {
-					t.Fatalf("err = %v, want %v", err, tc.err)
-				}
-				if w.Len() > tc.maxOut {
-					t.Errorf("%d bytes reached the writer, at most %d allowed", w.Len(), tc.maxOut)
-				}
-				if !bytes.HasPrefix(sent, w.Bytes()) {
-					t.Error("bytes written are not a prefix of the stream")
-				}
-				// The failure sticks: neither Read nor another WriteTo
-				// can turn it into a clean end of stream.
-				if _, err := v.Read(make([]byte, 1)); !errors.Is(err, tc.err) {
-					t.Errorf("Read after failure = %v", err)
-				}
-				if _, err := v.WriteTo(io.Discard); !errors.Is(err, tc.err) {
-					t.Errorf("WriteTo after failure = %v", err)
-				}
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				tc.run(t, large, len(blob))
 			})
-		})
+		}
 	}
+}
+
+// writeToCase is one stream of TestVerifyingWriteTo.
+type writeToCase struct {
+	name   string
+	script []read
+	want   []byte // the blob the digest names
+	w      *limitedWriter
+	err    error // nil: the whole blob is written
+	// maxOut bounds what may reach the writer on failure.
+	maxOut int
+}
+
+func (tc writeToCase) run(t *testing.T, large bool, blobLen int) {
+	var sent []byte
+	for _, r := range tc.script {
+		sent = append(sent, r.data...)
+	}
+	// Each run consumes its own copy of the script and its own writer.
+	script := append([]read(nil), tc.script...)
+	if tc.w != nil {
+		tc.w = &limitedWriter{max: tc.w.max, short: tc.w.short}
+	}
+	synctest.Test(t, func(t *testing.T) {
+		v := newVerifying(script, tc.want)
+		w := tc.w
+		if w == nil {
+			w = &limitedWriter{max: blobLen + 1}
+		}
+		var n int64
+		var err error
+		if large {
+			budget := NewStreamBudget(2 * streamBufferSize)
+			var limited bool
+			n, limited, err = Stream(w, v, budget)
+			if limited {
+				t.Error("a budget with room for both buffers reported as limited")
+			}
+			if u := budget.InUse(); u != 0 {
+				t.Errorf("%d bytes of the budget still held after the stream", u)
+			}
+		} else {
+			n, err = v.WriteTo(w)
+		}
+		if n != int64(w.Len()) {
+			t.Errorf("WriteTo reported %d bytes, writer got %d", n, w.Len())
+		}
+		if tc.err == nil {
+			if err != nil {
+				t.Fatalf("WriteTo: %v", err)
+			}
+			if !bytes.Equal(w.Bytes(), tc.want) {
+				t.Fatalf("wrote %d bytes, not the blob (%d bytes)", w.Len(), len(tc.want))
+			}
+			if m, err := v.Read(make([]byte, 1)); m != 0 || err != io.EOF {
+				t.Errorf("Read after the stream = %d, %v; want 0, EOF", m, err)
+			}
+			return
+		}
+		if !errors.Is(err, tc.err) {
+			t.Fatalf("err = %v, want %v", err, tc.err)
+		}
+		if w.Len() > tc.maxOut {
+			t.Errorf("%d bytes reached the writer, at most %d allowed", w.Len(), tc.maxOut)
+		}
+		if !bytes.HasPrefix(sent, w.Bytes()) {
+			t.Error("bytes written are not a prefix of the stream")
+		}
+		// The failure sticks: neither Read nor another WriteTo
+		// can turn it into a clean end of stream.
+		if _, err := v.Read(make([]byte, 1)); !errors.Is(err, tc.err) {
+			t.Errorf("Read after failure = %v", err)
+		}
+		if _, err := v.WriteTo(io.Discard); !errors.Is(err, tc.err) {
+			t.Errorf("WriteTo after failure = %v", err)
+		}
+	})
 }
 
 // TestVerifyingReadThenWriteTo checks that a stream partly consumed with
@@ -473,5 +508,181 @@ func TestExactReader(t *testing.T) {
 				t.Errorf("the failure did not stick: %v", err)
 			}
 		})
+	}
+}
+
+// gateWriter blocks its first Write until open is closed, recording the
+// capacity of the buffer it was handed: the size of the stream buffer the
+// bytes sit in while the client does not take them.
+type gateWriter struct {
+	bytes.Buffer
+	open    chan struct{}
+	blocked bool
+	bufCap  int
+}
+
+func (g *gateWriter) Write(p []byte) (int, error) {
+	if !g.blocked {
+		g.blocked = true
+		g.bufCap = cap(p)
+		<-g.open
+	}
+	return g.Buffer.Write(p)
+}
+
+// TestStreamBudgetBoundsStalledStreams stalls more streams than the budget
+// has room for: the large buffers held stay within the budget, the streams
+// beyond it hold small buffers and report it, and every stream still
+// delivers its verified blob once its writer moves again and gives back
+// all it took.
+func TestStreamBudgetBoundsStalledStreams(t *testing.T) {
+	t.Parallel()
+	blob := make([]byte, 3*streamBufferSize+999)
+	for i := range blob {
+		blob[i] = byte(i * 13)
+	}
+	synctest.Test(t, func(t *testing.T) {
+		const streams = 5
+		budget := NewStreamBudget(2 * streamBufferSize) // one stream's pair
+		open := make(chan struct{})
+		type result struct {
+			n       int64
+			limited bool
+			err     error
+		}
+		writers := make([]*gateWriter, streams)
+		results := make([]result, streams)
+		done := make(chan struct{})
+		for i := range streams {
+			writers[i] = &gateWriter{open: open}
+			v := newVerifying(chunks(blob, streamBufferSize, io.EOF), blob)
+			go func() {
+				defer func() { done <- struct{}{} }()
+				n, limited, err := Stream(writers[i], v, budget)
+				results[i] = result{n, limited, err}
+			}()
+		}
+		synctest.Wait() // every stream is blocked in its first write
+
+		if u := budget.InUse(); u > budget.Limit() {
+			t.Errorf("stalled streams hold %d bytes of large buffers, budget %d", u, budget.Limit())
+		}
+		small := 0
+		for _, w := range writers {
+			if w.bufCap <= smallStreamBufferSize {
+				small++
+			}
+		}
+		// At most two streams can hold a large buffer (one each, or one
+		// stream both); the rest stalled on small ones.
+		if small < streams-2 {
+			t.Errorf("%d of %d stalled streams on small buffers, want at least %d", small, streams, streams-2)
+		}
+
+		close(open)
+		for range streams {
+			<-done
+		}
+		limited := 0
+		for i, r := range results {
+			if r.err != nil || !bytes.Equal(writers[i].Bytes(), blob) {
+				t.Fatalf("stream %d: %d bytes, %v", i, r.n, r.err)
+			}
+			if r.limited {
+				limited++
+			}
+		}
+		if limited < streams-2 {
+			t.Errorf("%d streams reported the budget exhausted, want at least %d", limited, streams-2)
+		}
+		if u := budget.InUse(); u != 0 {
+			t.Errorf("%d bytes of the budget still held after every stream ended", u)
+		}
+	})
+}
+
+// capWriter records the capacity of every buffer handed to Write and
+// calls onWrite after the first.
+type capWriter struct {
+	bytes.Buffer
+	caps    []int
+	onWrite func()
+}
+
+func (c *capWriter) Write(p []byte) (int, error) {
+	c.caps = append(c.caps, cap(p))
+	if len(c.caps) == 1 && c.onWrite != nil {
+		c.onWrite()
+	}
+	return c.Buffer.Write(p)
+}
+
+// TestStreamTakesRoomWhenFreed starts a stream while the budget is full
+// and frees it mid-stream: the stream moves to large buffers for the rest
+// and still reports that it was limited. A stream with no budget at all
+// never uses large buffers.
+func TestStreamTakesRoomWhenFreed(t *testing.T) {
+	t.Parallel()
+	blob := make([]byte, 4*streamBufferSize)
+	for i := range blob {
+		blob[i] = byte(i * 5)
+	}
+	for _, verified := range []bool{true, false} {
+		t.Run(fmt.Sprintf("verified=%v", verified), func(t *testing.T) {
+			t.Parallel()
+			body := func() io.Reader {
+				script := chunks(blob, streamBufferSize, io.EOF)
+				if verified {
+					return newVerifying(script, blob)
+				}
+				return &scriptedBody{script: script}
+			}
+			budget := NewStreamBudget(2 * streamBufferSize)
+			if !budget.tryAcquire(2 * streamBufferSize) {
+				t.Fatal("empty budget refused")
+			}
+			w := &capWriter{onWrite: func() { budget.release(2 * streamBufferSize) }}
+			n, limited, err := Stream(w, body(), budget)
+			if err != nil || n != int64(len(blob)) || !bytes.Equal(w.Bytes(), blob) {
+				t.Fatalf("Stream: %d bytes, %v", n, err)
+			}
+			if !limited {
+				t.Error("a stream that started on small buffers did not report the budget exhausted")
+			}
+			if w.caps[0] > smallStreamBufferSize {
+				t.Errorf("first write from a %d-byte buffer while the budget was full", w.caps[0])
+			}
+			if last := w.caps[len(w.caps)-1]; last != streamBufferSize {
+				t.Errorf("last write from a %d-byte buffer after the budget was freed, want %d", last, streamBufferSize)
+			}
+			if u := budget.InUse(); u != 0 {
+				t.Errorf("%d bytes of the budget still held", u)
+			}
+
+			w = &capWriter{}
+			if _, limited, err := Stream(w, body(), nil); err != nil || !limited || !bytes.Equal(w.Bytes(), blob) {
+				t.Fatalf("Stream without a budget: limited %v, %v", limited, err)
+			}
+			if m := slices.Max(w.caps); m > smallStreamBufferSize {
+				t.Errorf("a stream without a budget wrote from a %d-byte buffer", m)
+			}
+		})
+	}
+}
+
+// TestStreamWithholdsFailedRead checks that bytes arriving together with
+// a read error never reach the writer, for a body that is not hashed
+// (a part of a blob).
+func TestStreamWithholdsFailedRead(t *testing.T) {
+	t.Parallel()
+	errReset := errors.New("connection reset")
+	body := &scriptedBody{script: []read{{data: []byte("0123456789")}, {data: []byte("abcdef"), err: errReset}}}
+	var out bytes.Buffer
+	n, _, err := Stream(&out, body, NewStreamBudget(1<<30))
+	if !errors.Is(err, errReset) {
+		t.Fatalf("err = %v, want the read error", err)
+	}
+	if n != 10 || out.String() != "0123456789" {
+		t.Fatalf("wrote %d bytes %q, want only those read cleanly", n, out.String())
 	}
 }
