@@ -4,7 +4,7 @@ BIN       ?= bin/portcullis
 PKGS      := ./...
 E2E_BIN   ?= /usr/local/e2e/bin
 
-.PHONY: all build demo run test vet lint fmt-check race fuzz bench e2e e2e-install e2e-selfcheck mutate docker clean
+.PHONY: all build demo run test vet lint fmt-check race fuzz bench soak e2e e2e-install e2e-selfcheck mutate docker clean
 
 all: build
 
@@ -51,6 +51,12 @@ fuzz:
 bench:
 	$(GO) run ./test/bench $(BENCHFLAGS)
 
+## soak: mixed load, upstream crashes and hostile clients against the built proxy
+## for SOAK_DURATION (10m by default); not part of test. SOAKFLAGS="-out soak.md" also writes the report.
+SOAK_DURATION ?= 10m
+soak:
+	$(GO) run ./test/soak -duration $(SOAK_DURATION) $(SOAKFLAGS)
+
 ## e2e: the real-tool suite (registry, cosign, crane, skopeo, oras, regctl, containerd)
 e2e-install:
 	./test/e2e/install.sh all
@@ -72,7 +78,7 @@ MUTATE_WORKERS   ?= 1
 # (gremlins' default of 3 times out good runs on a loaded 2-core machine).
 MUTATE_TIMEOUT_COEFFICIENT ?= 10
 # In proxy/ only the files that decide are mutated, not the HTTP plumbing.
-MUTATE_PROXY_FILES := manifest.go lineage.go blob.go
+MUTATE_PROXY_FILES := manifest.go lineage.go blob.go flight.go
 mutate:
 	@test -x bin/gremlins-$(GREMLINS_VERSION) || GOBIN=$(CURDIR)/bin/.tools $(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@$(GREMLINS_VERSION)
 	@test -x bin/gremlins-$(GREMLINS_VERSION) || mv bin/.tools/gremlins bin/gremlins-$(GREMLINS_VERSION)

@@ -14,7 +14,13 @@
 //     provenance chain (model, base model, dataset, corpus) must verify,
 //     and the engine's CPU for one whole walk;
 //   - in-process verification CPU per subject and the heap cost of a full
-//     verdict cache.
+//     verdict cache;
+//   - attacks on fresh Portcullis processes (package hostile): evidence and
+//     predicate bombs (RSS growth and time to the deny, one pull and three
+//     at once), a flood of abandoned requests through a tarpit upstream
+//     (goroutines, descriptors and held upstream requests afterwards) and
+//     hundreds of clients that never read an allowed blob (RSS per stalled
+//     stream).
 //
 // The program trusts nothing it measures: every response status and length
 // is checked, and a failed request is reported, never timed as a success.
@@ -25,5 +31,5 @@
 //
 // Usage:
 //
-//	go run ./test/bench [-quick] [-out FILE] [-portcullis PATH]
+//	go run ./test/bench [-quick] [-out FILE] [-portcullis PATH] [-only PHASES] [-rss-limit MiB]
 package main

@@ -54,9 +54,16 @@ func main() {
 	quick := flag.Bool("quick", false, "smaller request counts; skip the 1 GiB blob")
 	out := flag.String("out", "", "also write the markdown report to `FILE`")
 	pcBin := flag.String("portcullis", "", "portcullis binary to run (default: build ./cmd/portcullis)")
+	only := flag.String("only", "", "run only these comma-separated `phases`: "+strings.Join(phaseNames, ","))
+	rssLimitMiB := flag.Int64("rss-limit", 4096, "kill a Portcullis under attack whose RSS passes this many `MiB`")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		flag.Usage()
+		os.Exit(2)
+	}
+	sel, err := parsePhases(*only)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
 
@@ -81,7 +88,7 @@ func main() {
 	if *quick {
 		sz = quickSizes
 	}
-	res, err := run(ctx, sz, *quick, *pcBin)
+	res, err := run(ctx, sz, *quick, *pcBin, sel, *rssLimitMiB<<20)
 	teardown.run()
 	cancel()
 	if res != nil {
@@ -122,6 +129,8 @@ type bench struct {
 	relay      *target
 	relaySpy   *spy
 	pc         *portcullis
+	sel        phaseSet
+	rssLimit   int64 // bytes; the attack phases' watchdog limit
 	small      []name.Digest
 	herdDigest name.Digest
 	big, huge  *fileLayer
@@ -131,40 +140,59 @@ type bench struct {
 
 // run performs every measurement. It returns what it measured so far even
 // when a later phase fails, so a partial report is still printed.
-func run(ctx context.Context, sz sizes, quick bool, pcBin string) (*results, error) {
+func run(ctx context.Context, sz sizes, quick bool, pcBin string, sel phaseSet, rssLimit int64) (*results, error) {
 	res := &results{started: time.Now(), quick: quick, env: environment()}
 	defer func() { res.elapsed = time.Since(res.started) }()
-	b := &bench{client: newClient(), sz: sz, res: res}
+	if sel != nil {
+		res.notes = append(res.notes, "phases: "+sel.String())
+	}
+	b := &bench{client: newClient(), sz: sz, res: res, sel: sel, rssLimit: rssLimit}
 	if err := b.setup(ctx, pcBin); err != nil {
 		return nil, err
 	}
-	if err := b.manifests(ctx); err != nil {
-		return res, err
+	if sel.has(phaseManifests) {
+		if err := b.manifests(ctx); err != nil {
+			return res, err
+		}
 	}
-	if err := b.blobs(ctx); err != nil {
-		return res, err
+	if sel.has(phaseBlobs) {
+		if err := b.blobs(ctx); err != nil {
+			return res, err
+		}
 	}
 	var err error
-	if res.pcMem, err = readMem(b.pc.proc.pid()); err != nil {
-		return res, err
-	}
-	b.pc.proc.stop()
-
-	logf("herd of %d clients", sz.herd)
-	if err := b.herd(ctx); err != nil {
-		return res, err
+	if b.pc != nil {
+		if res.pcMem, err = readMem(b.pc.proc.pid()); err != nil {
+			return res, err
+		}
+		b.pc.proc.stop()
 	}
 
-	if err := b.lineage(ctx); err != nil {
-		return res, err
+	if sel.has(phaseHerd) {
+		logf("herd of %d clients", sz.herd)
+		if err := b.herd(ctx); err != nil {
+			return res, err
+		}
 	}
 
-	logf("in-process verification and verdict cache")
-	if res.verify, err = measureVerify(ctx, sz.verifyRuns); err != nil {
-		return res, fmt.Errorf("in-process verification: %w", err)
+	if sel.has(phaseLineage) {
+		if err := b.lineage(ctx); err != nil {
+			return res, err
+		}
 	}
-	res.verdictN = sz.verdicts
-	if res.verdictHeap, err = measureVerdictHeap(sz.verdicts); err != nil {
+
+	if sel.has(phaseInProcess) {
+		logf("in-process verification and verdict cache")
+		if res.verify, err = measureVerify(ctx, sz.verifyRuns); err != nil {
+			return res, fmt.Errorf("in-process verification: %w", err)
+		}
+		res.verdictN = sz.verdicts
+		if res.verdictHeap, err = measureVerdictHeap(sz.verdicts); err != nil {
+			return res, err
+		}
+	}
+
+	if err := b.attacks(ctx); err != nil {
 		return res, err
 	}
 	return res, nil
@@ -211,20 +239,29 @@ func (b *bench) setup(ctx context.Context, pcBin string) error {
 		return err
 	}
 	b.pub = signer.PublicKeyPEM()
-	logf("pushing %d small signed images", b.sz.small+1)
-	if b.small, err = pushSignedSmall(ctx, b.direct.host, "bench/small", b.sz.small, signer); err != nil {
-		return err
+	// Content, peers and the shared Portcullis only for the phases that
+	// use them; the lineage and attack phases push and start their own.
+	sel := b.sel
+	if sel.has(phaseManifests) {
+		logf("pushing %d small signed images", b.sz.small)
+		if b.small, err = pushSignedSmall(ctx, b.direct.host, "bench/small", b.sz.small, signer); err != nil {
+			return err
+		}
 	}
-	herd, err := pushSignedSmall(ctx, b.direct.host, "bench/herd", 1, signer)
-	if err != nil {
-		return err
+	if sel.has(phaseHerd) {
+		herd, err := pushSignedSmall(ctx, b.direct.host, "bench/herd", 1, signer)
+		if err != nil {
+			return err
+		}
+		b.herdDigest = herd[0]
 	}
-	b.herdDigest = herd[0]
-	logf("writing and pushing the %d MiB layer", b.sz.bigMiB)
-	if b.big, b.bigDigest, err = bigImage(ctx, dir, b.direct.host, "bench/big", b.sz.bigMiB, 1, signer); err != nil {
-		return err
+	if sel.has(phaseBlobs) {
+		logf("writing and pushing the %d MiB layer", b.sz.bigMiB)
+		if b.big, b.bigDigest, err = bigImage(ctx, dir, b.direct.host, "bench/big", b.sz.bigMiB, 1, signer); err != nil {
+			return err
+		}
 	}
-	if b.sz.hugeMiB > 0 {
+	if sel.has(phaseBlobs) && b.sz.hugeMiB > 0 {
 		logf("writing and pushing the %d MiB layer", b.sz.hugeMiB)
 		if b.huge, b.hugeDigest, err = bigImage(ctx, dir, b.direct.host, "bench/huge", b.sz.hugeMiB, 2, signer); err != nil {
 			return err
@@ -233,15 +270,20 @@ func (b *bench) setup(ctx context.Context, pcBin string) error {
 
 	// distribution's proxy mode panics if its remote is down, so it starts
 	// only now that the direct registry answers.
-	if lookErr == nil {
+	if lookErr == nil && sel.has(phaseManifests, phaseBlobs) {
 		if b.distProxy, err = startDistribution(ctx, b.client, distBin, dir, "distribution-proxy", b.direct.url()); err != nil {
 			return err
 		}
 	}
-	if b.relaySpy, err = startSpy(b.direct.url()); err != nil {
-		return err
+	if sel.has(phaseManifests, phaseBlobs, phaseHerd) {
+		if b.relaySpy, err = startSpy(b.direct.url()); err != nil {
+			return err
+		}
+		b.relay = &target{name: "go-relay (no checks)", host: b.relaySpy.host}
 	}
-	b.relay = &target{name: "go-relay (no checks)", host: b.relaySpy.host}
+	if !sel.has(phaseManifests, phaseBlobs) {
+		return nil
+	}
 	logf("starting portcullis")
 	b.pc, err = startPortcullis(ctx, b.client, pcBin, dir, "portcullis", b.direct.url(), b.pub)
 	return err
@@ -597,5 +639,5 @@ func evaluate(r *results) []goal {
 			measured: fmtMiB(r.verdictHeap), want: "≤ 32 MiB", pass: r.verdictHeap <= 32<<20,
 		})
 	}
-	return gs
+	return append(gs, r.attacks.goals()...)
 }

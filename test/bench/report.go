@@ -65,6 +65,7 @@ type results struct {
 	verdictHeap int64
 	verdictN    int
 	pcMem       memStatus
+	attacks     *attackResults
 	goals       []goal
 }
 
@@ -313,6 +314,10 @@ func (r *results) markdown() string {
 			p("| heap for %d cached verdicts (cache.Verdicts) | %s (%.0f B each) |", r.verdictN, fmtMiB(r.verdictHeap), float64(r.verdictHeap)/float64(r.verdictN))
 		}
 		p("")
+	}
+
+	if r.attacks != nil {
+		b.WriteString(r.attacks.markdown())
 	}
 
 	p("### Targets")
