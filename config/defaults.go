@@ -35,7 +35,7 @@ const (
 	DefaultClientConnections   = 4096
 	DefaultClientIdleTimeout   = 60 * time.Second
 	DefaultHeaderBytes         = 64 << 10
-	DefaultStreamBufferBytes   = 64 << 20
+	DefaultStreamBufferBytes   = 16 << 20
 	DefaultLogLevel            = "info"
 	DefaultLogFormat           = "json"
 	// DefaultTlogThreshold and DefaultTimestampThreshold require one

@@ -54,7 +54,8 @@ var blobHeaders = []string{"Range", "If-Range", "If-None-Match", "If-Match", "If
 // streaming: it hashes concurrently with the copy and never writes the
 // final chunk of a mismatching blob.
 func (c *Client) OpenBlob(ctx context.Context, method, repo string, digest v1.Hash, size int64, hdr http.Header) (*http.Response, error) {
-	return c.openBlob(ctx, method, repo, digest, size, hdr, true)
+	// Client streams use their own connection pool (see pools).
+	return c.openBlob(context.WithValue(ctx, streamKey{}, true), method, repo, digest, size, hdr, true)
 }
 
 // openBlob is OpenBlob; without needLength a 200 of unknown length is

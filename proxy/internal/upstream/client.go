@@ -173,10 +173,11 @@ func New(cfg Config) (*Client, error) {
 			guard.lookup = cfg.lookup
 		}
 		guard.mapAddr = cfg.mapAddr
-		base, err = newTransport(cfg.RootCAs, cfg.Insecure, timeout, maxConns, guard)
+		verifyPool, err := newTransport(cfg.RootCAs, cfg.Insecure, timeout, maxConns, guard)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
 		}
+		base = &pools{verify: verifyPool, stream: verifyPool.Clone()}
 	} else {
 		if len(cfg.RootCAs) > 0 {
 			return nil, fmt.Errorf("upstream %s: root CAs cannot be applied to a custom transport", cfg.Name)
@@ -250,6 +251,26 @@ func newTransport(rootCAs []byte, insecure bool, timeout time.Duration, maxConns
 	// transparent decompression would only hide the real Content-Length.
 	t.DisableCompression = true
 	return t, nil
+}
+
+// pools keeps two connection pools per upstream, each capped at MaxConns
+// per host: one for blob bodies relayed to clients (OpenBlob) and one for
+// everything a verification reads. A stream holds its connection for as
+// long as its client takes to read, so clients that stop reading could
+// otherwise hold every connection until the client idle timeout, and no
+// pull could be verified meanwhile. They can only exhaust the stream pool.
+type pools struct {
+	verify, stream *http.Transport
+}
+
+// streamKey marks a request context as a client's blob stream.
+type streamKey struct{}
+
+func (p *pools) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Context().Value(streamKey{}) != nil {
+		return p.stream.RoundTrip(r)
+	}
+	return p.verify.RoundTrip(r)
 }
 
 // schemeGuard refuses plain http unless the upstream is insecure. It sits

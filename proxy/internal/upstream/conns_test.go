@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/portcullis-oci/portcullis/verify"
 )
 
 func TestMaxConnsDefaults(t *testing.T) {
@@ -22,9 +24,14 @@ func TestMaxConnsDefaults(t *testing.T) {
 		{3, 3},
 	} {
 		c := newTestClient(t, Config{URL: "https://r.example", MaxConns: tc.set})
-		tr := c.bare.(*schemeGuard).inner.(*http.Transport)
-		if tr.MaxConnsPerHost != tc.want || tr.MaxIdleConnsPerHost > tc.want {
-			t.Errorf("MaxConns %d: transport allows %d connections, keeps %d idle per host", tc.set, tr.MaxConnsPerHost, tr.MaxIdleConnsPerHost)
+		p := c.bare.(*schemeGuard).inner.(*pools)
+		for _, tr := range []*http.Transport{p.verify, p.stream} {
+			if tr.MaxConnsPerHost != tc.want || tr.MaxIdleConnsPerHost > tc.want {
+				t.Errorf("MaxConns %d: transport allows %d connections, keeps %d idle per host", tc.set, tr.MaxConnsPerHost, tr.MaxIdleConnsPerHost)
+			}
+		}
+		if p.verify == p.stream {
+			t.Error("client streams and verification share one pool")
 		}
 	}
 	if _, err := New(Config{Name: "x", URL: "https://r.example", MaxConns: -1}); err == nil {
@@ -77,7 +84,7 @@ func TestMaxConnsPerHost(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_, err := c.GetManifest(context.Background(), "app", "v1", nil)
+	_, err := c.OpenBlob(context.Background(), http.MethodGet, "app", d, 1000, nil)
 	if !errors.Is(err, ErrConnLimit) {
 		t.Fatalf("err = %v, want ErrConnLimit", err)
 	}
@@ -86,5 +93,13 @@ func TestMaxConnsPerHost(t *testing.T) {
 	}
 	if n := conns.Load(); n != maxConns {
 		t.Errorf("upstream saw %d connections, want %d", n, maxConns)
+	}
+	// Streams that clients stopped reading hold only the stream pool:
+	// verification still reaches the upstream, on a pool of its own.
+	if _, err := c.GetManifest(context.Background(), "app", "v1", nil); !errors.Is(err, verify.ErrNotFound) {
+		t.Fatalf("manifest while every stream connection is busy: %v, want the upstream's 404", err)
+	}
+	if n := conns.Load(); n != maxConns+1 {
+		t.Errorf("upstream saw %d connections, want %d", n, maxConns+1)
 	}
 }

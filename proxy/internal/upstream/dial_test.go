@@ -360,7 +360,7 @@ func TestRedirectThroughProxyChecksLiterals(t *testing.T) {
 			up := redirectingUpstream(t, tc.location)
 			c := newTestClient(t, disguise(Config{URL: "http://registry.test", Insecure: true, Auth: testCreds},
 				"registry.test", map[string]string{"registry.test": up.host()}))
-			tr := c.bare.(*schemeGuard).inner.(*http.Transport)
+			tr := c.bare.(*schemeGuard).inner.(*pools).verify
 			tr.Proxy = c.guard.proxy(func(r *http.Request) (*url.URL, error) {
 				if r.URL.Hostname() == "registry.test" {
 					return nil, nil
