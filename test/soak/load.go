@@ -139,18 +139,6 @@ func (t *tally) outcomes(class string) []string {
 	return out
 }
 
-// refusedOK reports whether a refused class only got refusals.
-func (t *tally) refusedOK(class string) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for k := range t.byClass[class] {
-		if k == "200" || k == "206" {
-			return false
-		}
-	}
-	return true
-}
-
 // checker makes requests and judges their answers.
 type checker struct {
 	client  *http.Client
