@@ -67,7 +67,10 @@
 //
 // Config.MaxConns caps connections per host (default 64), the upstream's
 // and each storage host's; a request that finds them all busy waits for
-// one within its timeout and then fails with ErrConnLimit. A response
+// one within its timeout and then fails with ErrConnLimit. The cap holds
+// separately for OpenBlob, whose connections last as long as a client
+// takes to read, and for everything else, so streams to clients that stop
+// reading cannot take the connections verification needs. A response
 // body that receives no byte for Config.IdleTimeout (default 30s) while
 // it is being read is aborted with ErrUpstreamStalled; time the caller
 // spends between reads (writing to a slow client) does not count.
