@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // waitFor polls cond until it holds, failing the test after a generous
@@ -329,5 +330,42 @@ func TestVerifyLimiterConcurrent(t *testing.T) {
 	wg.Wait()
 	if p := peak.Load(); p > maxN || p == 0 {
 		t.Fatalf("peak of %d holding a slot, max %d", p, maxN)
+	}
+}
+
+// TestOverloadWarningIsRateLimited: a flood of rejections is one warning
+// per interval for the operator, carrying how many were rejected since the
+// last one, not one line per refused request.
+func TestOverloadWarningIsRateLimited(t *testing.T) {
+	t.Parallel()
+	l, _ := newLimiterForTest(t, WithMaxVerifications(1), WithVerifyQueue(0, time.Hour))
+	core, logs := observer.New(zap.WarnLevel)
+	l.log = zap.New(core)
+	release, err := l.acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	for range 5 {
+		if _, err := l.acquire(context.Background()); err == nil {
+			t.Fatal("acquired a slot past the maximum")
+		}
+	}
+	warns := logs.FilterMessage("verifications rejected: too many at once").All()
+	if len(warns) != 1 {
+		t.Fatalf("%d warnings for 5 rejections within the interval, want 1", len(warns))
+	}
+	if f := warns[0].ContextMap(); f["rejected"] != int64(1) || f["reason"] != rejectQueueFull || f["max_verifications"] != int64(1) {
+		t.Errorf("warning fields %v", f)
+	}
+	// Past the interval the next rejection warns again, with the count of
+	// those the first warning did not report.
+	l.lastWarn.Store(time.Now().Add(-overloadLogInterval).UnixNano())
+	if _, err := l.acquire(context.Background()); err == nil {
+		t.Fatal("acquired a slot past the maximum")
+	}
+	warns = logs.FilterMessage("verifications rejected: too many at once").All()
+	if len(warns) != 2 || warns[1].ContextMap()["rejected"] != int64(5) {
+		t.Fatalf("after the interval: %d warnings, last %v; want a second one reporting 5", len(warns), warns[len(warns)-1].ContextMap())
 	}
 }
