@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/portcullis-oci/portcullis/test/bench/hostile"
 	"github.com/portcullis-oci/portcullis/test/fixtures"
+	"github.com/portcullis-oci/portcullis/test/internal/harness"
 )
 
 // Targets of the bounded-resources work, checked (printed, not asserted)
@@ -188,44 +187,21 @@ func (b *bench) attacks(ctx context.Context) error {
 // attackConfig is the default bench config plus a boundary over
 // bench/pbomb that requires SLSA provenance, so the predicate bomb's
 // statements are read where a rule asks for them.
-func attackConfig(port, adminPort int, upstream string) string {
-	return benchConfig(port, adminPort, upstream, "", `  - name: attested
-    match: {upstream: "*", repositories: ["bench/pbomb"]}
-    mode: enforce
-    signatures:
-      threshold: 1
-      authorities:
-        - {name: bench, key: bench-key}
-    attestations:
-      - name: provenance
-        predicate_type: "https://slsa.dev/provenance/v1"
-        authorities: [bench]
-`)
+func attackConfig(upstream string) harness.Config {
+	return benchConfig(upstream, nil, harness.Boundary{
+		Name: "attested", Upstream: "*", Repositories: []string{"bench/pbomb"}, Provenance: true,
+	})
 }
 
-// startOwned starts a Portcullis and checks that its listeners are its
-// own: a free port picked by the bench could have been taken by another
-// process before the child bound it.
-func (b *bench) startOwned(ctx context.Context, name, upstream string, pub []byte) (*portcullis, error) {
-	pc, err := startPortcullisWith(ctx, b.client, b.pcBin, b.dir, name, upstream, pub, attackConfig)
-	if err != nil {
-		return nil, err
-	}
-	for _, hp := range []string{pc.host, pc.admin} {
-		_, ps, _ := net.SplitHostPort(hp)
-		port, _ := strconv.Atoi(ps)
-		if err := hostile.OwnsPort(pc.proc.pid(), port); err != nil {
-			pc.proc.stop()
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-	}
-	return pc, nil
+// startAttacked starts a Portcullis with attackConfig.
+func (b *bench) startAttacked(ctx context.Context, name, upstream string, pub []byte) (*portcullis, error) {
+	return startPortcullisWith(ctx, b.client, b.pcBin, b.dir, name, pub, attackConfig(upstream))
 }
 
 func (pc *portcullis) metricsURL() string { return "http://" + pc.admin + "/metrics" }
 
 func (b *bench) observe(ctx context.Context, pc *portcullis) (hostile.Stats, error) {
-	return hostile.Observe(ctx, b.client, pc.proc.pid(), pc.metricsURL())
+	return hostile.Observe(ctx, b.client, pc.proc.Pid(), pc.metricsURL())
 }
 
 // bombs pushes both bombs, each for 1 + bombConcurrentPulls subjects, and
@@ -268,7 +244,7 @@ func (b *bench) bombs(ctx context.Context, ar *attackResults, signer *fixtures.K
 		g.SetLimit(2)
 		for i := range n {
 			g.Go(func() error {
-				defer teardown.guard()
+				defer teardown.Guard()
 				ref, err := name.ParseReference(fmt.Sprintf("%s/%s:s%d", host, k.repo, i), name.Insecure)
 				if err != nil {
 					return err
@@ -306,30 +282,30 @@ func (b *bench) bombs(ctx context.Context, ar *attackResults, signer *fixtures.K
 
 func (b *bench) bombRun(ctx context.Context, limit int64, ok name.Digest, subjects []name.Digest, pub []byte) (bombRun, error) {
 	r := bombRun{pulls: len(subjects)}
-	pc, err := b.startOwned(ctx, fmt.Sprintf("portcullis-bomb-%d", len(subjects)), b.direct.url(), pub)
+	pc, err := b.startAttacked(ctx, fmt.Sprintf("portcullis-bomb-%d", len(subjects)), b.direct.url(), pub)
 	if err != nil {
 		return r, err
 	}
-	defer pc.proc.stop()
+	defer pc.proc.Stop()
 	// One allowed pull first, so the baseline includes a verification's
 	// ordinary working set.
 	if err := do(ctx, b.client, http.MethodGet, manifestURL(&pc.target, ok), http.StatusOK); err != nil {
 		return r, fmt.Errorf("warm-up pull: %w", err)
 	}
-	pid := pc.proc.pid()
+	pid := pc.proc.Pid()
 	if r.before, err = b.observe(ctx, pc); err != nil {
 		return r, err
 	}
 	if err := hostile.ResetPeak(pid); err != nil {
 		return r, fmt.Errorf("VmHWM cannot be reset, so a bomb's peak cannot be told from earlier ones: %w", err)
 	}
-	wd := hostile.Watch(pid, 5*time.Millisecond, limit, func() { _ = pc.proc.cmd.Process.Kill() })
+	wd := hostile.Watch(pid, 5*time.Millisecond, limit, pc.proc.KillNow)
 	r.outcomes = make([]pullOutcome, len(subjects))
 	var wg sync.WaitGroup
 	for i, d := range subjects {
 		wg.Add(1)
 		go func() {
-			defer teardown.guard()
+			defer teardown.Guard()
 			defer wg.Done()
 			r.outcomes[i] = pullOnce(ctx, manifestURL(&pc.target, d))
 		}()
@@ -380,13 +356,13 @@ func (b *bench) flood(ctx context.Context, az attackSizes, pub []byte) (*floodOu
 	if err != nil {
 		return nil, err
 	}
-	teardown.add(tp.Close)
+	teardown.Add(tp.Close)
 	defer tp.Close()
-	pc, err := b.startOwned(ctx, "portcullis-flood", tp.URL, pub)
+	pc, err := b.startAttacked(ctx, "portcullis-flood", tp.URL, pub)
 	if err != nil {
 		return nil, err
 	}
-	defer pc.proc.stop()
+	defer pc.proc.Stop()
 	fo := &floodOutcome{n: az.floodN, conc: az.floodConc, abandon: az.floodAbandon, settleLimit: az.settle}
 	if fo.before, err = b.observe(ctx, pc); err != nil {
 		return nil, err
@@ -395,7 +371,7 @@ func (b *bench) flood(ctx context.Context, az attackSizes, pub []byte) (*floodOu
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() {
-		defer teardown.guard()
+		defer teardown.Guard()
 		defer close(sampled)
 		for {
 			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -460,11 +436,11 @@ func (b *bench) stall(ctx context.Context, az attackSizes, signer *fixtures.KeyS
 	if err != nil {
 		return nil, err
 	}
-	pc, err := b.startOwned(ctx, "portcullis-stall", b.direct.url(), signer.PublicKeyPEM())
+	pc, err := b.startAttacked(ctx, "portcullis-stall", b.direct.url(), signer.PublicKeyPEM())
 	if err != nil {
 		return nil, err
 	}
-	defer pc.proc.stop()
+	defer pc.proc.Stop()
 	if err := do(ctx, b.client, http.MethodGet, manifestURL(&pc.target, d), http.StatusOK); err != nil {
 		return nil, fmt.Errorf("allow the stall image: %w", err)
 	}
@@ -475,7 +451,7 @@ func (b *bench) stall(ctx context.Context, az attackSizes, signer *fixtures.KeyS
 		return nil, err
 	}
 	so := &stallOutcome{n: az.stalls, blobMiB: az.stallMiB}
-	pid := pc.proc.pid()
+	pid := pc.proc.Pid()
 	if so.before, err = b.observe(ctx, pc); err != nil {
 		return nil, err
 	}
@@ -558,7 +534,7 @@ func (ar *attackResults) markdown() string {
 		if n := so.statuses["200"]; n > 0 && n < so.n {
 			answered = fmt.Sprintf(" (%.1f KiB per connection that had been answered 200)", float64(so.after.HWM-so.before.RSS)/float64(n)/1024)
 		}
-		p("Growth %s in all, %.1f KiB per stalled connection%s. Status lines the stalled clients had been sent, read after the measurement: %s.", hostile.MiB(so.after.HWM-so.before.RSS), float64(so.perConn())/1024, answered, countsText(so.statuses))
+		p("Growth %s in all, %.1f KiB per stalled connection%s. Status lines the stalled clients had been sent, read after the measurement: %s.", hostile.MiB(so.after.HWM-so.before.RSS), float64(so.perConn())/1024, answered, harness.CountsText(so.statuses))
 		p("")
 	}
 	return sb.String()
@@ -579,7 +555,7 @@ func (ar *attackResults) goals() []goal {
 					goal{name: fmt.Sprintf("%s, %s: RSS growth", br.kind, pullsText(r.pulls)), measured: fmtMiB(r.growth()), want: "< 256 MiB", pass: !r.killed && r.growth() < bombGrowthThree},
 					goal{name: fmt.Sprintf("%s, %s: RSS growth per verification", br.kind, pullsText(r.pulls)), measured: fmtMiB(r.growth() / int64(r.pulls)), want: "< 64 MiB", pass: !r.killed && r.growth()/int64(r.pulls) < bombGrowthOne})
 			}
-			gs = append(gs, goal{name: fmt.Sprintf("%s, %s: each denied (403)", br.kind, pullsText(r.pulls)), measured: answers(r.outcomes) + ", slowest " + fmtDur(r.slowest()), want: "403 in < 2 s", pass: r.allDeniedWithin(bombDenyWithin)})
+			gs = append(gs, goal{name: fmt.Sprintf("%s, %s: each denied (403)", br.kind, pullsText(r.pulls)), measured: answers(r.outcomes) + ", slowest " + harness.Duration(r.slowest()), want: "403 in < 2 s", pass: r.allDeniedWithin(bombDenyWithin)})
 		}
 	}
 	if fo := ar.flood; fo != nil {
@@ -633,30 +609,14 @@ func answers(os []pullOutcome) string {
 		}
 		m[k]++
 	}
-	return countsText(m)
-}
-
-func countsText(m map[string]int) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s ×%d", k, m[k])
-	}
-	if len(parts) == 0 {
-		return "none"
-	}
-	return strings.Join(parts, ", ")
+	return harness.CountsText(m)
 }
 
 // answerTimes lists each pull's time to its full answer.
 func answerTimes(os []pullOutcome) string {
 	parts := make([]string, len(os))
 	for i, o := range os {
-		parts[i] = fmtDur(o.latency)
+		parts[i] = harness.Duration(o.latency)
 	}
 	return strings.Join(parts, ", ")
 }

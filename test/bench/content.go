@@ -102,7 +102,7 @@ func pushSignedSmall(ctx context.Context, host, repo string, n int, s fixtures.S
 	g.SetLimit(8)
 	for i := range n {
 		g.Go(func() error {
-			defer teardown.guard()
+			defer teardown.Guard()
 			ref, err := name.ParseReference(fmt.Sprintf("%s/%s:img-%d", host, repo, i), name.Insecure)
 			if err != nil {
 				return err

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/portcullis-oci/portcullis/test/bench/hostile"
 )
 
 // Request kinds the spy distinguishes. Evidence kinds are the ones a
@@ -108,10 +110,10 @@ func startSpy(upstream string) (*spy, error) {
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
 	go func() {
-		defer teardown.guard()
+		defer teardown.Guard()
 		_ = s.srv.Serve(ln)
 	}()
-	teardown.add(func() { _ = s.srv.Close() })
+	teardown.Add(func() { _ = s.srv.Close() })
 	return s, nil
 }
 
@@ -152,7 +154,7 @@ func (h herdResult) pass() bool {
 // never seen and reports what reached the upstream.
 func runHerd(ctx context.Context, client *http.Client, pc *portcullis, s *spy, manifestURL string, clients int) (herdResult, error) {
 	s.reset()
-	before, err := pc.metric(ctx, client, "portcullis_verifications_total")
+	before, err := hostile.ScrapeMetric(ctx, client, pc.metricsURL(), "portcullis_verifications_total")
 	if err != nil {
 		return herdResult{}, err
 	}
@@ -166,7 +168,7 @@ func runHerd(ctx context.Context, client *http.Client, pc *portcullis, s *spy, m
 	for range clients {
 		wg.Add(1)
 		go func() {
-			defer teardown.guard()
+			defer teardown.Guard()
 			defer wg.Done()
 			<-gate
 			err := do(ctx, client, http.MethodGet, manifestURL, http.StatusOK)
@@ -181,7 +183,7 @@ func runHerd(ctx context.Context, client *http.Client, pc *portcullis, s *spy, m
 	}
 	close(gate)
 	wg.Wait()
-	after, err := pc.metric(ctx, client, "portcullis_verifications_total")
+	after, err := hostile.ScrapeMetric(ctx, client, pc.metricsURL(), "portcullis_verifications_total")
 	if err != nil {
 		return herdResult{}, err
 	}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/portcullis-oci/portcullis/test/fixtures"
+	"github.com/portcullis-oci/portcullis/test/internal/harness"
 	"github.com/portcullis-oci/portcullis/verify"
 )
 
@@ -82,7 +83,7 @@ func (b *bench) lineage(ctx context.Context) error {
 	g.SetLimit(4)
 	for i := range n {
 		g.Go(func() error {
-			defer teardown.guard()
+			defer teardown.Guard()
 			c, err := pushChain(gctx, host, fmt.Sprintf("c%d", i), signer, true)
 			chains[i] = c
 			return err
@@ -90,7 +91,7 @@ func (b *bench) lineage(ctx context.Context) error {
 	}
 	var denied chain
 	g.Go(func() error {
-		defer teardown.guard()
+		defer teardown.Guard()
 		c, err := pushChain(gctx, host, "unsigned-corpus", signer, false)
 		denied = c
 		return err
@@ -113,7 +114,7 @@ func (b *bench) lineage(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer pc.proc.stop()
+	defer pc.proc.Stop()
 	t := &pc.target
 	res := &lineageResult{chains: n}
 	b.res.lineage = res
@@ -163,7 +164,7 @@ func (b *bench) lineage(ctx context.Context) error {
 	if res.cached = get(roots, b.sz.lineageCached); !res.cached.ok() {
 		return fmt.Errorf("lineage: cached GET: %d errors, first: %s", res.cached.errors, res.cached.firstErr)
 	}
-	pc.proc.stop()
+	pc.proc.Stop()
 
 	logf("lineage: in-process walks")
 	walks := max(b.sz.verifyRuns/4, 1)
@@ -321,26 +322,17 @@ func envelopeText(body []byte) (string, error) {
 // provenance dependency verified three levels down. The corpus falls to
 // the catch-all, which requires a signature only: it is the leaf and has
 // no provenance to follow.
-func lineageConfig(port, adminPort int, upstream string) string {
-	return benchConfig(port, adminPort, upstream, fmt.Sprintf("[%q]", lineageAlias), `  - name: lineage
-    match: {upstream: origin, repositories: ["lineage/model", "lineage/base", "lineage/dataset"]}
-    mode: enforce
-    signatures:
-      threshold: 1
-      authorities:
-        - {name: bench, key: bench-key}
-    attestations:
-      - name: provenance
-        predicate_type: "https://slsa.dev/provenance/v1"
-        authorities: [bench]
-    lineage: {depth: 3, require: ["*"]}
-`)
+func lineageConfig(upstream string) harness.Config {
+	return benchConfig(upstream, []string{lineageAlias}, harness.Boundary{
+		Name: "lineage", Upstream: "origin", Repositories: []string{"lineage/model", "lineage/base", "lineage/dataset"},
+		Provenance: true, LineageDepth: 3,
+	})
 }
 
 // startLineagePortcullis runs the binary with lineageConfig, with the
 // verdict and manifest caches at their production defaults.
 func startLineagePortcullis(ctx context.Context, client *http.Client, bin, dir, name, upstream string, pubPEM []byte) (*portcullis, error) {
-	return startPortcullisWith(ctx, client, bin, dir, name, upstream, pubPEM, lineageConfig)
+	return startPortcullisWith(ctx, client, bin, dir, name, pubPEM, lineageConfig(upstream))
 }
 
 // lineageDeps is the engine's dependency verifier for the in-process walk:

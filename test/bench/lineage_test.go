@@ -15,7 +15,7 @@ import (
 // alias the provenance statements name routed to the one upstream.
 func TestLineageConfig(t *testing.T) {
 	t.Parallel()
-	cfg, err := config.Parse([]byte(lineageConfig(5001, 5002, "http://127.0.0.1:5000")), "lineage.yaml")
+	cfg, err := config.Parse([]byte(lineageConfig("http://127.0.0.1:5000").YAML()), "lineage.yaml")
 	if err != nil {
 		t.Fatalf("lineage config does not load: %v", err)
 	}
@@ -100,7 +100,7 @@ func TestEnvelopeText(t *testing.T) {
 }
 
 func TestDefaultConfigParses(t *testing.T) {
-	cfg, err := config.Parse([]byte(defaultConfig(5001, 5002, "http://127.0.0.1:5000")), "default.yaml")
+	cfg, err := config.Parse([]byte(defaultConfig("http://127.0.0.1:5000").YAML()), "default.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

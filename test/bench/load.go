@@ -4,12 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/portcullis-oci/portcullis/test/internal/harness"
 )
 
 // manifestAccept is what containerd sends: every manifest and index type.
@@ -18,21 +19,14 @@ const manifestAccept = "application/vnd.oci.image.manifest.v1+json, " +
 	"application/vnd.docker.distribution.manifest.v2+json, " +
 	"application/vnd.docker.distribution.manifest.list.v2+json"
 
-// newClient is the one HTTP client of the bench: keep-alive with enough idle
+// newClient is the one HTTP client of the bench, with enough idle
 // connections that the highest concurrency never redials.
 func newClient() *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        4096,
-		MaxIdleConnsPerHost: 2048,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		// Blob reads go straight into io.Discard; larger buffers keep the
-		// client from being the bottleneck of a throughput cell.
-		ReadBufferSize:  256 << 10,
-		WriteBufferSize: 16 << 10,
-	}}
+	tr := harness.NewTransport(2048)
+	// Blob reads go straight into io.Discard; larger buffers keep the
+	// client from being the bottleneck of a throughput cell.
+	tr.ReadBufferSize, tr.WriteBufferSize = 256<<10, 16<<10
+	return &http.Client{Transport: tr}
 }
 
 // probe is one kind of request sent repeatedly.
@@ -72,7 +66,7 @@ func runLoad(ctx context.Context, client *http.Client, p probe, n, conc int) cel
 	for range conc {
 		wg.Add(1)
 		go func() {
-			defer teardown.guard()
+			defer teardown.Guard()
 			defer wg.Done()
 			for {
 				i := int(next.Add(1) - 1)

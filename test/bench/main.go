@@ -7,16 +7,16 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/portcullis-oci/portcullis/test/bench/hostile"
 	"github.com/portcullis-oci/portcullis/test/fixtures"
+	"github.com/portcullis-oci/portcullis/test/internal/harness"
 )
 
 // sizes are the request counts and content sizes of one run.
@@ -67,29 +67,15 @@ func main() {
 		os.Exit(2)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		s := <-sigs
-		fmt.Fprintf(os.Stderr, "bench: %v: stopping\n", s)
-		cancel()
-		teardown.run()
-		os.Exit(130)
-	}()
-	defer func() {
-		if r := recover(); r != nil {
-			teardown.run()
-			panic(r)
-		}
-	}()
+	ctx, cancel := teardown.OnSignal("bench")
+	defer teardown.Guard()
 
 	sz := fullSizes
 	if *quick {
 		sz = quickSizes
 	}
 	res, err := run(ctx, sz, *quick, *pcBin, sel, *rssLimitMiB<<20)
-	teardown.run()
+	teardown.Run()
 	cancel()
 	if res != nil {
 		res.goals = evaluate(res)
@@ -162,10 +148,10 @@ func run(ctx context.Context, sz sizes, quick bool, pcBin string, sel phaseSet, 
 	}
 	var err error
 	if b.pc != nil {
-		if res.pcMem, err = readMem(b.pc.proc.pid()); err != nil {
+		if res.pcMem, err = hostile.ReadStats(b.pc.proc.Pid()); err != nil {
 			return res, err
 		}
-		b.pc.proc.stop()
+		b.pc.proc.Stop()
 	}
 
 	if sel.has(phaseHerd) {
@@ -206,11 +192,11 @@ func (b *bench) setup(ctx context.Context, pcBin string) error {
 		return err
 	}
 	dir := b.dir
-	teardown.add(func() { _ = os.RemoveAll(dir) })
+	teardown.Add(func() { _ = os.RemoveAll(dir) })
 
 	if pcBin == "" {
 		logf("building ./cmd/portcullis")
-		if pcBin, err = buildPortcullis(ctx, dir); err != nil {
+		if pcBin, err = harness.BuildPortcullis(ctx, dir); err != nil {
 			return err
 		}
 	} else if pcBin, err = filepath.Abs(pcBin); err != nil {
@@ -494,14 +480,14 @@ func (b *bench) blobs(ctx context.Context) error {
 			return fmt.Errorf("allow the huge image: %w", err)
 		}
 	}
-	pid := pc.proc.pid()
+	pid := pc.proc.Pid()
 	r := &rssResult{blobMiB: l.size >> 20}
 	var err error
-	if r.earlier, err = readMem(pid); err != nil {
+	if r.earlier, err = hostile.ReadStats(pid); err != nil {
 		return err
 	}
-	r.peakWasReset = resetPeak(pid) == nil
-	if r.before, err = readMem(pid); err != nil {
+	r.peakWasReset = hostile.ResetPeak(pid) == nil
+	if r.before, err = hostile.ReadStats(pid); err != nil {
 		return err
 	}
 	logf("blob: %d MiB through portcullis, watching its memory", r.blobMiB)
@@ -510,12 +496,12 @@ func (b *bench) blobs(ctx context.Context) error {
 	stopSampling := make(chan struct{})
 	sampled := make(chan int64, 1)
 	go func() {
-		defer teardown.guard()
+		defer teardown.Guard()
 		var peak int64
 		tick := time.NewTicker(5 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if m, err := readMem(pid); err == nil {
+			if m, err := hostile.ReadStats(pid); err == nil {
 				peak = max(peak, m.RSS)
 			}
 			select {
@@ -532,7 +518,7 @@ func (b *bench) blobs(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if r.after, err = readMem(pid); err != nil {
+	if r.after, err = hostile.ReadStats(pid); err != nil {
 		return err
 	}
 	res.rss = r
@@ -556,7 +542,7 @@ func (b *bench) herd(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer pc.proc.stop()
+	defer pc.proc.Stop()
 	h, err := runHerd(ctx, client, pc, s, manifestURL(&pc.target, d), sz.herd)
 	if err != nil {
 		return err
@@ -629,7 +615,7 @@ func evaluate(r *results) []goal {
 		if strings.HasPrefix(v.kind, "key,") {
 			gs = append(gs, goal{
 				name:     "key verification CPU per subject",
-				measured: fmtDur(v.cpu), want: "≤ 2 ms", pass: v.cpu <= 2*time.Millisecond,
+				measured: harness.Duration(v.cpu), want: "≤ 2 ms", pass: v.cpu <= 2*time.Millisecond,
 			})
 		}
 	}

@@ -7,6 +7,9 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/portcullis-oci/portcullis/test/bench/hostile"
+	"github.com/portcullis-oci/portcullis/test/internal/harness"
 )
 
 // row is one measured cell for one target; ratio compares it with the
@@ -30,10 +33,10 @@ type blobRow struct {
 
 type rssResult struct {
 	blobMiB      int64
-	earlier      memStatus // before VmHWM was reset
-	before       memStatus
+	earlier      hostile.Stats // before VmHWM was reset
+	before       hostile.Stats
 	sampledPeak  int64 // largest VmRSS seen while polling during the pull
-	after        memStatus
+	after        hostile.Stats
 	peakWasReset bool
 	mbps         float64
 }
@@ -64,7 +67,7 @@ type results struct {
 	verify      []verifyCost
 	verdictHeap int64
 	verdictN    int
-	pcMem       memStatus
+	pcMem       hostile.Stats
 	attacks     *attackResults
 	goals       []goal
 }
@@ -115,19 +118,6 @@ func procField(path, key string) string {
 	return "unknown"
 }
 
-func fmtDur(d time.Duration) string {
-	switch {
-	case d <= 0:
-		return "–"
-	case d < time.Millisecond:
-		return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
-	case d < 10*time.Millisecond:
-		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
-	default:
-		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
-	}
-}
-
 func fmtRatio(r float64) string {
 	if r == 0 {
 		return "–"
@@ -173,7 +163,7 @@ func (r *results) markdown() string {
 		p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 		for _, rw := range append(append([]row{}, r.cold...), r.getDigest...) {
 			p("| %s | %d | %d | %d | %s | %s | %.0f | %s | %s |", rw.target, rw.c.concurrency, rw.c.requests, rw.c.errors,
-				fmtDur(rw.c.p50), fmtDur(rw.c.p99), rw.c.rps, fmtRatio(rw.ratio), fmtDur(rw.c.cpu))
+				harness.Duration(rw.c.p50), harness.Duration(rw.c.p99), rw.c.rps, fmtRatio(rw.ratio), harness.Duration(rw.c.cpu))
 		}
 		p("")
 		p("Server CPU/req is the user+system CPU of the serving process alone (from /proc/<pid>/stat, all threads), not of its upstream; it varies less than latency on a shared machine.")
@@ -188,7 +178,7 @@ func (r *results) markdown() string {
 		p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 		for _, rw := range r.headTag {
 			p("| %s | %d | %d | %d | %s | %s | %.0f | %s | %s |", rw.target, rw.c.concurrency, rw.c.requests, rw.c.errors,
-				fmtDur(rw.c.p50), fmtDur(rw.c.p99), rw.c.rps, fmtRatio(rw.ratio), fmtDur(rw.c.cpu))
+				harness.Duration(rw.c.p50), harness.Duration(rw.c.p99), rw.c.rps, fmtRatio(rw.ratio), harness.Duration(rw.c.cpu))
 		}
 		p("")
 		p("go-relay is `net/http/httputil.ReverseProxy` in front of the direct registry, checking nothing: the cost of the extra hop alone, which any proxy that asks the upstream on every request pays. It runs inside the bench, so it has no server CPU of its own.")
@@ -208,7 +198,7 @@ func (r *results) markdown() string {
 			if br.note != "" {
 				t += " (" + br.note + ")"
 			}
-			p("| %s | %.0f | %s | %s | %s |", t, br.mbps, strings.Join(runs, ", "), fmtRatio(br.ratio), fmtDur(br.cpuPerGiB))
+			p("| %s | %.0f | %s | %s | %s |", t, br.mbps, strings.Join(runs, ", "), fmtRatio(br.ratio), harness.Duration(br.cpuPerGiB))
 		}
 		p("")
 		p("MB/s here is MiB/s (2^20 bytes per second).")
@@ -283,12 +273,12 @@ func (r *results) markdown() string {
 				continue
 			}
 			p("| %s | %d | %d | %s | %s | %.0f | %s | %s |", lr.what, lr.c.requests, lr.c.errors,
-				fmtDur(lr.c.p50), fmtDur(lr.c.p99), lr.c.rps, fmtRatio(ratio(float64(lr.c.p50), float64(l.cached.p50))), fmtDur(lr.c.cpu))
+				harness.Duration(lr.c.p50), harness.Duration(lr.c.p99), lr.c.rps, fmtRatio(ratio(float64(lr.c.p50), float64(l.cached.p50))), harness.Duration(lr.c.cpu))
 		}
 		p("")
 		if l.walkN > 0 {
 			p("In process, the engine alone (evidence in memory, no verdict cache): %s CPU per whole walk of four subjects (wall %s, %d walks).",
-				fmtDur(l.walkCPU), fmtDur(l.walkWall), l.walkN)
+				harness.Duration(l.walkCPU), harness.Duration(l.walkWall), l.walkN)
 			p("")
 		}
 		if l.cold.ok() && l.cached.ok() {
@@ -308,7 +298,7 @@ func (r *results) markdown() string {
 		p("| measurement | value |")
 		p("|---|---:|")
 		for _, v := range r.verify {
-			p("| cold verification CPU, %s (%d runs) | %s per subject (wall %s) |", v.kind, v.n, fmtDur(v.cpu), fmtDur(v.wall))
+			p("| cold verification CPU, %s (%d runs) | %s per subject (wall %s) |", v.kind, v.n, harness.Duration(v.cpu), harness.Duration(v.wall))
 		}
 		if r.verdictN > 0 {
 			p("| heap for %d cached verdicts (cache.Verdicts) | %s (%.0f B each) |", r.verdictN, fmtMiB(r.verdictHeap), float64(r.verdictHeap)/float64(r.verdictN))

@@ -87,7 +87,7 @@ func push(ctx context.Context, host string, sz pushSizes, trusted *fixtures.KeyS
 	g.SetLimit(8)
 	for i, j := range jobs {
 		g.Go(func() error {
-			defer teardown.guard()
+			defer teardown.Guard()
 			ref, err := name.ParseReference(fmt.Sprintf("%s/%s:%s", host, j.repo, j.tag), name.Insecure)
 			if err != nil {
 				return err
@@ -135,7 +135,7 @@ func push(ctx context.Context, host string, sz pushSizes, trusted *fixtures.KeyS
 	pbombs := make([]item, sz.pbombs)
 	for i := range sz.bombs + sz.pbombs {
 		g.Go(func() error {
-			defer teardown.guard()
+			defer teardown.Guard()
 			repo, k := "soak/bomb", i
 			if i >= sz.bombs {
 				repo, k = "soak/pbomb", i-sz.bombs

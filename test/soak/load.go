@@ -8,13 +8,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/portcullis-oci/portcullis/test/bench/hostile"
+	"github.com/portcullis-oci/portcullis/test/internal/harness"
 )
 
 // manifestAccept is what containerd sends.
@@ -121,22 +121,7 @@ func (t *tally) total() int {
 func (t *tally) outcomes(class string) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	m := t.byClass[class]
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool {
-		if m[keys[i]] != m[keys[j]] {
-			return m[keys[i]] > m[keys[j]]
-		}
-		return keys[i] < keys[j]
-	})
-	out := make([]string, len(keys))
-	for i, k := range keys {
-		out[i] = fmt.Sprintf("%s ×%d", k, m[k])
-	}
-	return out
+	return harness.Counts(t.byClass[class])
 }
 
 // checker makes requests and judges their answers.

@@ -6,18 +6,17 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/portcullis-oci/portcullis/test/bench/hostile"
 	"github.com/portcullis-oci/portcullis/test/fixtures"
+	"github.com/portcullis-oci/portcullis/test/internal/harness"
 )
 
 // Hostile client kinds, selectable with -hostile.
@@ -103,25 +102,11 @@ func main() {
 		os.Exit(2)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		s := <-sigs
-		fmt.Fprintf(os.Stderr, "soak: %v: stopping\n", s)
-		cancel()
-		teardown.run()
-		os.Exit(130)
-	}()
-	defer func() {
-		if r := recover(); r != nil {
-			teardown.run()
-			panic(r)
-		}
-	}()
+	ctx, cancel := teardown.OnSignal("soak")
+	defer teardown.Guard()
 
 	rep, err := run(ctx, o)
-	teardown.run()
+	teardown.Run()
 	cancel()
 	if rep != nil {
 		text := rep.markdown()
@@ -151,9 +136,7 @@ type soak struct {
 	dir      string
 	client   *http.Client
 	up       *upstream
-	pc       *proc
-	host     string // Portcullis registry listener
-	admin    string
+	pc       *harness.Portcullis
 	tarpit   *hostile.Tarpit
 	c        *content
 	t        *tally
@@ -175,12 +158,10 @@ func (s *soak) event(format string, a ...any) {
 	logf("%s", msg)
 }
 
-func (s *soak) metricsURL() string { return "http://" + s.admin + "/metrics" }
-
 func (s *soak) observe(ctx context.Context) (hostile.Stats, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return hostile.Observe(ctx, s.client, s.pc.pid(), s.metricsURL())
+	return hostile.Observe(ctx, s.client, s.pc.Pid(), s.pc.MetricsURL())
 }
 
 func run(ctx context.Context, o options) (*report, error) {
@@ -192,12 +173,12 @@ func run(ctx context.Context, o options) (*report, error) {
 		return nil, err
 	}
 	dir := s.dir
-	teardown.add(func() { _ = os.RemoveAll(dir) })
+	teardown.Add(func() { _ = os.RemoveAll(dir) })
 
 	pcBin := o.pcBin
 	if pcBin == "" {
 		logf("building ./cmd/portcullis")
-		if pcBin, err = buildPortcullis(ctx, dir); err != nil {
+		if pcBin, err = harness.BuildPortcullis(ctx, dir); err != nil {
 			return nil, err
 		}
 	} else if pcBin, err = filepath.Abs(pcBin); err != nil {
@@ -229,11 +210,11 @@ func run(ctx context.Context, o options) (*report, error) {
 	if s.tarpit, err = hostile.StartTarpit(); err != nil {
 		return nil, err
 	}
-	teardown.add(s.tarpit.Close)
+	teardown.Add(s.tarpit.Close)
 	if err := s.startPortcullis(ctx, pcBin, signer.PublicKeyPEM()); err != nil {
 		return nil, err
 	}
-	s.k = &checker{client: s.client, base: "http://" + s.host, c: s.c, t: s.t, timeout: o.timeout}
+	s.k = &checker{client: s.client, base: "http://" + s.pc.Host, c: s.c, t: s.t, timeout: o.timeout}
 
 	// Priming: every allowed manifest once, so its blobs are open under
 	// blob gating before the load asks for them.
@@ -250,73 +231,20 @@ func run(ctx context.Context, o options) (*report, error) {
 	return rep, err
 }
 
-// startPortcullis writes the config (the upstream, a tarpit upstream for
-// the floods, the key, a provenance boundary for the predicate bomb and a
-// signature boundary for everything else) and starts the proxy.
+// startPortcullis starts the proxy with the upstream, a tarpit upstream
+// for the floods, the key, a provenance boundary for the predicate bomb
+// and a signature boundary for everything else.
 func (s *soak) startPortcullis(ctx context.Context, bin string, pub []byte) error {
-	cfgDir := filepath.Join(s.dir, "portcullis")
-	if err := os.MkdirAll(cfgDir, 0o700); err != nil {
-		return err
+	cfg := harness.Config{
+		Upstreams: []harness.Upstream{{Name: "origin", URL: s.up.url()}, {Name: "tarpit", URL: s.tarpit.URL}},
+		Key:       "soak",
+		Boundaries: []harness.Boundary{{
+			Name: "attested", Upstream: "origin", Repositories: []string{"soak/pbomb"}, Provenance: true,
+		}},
 	}
-	if err := os.WriteFile(filepath.Join(cfgDir, "cosign.pub"), pub, 0o600); err != nil {
-		return err
-	}
-	port, err := freePort()
-	if err != nil {
-		return err
-	}
-	adminPort, err := freePort()
-	if err != nil {
-		return err
-	}
-	cfg := fmt.Sprintf(`listen: "127.0.0.1:%d"
-admin: "127.0.0.1:%d"
-upstreams:
-  - name: origin
-    url: %q
-    insecure: true
-  - name: tarpit
-    url: %q
-    insecure: true
-default_upstream: origin
-trust:
-  - name: soak-key
-    keys: [cosign.pub]
-boundaries:
-  - name: attested
-    match: {upstream: origin, repositories: ["soak/pbomb"]}
-    mode: enforce
-    signatures:
-      threshold: 1
-      authorities:
-        - {name: soak, key: soak-key}
-    attestations:
-      - name: provenance
-        predicate_type: "https://slsa.dev/provenance/v1"
-        authorities: [soak]
-  - name: everything
-    match: {upstream: "*", repositories: ["**"]}
-    mode: enforce
-    signatures:
-      threshold: 1
-      authorities:
-        - {name: soak, key: soak-key}
-unmatched: deny
-log: {level: warn, format: json}
-`, port, adminPort, s.up.url(), s.tarpit.URL)
-	cfgPath := filepath.Join(cfgDir, "portcullis.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		return err
-	}
-	p, err := startProc(s.dir, "portcullis", bin, "serve", "--config", cfgPath)
-	if err != nil {
-		return err
-	}
-	s.pc, s.host, s.admin = p, fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("127.0.0.1:%d", adminPort)
-	if err := p.waitReady(ctx, s.client, "http://"+s.admin+"/readyz", http.StatusOK, adminPort); err != nil {
-		return err
-	}
-	return hostile.OwnsPort(p.pid(), port)
+	var err error
+	s.pc, err = harness.StartPortcullis(ctx, teardown, s.client, bin, s.dir, "portcullis", pub, cfg)
+	return err
 }
 
 // load runs the clients, the hostile set and the upstream crashes for the
@@ -334,12 +262,12 @@ func (s *soak) load(ctx context.Context) error {
 
 	// The proxy must neither die nor pass the RSS limit; either ends the
 	// run early as a failure.
-	wd := hostile.Watch(s.pc.pid(), 100*time.Millisecond, o.rssLimit, func() { _ = s.pc.cmd.Process.Kill() })
+	wd := hostile.Watch(s.pc.Pid(), 100*time.Millisecond, o.rssLimit, s.pc.KillNow)
 	go func() {
-		defer teardown.guard()
+		defer teardown.Guard()
 		select {
-		case <-s.pc.exited:
-			reason := fmt.Sprintf("Portcullis exited: %v: %s", s.pc.waitErr, lastLine(s.pc.logTail()))
+		case <-s.pc.Exited():
+			reason := fmt.Sprintf("Portcullis exited: %v: %s", s.pc.Err(), lastLine(s.pc.LogTail()))
 			if wd.Killed() {
 				reason = fmt.Sprintf("Portcullis killed by the watchdog: RSS above %s", hostile.MiB(o.rssLimit))
 			}
@@ -354,7 +282,7 @@ func (s *soak) load(ctx context.Context) error {
 	spawn := func(f func()) {
 		wg.Add(1)
 		go func() {
-			defer teardown.guard()
+			defer teardown.Guard()
 			defer wg.Done()
 			f()
 		}()
@@ -388,7 +316,7 @@ func (s *soak) load(ctx context.Context) error {
 		rep.snaps.middle, _ = s.snapshot(ctx, "middle")
 	}
 	sleep(lctx, time.Until(s.start.Add(o.duration)))
-	if s.pc.alive() {
+	if s.pc.Alive() {
 		rep.snaps.end, _ = s.snapshot(ctx, "end")
 	}
 	stopLoad()
@@ -397,7 +325,7 @@ func (s *soak) load(ctx context.Context) error {
 	rep.peak, rep.killed = wd.Stop()
 	rep.requestsAtStop = s.t.total()
 	s.event("load stopped")
-	if !s.pc.alive() {
+	if !s.pc.Alive() {
 		return nil
 	}
 	base, warmPeak := rep.snaps.start.s, rep.warmPeak
@@ -500,7 +428,7 @@ func (s *soak) bombLoop(ctx context.Context) {
 			for _, it := range set.items {
 				wg.Add(1)
 				go func() {
-					defer teardown.guard()
+					defer teardown.Guard()
 					defer wg.Done()
 					s.k.manifest(ctx, set.class, http.MethodGet, it.repo, it.digest, "")
 				}()
@@ -545,7 +473,7 @@ func (s *soak) floodLoop(ctx context.Context) {
 func (s *soak) stallLoop(ctx context.Context) {
 	path := "/v2/" + s.c.stall.repo + "/blobs/" + s.c.stall.digest
 	for sleep(ctx, 5*time.Second) {
-		st, err := hostile.OpenStalls(ctx, s.host, path, s.o.stalls, 4<<10)
+		st, err := hostile.OpenStalls(ctx, s.pc.Host, path, s.o.stalls, 4<<10)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.t.add(classStall, "conn "+hostile.ConnErrorKind(err), 1)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/portcullis-oci/portcullis/test/bench/hostile"
+	"github.com/portcullis-oci/portcullis/test/internal/harness"
 )
 
 type snapshot struct {
@@ -208,11 +209,11 @@ func (r *report) markdown() string {
 		if !at.IsZero() && !r.loadStarted.IsZero() {
 			when = fmt.Sprintf(" (+%s)", at.Sub(r.loadStarted).Round(time.Second))
 		}
-		p("| %s | %d | %d | %s | %s%s |", class, n, ver, strings.Join(r.t.outcomes(class), ", "), fmtDur(slow), when)
+		p("| %s | %d | %d | %s | %s%s |", class, n, ver, strings.Join(r.t.outcomes(class), ", "), harness.Duration(slow), when)
 	}
 	p("")
 	dur := o.duration.Seconds()
-	p("Requests: %d (%.0f/s over the load), answered 200: %d. Every other answer, by kind: %s.", total, float64(total)/dur, served, countsText(errs))
+	p("Requests: %d (%.0f/s over the load), answered 200: %d. Every other answer, by kind: %s.", total, float64(total)/dur, served, harness.CountsText(errs))
 	p("")
 	r.t.mu.Lock()
 	outage := maps.Clone(r.t.outage)
@@ -223,7 +224,7 @@ func (r *report) markdown() string {
 			up[k] = n
 		}
 	}
-	p("Of those, while the upstream was down or within 2 s of its return: %s. While it was up: %s. (Failures during an outage come back fast, so an outage of seconds shows as thousands of answers.)", countsText(outage), countsText(up))
+	p("Of those, while the upstream was down or within 2 s of its return: %s. While it was up: %s. (Failures during an outage come back fast, so an outage of seconds shows as thousands of answers.)", harness.CountsText(outage), harness.CountsText(up))
 	p("")
 
 	p("#### Portcullis resources")
@@ -298,38 +299,4 @@ func goroutines(s hostile.Stats) string {
 		return "–"
 	}
 	return strconv.FormatFloat(s.Goroutines, 'f', 0, 64)
-}
-
-func countsText(m map[string]int) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool {
-		if m[keys[i]] != m[keys[j]] {
-			return m[keys[i]] > m[keys[j]]
-		}
-		return keys[i] < keys[j]
-	})
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s ×%d", k, m[k])
-	}
-	if len(parts) == 0 {
-		return "none"
-	}
-	return strings.Join(parts, ", ")
-}
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d <= 0:
-		return "–"
-	case d < time.Millisecond:
-		return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
-	case d < time.Second:
-		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
-	default:
-		return fmt.Sprintf("%.2f s", d.Seconds())
-	}
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/portcullis-oci/portcullis/test/internal/harness"
 )
 
 // upstream is the registry behind Portcullis: a separate process on a
@@ -19,7 +21,7 @@ type upstream struct {
 	dir    string
 	port   int
 	argv   []string
-	p      *proc
+	p      *harness.Proc
 	starts int
 }
 
@@ -29,7 +31,7 @@ func (u *upstream) url() string  { return "http://" + u.host() }
 // newUpstream prepares docker-registry when it is installed (mode "auto"
 // or "distribution") or this program in registry mode ("builtin").
 func newUpstream(dir, mode string) (*upstream, error) {
-	port, err := freePort()
+	port, err := harness.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -44,20 +46,7 @@ func newUpstream(dir, mode string) (*upstream, error) {
 		return nil, fmt.Errorf("docker-registry not found: %w", lookErr)
 	case mode == "distribution" || (mode == "auto" && lookErr == nil):
 		cfg := filepath.Join(dir, "upstream.yml")
-		err := os.WriteFile(cfg, fmt.Appendf(nil, `version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %q
-  cache:
-    blobdescriptor: inmemory
-http:
-  addr: "127.0.0.1:%d"
-`, storage, port), 0o600)
-		if err != nil {
+		if err := os.WriteFile(cfg, []byte(harness.DistributionConfig(storage, port, "")), 0o600); err != nil {
 			return nil, err
 		}
 		u.kind, u.argv = "distribution 2.8 (docker-registry)", []string{bin, "serve", cfg}
@@ -74,19 +63,26 @@ http:
 	return u, nil
 }
 
-// start runs the upstream and waits until its own listener answers.
+// start runs the upstream, again under the same log after a crash, and
+// waits until its own listener answers.
 func (u *upstream) start(ctx context.Context, client *http.Client) error {
-	p, err := startProc(u.dir, "upstream", u.argv...)
+	var p *harness.Proc
+	var err error
+	if u.p == nil {
+		p, err = harness.Start(teardown, u.dir, "upstream", u.argv...)
+	} else {
+		p, err = u.p.Restart()
+	}
 	if err != nil {
 		return err
 	}
 	u.p = p
 	u.starts++
-	return p.waitReady(ctx, client, u.url()+"/v2/", http.StatusOK, u.port)
+	return p.WaitReady(ctx, client, u.url()+"/v2/", u.port)
 }
 
 // crash kills the upstream with SIGKILL.
-func (u *upstream) crash() { u.p.kill() }
+func (u *upstream) crash() { u.p.Kill() }
 
 // restart starts the upstream again, retrying while the port is still
 // being released.
@@ -96,7 +92,7 @@ func (u *upstream) restart(ctx context.Context, client *http.Client) error {
 		if err = u.start(ctx, client); err == nil {
 			return nil
 		}
-		u.p.kill()
+		u.p.Kill()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

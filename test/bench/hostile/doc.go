@@ -9,10 +9,10 @@
 //     against a tarpit upstream that never answers;
 //   - stalled clients that ask for a large allowed blob and never read;
 //   - the resident memory, peak, open file descriptors and threads of a
-//     process from /proc, its goroutines from /metrics, a memory watchdog
-//     that stops a process before it takes the machine down, and a check
-//     that a port is really held by the process started for it.
+//     process from /proc, its goroutines from /metrics, and a memory
+//     watchdog that stops a process before it takes the machine down.
 //
-// It is test code: it signs with test/fixtures keys and speaks plain HTTP
-// on loopback.
+// Starting, readying and tearing down the processes it attacks is
+// test/internal/harness's part. It is test code: it signs with
+// test/fixtures keys and speaks plain HTTP on loopback.
 package hostile

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -24,28 +23,6 @@ func TestReadStatsSelf(t *testing.T) {
 	}
 	if s.RSS <= 0 || s.HWM < s.RSS || s.FDs <= 0 || s.Threads <= 0 || s.Goroutines != -1 {
 		t.Errorf("stats = %+v", s)
-	}
-}
-
-// TestOwnsPort: a port is attributed only to the process that listens on
-// it; a port nobody listens on is refused.
-func TestOwnsPort(t *testing.T) {
-	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	if err := OwnsPort(os.Getpid(), port); err != nil {
-		t.Errorf("own listener: %v", err)
-	}
-	// pid 1 does not hold this process's socket.
-	if err := OwnsPort(1, port); err == nil {
-		t.Error("another process credited with this process's listener")
-	}
-	ln.Close()
-	if err := OwnsPort(os.Getpid(), port); err == nil {
-		t.Error("closed listener still owned")
 	}
 }
 

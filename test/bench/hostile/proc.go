@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,48 +124,6 @@ func Observe(ctx context.Context, client *http.Client, pid int, metricsURL strin
 		}
 	}
 	return s, nil
-}
-
-// OwnsPort reports an error unless pid itself holds a listening TCP socket
-// on port. A free port picked by the harness could be taken by another
-// process between the pick and the child's bind; a ready answer on it
-// would then measure the wrong process.
-func OwnsPort(pid, port int) error {
-	inodes := map[string]bool{}
-	for _, f := range []string{"tcp", "tcp6"} {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(b), "\n")[1:] {
-			fs := strings.Fields(line)
-			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-			if len(fs) < 10 || fs[3] != "0A" {
-				continue
-			}
-			_, hexPort, ok := strings.Cut(fs[1], ":")
-			if !ok {
-				continue
-			}
-			if p, err := strconv.ParseInt(hexPort, 16, 32); err == nil && int(p) == port {
-				inodes["socket:["+fs[9]+"]"] = true
-			}
-		}
-	}
-	if len(inodes) == 0 {
-		return fmt.Errorf("nothing listens on port %d", port)
-	}
-	dir := fmt.Sprintf("/proc/%d/fd", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("failed to list descriptors of %d: %w", pid, err)
-	}
-	for _, e := range ents {
-		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && inodes[l] {
-			return nil
-		}
-	}
-	return fmt.Errorf("port %d is held by another process than %d", port, pid)
 }
 
 // Watchdog polls a process's RSS, keeps the largest value seen and kills
