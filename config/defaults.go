@@ -34,6 +34,7 @@ const (
 	DefaultVerifyQueueWait     = 10 * time.Second
 	DefaultClientConnections   = 4096
 	DefaultClientIdleTimeout   = 60 * time.Second
+	DefaultClientStallGrace    = 5 * time.Second
 	DefaultHeaderBytes         = 64 << 10
 	DefaultStreamBufferBytes   = 16 << 20
 	DefaultLogLevel            = "info"
@@ -162,6 +163,19 @@ func (l *Limits) applyDefaults() {
 	if l.ClientIdleTimeout == 0 {
 		l.ClientIdleTimeout = Duration(DefaultClientIdleTimeout)
 	}
+	// 0 is meaningful (no early drops), so only an absent key defaults.
+	if l.ClientStallGrace == nil {
+		d := Duration(DefaultClientStallGrace)
+		l.ClientStallGrace = &d
+	}
+}
+
+// StallGrace is ClientStallGrace, or its default when unset.
+func (l Limits) StallGrace() time.Duration {
+	if l.ClientStallGrace == nil {
+		return DefaultClientStallGrace
+	}
+	return l.ClientStallGrace.D()
 }
 
 // VerificationSlots resolves Verifications and VerifyQueue for a process

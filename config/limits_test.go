@@ -39,8 +39,20 @@ func TestLimitsDefaults(t *testing.T) {
 	if l.EvidenceBytes != DefaultEvidenceBytes || l.SignatureBytes != DefaultSignatureBytes || l.AttestationBytes != DefaultAttestationBytes ||
 		l.MaxEvidence != DefaultMaxEvidence || l.PredicateDepth != DefaultPredicateDepth || l.ClientConnections != DefaultClientConnections ||
 		l.ClientIdleTimeout.D() != DefaultClientIdleTimeout || l.HeaderBytes != DefaultHeaderBytes ||
-		l.StreamBufferBytes != DefaultStreamBufferBytes || l.VerifyQueueWait.D() != DefaultVerifyQueueWait {
+		l.StreamBufferBytes != DefaultStreamBufferBytes || l.VerifyQueueWait.D() != DefaultVerifyQueueWait ||
+		l.ClientStallGrace == nil || l.ClientStallGrace.D() != DefaultClientStallGrace {
 		t.Errorf("defaults not applied: %+v", l)
+	}
+	if (Limits{}).StallGrace() != DefaultClientStallGrace {
+		t.Errorf("StallGrace of unset limits = %v", (Limits{}).StallGrace())
+	}
+	// 0 turns early drops off; it must not be replaced by the default.
+	c, err = Parse([]byte(doc("", "", "", "limits: {client_stall_grace: 0s}\n")), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := c.Limits.StallGrace(); g != 0 {
+		t.Errorf("client_stall_grace: 0s parsed as %v", g)
 	}
 	if c.UpstreamIdleTimeout.D() != DefaultUpstreamIdleTimeout || c.MaxConnsPerUpstream != DefaultMaxConnsPerUpstream {
 		t.Errorf("upstream defaults not applied: %v %d", c.UpstreamIdleTimeout, c.MaxConnsPerUpstream)
@@ -71,6 +83,8 @@ func TestLimitsValidate(t *testing.T) {
 		{"limits: {predicate_depth: -1}\n", "limits.predicate_depth: must be positive"},
 		{"limits: {client_connections: -1}\n", "limits.client_connections: must be positive"},
 		{"limits: {client_idle_timeout: -1s}\n", "limits.client_idle_timeout: must be positive"},
+		{"limits: {client_stall_grace: -1s}\n", "limits.client_stall_grace: must not be negative"},
+		{"limits: {client_stall_grace: 2s}\n", ""},
 		{"limits: {verify_queue_wait: -1s}\n", "limits.verify_queue_wait: must be positive"},
 		{"limits: {bogus: 1}\n", "bogus"},
 		{"upstream_idle_timeout: -1s\n", "upstream_idle_timeout: must be positive"},

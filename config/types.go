@@ -185,6 +185,11 @@ type Limits struct {
 	ClientConnections int      `yaml:"client_connections"`  // default 4096
 	ClientIdleTimeout Duration `yaml:"client_idle_timeout"` // default 60s
 	HeaderBytes       ByteSize `yaml:"header_bytes"`        // default 64KiB
+	// ClientStallGrace is how long a client may take nothing before its
+	// blob stream may be dropped for a pull waiting on the upstream's
+	// stream connections (default 5s; 0 never drops one early). Nil
+	// before defaults are applied.
+	ClientStallGrace *Duration `yaml:"client_stall_grace"`
 	// StreamBufferBytes bounds the large copy buffers all blob streams
 	// hold together (default 64MiB); streams beyond it use small ones.
 	StreamBufferBytes ByteSize `yaml:"stream_buffer_bytes"`

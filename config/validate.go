@@ -541,6 +541,9 @@ func (l *Limits) validate(r *reporter) {
 	if l.HeaderBytes < 4<<10 {
 		r.addf("limits.header_bytes", "must be at least 4KiB: registry clients send long Accept and Authorization headers")
 	}
+	if l.ClientStallGrace != nil && *l.ClientStallGrace < 0 {
+		r.addf("limits.client_stall_grace", "must not be negative (0 never drops a stalled client's stream early)")
+	}
 	if l.Verifications < 0 {
 		r.addf("limits.verifications", "must not be negative (0 means 4 per CPU)")
 	}

@@ -44,7 +44,13 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 		}
 	}
 	ctx := r.Context()
+	// Registered before the upstream blob is opened, so a pull waiting
+	// for a stream connection can free one held by a stalled client.
+	st := p.startStream(r, u, repo, digest)
+	defer p.streams.remove(st)
+	opened := p.whileOpening(st, u)
 	resp, err := u.client.OpenBlob(ctx, r.Method, repo, digest, size, hdr)
+	opened()
 	if err != nil {
 		if errors.Is(err, upstream.ErrUnexpectedPartial) {
 			// A part of a blob cannot be checked against its digest, and
@@ -105,6 +111,10 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 		}
 	}
 	if err != nil {
+		if st.wasEvicted() {
+			// Dropped for a waiting pull, logged and counted there.
+			panic(http.ErrAbortHandler)
+		}
 		if cw.err != nil && errors.Is(cw.err, os.ErrDeadlineExceeded) {
 			// The listener's idle deadline dropped a client that took
 			// nothing for the idle timeout; the connection is already

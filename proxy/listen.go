@@ -77,7 +77,9 @@ func Serve(ctx context.Context, p *Proxy, sc ServeConfig) error {
 	}
 	// The cap and the idle deadline sit under TLS, on the TCP connection,
 	// so they hold for the handshake and every byte after it.
-	var regLn net.Listener = newClientListener(tcpLn, sc.MaxConns, sc.ClientIdleTimeout, p.metrics, log)
+	cl := newClientListener(tcpLn, sc.MaxConns, sc.ClientIdleTimeout, p.metrics, log)
+	cl.tick = progressTick(p.opts.clientStallGrace)
+	var regLn net.Listener = cl
 	if sc.TLSCert != "" || sc.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(sc.TLSCert, sc.TLSKey)
 		if err != nil {
@@ -98,13 +100,16 @@ func Serve(ctx context.Context, p *Proxy, sc ServeConfig) error {
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    sc.MaxHeaderBytes,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
+		// A blob stream finds its client's connection here, so that a
+		// pull waiting for a stream connection can drop a stalled one.
+		ConnContext: withClientConn,
 	}
 	servers := []*http.Server{reg}
 	errc := make(chan error, 2)
 	go func() { errc <- reg.Serve(regLn) }()
 	log.Info("serving", zap.String("listen", regLn.Addr().String()), zap.Bool("tls", sc.TLSCert != ""),
 		zap.Duration("client_idle_timeout", sc.ClientIdleTimeout), zap.Int("max_client_conns", sc.MaxConns),
-		zap.Int("max_header_bytes", sc.MaxHeaderBytes))
+		zap.Int("max_header_bytes", sc.MaxHeaderBytes), zap.Duration("client_stall_grace", p.opts.clientStallGrace))
 
 	adminAddr := ""
 	if sc.AdminAddr != "" {
@@ -160,9 +165,12 @@ type clientListener struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	idle      time.Duration
-	metrics   *metrics
-	log       *zap.Logger
-	fullLog   logGate
+	// tick, when set, is how often a blocked write checks whether the
+	// client took anything, so stalledFor is accurate to about a tick.
+	tick    time.Duration
+	metrics *metrics
+	log     *zap.Logger
+	fullLog logGate
 }
 
 func newClientListener(l net.Listener, maxConns int, idle time.Duration, m *metrics, log *zap.Logger) *clientListener {
@@ -214,13 +222,27 @@ type clientConn struct {
 	l         *clientListener
 	closeOnce sync.Once
 	stalled   atomic.Bool
+	dropped   atomic.Bool
 	written   atomic.Int64
+	// blockedSince is when the write in progress last made progress
+	// (unix nanoseconds), 0 when no write is in progress.
+	blockedSince atomic.Int64
 }
 
 func (c *clientConn) Write(b []byte) (int, error) {
 	total := 0
+	last := time.Now()
+	c.blockedSince.Store(last.UnixNano())
+	defer c.blockedSince.Store(0)
 	for {
-		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.l.idle)); err != nil {
+		// A write to a client that reads returns only once all of b is
+		// sent, so progress within it is seen only when a deadline
+		// interrupts it: every tick, or at the idle timeout.
+		deadline := last.Add(c.l.idle)
+		if c.l.tick > 0 {
+			deadline = minTime(deadline, time.Now().Add(c.l.tick))
+		}
+		if err := c.Conn.SetWriteDeadline(deadline); err != nil {
 			return total, err
 		}
 		n, err := c.Conn.Write(b[total:])
@@ -229,12 +251,69 @@ func (c *clientConn) Write(b []byte) (int, error) {
 		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return total, err
 		}
-		if n == 0 {
+		now := time.Now()
+		if n > 0 {
+			// The client took part of it: a new deadline for the rest.
+			last = now
+			c.blockedSince.Store(now.UnixNano())
+			continue
+		}
+		if now.Sub(last) >= c.l.idle {
 			c.noteStall()
 			return total, err
 		}
-		// The client took part of it: a new deadline for the rest.
 	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// stalledFor is how long the write in progress has sent nothing, 0 when
+// none is in progress.
+func (c *clientConn) stalledFor(now time.Time) time.Duration {
+	since := c.blockedSince.Load()
+	if since == 0 {
+		return 0
+	}
+	return max(now.Sub(time.Unix(0, since)), 0)
+}
+
+// bytesWritten is what the connection has sent so far.
+func (c *clientConn) bytesWritten() int64 { return c.written.Load() }
+
+// drop closes the connection, failing a write blocked on it at once. It
+// reports whether this call closed it.
+func (c *clientConn) drop() bool {
+	if !c.dropped.CompareAndSwap(false, true) {
+		return false
+	}
+	_ = c.Close()
+	return true
+}
+
+type clientConnKey struct{}
+
+// withClientConn puts a registry connection's *clientConn, under TLS or
+// not, into the context of its requests.
+func withClientConn(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if cc, ok := c.(*clientConn); ok {
+		return context.WithValue(ctx, clientConnKey{}, cc)
+	}
+	return ctx
+}
+
+// clientConnFrom is the connection a request arrived on; nil when it was
+// not accepted by Serve (handler tests).
+func clientConnFrom(ctx context.Context) *clientConn {
+	cc, _ := ctx.Value(clientConnKey{}).(*clientConn)
+	return cc
 }
 
 // noteStall counts a stalled client once per connection. The handler

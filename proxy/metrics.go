@@ -24,6 +24,7 @@ type metrics struct {
 	clientConns        prometheus.Gauge
 	clientConnsLimited prometheus.Counter
 	clientStalled      prometheus.Counter
+	streamsEvicted     prometheus.Counter
 	streamBufLimited   prometheus.Counter
 	limitExceeded      *prometheus.CounterVec
 }
@@ -95,6 +96,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "portcullis_client_stalled_total",
 			Help: "Client connections dropped because the client took no byte of a response for the client idle timeout.",
 		}),
+		streamsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portcullis_client_streams_evicted_total",
+			Help: "Blob streams whose client had stalled past the client stall grace, dropped to free an upstream stream connection for a waiting pull.",
+		}),
 		limitExceeded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_limit_exceeded_total",
 			Help: "Verifications denied because a limit on the evidence they may read was reached, by limit (evidence_bytes, evidence_items).",
@@ -108,7 +113,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.requests, m.duration, m.decisions, m.verificationErrors, m.upstreamErrors,
 		m.blobBytes, m.verdictCache, m.verifications, m.drift, m.lineageDeps,
 		m.verifyRunning, m.verifyQueued, m.verifyRejected,
-		m.clientConns, m.clientConnsLimited, m.clientStalled, m.streamBufLimited, m.limitExceeded,
+		m.clientConns, m.clientConnsLimited, m.clientStalled, m.streamsEvicted, m.streamBufLimited, m.limitExceeded,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, errors.Join(errors.New("failed to register metrics"), err)

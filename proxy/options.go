@@ -28,6 +28,8 @@ type options struct {
 	verifyQueueWait  time.Duration
 	// streamBudget is shared by every blob stream of the proxy.
 	streamBudget *streamBudget
+	// clientStallGrace: see WithClientStallGrace; 0 evicts nothing.
+	clientStallGrace time.Duration
 }
 
 func defaultOptions() options {
@@ -37,6 +39,8 @@ func defaultOptions() options {
 		verifyTimeout: 60 * time.Second,
 		coverageTTL:   10 * time.Minute,
 		streamBudget:  newStreamBudget(DefaultStreamBufferBudget),
+
+		clientStallGrace: DefaultClientStallGrace,
 	}
 }
 
@@ -198,6 +202,22 @@ func WithStreamBufferBudget(bytes int64) Option {
 			return errors.New("negative stream buffer budget")
 		}
 		o.streamBudget = newStreamBudget(bytes)
+		return nil
+	}
+}
+
+// WithClientStallGrace lets a pull that needs one of an upstream's stream
+// connections, all of them taken, drop the blob stream whose client has
+// taken no byte for longest, once that is at least d. Clients that stop
+// reading then hold an upstream's stream connections for d, not for the
+// whole client idle timeout. It applies only to connections accepted by
+// Serve. 0 turns eviction off. Default: DefaultClientStallGrace (5s).
+func WithClientStallGrace(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return errors.New("negative client stall grace")
+		}
+		o.clientStallGrace = d
 		return nil
 	}
 }

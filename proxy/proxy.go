@@ -64,6 +64,8 @@ type Proxy struct {
 
 	decisions decisionRing
 	draining  atomic.Bool
+	// streams are the blob streams running per upstream.
+	streams *streamTable
 }
 
 // New builds a proxy in front of upstreams. Every upstream must have a
@@ -88,6 +90,7 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		audit:    o.logger.Named("audit"),
 		coverage: newTTLCache[string, coverEntry](coverageSize, o.coverageTTL),
 		blobs:    newTTLCache[string, int64](blobAllowSize, blobAllowTTL),
+		streams:  newStreamTable(),
 	}
 	if o.tagTTL > 0 {
 		p.tags = newTTLCache[string, v1.Descriptor](tagCacheSize, o.tagTTL)

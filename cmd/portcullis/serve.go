@@ -80,6 +80,7 @@ func newProxy(cfg *config.Config, eng *verify.Engine, logger *zap.Logger, extra 
 		// verdict is cached.
 		proxy.WithCoverageTTL(cfg.Cache.AllowTTL.D()),
 		proxy.WithStreamBufferBudget(cfg.Limits.StreamBufferBytes.Int64()),
+		proxy.WithClientStallGrace(cfg.Limits.StallGrace()),
 	}
 	running, queued := cfg.Limits.VerificationSlots(runtime.GOMAXPROCS(0))
 	opts = append(opts, proxy.WithMaxVerifications(running), proxy.WithVerifyQueue(queued, cfg.Limits.VerifyQueueWait.D()))

@@ -294,6 +294,11 @@ func (g *schemeGuard) RoundTrip(r *http.Request) (*http.Response, error) {
 // Name is the configured upstream name.
 func (c *Client) Name() string { return c.name }
 
+// MaxConns is the cap on connections per host of each of the client's
+// pools, client blob streams included; 0 when no cap is known (a custom
+// Transport).
+func (c *Client) MaxConns() int { return c.maxConns }
+
 var noRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // do sends one request to /v2/<repo>/<path> and follows redirects itself:
