@@ -77,21 +77,7 @@ func newStallEnv(t testing.TB, size int, sc ServeConfig, opts ...Option) *stallE
 	t.Cleanup(srv.Close)
 	e.upstream = strings.TrimPrefix(srv.URL, "http://")
 
-	layer := static.NewLayer(e.blob, types.OCIUncompressedLayer)
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e.layer, err = layer.Digest(); err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://")+"/acme/app:v1", name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	e.layer = pushLayerImage(t, srv.URL, e.blob)
 
 	core, logs := observer.New(zapcore.InfoLevel)
 	e.logs = logs
@@ -346,4 +332,27 @@ func BenchmarkBlobStreamServe(b *testing.B) {
 			}
 		})
 	}
+}
+
+// pushLayerImage pushes acme/app:v1, an image of the single layer blob, to
+// the registry at url and returns the layer's digest.
+func pushLayerImage(t testing.TB, url string, blob []byte) v1.Hash {
+	t.Helper()
+	layer := static.NewLayer(blob, types.OCIUncompressedLayer)
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := layer.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(strings.TrimPrefix(url, "http://")+"/acme/app:v1", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

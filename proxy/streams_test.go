@@ -18,19 +18,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -275,23 +268,10 @@ func newEvictEnv(t *testing.T, size, maxConns int, timeout, grace time.Duration)
 	e := &evictEnv{blob: testBlob(size, 9)}
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(srv.Close)
-	layer := static.NewLayer(e.blob, types.OCIUncompressedLayer)
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e.layer, err = layer.Digest(); err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://")+"/acme/app:v1", name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	e.layer = pushLayerImage(t, srv.URL, e.blob)
 	core, logs := observer.New(zapcore.InfoLevel)
 	e.logs = logs
+	var err error
 	e.p, err = New([]Upstream{{Name: "docker.io", URL: srv.URL, Insecure: true, MaxConns: maxConns, Timeout: timeout}},
 		allowAll(), WithLogger(zap.New(core)), WithClientStallGrace(grace))
 	if err != nil {
