@@ -430,14 +430,16 @@ func TestStallEvictionOff(t *testing.T) {
 }
 
 // TestSteadyStreamNotEvicted: a client reading slowly but steadily holds
-// the only stream connection of its upstream, each of the proxy's 1 MiB
-// writes to it taking longer than the grace. A pull arriving meanwhile
-// does not evict it, nor would any of the requests for a connection
-// probed every 20 ms while it reads; the pull is served once a connection
-// is free, and the reader gets the whole blob.
+// the only stream connection of its upstream, keeping the proxy's 1 MiB
+// writes to it blocked most of the time. A pull arriving meanwhile does
+// not evict it, nor would any of the requests for a connection probed
+// every 20 ms while it reads; the pull is served once a connection is
+// free, and the reader gets the whole blob. (That a write longer than the
+// grace still counts its progress is TestClientConnStalledFor's, on a fake
+// clock; here the grace leaves room for a loaded scheduler.)
 func TestSteadyStreamNotEvicted(t *testing.T) {
 	t.Parallel()
-	const grace = 200 * time.Millisecond
+	const grace = time.Second
 	// Large enough that the proxy's writes still block once the kernel's
 	// send buffer (up to 4 MiB) has grown.
 	e := newEvictEnv(t, 8<<20, 1, 30*time.Second, grace)
