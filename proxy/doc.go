@@ -94,6 +94,17 @@
 //   - Every write method is 405 UNSUPPORTED; unknown paths are 404.
 //   - Anything unexpected is 500 UNKNOWN without internal detail.
 //
+// # Bounds
+//
+// Clients and upstreams are untrusted for resources too. A client that
+// takes no byte for the idle timeout is dropped (Serve sets the deadline
+// on the connection, renewed on progress); a stream whose client has read
+// nothing for the stall grace is dropped sooner when another pull needs
+// its upstream connection; the client connections, header bytes and large
+// stream buffers held at once are capped. Verifications running at once
+// are bounded, with a bounded queue and 429 TOOMANYREQUESTS beyond it.
+// Every bound that trips is logged and counted; none of them is a verdict.
+//
 // # Observability
 //
 // Each request is logged once when it ends. Each manifest decision is an
