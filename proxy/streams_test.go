@@ -84,6 +84,19 @@ func TestStreamTableAdmit(t *testing.T) {
 		}
 	})
 
+	t.Run("exactly the grace, first of equals", func(t *testing.T) {
+		tab := newStreamTable()
+		ss := fill(tab, "a", grace, grace)
+		v, d := tab.admit(newStream("a", 0), 2, grace, now)
+		if v == nil || d != grace {
+			t.Fatalf("evicted %v after %v, want a stream stalled exactly the grace", v, d)
+		}
+		// Of two equally stalled streams one goes and the other stays.
+		if ss[0].wasEvicted() == ss[1].wasEvicted() {
+			t.Fatalf("evicted flags %v, %v: want exactly one", ss[0].wasEvicted(), ss[1].wasEvicted())
+		}
+	})
+
 	t.Run("below the cap", func(t *testing.T) {
 		tab := newStreamTable()
 		fill(tab, "a", time.Hour)
