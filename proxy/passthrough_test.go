@@ -1,34 +1,153 @@
 package proxy
 
 import (
+	"encoding/json"
+	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"strings"
+	"sync"
 	"testing"
 )
 
 func TestNextLink(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		name, link, target, want string
+		name   string
+		links  []string
+		target string
+		want   string
 	}{
-		{"containerd ns", `</v2/library/alpine/tags/list?n=2&last=3.19>; rel="next"`, "/v2/library/alpine/tags/list?ns=docker.io&n=2",
+		{"containerd ns", []string{`</v2/library/alpine/tags/list?n=2&last=3.19>; rel="next"`}, "/v2/library/alpine/tags/list?ns=docker.io&n=2",
 			`</v2/library/alpine/tags/list?last=3.19&n=2&ns=docker.io>; rel="next"`},
-		{"alias prefix kept", `</v2/acme/app/tags/list?last=v1&n=1>; rel="next"`, "/v2/ghcr.io/acme/app/tags/list?n=1",
+		{"alias prefix kept", []string{`</v2/acme/app/tags/list?last=v1&n=1>; rel="next"`}, "/v2/ghcr.io/acme/app/tags/list?n=1",
 			`</v2/ghcr.io/acme/app/tags/list?last=v1&n=1>; rel="next"`},
-		{"absolute upstream URL is reduced to its page", `<https://registry.example/v2/acme/app/tags/list?last=v1>; rel="next"`, "/v2/acme/app/tags/list",
+		{"absolute upstream URL is reduced to its page", []string{`<https://registry.example/v2/acme/app/tags/list?last=v1>; rel="next"`}, "/v2/acme/app/tags/list",
 			`</v2/acme/app/tags/list?last=v1>; rel="next"`},
-		{"other parameters dropped", `</v2/x/tags/list?last=v1&redirect=https://evil.example>; rel="next"`, "/v2/x/tags/list",
+		{"unquoted rel", []string{`</v2/x/tags/list?last=v1>; rel=next`}, "/v2/x/tags/list",
 			`</v2/x/tags/list?last=v1>; rel="next"`},
-		{"not next", `</v2/x/tags/list?last=v1>; rel="prev"`, "/v2/x/tags/list", ""},
-		{"no page parameters", `</v2/x/tags/list>; rel="next"`, "/v2/x/tags/list", ""},
-		{"malformed", `/v2/x/tags/list?last=v1; rel="next"`, "/v2/x/tags/list", ""},
-		{"empty", "", "/v2/x/tags/list", ""},
+		{"rel case and several relation types", []string{`</v2/x/tags/list?last=v1>; title="page 2"; REL="last Next"`}, "/v2/x/tags/list",
+			`</v2/x/tags/list?last=v1>; rel="next"`},
+		{"next among several links in one field", []string{`</v2/x/tags/list?last=a>; rel="prev", </v2/x/tags/list?last=z>; rel="next"`}, "/v2/x/tags/list",
+			`</v2/x/tags/list?last=z>; rel="next"`},
+		{"next in a second field", []string{`</v2/x/tags/list?last=a>; rel="prev"`, `</v2/x/tags/list?last=z>; rel=next`}, "/v2/x/tags/list",
+			`</v2/x/tags/list?last=z>; rel="next"`},
+		{"opaque page tokens kept", []string{`</v2/x/tags/list?n=100&last=v1&cache=c2VjcmV0&page=3>; rel="next"`}, "/v2/x/tags/list?n=100",
+			`</v2/x/tags/list?cache=c2VjcmV0&last=v1&n=100&page=3>; rel="next"`},
+		{"an upstream cannot route the client", []string{`</v2/x/tags/list?last=v1&ns=evil.example>; rel="next"`}, "/v2/x/tags/list?ns=docker.io",
+			`</v2/x/tags/list?last=v1&ns=docker.io>; rel="next"`},
+		{"an upstream ns alone is no page", []string{`</v2/x/tags/list?ns=evil.example>; rel="next"`}, "/v2/x/tags/list", ""},
+		{"not next", []string{`</v2/x/tags/list?last=v1>; rel="prev"`}, "/v2/x/tags/list", ""},
+		{"next only as a substring", []string{`</v2/x/tags/list?last=v1>; rel="nextpage"`}, "/v2/x/tags/list", ""},
+		{"no page parameters", []string{`</v2/x/tags/list>; rel="next"`}, "/v2/x/tags/list", ""},
+		{"malformed", []string{`/v2/x/tags/list?last=v1; rel="next"`}, "/v2/x/tags/list", ""},
+		{"unterminated quote", []string{`</v2/x/tags/list?last=v1>; rel="next`}, "/v2/x/tags/list", ""},
+		{"too long", []string{`</v2/x/tags/list?last=` + strings.Repeat("a", maxLinkHeader) + `>; rel="next"`}, "/v2/x/tags/list", ""},
+		{"empty", nil, "/v2/x/tags/list", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			r := httptest.NewRequest("GET", tc.target, nil)
-			if got := nextLink(tc.link, r); got != tc.want {
-				t.Errorf("nextLink(%q) = %q, want %q", tc.link, got, tc.want)
+			if got := nextLink(tc.links, r); got != tc.want {
+				t.Errorf("nextLink(%q) = %q, want %q", tc.links, got, tc.want)
 			}
 		})
+	}
+}
+
+func TestParseLinks(t *testing.T) {
+	t.Parallel()
+	got := parseLinks(`<a?x=1,2>; rel="prev next"; title="x, y", <b>;rel=last ,<c>`)
+	want := []link{{target: "a?x=1,2", rels: []string{"prev", "next"}}, {target: "b", rels: []string{"last"}}, {target: "c"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("parseLinks = %+v, want %+v", got, want)
+	}
+	// What follows a malformed value is not guessed at.
+	if got := parseLinks(`<a>; rel=next, garbage <b>; rel=next`); len(got) != 1 || got[0].target != "a" {
+		t.Errorf("parseLinks after garbage = %+v", got)
+	}
+}
+
+func TestPageQuery(t *testing.T) {
+	t.Parallel()
+	r := httptest.NewRequest("GET", "/v2/x/tags/list?ns=docker.io&n=10&last=v1&cache=tok&artifactType=application%2Fspdx%2Bjson", nil)
+	q := pageQuery(r)
+	if q.Has("ns") {
+		t.Error("ns, the proxy's routing parameter, was forwarded upstream")
+	}
+	for _, k := range []string{"n", "last", "cache", "artifactType"} {
+		if !q.Has(k) {
+			t.Errorf("%s dropped", k)
+		}
+	}
+	var many strings.Builder
+	for i := range 3 * maxPageParams {
+		many.WriteString("&p")
+		many.WriteString(strings.Repeat("x", i+1))
+		many.WriteString("=1")
+	}
+	if q := pageQuery(httptest.NewRequest("GET", "/v2/x/tags/list?"+many.String()[1:], nil)); len(q) != maxPageParams {
+		t.Errorf("%d parameters forwarded, want at most %d", len(q), maxPageParams)
+	}
+}
+
+// TestTagsPaginationThroughTheProxy walks an upstream whose pages are
+// named by an opaque token and linked with an unquoted rel, as several
+// registries write it: every page is reached through the proxy, the token
+// goes back upstream unchanged, and the client's ns never does.
+func TestTagsPaginationThroughTheProxy(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var seen []string
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		mu.Lock()
+		seen = append(seen, r.URL.RawQuery)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Query().Get("cache") {
+		case "":
+			w.Header().Set("Link", `</v2/acme/app/tags/list?n=1&cache=dG9rMQ>; rel=next`)
+			_, _ = w.Write([]byte(`{"name":"acme/app","tags":["a"]}`))
+		case "dG9rMQ":
+			w.Header().Add("Link", `</v2/acme/app/tags/list?n=1&cache=first>; rel="first"`)
+			w.Header().Add("Link", `</v2/acme/app/tags/list?n=1&cache=dG9rMg>; rel="next"`)
+			_, _ = w.Write([]byte(`{"name":"acme/app","tags":["b"]}`))
+		default:
+			_, _ = w.Write([]byte(`{"name":"acme/app","tags":["c"]}`))
+		}
+	}))
+	t.Cleanup(up.Close)
+	p, _ := newTestProxy(t, up.URL, allowAll())
+	var tags []string
+	next := "/v2/acme/app/tags/list?n=1&ns=docker.io"
+	for i := 0; next != ""; i++ {
+		if i > 5 {
+			t.Fatal("pagination does not end")
+		}
+		w := do(p, http.MethodGet, next)
+		if w.Code != http.StatusOK {
+			t.Fatalf("GET %s = %d %s", next, w.Code, w.Body)
+		}
+		var page struct{ Tags []string }
+		if err := json.Unmarshal(w.Body.Bytes(), &page); err != nil {
+			t.Fatal(err)
+		}
+		tags = append(tags, page.Tags...)
+		next = ""
+		if l := w.Header().Get("Link"); l != "" {
+			next = strings.TrimSuffix(strings.TrimPrefix(l, "<"), `>; rel="next"`)
+		}
+	}
+	if !reflect.DeepEqual(tags, []string{"a", "b", "c"}) {
+		t.Errorf("tags through the proxy = %q, want a, b, c", tags)
+	}
+	want := []string{"n=1", "cache=dG9rMQ&n=1", "cache=dG9rMg&n=1"}
+	mu.Lock()
+	defer mu.Unlock()
+	if !reflect.DeepEqual(seen, want) {
+		t.Errorf("queries upstream = %q, want %q (page tokens kept, ns never sent)", seen, want)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -279,19 +278,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
 	case routeBlob:
 		err = p.serveBlob(w, r, u, repo, req.digest)
 	case routeReferrers:
-		q := url.Values{}
-		if at := r.URL.Query().Get("artifactType"); at != "" {
-			q.Set("artifactType", at)
-		}
-		err = p.passThrough(w, r, u, repo, "referrers/"+req.digest.String(), q, CodeManifestUnknown)
+		err = p.passThrough(w, r, u, repo, "referrers/"+req.digest.String(), pageQuery(r), CodeManifestUnknown)
 	case routeTags:
-		q := url.Values{}
-		for _, k := range []string{"n", "last"} {
-			if v := r.URL.Query().Get(k); v != "" {
-				q.Set(k, v)
-			}
-		}
-		err = p.passThrough(w, r, u, repo, "tags/list", q, CodeNameUnknown)
+		err = p.passThrough(w, r, u, repo, "tags/list", pageQuery(r), CodeNameUnknown)
 	}
 	if err != nil {
 		writeError(w, r, err)
