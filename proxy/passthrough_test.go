@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"reflect"
 	"strings"
 	"sync"
@@ -150,4 +151,35 @@ func TestTagsPaginationThroughTheProxy(t *testing.T) {
 	if !reflect.DeepEqual(seen, want) {
 		t.Errorf("queries upstream = %q, want %q (page tokens kept, ns never sent)", seen, want)
 	}
+}
+
+// FuzzNextLink: whatever an upstream sends, the client's next link is
+// either absent or its own path with a query the upstream cannot route.
+func FuzzNextLink(f *testing.F) {
+	for _, s := range []string{
+		`</v2/x/tags/list?last=v1>; rel="next"`,
+		`</v2/x/tags/list?last=a>; rel=prev, </v2/x/tags/list?last=z&ns=evil>; rel=next`,
+		`<a?x=1,2>; rel="prev next"; title="x, y", <b>;rel=last ,<c>`,
+		`<>; rel=next`, `<`, `;;;,,,<x>;rel="`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, link string) {
+		r := httptest.NewRequest("GET", "/v2/x/tags/list?ns=docker.io", nil)
+		got := nextLink([]string{link}, r)
+		if got == "" {
+			return
+		}
+		const prefix = "</v2/x/tags/list?"
+		if !strings.HasPrefix(got, prefix) || !strings.HasSuffix(got, `>; rel="next"`) {
+			t.Fatalf("next link %q leaves the client's path", got)
+		}
+		q, err := url.ParseQuery(strings.TrimSuffix(strings.TrimPrefix(got, prefix), `>; rel="next"`))
+		if err != nil {
+			t.Fatalf("next link %q: %v", got, err)
+		}
+		if ns := q["ns"]; len(ns) != 1 || ns[0] != "docker.io" {
+			t.Fatalf("next link %q routes to %q", got, ns)
+		}
+	})
 }
