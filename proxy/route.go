@@ -133,7 +133,10 @@ func parseAPIPath(r *http.Request) (apiRequest, *Error) {
 			req.digest = d
 		} else {
 			if !tagRE.MatchString(req.ref) {
-				return apiRequest{}, errorf(http.StatusBadRequest, CodeManifestInvalid, "invalid tag %q", truncate(req.ref, 130))
+				// No manifest can have this tag: it is unknown, as the
+				// distribution spec answers. MANIFEST_INVALID is a push
+				// code, about a manifest body.
+				return apiRequest{}, errorf(http.StatusNotFound, CodeManifestUnknown, "invalid tag %q: no manifest can be tagged so", truncate(req.ref, 130))
 			}
 			req.isTag = true
 		}
