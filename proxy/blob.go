@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -33,7 +34,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 	if p.opts.blobGating {
 		s, ok := p.blobs.get(blobKey(u.name, repo, digest))
 		if !ok {
-			return errorf(http.StatusForbidden, CodeDenied, "blob %s is not referenced by any verified manifest in %s", digest, repo)
+			return p.ungatedBlob(r.Context(), u, repo, digest)
 		}
 		size = s
 	}
@@ -181,6 +182,23 @@ type streamBudget struct {
 
 func newStreamBudget(bytes int64) *streamBudget {
 	return &streamBudget{StreamBudget: upstream.NewStreamBudget(bytes)}
+}
+
+// ungatedBlob answers for a blob no verified manifest references. One
+// upstream HEAD tells a blob that does not exist (404 BLOB_UNKNOWN, as
+// the distribution spec and its conformance suite expect) from one that
+// does and is denied; no byte of it is ever fetched. Anything else the
+// HEAD meets (an unreachable upstream, a 401) is the denial.
+func (p *Proxy) ungatedBlob(ctx context.Context, u *upstreamEntry, repo string, digest v1.Hash) error {
+	resp, err := u.client.OpenBlob(ctx, http.MethodHead, repo, digest, -1, nil)
+	if err == nil {
+		resp.Body.Close()
+	}
+	var ue *upstream.Error
+	if errors.As(err, &ue) && ue.Status == http.StatusNotFound {
+		return errorf(http.StatusNotFound, CodeBlobUnknown, "blob %s not found at upstream %s", digest, u.name)
+	}
+	return errorf(http.StatusForbidden, CodeDenied, "blob %s is not referenced by any verified manifest in %s", digest, repo)
 }
 
 func copyHeaders(dst, src http.Header, keys []string) {

@@ -171,11 +171,27 @@ func TestBlobGating(t *testing.T) {
 	if want := "blob " + img.layers[0].String() + " is not referenced by any verified manifest in acme/app"; e.Code != CodeDenied || e.Message != want {
 		t.Errorf("error = %s %q", e.Code, e.Message)
 	}
-	if n := s.count(); n != 0 {
-		t.Fatalf("blind blob reached the upstream: %v", s.since(0))
+	// One HEAD tells an existing blob from a missing one; no byte of it
+	// is fetched.
+	for _, req := range s.since(0) {
+		if !strings.HasPrefix(req, "HEAD ") && strings.Contains(req, "/blobs/") {
+			t.Fatalf("blind blob fetched from the upstream: %v", s.since(0))
+		}
+	}
+	if got := s.since(0); len(got) == 0 || got[len(got)-1] != "HEAD /v2/acme/app/blobs/"+img.layers[0].String() {
+		t.Fatalf("upstream requests for a blind blob = %v, want one HEAD of it", got)
 	}
 	if w := do(p, http.MethodHead, blob); w.Code != http.StatusForbidden {
 		t.Errorf("blind HEAD blob = %d", w.Code)
+	}
+	// A blob the upstream does not have is unknown, not denied.
+	missing := "/v2/acme/app/blobs/sha256:" + strings.Repeat("0", 64) + "?ns=docker.io"
+	w = do(p, http.MethodGet, missing)
+	if e := decodeError(t, w.Body.Bytes()); w.Code != http.StatusNotFound || e.Code != CodeBlobUnknown {
+		t.Errorf("missing blob = %d %s, want 404 BLOB_UNKNOWN", w.Code, e.Code)
+	}
+	if w := do(p, http.MethodHead, missing); w.Code != http.StatusNotFound {
+		t.Errorf("HEAD of a missing blob = %d, want 404", w.Code)
 	}
 
 	if w := do(p, http.MethodGet, "/v2/acme/other/manifests/v1?ns=docker.io"); w.Code != http.StatusOK {
