@@ -71,7 +71,7 @@ func TestAdmin(t *testing.T) {
 	for _, want := range []string{
 		`portcullis_requests_total{code="200",method="GET",route="manifests"} 2`,
 		`portcullis_requests_total{code="404",method="GET",route="blobs"} 1`,
-		`portcullis_decisions_total{boundary="prod",cached="false",decision="allow",mode="enforce"} 2`,
+		`portcullis_decisions_total{boundary="prod",decision="allow",mode="enforce",source="verified"} 2`,
 		`portcullis_verifications_total 2`,
 		`portcullis_request_duration_seconds_bucket`,
 		`portcullis_verdict_cache_total{result="hit"} 0`,

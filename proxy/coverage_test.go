@@ -207,8 +207,9 @@ func TestIndexCoversChildOfItsBoundary(t *testing.T) {
 		if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), c.raw) {
 			t.Fatalf("covered child = %d: %s", w.Code, w.Body)
 		}
-		if d := lastDecision(t, e.p, c.digest); d.CoveredBy != e.idx.String() || d.Decision != "allow" || d.Boundary != "images" {
-			t.Errorf("child decision = %+v, want allow covered by %s", d, e.idx)
+		// Covered is its own source: not a cache hit, not a verification.
+		if d := lastDecision(t, e.p, c.digest); d.CoveredBy != e.idx.String() || d.Decision != "allow" || d.Boundary != "images" || d.Cached {
+			t.Errorf("child decision = %+v, want allow covered by %s, not cached", d, e.idx)
 		}
 		if w := do(e.p, http.MethodGet, blobPath(coveredRepo, c.layers[0])); w.Code != http.StatusOK {
 			t.Errorf("blob of a covered child = %d", w.Code)
@@ -217,6 +218,11 @@ func TestIndexCoversChildOfItsBoundary(t *testing.T) {
 	if got := e.v.calls.Load(); got != calls {
 		t.Errorf("covered children were verified: %d Verify calls, want %d", got, calls)
 	}
+	labels := map[string]string{"boundary": "images", "decision": "allow", "source": "coverage"}
+	if got := counterValue(t, e.p, "portcullis_decisions_total", labels); got != float64(len(e.children)) {
+		t.Errorf("decisions{source=coverage} = %v, want %d", got, len(e.children))
+	}
+
 }
 
 // TestCoverageIsScopedLikeTheVerdict requests the children of a served

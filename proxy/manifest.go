@@ -71,6 +71,18 @@ const (
 	sourceCoverage                      // the verdict of a served index listing the manifest
 )
 
+// label names a source in the decisions metric.
+func (s verdictSource) label() string {
+	switch s {
+	case sourceCache:
+		return "cache"
+	case sourceCoverage:
+		return "coverage"
+	default:
+		return "verified"
+	}
+}
+
 // manifestDecision is one manifest request's decision. serveManifest
 // passes it through small steps, each filling in what the next needs:
 // resolve the digest, find a verdict (coverage, cache or verification),
@@ -561,7 +573,9 @@ func (p *Proxy) cover(d *manifestDecision) {
 // decide reports a decision: audit event, metrics, drift and the ring.
 func (p *Proxy) decide(md *manifestDecision) {
 	v, mr := md.verdict, md.mr
-	cached := md.source == sourceCache || md.source == sourceCoverage
+	// A child served on its parent's verdict is covered, not a cache hit:
+	// its own verdict was never looked up.
+	cached := md.source == sourceCache
 	decision := "deny"
 	switch {
 	case v.Allowed:
@@ -580,7 +594,7 @@ func (p *Proxy) decide(md *manifestDecision) {
 	if mode == "" {
 		mode = verify.ModeEnforce
 	}
-	p.metrics.decisions.WithLabelValues(v.Boundary, decision, string(mode), strconv.FormatBool(cached)).Inc()
+	p.metrics.decisions.WithLabelValues(v.Boundary, decision, string(mode), md.source.label()).Inc()
 	p.record(Decision{
 		Time:       time.Now().UTC(),
 		Client:     mr.client,
@@ -706,7 +720,7 @@ func (p *Proxy) failClosed(mr manifestReq, digest v1.Hash, code string, err erro
 		Mode:       verify.ModeEnforce,
 		Reasons:    []string{reason},
 	})
-	p.metrics.decisions.WithLabelValues("", "deny", string(verify.ModeEnforce), "false").Inc()
+	p.metrics.decisions.WithLabelValues("", "deny", string(verify.ModeEnforce), sourceVerified.label()).Inc()
 	return &Error{
 		Status:  http.StatusForbidden,
 		Code:    CodeDenied,

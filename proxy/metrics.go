@@ -42,8 +42,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"route"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_decisions_total",
-			Help: "Manifest decisions by boundary, decision (allow, deny, warn), mode and whether the verdict came from a cache.",
-		}, []string{"boundary", "decision", "mode", "cached"}),
+			Help: "Manifest decisions by boundary, decision (allow, deny, warn), mode and the verdict's source: verified for this request, the verdict cache, or coverage by an allowed index.",
+		}, []string{"boundary", "decision", "mode", "source"}),
 		verificationErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_verification_errors_total",
 			Help: "Verifications that could not reach a decision and failed closed, by reason.",
