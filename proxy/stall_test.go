@@ -314,22 +314,7 @@ func BenchmarkBlobStreamServe(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			target := "http://" + startServe(b, p, ServeConfig{}) + "/v2/acme/app/blobs/" + d.String() + "?ns=docker.io"
-			b.SetBytes(int64(len(blob)))
-			cpu0 := processCPU()
-			defer func() {
-				b.ReportMetric(float64(processCPU()-cpu0)/float64(time.Millisecond)/(float64(b.N)*float64(len(blob))/(1<<30)), "cpu-ms/GiB")
-			}()
-			for b.Loop() {
-				resp, err := http.Get(target)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-					b.Fatal(err)
-				}
-				resp.Body.Close()
-			}
+			benchBlobGets(b, "http://"+startServe(b, p, ServeConfig{})+"/v2/acme/app/blobs/"+d.String()+"?ns=docker.io", len(blob))
 		})
 	}
 }
