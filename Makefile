@@ -4,7 +4,7 @@ BIN       ?= bin/portcullis
 PKGS      := ./...
 E2E_BIN   ?= /usr/local/e2e/bin
 
-.PHONY: all build demo run test vet lint fmt-check race fuzz bench soak e2e e2e-install e2e-selfcheck mutate docker clean
+.PHONY: all build demo run test vet lint fmt-check race fuzz bench soak e2e e2e-install e2e-selfcheck conformance mutate docker clean
 
 all: build
 
@@ -57,12 +57,21 @@ SOAK_DURATION ?= 10m
 soak:
 	$(GO) run ./test/soak -duration $(SOAK_DURATION) $(SOAKFLAGS)
 
-## e2e: the real-tool suite (registry, cosign, crane, skopeo, oras, regctl, containerd)
+## e2e: the real-tool suite (registry, cosign, crane, skopeo, oras, regctl, containerd),
+## then the OCI conformance comparison; both run, both must pass
 e2e-install:
 	./test/e2e/install.sh all
 
 e2e: build
-	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/run.sh
+	@rc=0; \
+	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/run.sh || rc=1; \
+	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/conformance.sh || rc=1; \
+	exit $$rc
+
+## conformance: the OCI distribution-spec conformance suite (read-only) against the
+## upstreams directly and through portcullis, compared test by test
+conformance: build
+	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/conformance.sh
 
 ## e2e-selfcheck: the suite against a deny-all and an allow-all proxy; each must fail at least half of its checks
 e2e-selfcheck: build

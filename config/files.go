@@ -52,6 +52,9 @@ func (c *Config) CheckFiles() error {
 			check(joinPath(p, "auth.docker_config"), u.Auth.DockerConfig)
 		}
 	}
+	if c.Summaries != nil {
+		check("summaries.key", c.Summaries.Key)
+	}
 	for i, t := range c.Trust {
 		p := indexPath("trust", i)
 		for j, k := range t.Keys {

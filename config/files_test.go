@@ -38,7 +38,7 @@ func TestResolve(t *testing.T) {
 func TestCheckFiles(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	for _, f := range []string{"ca.pem", "k.pub", "root.json", "tls.crt", "tls.key", "docker.json"} {
+	for _, f := range []string{"ca.pem", "k.pub", "root.json", "tls.crt", "tls.key", "docker.json", "vsa.key"} {
 		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -55,6 +55,7 @@ trust:
   - {name: root, trusted_root: root.json}
 boundaries:
   - {name: b, signatures: {authorities: [{name: a, key: k}]}}
+summaries: {key: vsa.key}
 `
 	write := func(name, body string) string {
 		p := filepath.Join(dir, name)
@@ -71,7 +72,7 @@ boundaries:
 		t.Fatalf("CheckFiles: %v", err)
 	}
 
-	bad := strings.NewReplacer("ca.pem", "missing-ca.pem", "k.pub", "adir", "root.json", "gone.json", "tls.key", "nokey", "docker.json", "nodocker.json").Replace(good)
+	bad := strings.NewReplacer("ca.pem", "missing-ca.pem", "k.pub", "adir", "root.json", "gone.json", "tls.key", "nokey", "docker.json", "nodocker.json", "vsa.key", "novsa.key").Replace(good)
 	p := write("bad.yaml", bad)
 	c, err = Load(p)
 	if err != nil {
@@ -86,6 +87,7 @@ boundaries:
 		p + ":1: tls.key: open " + filepath.Join(dir, "nokey"),
 		p + ":3: upstreams[0].ca_file: open " + filepath.Join(dir, "missing-ca.pem"),
 		p + ":4: upstreams[1].auth.docker_config: open " + filepath.Join(dir, "nodocker.json"),
+		p + ":10: summaries.key: open " + filepath.Join(dir, "novsa.key"),
 		p + ":6: trust[0].keys[0]: " + filepath.Join(dir, "adir") + " is not a regular file",
 		p + ":7: trust[1].trusted_root: open " + filepath.Join(dir, "gone.json"),
 	}

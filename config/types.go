@@ -27,9 +27,16 @@ type Config struct {
 	UpstreamIdleTimeout Duration `yaml:"upstream_idle_timeout"`
 	// MaxConnsPerUpstream caps connections to each upstream host
 	// (default 64); an upstream's max_conns overrides it.
-	MaxConnsPerUpstream int    `yaml:"max_conns_per_upstream"`
-	Limits              Limits `yaml:"limits"`
-	Log                 Log    `yaml:"log"`
+	MaxConnsPerUpstream int `yaml:"max_conns_per_upstream"`
+	// EvidenceTypes are the media type patterns (path.Match syntax) of
+	// signatures, attestations and SBOMs served as evidence of an allowed
+	// digest. Absent: the built-in list; an empty list serves none.
+	EvidenceTypes *[]string `yaml:"evidence_types"`
+	Limits        Limits    `yaml:"limits"`
+	Log           Log       `yaml:"log"`
+	// Summaries, when present, has the proxy sign an SLSA verification
+	// summary of every enforce-mode allow.
+	Summaries *Summaries `yaml:"summaries"`
 
 	// Path is the file the config was read from ("" when parsed from bytes);
 	// relative paths in the file are resolved against its directory.
@@ -102,6 +109,16 @@ type Match struct {
 type Signatures struct {
 	Threshold   int         `yaml:"threshold"` // default 1
 	Authorities []Authority `yaml:"authorities"`
+	// Repository is where signatures, and the attestations of rules
+	// without their own repository, are looked up instead of the
+	// subject's repository: "<upstream>/<path>", the upstream a
+	// configured name or alias, "{repository}" in the path standing for
+	// the subject's repository. Empty: the subject's repository.
+	Repository string `yaml:"repository" json:",omitempty"`
+	// RepositoryStripPrefix is removed (whole path segments) from the
+	// subject's repository before it replaces {repository}; a subject
+	// without the prefix is denied.
+	RepositoryStripPrefix string `yaml:"repository_strip_prefix" json:",omitempty"`
 }
 
 // Authority is a signer: a trust entry with keys, or a keyless identity.
@@ -140,6 +157,11 @@ type Attestation struct {
 	// "newest" (default) decides on the newest by signed time, else
 	// statement time; "any" is satisfied by any one that passes.
 	Select string `yaml:"select"`
+	// Repository and RepositoryStripPrefix say where this rule's
+	// attestations are looked up, as in Signatures; empty inherits both
+	// from signatures.
+	Repository            string `yaml:"repository" json:",omitempty"`
+	RepositoryStripPrefix string `yaml:"repository_strip_prefix" json:",omitempty"`
 }
 
 // Values of Attestation.Select; empty means SelectNewest.
@@ -193,6 +215,26 @@ type Limits struct {
 	// StreamBufferBytes bounds the large copy buffers all blob streams
 	// hold together (default 64MiB); streams beyond it use small ones.
 	StreamBufferBytes ByteSize `yaml:"stream_buffer_bytes"`
+}
+
+// Summaries configures the signed verification summaries (SLSA VSA) the
+// proxy serves as referrers of the digests it allowed.
+type Summaries struct {
+	// Key is a PEM private key file: PKCS#8, EC or RSA, or a cosign key
+	// ("ENCRYPTED SIGSTORE PRIVATE KEY") with PasswordEnv. Required.
+	Key string `yaml:"key"`
+	// PasswordEnv names the environment variable holding the password of
+	// an encrypted key; it may be set to the empty string (cosign
+	// generate-key-pair with an empty COSIGN_PASSWORD).
+	PasswordEnv string `yaml:"password_env"`
+	// VerifierID is predicate.verifier.id, an absolute URI; default
+	// https://github.com/portcullis-oci/portcullis.
+	VerifierID string `yaml:"verifier_id"`
+	// PolicyURI is predicate.policy.uri, an absolute URI; default
+	// urn:portcullis:policy:<boundary>.
+	PolicyURI string `yaml:"policy_uri"`
+	// CacheSize bounds the summaries kept in memory; default (0) 4096.
+	CacheSize int `yaml:"cache_size"`
 }
 
 // Log configures logging.

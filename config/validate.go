@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -84,7 +85,17 @@ func (c *Config) validate(file string) error {
 	if c.MaxConnsPerUpstream <= 0 {
 		r.addf("max_conns_per_upstream", "must be positive")
 	}
+	if c.EvidenceTypes != nil {
+		for i, t := range *c.EvidenceTypes {
+			if _, err := path.Match(t, ""); err != nil || strings.TrimSpace(t) == "" || !strings.Contains(t, "/") {
+				r.addf(indexPath("evidence_types", i), "%q is not a media type pattern (type/subtype, path.Match syntax)", t)
+			}
+		}
+	}
 	c.Limits.validate(r)
+	if c.Summaries != nil {
+		c.Summaries.validate(r)
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -244,6 +255,23 @@ func validateAuth(r *reporter, path string, a *Auth) {
 	}
 }
 
+func (s *Summaries) validate(r *reporter) {
+	if s.Key == "" {
+		r.addf("summaries.key", "is required: the private key summaries are signed with")
+	}
+	if s.PasswordEnv != "" && !envNameRE.MatchString(s.PasswordEnv) {
+		r.addf("summaries.password_env", "%q is not an environment variable name", s.PasswordEnv)
+	}
+	for _, f := range []struct{ key, v string }{{"summaries.verifier_id", s.VerifierID}, {"summaries.policy_uri", s.PolicyURI}} {
+		if u, err := url.Parse(f.v); f.v != "" && (err != nil || u.Scheme == "") {
+			r.addf(f.key, "%q is not an absolute URI", f.v)
+		}
+	}
+	if s.CacheSize < 0 {
+		r.addf("summaries.cache_size", "must not be negative")
+	}
+}
+
 // validateTrust returns the trust entries by name.
 func (c *Config) validateTrust(r *reporter) map[string]*Trust {
 	byName := map[string]*Trust{}
@@ -336,6 +364,7 @@ func validateBoundary(r *reporter, p string, b *Boundary, upstreams map[string]*
 	if n := len(b.Signatures.Authorities); b.Signatures.Threshold < 1 || (n > 0 && b.Signatures.Threshold > n) {
 		r.addf(joinPath(sp, "threshold"), "must be between 1 and the number of authorities (%d), not %d", n, b.Signatures.Threshold)
 	}
+	validateEvidenceRepository(r, sp, b.Signatures.Repository, b.Signatures.RepositoryStripPrefix, upstreams)
 
 	anames := map[string]bool{}
 	for i := range b.Attestations {
@@ -367,6 +396,7 @@ func validateBoundary(r *reporter, p string, b *Boundary, upstreams map[string]*
 		default:
 			r.addf(joinPath(ap, "select"), "must be %q or %q, not %q", SelectNewest, SelectAny, at.Select)
 		}
+		validateEvidenceRepository(r, ap, at.Repository, at.RepositoryStripPrefix, upstreams)
 	}
 
 	if l := b.Lineage; l != nil {
@@ -389,6 +419,75 @@ func validateBoundary(r *reporter, p string, b *Boundary, upstreams map[string]*
 			}
 		}
 	}
+}
+
+// RepositoryPlaceholder in a signatures or attestation repository stands
+// for the subject's repository.
+const RepositoryPlaceholder = "{repository}"
+
+// repoPathRE is the distribution grammar's repository path.
+var repoPathRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
+
+// validateEvidenceRepository checks where a boundary's signatures (p is
+// its signatures) or a rule's attestations are kept: "<upstream>/<path>",
+// the upstream a lookup key into the configured names and aliases, never
+// an address.
+func validateEvidenceRepository(r *reporter, p, repo, strip string, upstreams map[string]*Upstream) {
+	rp, sp := joinPath(p, "repository"), joinPath(p, "repository_strip_prefix")
+	if repo == "" {
+		if strip != "" {
+			r.addf(sp, "needs repository")
+		}
+		return
+	}
+	key, path, ok := strings.Cut(repo, "/")
+	if !ok || key == "" || path == "" {
+		r.addf(rp, "%q must be <upstream>/<repository>", repo)
+		return
+	}
+	if upstreamByKey(upstreams, key) == nil {
+		r.addf(rp, "%q: no upstream is named or aliased %q", repo, key)
+	}
+	// Any repository may replace the placeholder; a path invalid with the
+	// simplest is invalid with every one.
+	if probe := strings.ReplaceAll(path, RepositoryPlaceholder, "x"); len(probe) > 255 || !repoPathRE.MatchString(probe) {
+		r.addf(rp, "%q: %q is not a repository path (the only placeholder is %s)", repo, path, RepositoryPlaceholder)
+	}
+	if strip == "" {
+		return
+	}
+	if !strings.Contains(path, RepositoryPlaceholder) {
+		r.addf(sp, "has no effect without %s in repository", RepositoryPlaceholder)
+	}
+	if !repoPathRE.MatchString(strings.TrimSuffix(strip, "/")) {
+		r.addf(sp, "%q is not a repository path prefix", strip)
+	}
+}
+
+// upstreamByKey returns the upstream whose name or alias is key, nil when
+// none is.
+func upstreamByKey(upstreams map[string]*Upstream, key string) *Upstream {
+	if u, ok := upstreams[key]; ok {
+		return u
+	}
+	for _, u := range upstreams {
+		if slices.Contains(u.Aliases, key) {
+			return u
+		}
+	}
+	return nil
+}
+
+// UpstreamFor returns the configured upstream whose name or alias is key:
+// the lookup a signatures or attestation repository's first component
+// gets.
+func (c *Config) UpstreamFor(key string) (*Upstream, bool) {
+	for i := range c.Upstreams {
+		if u := &c.Upstreams[i]; u.Name == key || slices.Contains(u.Aliases, key) {
+			return u, true
+		}
+	}
+	return nil, false
 }
 
 // validateDependencyGlob checks a lineage name glob as path.Match reads it.

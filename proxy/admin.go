@@ -12,10 +12,20 @@ import (
 
 const decisionRingSize = 256
 
-// Decision is one manifest decision as reported by /v1/decisions and the
-// audit log.
+// Kinds of Decision.
+const (
+	KindManifest = "manifest"
+	// KindBlob is a blob no allowed manifest references: denied, or
+	// served in a warn boundary. Blobs served through an allowed
+	// manifest are not decisions.
+	KindBlob = "blob"
+)
+
+// Decision is one manifest or blob decision as reported by /v1/decisions
+// and the audit log.
 type Decision struct {
 	Time       time.Time       `json:"time"`
+	Kind       string          `json:"kind"` // KindManifest or KindBlob
 	Client     string          `json:"client"`
 	Upstream   string          `json:"upstream"`
 	Repository string          `json:"repository"`
@@ -28,7 +38,10 @@ type Decision struct {
 	Reasons    []string        `json:"reasons,omitempty"`
 	Cached     bool            `json:"cached"`
 	CoveredBy  string          `json:"covered_by,omitempty"`
-	Drift      bool            `json:"drift,omitempty"`
+	// EvidenceOf is the digest a served signature, attestation or SBOM is
+	// evidence of; its decision is that digest's.
+	EvidenceOf string `json:"evidence_of,omitempty"`
+	Drift      bool   `json:"drift,omitempty"`
 }
 
 // decisionRing keeps the most recent decisions for the admin API.
@@ -61,7 +74,8 @@ func (r *decisionRing) list() []Decision {
 }
 
 // AdminHandler serves the operational endpoints: /healthz (alive), /readyz
-// (503 while draining), /metrics and /v1/decisions. It is meant for a
+// (503 while draining), /metrics, /v1/decisions and
+// /v1/decisions/<digest>/summary (see WithSummaries). It is meant for a
 // separate, non-public listener.
 func (p *Proxy) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -78,6 +92,7 @@ func (p *Proxy) AdminHandler() http.Handler {
 	if p.gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(p.gatherer, promhttp.HandlerOpts{}))
 	}
+	mux.HandleFunc("GET /v1/decisions/{digest}/summary", p.serveSummaryAdmin)
 	mux.HandleFunc("GET /v1/decisions", func(w http.ResponseWriter, _ *http.Request) {
 		body, err := json.Marshal(struct {
 			Decisions []Decision `json:"decisions"`

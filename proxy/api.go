@@ -21,6 +21,12 @@ type Verifier interface {
 	// covers a child it lists only when the child, by its own repository
 	// and artifact type, falls in the index's boundary.
 	BoundaryName(upstream, repo, artifactType string) (string, bool)
+	// BlobMode says how a blob of upstream/repo that no allowed manifest
+	// references is decided: warn (served, the would-be denial recorded)
+	// only when every boundary a manifest there could fall in is warn;
+	// false when such a manifest could fall to unmatched. Blob gating
+	// denies on anything but warn.
+	BlobMode(upstream, repo string) (boundary string, mode verify.Mode, ok bool)
 }
 
 // VerdictCache stores verdicts by key. cache.Verdicts satisfies it. The

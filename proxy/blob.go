@@ -1,8 +1,8 @@
 package proxy
 
 import (
-	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -11,6 +11,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
+	"github.com/portcullis-oci/portcullis/verify"
 	"go.uber.org/zap"
 )
 
@@ -25,18 +26,29 @@ var blobRequestHeaders = []string{"Range", "If-Range", "If-None-Match", "If-Matc
 var blobResponseHeaders = []string{"Accept-Ranges", "Content-Type", "ETag", "Last-Modified"}
 
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, digest v1.Hash) error {
+	if p.serveSummaryBlob(w, r, u, repo, digest) {
+		return nil
+	}
 	// size bounds the stream: a verified manifest's descriptor says how
 	// long the blob is, so an upstream cannot stream past it. Without gating
 	// the upstream's own length (Content-Length, Content-Range or a HEAD)
 	// bounds it; the digest check still rejects any body that is not the
 	// blob.
 	size := int64(-1)
+	// wouldDeny is set when the blob is served only because its
+	// repository is in warn boundaries; the would-be denial is recorded
+	// once the upstream shows it has the blob.
+	var wouldDeny *blobGate
 	if p.opts.blobGating {
-		s, ok := p.blobs.get(blobKey(u.name, repo, digest))
-		if !ok {
-			return p.ungatedBlob(r.Context(), u, repo, digest)
+		if s, ok := p.blobs.get(blobKey(u.name, repo, digest)); ok {
+			size = s
+		} else {
+			g := p.gateFor(u, repo)
+			if g.mode != verify.ModeWarn {
+				return p.ungatedBlob(r, u, repo, digest, g)
+			}
+			wouldDeny = &g
 		}
-		size = s
 	}
 	hdr := http.Header{}
 	for _, k := range blobRequestHeaders {
@@ -70,14 +82,20 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
-	case http.StatusOK, http.StatusPartialContent:
-	case http.StatusNotModified:
-		copyHeaders(w.Header(), resp.Header, []string{"ETag", "Last-Modified", "Docker-Content-Digest"})
-		w.WriteHeader(http.StatusNotModified)
-		return nil
+	case http.StatusOK, http.StatusPartialContent, http.StatusNotModified:
 	default:
 		p.metrics.upstreamErrors.WithLabelValues(u.name, "status_other").Inc()
 		return errorf(http.StatusBadGateway, CodeUnknown, "upstream %s answered %d for a blob", u.name, resp.StatusCode)
+	}
+	// The upstream has the blob: in an enforce boundary this is where it
+	// would have been denied.
+	if wouldDeny != nil {
+		p.recordBlob(r, u, repo, digest, *wouldDeny)
+	}
+	if resp.StatusCode == http.StatusNotModified {
+		copyHeaders(w.Header(), resp.Header, []string{"ETag", "Last-Modified", "Docker-Content-Digest"})
+		w.WriteHeader(http.StatusNotModified)
+		return nil
 	}
 	copyHeaders(w.Header(), resp.Header, blobResponseHeaders)
 	w.Header().Set("Docker-Content-Digest", digest.String())
@@ -184,13 +202,37 @@ func newStreamBudget(bytes int64) *streamBudget {
 	return &streamBudget{StreamBudget: upstream.NewStreamBudget(bytes)}
 }
 
-// ungatedBlob answers for a blob no verified manifest references. One
-// upstream HEAD tells a blob that does not exist (404 BLOB_UNKNOWN, as
-// the distribution spec and its conformance suite expect) from one that
-// does and is denied; no byte of it is ever fetched. Anything else the
-// HEAD meets (an unreachable upstream, a 401) is the denial.
-func (p *Proxy) ungatedBlob(ctx context.Context, u *upstreamEntry, repo string, digest v1.Hash) error {
-	resp, err := u.client.OpenBlob(ctx, http.MethodHead, repo, digest, -1, nil)
+// blobGate is how a blob no allowed manifest references is decided in
+// its repository.
+type blobGate struct {
+	boundary string
+	mode     verify.Mode
+}
+
+// gateFor asks the Verifier which mode covers every manifest the
+// repository could hold. A repository a manifest could leave to
+// unmatched is enforced: under "deny" its manifests are refused, and
+// under "insecure-allow" gating is what keeps unverified repositories to
+// the blobs of manifests actually pulled.
+func (p *Proxy) gateFor(u *upstreamEntry, repo string) blobGate {
+	b, mode, ok := p.verifier.BlobMode(u.name, repo)
+	if !ok || mode != verify.ModeWarn {
+		mode = verify.ModeEnforce
+	}
+	if !ok {
+		b = ""
+	}
+	return blobGate{boundary: b, mode: mode}
+}
+
+// ungatedBlob answers for a blob no verified manifest references, in a
+// repository where that is enforced. One upstream HEAD tells a blob that
+// does not exist (404 BLOB_UNKNOWN, as the distribution spec and its
+// conformance suite expect, and not a decision) from one that does and is
+// denied; no byte of it is ever fetched. Anything else the HEAD meets (an
+// unreachable upstream, a 401) is the denial.
+func (p *Proxy) ungatedBlob(r *http.Request, u *upstreamEntry, repo string, digest v1.Hash, g blobGate) error {
+	resp, err := u.client.OpenBlob(r.Context(), http.MethodHead, repo, digest, -1, nil)
 	if err == nil {
 		resp.Body.Close()
 	}
@@ -198,7 +240,47 @@ func (p *Proxy) ungatedBlob(ctx context.Context, u *upstreamEntry, repo string, 
 	if errors.As(err, &ue) && ue.Status == http.StatusNotFound {
 		return errorf(http.StatusNotFound, CodeBlobUnknown, "blob %s not found at upstream %s", digest, u.name)
 	}
-	return errorf(http.StatusForbidden, CodeDenied, "blob %s is not referenced by any verified manifest in %s", digest, repo)
+	reason := p.recordBlob(r, u, repo, digest, g)
+	return &Error{
+		Status:  http.StatusForbidden,
+		Code:    CodeDenied,
+		Message: fmt.Sprintf("blob %s is not referenced by any verified manifest in %s", digest, repo),
+		Detail: map[string]any{
+			"boundary":   g.boundary,
+			"digest":     digest.String(),
+			"upstream":   u.name,
+			"repository": repo,
+			"reasons":    []string{reason},
+		},
+	}
+}
+
+// recordBlob reports a blob-gating denial (enforce) or would-be denial
+// (warn) like a manifest decision: audit event, ring and the decisions
+// metric with source "blob-gating". Every request is reported, as every
+// manifest request is; a client repeating a denied request repeats the
+// event. It returns the reason.
+func (p *Proxy) recordBlob(r *http.Request, u *upstreamEntry, repo string, digest v1.Hash, g blobGate) string {
+	decision := "deny"
+	if g.mode == verify.ModeWarn {
+		decision = "warn"
+	}
+	reason := fmt.Sprintf("blob %s is not referenced by any verified manifest in %s/%s", digest, u.name, repo)
+	p.metrics.decisions.WithLabelValues(g.boundary, decision, string(g.mode), sourceGating.label()).Inc()
+	p.record(Decision{
+		Time:       time.Now().UTC(),
+		Kind:       KindBlob,
+		Client:     r.RemoteAddr,
+		Upstream:   u.name,
+		Repository: repo,
+		Reference:  digest.String(),
+		Digest:     digest.String(),
+		Boundary:   g.boundary,
+		Decision:   decision,
+		Mode:       g.mode,
+		Reasons:    []string{reason},
+	})
+	return reason
 }
 
 func copyHeaders(dst, src http.Header, keys []string) {

@@ -76,6 +76,10 @@ func (s *engineSpy) BoundaryName(upstream, repo, artifactType string) (string, b
 	return s.eng.Load().BoundaryName(upstream, repo, artifactType)
 }
 
+func (s *engineSpy) BlobMode(upstream, repo string) (string, verify.Mode, bool) {
+	return s.eng.Load().BlobMode(upstream, repo)
+}
+
 func (s *engineSpy) callsFor(d v1.Hash) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -59,6 +59,11 @@ func (f *fakeVerifier) BoundaryName(upstream, repo, artifactType string) (string
 	return "prod", true
 }
 
+// BlobMode: every repository is in the enforce boundary "prod".
+func (f *fakeVerifier) BlobMode(string, string) (string, verify.Mode, bool) {
+	return "prod", verify.ModeEnforce, true
+}
+
 func allowAll() *fakeVerifier {
 	return &fakeVerifier{fn: func(_ context.Context, s verify.Subject) (verify.Verdict, error) {
 		return verify.Verdict{Allowed: true, Mode: verify.ModeEnforce, Boundary: "prod", Digest: s.Digest.String(),

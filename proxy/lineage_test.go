@@ -697,6 +697,9 @@ type contractBreaker struct {
 func (c *contractBreaker) Fingerprint() string { return "contract-breaker" }
 
 func (c *contractBreaker) BoundaryName(string, string, string) (string, bool) { return "lineage", true }
+func (c *contractBreaker) BlobMode(string, string) (string, verify.Mode, bool) {
+	return "lineage", verify.ModeEnforce, true
+}
 
 func (c *contractBreaker) Verify(ctx context.Context, s verify.Subject, _ verify.Fetcher) (verify.Verdict, error) {
 	if err := c.hook(ctx, s); err != nil {

@@ -69,6 +69,8 @@ const (
 	sourceVerified                      // decided by the Verifier for this request
 	sourceCache                         // read from the verdict cache
 	sourceCoverage                      // the verdict of a served index listing the manifest
+	sourceEvidence                      // the verdict of the digest the manifest is evidence of
+	sourceGating                        // a blob no allowed manifest references
 )
 
 // label names a source in the decisions metric.
@@ -78,6 +80,10 @@ func (s verdictSource) label() string {
 		return "cache"
 	case sourceCoverage:
 		return "coverage"
+	case sourceEvidence:
+		return "evidence"
+	case sourceGating:
+		return "blob-gating"
 	default:
 		return "verified"
 	}
@@ -103,16 +109,22 @@ type manifestDecision struct {
 	verdict   verify.Verdict
 	source    verdictSource
 	coveredBy string // the index whose verdict this is, for sourceCoverage
+	// evidenceOf is the digest this manifest is evidence of, for
+	// sourceEvidence.
+	evidenceOf string
 }
 
 func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, req apiRequest, st *reqState) error {
+	if p.serveSummaryManifest(w, r, u, repo, req) {
+		return nil
+	}
 	ctx := r.Context()
 	d, err := p.resolveManifest(ctx, manifestReq{u: u, repo: repo, ref: req.ref, client: r.RemoteAddr}, req, r)
 	if err != nil {
 		return err
 	}
 	st.digest = d.digest
-	if err := p.findVerdict(ctx, d); err != nil {
+	if err := p.decideManifest(ctx, d, req); err != nil {
 		return err
 	}
 	if err := p.loadBytes(ctx, d, r.Method == http.MethodGet); err != nil {
@@ -151,6 +163,35 @@ func (p *Proxy) resolveManifest(ctx context.Context, mr manifestReq, req apiRequ
 	d.fingerprint = p.verifier.Fingerprint()
 	d.key = verdictKey(d.fingerprint, mr.u.name, mr.repo, d.desc.Digest)
 	return d, nil
+}
+
+// decideManifest gives d its verdict: as evidence of an allowed digest
+// when it is one, else its own. A request that may be for evidence
+// (cosign's tags, a digest served as evidence before) is checked first, so
+// that evidence is not verified as content it is not; any other manifest
+// is checked once its own verdict is not an allow, with the bytes that
+// verdict brought.
+func (p *Proxy) decideManifest(ctx context.Context, d *manifestDecision, req apiRequest) error {
+	if p.evidenceCandidate(d, req) {
+		if ok, err := p.evidenceOf(ctx, d, req); err != nil || ok {
+			return err
+		}
+	}
+	if err := p.findVerdict(ctx, d); err != nil {
+		return err
+	}
+	if d.verdict.Allowed || d.manifest == nil || len(p.opts.evidenceTypes) == 0 {
+		return nil
+	}
+	own, source := d.verdict, d.source
+	ok, err := p.evidenceOf(ctx, d, req)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		d.verdict, d.source = own, source
+	}
+	return nil
 }
 
 // findVerdict takes the verdict of an index covering the manifest, else
@@ -478,6 +519,9 @@ func (p *Proxy) evaluate(ctx context.Context, mr manifestReq, m verify.Manifest)
 	// followed, and always through the proxy: routing, verdict cache and
 	// shared verification stay the same at every level.
 	subject.Lineage.Dependencies = p
+	// Evidence kept on another upstream is read through that upstream's
+	// client, found by name in the router: never dialled by name.
+	subject.Fetchers = p.router
 	p.metrics.verifications.Inc()
 	v, err := p.verifier.Verify(ctx, subject, mr.u.client)
 	if err != nil {
@@ -538,7 +582,11 @@ func (p *Proxy) manifestBytes(ctx context.Context, u *upstreamEntry, repo string
 func (p *Proxy) remember(d *manifestDecision) {
 	pm, u, repo := d.parsed, d.mr.u.name, d.mr.repo
 	if pm.index {
-		p.cover(d)
+		// A fallback index served as evidence lists referrers; each is
+		// decided when fetched.
+		if d.source != sourceEvidence {
+			p.cover(d)
+		}
 		return
 	}
 	p.blobs.add(blobKey(u, repo, pm.config.digest), pm.config.size)
@@ -609,11 +657,15 @@ func (p *Proxy) decide(md *manifestDecision) {
 		Reasons:    v.Reasons,
 		Cached:     cached,
 		CoveredBy:  md.coveredBy,
+		EvidenceOf: md.evidenceOf,
 		Drift:      drift,
 	})
 }
 
 func (p *Proxy) record(d Decision) {
+	if d.Kind == "" {
+		d.Kind = KindManifest
+	}
 	p.decisions.add(d)
 	level := zap.WarnLevel
 	if d.Decision == "allow" && !d.Drift {
@@ -627,6 +679,7 @@ func (p *Proxy) record(d Decision) {
 	}
 	ce.Write(
 		zap.Time("time", d.Time),
+		zap.String("kind", d.Kind),
 		zap.String("client", d.Client),
 		zap.String("upstream", d.Upstream),
 		zap.String("repository", d.Repository),
@@ -639,6 +692,7 @@ func (p *Proxy) record(d Decision) {
 		zap.Strings("reasons", d.Reasons),
 		zap.Bool("cached", d.Cached),
 		zap.String("covered_by", d.CoveredBy),
+		zap.String("evidence_of", d.EvidenceOf),
 		zap.Bool("drift", d.Drift),
 	)
 }

@@ -27,6 +27,7 @@ type metrics struct {
 	streamsEvicted     prometheus.Counter
 	streamBufLimited   prometheus.Counter
 	limitExceeded      *prometheus.CounterVec
+	referrers          *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -42,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"route"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_decisions_total",
-			Help: "Manifest decisions by boundary, decision (allow, deny, warn), mode and the verdict's source: verified for this request, the verdict cache, or coverage by an allowed index.",
+			Help: "Decisions by boundary, decision (allow, deny, warn), mode and the verdict's source: verified for this request, the verdict cache, coverage by an allowed index, or blob-gating for a blob no allowed manifest references (deny or warn only).",
 		}, []string{"boundary", "decision", "mode", "source"}),
 		verificationErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_verification_errors_total",
@@ -108,12 +109,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "portcullis_stream_buffer_budget_exhausted_total",
 			Help: "Blob streams that ran, at least partly, on small buffers because the stream buffer budget was in use.",
 		}),
+		referrers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_referrers_total",
+			Help: "Referrers listings answered, by upstream and source: the upstream's referrers API (api), its sha256-<hex> fallback tag (fallback), or neither (empty).",
+		}, []string{"upstream", "source"}),
 	}
 	for _, c := range []prometheus.Collector{
 		m.requests, m.duration, m.decisions, m.verificationErrors, m.upstreamErrors,
 		m.blobBytes, m.verdictCache, m.verifications, m.drift, m.lineageDeps,
 		m.verifyRunning, m.verifyQueued, m.verifyRejected,
 		m.clientConns, m.clientConnsLimited, m.clientStalled, m.streamsEvicted, m.streamBufLimited, m.limitExceeded,
+		m.referrers,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, errors.Join(errors.New("failed to register metrics"), err)

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/portcullis-oci/portcullis/verify/summary"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -30,6 +31,11 @@ type options struct {
 	streamBudget *streamBudget
 	// clientStallGrace: see WithClientStallGrace; 0 evicts nothing.
 	clientStallGrace time.Duration
+	// evidenceTypes: see WithEvidenceTypes.
+	evidenceTypes    evidenceTypes
+	evidenceTypesSet bool
+	// summaries: see WithSummaries; nil signs none.
+	summaries *summaryStore
 }
 
 func defaultOptions() options {
@@ -218,6 +224,34 @@ func WithClientStallGrace(d time.Duration) Option {
 			return errors.New("negative client stall grace")
 		}
 		o.clientStallGrace = d
+		return nil
+	}
+}
+
+// WithSummaries has s sign a verification summary (an SLSA VSA in a
+// sigstore bundle) of every enforce-mode allow, the first time it is
+// asked for as a referrer of the digest or from the admin API, and serve
+// it, its bundle and its config from memory in that upstream and
+// repository only. A summary lives exactly as long as its verdict is in
+// the verdict cache under the current policy fingerprint, so summaries
+// need WithVerdictCache; without one none is made. At most size summaries
+// are kept (0 means DefaultSummaryCacheSize). Default: none.
+func WithSummaries(s *summary.Signer, size int) Option {
+	return func(o *options) error {
+		if s == nil {
+			return errors.New("nil summary signer")
+		}
+		if size < 0 {
+			return errors.New("negative summary cache size")
+		}
+		if size == 0 {
+			size = DefaultSummaryCacheSize
+		}
+		st, err := newSummaryStore(s, size)
+		if err != nil {
+			return err
+		}
+		o.summaries = st
 		return nil
 	}
 }

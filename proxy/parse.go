@@ -24,6 +24,11 @@ type parsedManifest struct {
 	config       blobRef
 	layers       []blobRef
 	children     []v1.Hash
+	// layerTypes are the layers' media types, in order; evidence is told
+	// apart from content by them (see evidence.go).
+	layerTypes []string
+	// subject is the manifest this one is about (OCI 1.1 referrers).
+	subject *v1.Hash
 }
 
 // blobRef is a blob a manifest references, with the size its descriptor
@@ -133,13 +138,16 @@ func parseManifest(contentType types.MediaType, b []byte) (*parsedManifest, erro
 					return nil, fmt.Errorf("layers[%d]: %w", i, err)
 				}
 				pm.layers = append(pm.layers, blobRef{h, d.Size})
+				pm.layerTypes = append(pm.layerTypes, d.MediaType)
 			}
 		}
 	}
 	if mj.Subject != nil {
-		if _, err := checkDescriptor(*mj.Subject); err != nil {
+		h, err := checkDescriptor(*mj.Subject)
+		if err != nil {
 			return nil, fmt.Errorf("subject: %w", err)
 		}
+		pm.subject = &h
 	}
 	return pm, nil
 }

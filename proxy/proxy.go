@@ -60,6 +60,10 @@ type Proxy struct {
 	// parsed keeps the parsed form of served manifests by digest and media
 	// type, so a warm pull does not re-parse bytes it already parsed.
 	parsed *lru.Cache[string, *parsedManifest]
+	// evidence remembers which digest a manifest served as evidence is
+	// about, for a later fetch of it by digest (cosign's tags name the
+	// subject; the manifest behind them need not).
+	evidence *ttlCache[string, v1.Hash]
 
 	decisions decisionRing
 	draining  atomic.Bool
@@ -90,6 +94,10 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		coverage: newTTLCache[string, coverEntry](coverageSize, o.coverageTTL),
 		blobs:    newTTLCache[string, int64](blobAllowSize, blobAllowTTL),
 		streams:  newStreamTable(),
+		evidence: newTTLCache[string, v1.Hash](evidenceMemorySize, evidenceMemoryTTL),
+	}
+	if !o.evidenceTypesSet {
+		p.opts.evidenceTypes = append(evidenceTypes{}, DefaultEvidenceTypes...)
 	}
 	if o.tagTTL > 0 {
 		p.tags = newTTLCache[string, v1.Descriptor](tagCacheSize, o.tagTTL)
@@ -278,7 +286,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
 	case routeBlob:
 		err = p.serveBlob(w, r, u, repo, req.digest)
 	case routeReferrers:
-		err = p.passThrough(w, r, u, repo, "referrers/"+req.digest.String(), pageQuery(r), CodeManifestUnknown)
+		err = p.serveReferrers(w, r, u, repo, req.digest)
 	case routeTags:
 		err = p.passThrough(w, r, u, repo, "tags/list", pageQuery(r), CodeNameUnknown)
 	}

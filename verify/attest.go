@@ -3,7 +3,9 @@ package verify
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -295,6 +297,7 @@ func compileRules(b *Boundary, auths []*compiledAuthority) ([]*compiledRule, err
 type verifiedAttestation struct {
 	st     *statement
 	signer Signer
+	digest string // of the signed statement bytes (AttestationResult.Digest)
 	// at is the signed time, else the statement's own time; zero if none.
 	at     time.Time
 	signed bool
@@ -333,6 +336,10 @@ func verifyAttestation(ev *evidence, s Subject, now time.Time, auths []*compiled
 			continue
 		}
 		va := &verifiedAttestation{st: st, signer: res.signer}
+		if _, payload, ok := ev.envelope(); ok {
+			sum := sha256.Sum256(payload)
+			va.digest = "sha256:" + hex.EncodeToString(sum[:])
+		}
 		if len(res.times) > 0 {
 			va.at, va.signed = slices.MinFunc(res.times, func(a, b time.Time) int { return a.Compare(b) }), true
 		} else {

@@ -46,6 +46,9 @@ const (
 type evidence struct {
 	format string
 	source string
+	// where names the place it was read from when that is not the
+	// subject's own repository.
+	where  string
 	bundle *bundle.Bundle
 	legacy *legacySignature
 	// statement is the in-toto statement of a DSSE envelope (a bundle's or
@@ -69,7 +72,12 @@ type evidence struct {
 	results map[*compiledAuthority]*envelopeResult
 }
 
-func (ev *evidence) label() string { return ev.format + " " + ev.source }
+func (ev *evidence) label() string {
+	if ev.where != "" {
+		return ev.format + " " + ev.source + " in " + ev.where
+	}
+	return ev.format + " " + ev.source
+}
 
 // envelope returns the payload type and payload of a DSSE envelope, and
 // false for other evidence.
@@ -98,26 +106,44 @@ func (r *run) collect(ctx context.Context) error {
 	return err
 }
 
+// read reads each of the boundary's evidence places in turn, as long as
+// a decision is still open.
 func (r *run) read(ctx context.Context) error {
-	s, f := r.s, r.f
+	for _, l := range r.locs {
+		if r.done() {
+			return nil
+		}
+		r.at = l
+		if err := r.readAt(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readAt reads the evidence about the subject's digest kept in r.at:
+// referrers, the fallback tag index and the cosign tags, all in that one
+// repository.
+func (r *run) readAt(ctx context.Context) error {
+	s, at := r.s, r.at
 	fallbackTag := "sha256-" + s.Digest.Hex
 
 	var descs []v1.Descriptor
-	idx, err := f.Referrers(ctx, s.Repository, s.Digest)
+	idx, err := at.f.Referrers(ctx, at.repo, s.Digest)
 	switch {
 	case err == nil:
-		r.checked = append(r.checked, "referrers")
+		at.checked = append(at.checked, "referrers")
 		if idx != nil {
 			descs = append(descs, idx.Manifests...)
 		}
 	case errors.Is(err, ErrNoReferrersAPI), errors.Is(err, ErrNotFound):
 	default:
-		return fmt.Errorf("listing referrers of %s: %w", s.Digest, err)
+		return fmt.Errorf("listing referrers of %s in %s: %w", s.Digest, at, err)
 	}
 
 	// The fallback tag is read even when the referrers API answered:
 	// evidence pushed while the registry lacked the API stays there.
-	r.checked = append(r.checked, fallbackTag)
+	at.checked = append(at.checked, fallbackTag)
 	m, ok, err := r.readTag(ctx, fallbackTag)
 	if err != nil {
 		return err
@@ -165,7 +191,7 @@ func (r *run) read(ctx context.Context) error {
 
 	sigTag := fallbackTag + ".sig"
 	if r.needSignatures() {
-		r.checked = append(r.checked, sigTag)
+		at.checked = append(at.checked, sigTag)
 		m, ok, err := r.readTag(ctx, sigTag)
 		if err != nil {
 			return err
@@ -200,7 +226,7 @@ func (r *run) readTag(ctx context.Context, tag string) (Manifest, bool, error) {
 	if err := r.budget.admit(0); err != nil {
 		return Manifest{}, false, err
 	}
-	m, err := r.f.Manifest(ctx, r.s.Repository, tag)
+	m, err := r.at.f.Manifest(ctx, r.at.repo, tag)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return Manifest{}, false, nil
@@ -249,7 +275,7 @@ func (r *run) openReferrer(ctx context.Context, desc v1.Descriptor) (*evidence, 
 	if err := r.budget.admit(desc.Size); err != nil {
 		return nil, err
 	}
-	m, err := r.f.Manifest(ctx, s.Repository, desc.Digest.String())
+	m, err := r.at.f.Manifest(ctx, r.at.repo, desc.Digest.String())
 	if errors.Is(err, ErrNotFound) {
 		ev.err = errors.New("listed manifest not found")
 		return ev, nil
@@ -350,7 +376,7 @@ func (r *run) readBlob(ctx context.Context, h v1.Hash, declared, limit int64, wh
 		}
 		return nil, fmt.Errorf("%w: %s %s exceeds the limit of %d bytes", errEvidence, what, h, limit)
 	}
-	raw, err := r.f.Blob(ctx, r.s.Repository, h, read)
+	raw, err := r.at.f.Blob(ctx, r.at.repo, h, read)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return nil, fmt.Errorf("%w: blob %s not found", errEvidence, h)

@@ -2,7 +2,7 @@
 // the signatures cosign and other sigstore clients store next to the
 // manifest, verifies them against a Policy, and returns a Verdict.
 //
-// The package is pure. It reads evidence only through the Fetcher it is
+// The package is pure. It reads evidence only through the Fetchers it is
 // given, never dials the network itself, never logs, and keeps no state
 // between calls beyond the compiled policy.
 //
@@ -21,7 +21,10 @@
 //
 // For a subject digest the engine reads: the OCI 1.1 referrers of the
 // digest, the "sha256-<hex>" fallback tag index, and the cosign legacy
-// "sha256-<hex>.sig" manifest. Each listed referrer is opened; labels in
+// "sha256-<hex>.sig" manifest, in the subject's repository or where the
+// boundary keeps its evidence (EvidenceRepository: another repository,
+// perhaps on another upstream read through Subject.Fetchers). The place
+// changes only where evidence is looked up, never what it must sign. Each listed referrer is opened; labels in
 // an index are never enough to select or discard evidence. Sigstore
 // bundles v0.1 to v0.3 (message signatures and DSSE envelopes) and
 // simplesigning layers are understood. The signed digest must be the

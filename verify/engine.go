@@ -89,6 +89,9 @@ type compiledBoundary struct {
 	*Boundary
 	authorities []*compiledAuthority
 	rules       []*compiledRule
+	// evidence lists where evidence is read from, signatures' place
+	// first; the zero value is the subject's own repository.
+	evidence []EvidenceRepository
 }
 
 type compiledAuthority struct {
@@ -207,6 +210,9 @@ func compileBoundary(b *Boundary) (*compiledBoundary, error) {
 	}
 	var err error
 	if cb.rules, err = compileRules(b, cb.authorities); err != nil {
+		return nil, err
+	}
+	if cb.evidence, err = compileEvidence(b); err != nil {
 		return nil, err
 	}
 	return cb, nil
@@ -368,11 +374,12 @@ func policyHash(p Policy, o options) string {
 		Authorities          []authority
 		Attestations         []AttestationRule
 		Lineage              *LineageRule
+		SignatureRepository  *EvidenceRepository `json:",omitempty"`
 	}
 	var bs []boundary
 	for _, b := range p.Boundaries {
 		cb := boundary{Name: b.Name, Upstream: b.Upstream, Mode: string(b.Mode), Repos: b.Repositories, Types: b.ArtifactTypes, Threshold: b.Threshold,
-			Attestations: b.Attestations, Lineage: b.Lineage}
+			Attestations: b.Attestations, Lineage: b.Lineage, SignatureRepository: b.SignatureRepository}
 		for _, a := range b.Authorities {
 			ca := authority{Name: a.Name}
 			if a.Key != nil {
@@ -490,6 +497,10 @@ func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, err
 	}
 
 	r := e.newRun(cb, s, f, v.CheckedAt)
+	if reason := r.locate(); reason != "" {
+		v.Reasons = []string{reason}
+		return v, nil
+	}
 	if err := r.collect(ctx); err != nil {
 		return Verdict{}, err
 	}
@@ -500,9 +511,11 @@ func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, err
 	v.Signers = t.signers
 	reasons := append(t.reasons, r.notes...)
 	allowed := len(t.signers) >= cb.Threshold
+	placesNamed := false
 	if !allowed {
 		if r.found == 0 && r.limit == "" {
-			reasons = append(reasons, fmt.Sprintf("no signatures found (checked %s)", strings.Join(r.checked, ", ")))
+			reasons = append(reasons, r.noSignatures())
+			placesNamed = true
 		}
 		reasons = append(reasons, thresholdReason(cb.Threshold, t.names()))
 	}
@@ -520,6 +533,9 @@ func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, err
 		// Evidence a limit left unread might have changed the outcome;
 		// the limit is named so the denial can be counted as its doing.
 		v.Limit = r.limit
+		if where := r.lookedIn(); where != "" && !placesNamed {
+			reasons = append(reasons, where)
+		}
 	}
 	v.Reasons = reasons
 	return v, nil
@@ -545,7 +561,7 @@ func (e *Engine) evalAttestations(ctx context.Context, r *run, signaturesOK bool
 		}
 		v.Attestations = append(v.Attestations, AttestationResult{
 			Rule: rs.Name, PredicateType: rs.PredicateType, Name: PredicateName(rs.PredicateType),
-			Signer: va.signer, Time: va.at,
+			Signer: va.signer, Time: va.at, Digest: va.digest,
 		})
 		if prov == nil && isProvenance(rs.PredicateType) {
 			prov = va

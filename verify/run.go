@@ -33,9 +33,12 @@ type run struct {
 
 	// found counts the signature evidence read (referrers and .sig
 	// layers), rejected or not.
-	found   int
-	checked []string
-	notes   []string
+	found int
+	notes []string
+	// locs are the places evidence is read from (locate), at the one
+	// being read.
+	locs []*location
+	at   *location
 	// limit names the limit that left evidence unread while a decision
 	// still needed it; a denial then carries it in Verdict.Limit.
 	limit string
@@ -85,6 +88,9 @@ func (r *run) leftUnread(limit, note string) {
 // layer; legacy attestations never do). An error only means the context
 // ended.
 func (r *run) add(ctx context.Context, ev *evidence, signature bool) error {
+	if r.at != nil && !r.at.own {
+		ev.where = r.at.String()
+	}
 	r.open(ev)
 	if signature {
 		r.found++

@@ -28,6 +28,12 @@ type Subject struct {
 	// with no dependency verifier": a boundary that requires lineage then
 	// denies, it never skips the check.
 	Lineage LineageContext
+
+	// Fetchers reads other configured upstreams, for a boundary that
+	// keeps evidence on another upstream than the subject's. nil means
+	// only the subject's upstream can be read: such a boundary then
+	// denies, it never looks elsewhere.
+	Fetchers FetcherSource
 }
 
 // LineageContext is where a subject sits in a lineage walk.
@@ -151,6 +157,10 @@ type Boundary struct {
 	Authorities  []Authority
 	Attestations []AttestationRule
 	Lineage      *LineageRule
+	// SignatureRepository is where signatures, and the attestations of
+	// rules without their own Repository, are looked up; nil means the
+	// subject's own repository.
+	SignatureRepository *EvidenceRepository
 }
 
 // Authority is a named signer the boundary accepts: exactly one of Key or
@@ -209,6 +219,11 @@ type AttestationRule struct {
 	// Select says which of several valid attestations answers the rule:
 	// SelectNewest ("" means newest) or SelectAny.
 	Select Select
+	// Repository is where this rule's attestations are looked up; nil
+	// means the boundary's SignatureRepository (or, without one, the
+	// subject's repository). Evidence read from any of a boundary's
+	// places counts for whatever it verifies as.
+	Repository *EvidenceRepository `json:",omitempty"`
 }
 
 // Select chooses among several valid attestations for one rule.
@@ -282,6 +297,10 @@ type AttestationResult struct {
 	// Time is the signed timestamp of the attestation, else the time the
 	// statement itself claims; zero when neither exists.
 	Time time.Time `json:"time,omitzero"`
+	// Digest is "sha256:<hex>" of the in-toto statement bytes the
+	// signature covers: the attestation's identity whatever envelope or
+	// registry layout carried it.
+	Digest string `json:"digest,omitempty"`
 }
 
 // Dependency is one followed lineage edge.

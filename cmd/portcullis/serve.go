@@ -87,6 +87,9 @@ func newProxy(cfg *config.Config, eng *verify.Engine, logger *zap.Logger, extra 
 	if cfg.DefaultUpstream != "" {
 		opts = append(opts, proxy.WithDefaultUpstream(cfg.DefaultUpstream))
 	}
+	if cfg.EvidenceTypes != nil {
+		opts = append(opts, proxy.WithEvidenceTypes(*cfg.EvidenceTypes))
+	}
 	return proxy.New(ups, eng, append(opts, extra...)...)
 }
 
@@ -95,6 +98,16 @@ func newProxy(cfg *config.Config, eng *verify.Engine, logger *zap.Logger, extra 
 func serve(ctx context.Context, cfg *config.Config, eng *verify.Engine, logger *zap.Logger, ready func(addr, admin string), extra ...proxy.Option) error {
 	for _, w := range cfg.Warnings() {
 		logger.Warn("insecure setting in effect", zap.String("setting", w))
+	}
+	// Only serve signs summaries: `portcullis verify` needs no key.
+	sumOpt, signer, err := wire.Summaries(cfg)
+	if err != nil {
+		return err
+	}
+	if sumOpt != nil {
+		extra = append([]proxy.Option{sumOpt}, extra...)
+		pub, _ := signer.PublicKeyPEM()
+		logger.Info("signing verification summaries", zap.String("key", cfg.Resolve(cfg.Summaries.Key)), zap.ByteString("public_key", pub))
 	}
 	p, err := newProxy(cfg, eng, logger, extra...)
 	if err != nil {

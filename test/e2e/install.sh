@@ -2,7 +2,8 @@
 # Installs the real peers the end-to-end suite drives: Debian's registry,
 # skopeo and containerd, and pinned Go builds of crane, oras, regctl, cosign
 # v2 (legacy .sig/.att) and cosign v3 (sigstore bundles), plus olareg (a
-# registry with the referrers API). Idempotent: a tool already at the pinned
+# registry with the referrers API) and the OCI distribution-spec
+# conformance suite. Idempotent: a tool already at the pinned
 # version is not rebuilt. Binaries go to $E2E_BIN (default /usr/local/e2e/bin).
 set -euo pipefail
 E2E_BIN=${E2E_BIN:-/usr/local/e2e/bin}
@@ -41,6 +42,19 @@ olareg() {
   ln -sf "$dir/olareg" "$E2E_BIN/olareg"
 }
 
+# conformance: the OCI distribution-spec conformance suite at the version
+# test/e2e/conformance/go.mod pins, as the command oci-conformance.
+conformance() {
+  local version dir
+  version=$(cd "$here/conformance" && go list -m -f '{{.Version}}' github.com/opencontainers/distribution-spec/conformance)
+  dir="$E2E_BIN/.gobin/oci-conformance_$version"
+  if [ ! -x "$dir/conformance" ]; then
+    phase "build oci-conformance $version"
+    GOBIN="$dir" bash -c "cd '$here/conformance' && go install github.com/opencontainers/distribution-spec/conformance"
+  fi
+  ln -sf "$dir/conformance" "$E2E_BIN/oci-conformance"
+}
+
 case "${1:-all}" in
   apt) apt_tools ;;
   clients)
@@ -50,11 +64,13 @@ case "${1:-all}" in
     olareg ;;
   cosign3) goinst cosign3 github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3 ;;
   cosign2) goinst cosign2 github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5 ;;
+  conformance) conformance ;;
   all)
     apt_tools
     "$0" clients
     "$0" cosign2
-    "$0" cosign3 ;;
-  *) echo "usage: $0 [apt|clients|cosign2|cosign3|all]" >&2; exit 2 ;;
+    "$0" cosign3
+    "$0" conformance ;;
+  *) echo "usage: $0 [apt|clients|cosign2|cosign3|conformance|all]" >&2; exit 2 ;;
 esac
 phase "done ${1:-all}"

@@ -155,6 +155,8 @@ join() {
 spawn must "cosign2 generate-key-pair" cosign2 generate-key-pair --output-key-prefix v2
 spawn must "cosign3 generate-key-pair" cosign3 generate-key-pair --output-key-prefix v3
 spawn must "cosign2 generate-key-pair (rogue)" cosign2 generate-key-pair --output-key-prefix rogue
+# The proxy's own key: it signs verification summaries of what it allowed.
+spawn must "cosign3 generate-key-pair (summaries)" cosign3 generate-key-pair --output-key-prefix vsa
 # Keys nothing is signed with: the deny-all self-check trusts only them
 # (two, as two authorities may not share a key).
 spawn must "cosign2 generate-key-pair (nobody)" cosign2 generate-key-pair --output-key-prefix nobody2
@@ -229,7 +231,18 @@ attest3 prov-poisoned.json "$OLA/e2e/ml/llm-poisoned@${D[llm_poisoned]}"
 sign2 v2.key "$DIST/e2e/ml/llm-legacy@${D[llm_legacy]}"
 attest2 prov-corpus.json "$DIST/e2e/ml/llm-legacy@${D[llm_legacy]}"
 join
-for k in dist_v2 dist_v3 ola_v3 ola_v2 dist_unsigned dist_rogue pair_both pair_one corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
+# SBOMs attached with oras: through the referrers API on olareg, through the
+# referrers tag schema (a sha256-<hex> fallback index) on distribution.
+echo "{\"spdxVersion\":\"SPDX-2.3\",\"name\":\"e2e-$RUN\"}" > "$work/sbom.spdx.json"
+sbom() { # KEY SUBJECT-KEY REG REPO
+  D[$1]=$(oras attach --plain-http --artifact-type application/spdx+json --format go-template --template '{{.digest}}' \
+    "$3/$4@${D[$2]}" sbom.spdx.json:application/spdx+json 2>"$work/must.out") || { show "$work/must.out" >&2; die "oras attach $3/$4 failed"; }
+  [[ ${D[$1]} == sha256:* ]] || die "oras attach $3/$4 printed no digest: ${D[$1]}"
+}
+sbom sbom_dist dist_v2 "$DIST" e2e/signed-v2
+sbom sbom_ola ola_v3 "$OLA" e2e/signed-v3
+sbom sbom_unsigned dist_unsigned "$DIST" e2e/unsigned
+for k in sbom_dist sbom_ola sbom_unsigned dist_v2 dist_v3 ola_v3 ola_v2 dist_unsigned dist_rogue pair_both pair_one corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
 
 phase "starting portcullis"
 upstreams="upstreams:
@@ -274,6 +287,7 @@ YML
     deny-all) policy nobody2.pub nobody3.pub ;;
     allow-all) printf 'boundaries: []\nunmatched: insecure-allow\ninsecure_disable_blob_gating: true\n' ;;
   esac
+  echo "summaries: {key: vsa.key, password_env: COSIGN_PASSWORD}"
   echo "log: {level: info}"
 } > "$work/portcullis.yaml"
 must "portcullis config check" "$PORTCULLIS" config check "$work/portcullis.yaml"
@@ -569,6 +583,109 @@ for row in "dist_unsigned|$DIST/e2e/unsigned:v1|$R_UNSIGNED" "dist_rogue|$DIST/e
 done
 if "${CTR[@]}" images ls | grep "$DIST/e2e/signed-v2:v1" | has "${D[dist_v2]}"; then ok "containerd stored the signed image under the pushed digest"
 else bad "containerd's image digest differs from the pushed one"; fi
+
+phase "supply-chain metadata through the proxy (enforce mode)"
+# Each client reads signatures, attestations and SBOMs through the proxy
+# and must conclude what it concludes against the registry directly. The
+# proxy must have served that metadata as evidence of the verified digest
+# (audit field evidence_of), not as content of its own.
+audit_evidence() { has -F "\"evidence_of\":\"$1\"" "$work/portcullis.log"; }
+# same_answer NAME SUBJECT-DIGEST CMD-WITH-@REG@...: CMD must succeed both
+# with @REG@ as the registry and as the proxy's name for it, and the proxy
+# must record serving evidence of SUBJECT-DIGEST.
+same_answer() {
+  local n=$1 subj=$2 reg=$3; shift 3
+  local direct=() proxied=() a
+  for a in "$@"; do direct+=("${a//@REG@/$(upstream_of "$reg")}"); proxied+=("${a//@REG@/$(proxied "$reg")}"); done
+  if ! "${direct[@]}" >"$work/out" 2>&1; then bad "$n (fails directly: the suite's setup is wrong)"; show "$work/out" 3; return; fi
+  if ! "${proxied[@]}" >"$work/out" 2>&1; then bad "$n (fails through the proxy, succeeds directly)"; show "$work/out" 3; return; fi
+  if ! audit_evidence "$subj"; then bad "$n (no evidence_of $subj in the audit log)"; return; fi
+  ok "$n"
+}
+TR=(--trusted-root "$work/trusted_root.json")
+same_answer "cosign v2 verify, legacy .sig, registry without referrers" "${D[dist_v2]}" dist \
+  cosign2 verify --key v2.pub --insecure-ignore-tlog=true --allow-http-registry "@REG@/e2e/signed-v2@${D[dist_v2]}"
+same_answer "cosign v2 verify, legacy .sig, registry with referrers" "${D[ola_v2]}" ola \
+  cosign2 verify --key v2.pub --insecure-ignore-tlog=true --allow-http-registry "@REG@/e2e/signed-v2@${D[ola_v2]}"
+same_answer "cosign v3 verify, bundle in the fallback index (no referrers API)" "${D[dist_v3]}" dist \
+  cosign3 verify --key v3.pub --insecure-ignore-tlog=true --allow-http-registry "${TR[@]}" "@REG@/e2e/signed-v3@${D[dist_v3]}"
+same_answer "cosign v3 verify, bundle referrer (referrers API)" "${D[ola_v3]}" ola \
+  cosign3 verify --key v3.pub --insecure-ignore-tlog=true --allow-http-registry "${TR[@]}" "@REG@/e2e/signed-v3@${D[ola_v3]}"
+same_answer "cosign v3 verify-attestation, SLSA provenance of a model" "${D[llm]}" ola \
+  cosign3 verify-attestation --key v3.pub --insecure-ignore-tlog=true --allow-http-registry "${TR[@]}" --type slsaprovenance1 "@REG@/e2e/ml/llm@${D[llm]}"
+same_answer "cosign v2 verify-attestation, legacy .att (no referrers API)" "${D[llm_legacy]}" dist \
+  cosign2 verify-attestation --key v2.pub --insecure-ignore-tlog=true --allow-http-registry --type slsaprovenance1 "@REG@/e2e/ml/llm-legacy@${D[llm_legacy]}"
+# A denied image's signature is denied too, naming the image.
+expect_denied "cosign verify of a denied image: its signature is denied as evidence of it" "evidence of ${D[dist_rogue]}, which is denied" \
+  crane manifest "$P_DIST/e2e/rogue:sha256-${D[dist_rogue]#sha256:}.sig"
+if ! cosign2 verify --key rogue.pub --insecure-ignore-tlog=true --allow-http-registry "$DIST/e2e/rogue@${D[dist_rogue]}" >"$work/out" 2>&1; then
+  bad "cosign verify of the rogue image with its own key fails directly (setup)"; show "$work/out" 3
+elif cosign2 verify --key rogue.pub --insecure-ignore-tlog=true --allow-http-registry "$P_DIST/e2e/rogue@${D[dist_rogue]}" >"$work/out" 2>&1; then
+  bad "cosign verify of the denied image through the proxy succeeded"
+else ok "cosign verify of the denied image fails through the proxy (it succeeds directly with its own key)"; fi
+
+# oras discover: the same referrers directly and through the proxy; on
+# distribution the proxy synthesises them from the fallback index. The
+# proxy's own verification summaries are left out of the comparison
+# (they are checked in the next phase).
+referrer_digests() { python3 -c '
+import json, sys
+def walk(n):
+    for r in n.get("referrers", []) + n.get("manifests", []):
+        if (r.get("annotations") or {}).get("dev.sigstore.bundle.predicateType") != "https://slsa.dev/verification_summary/v1":
+            print(r["digest"])
+        walk(r)
+walk(json.load(sys.stdin))' | sort -u; }
+for row in "dist e2e/signed-v2 dist_v2 sbom_dist" "ola e2e/signed-v3 ola_v3 sbom_ola"; do
+  set -- $row
+  direct=$(oras discover --plain-http --format json "$(upstream_of "$1")/$2@${D[$3]}" 2>"$work/out" | referrer_digests)
+  through=$(oras discover --plain-http --format json "$(proxied "$1")/$2@${D[$3]}" 2>>"$work/out" | referrer_digests)
+  if [ -z "$direct" ] || ! grep -qx "${D[$4]}" <<< "$direct"; then bad "oras discover $1/$2 directly lists no SBOM (setup)"; show "$work/out" 3
+  elif [ "$direct" != "$through" ]; then bad "oras discover $1/$2: proxy lists [$(echo $through)], registry [$(echo $direct)]"
+  else ok "oras discover $1/$2: the same $(wc -l <<< "$direct") referrers through the proxy, SBOM included"; fi
+  rm -rf "$work/sbom-pull" && mkdir -p "$work/sbom-pull"
+  if (cd "$work/sbom-pull" && oras pull --plain-http "$(proxied "$1")/$2@${D[$4]}" >"$work/out" 2>&1) &&
+     cmp -s "$work/sbom.spdx.json" "$work/sbom-pull/sbom.spdx.json" && audit_evidence "${D[$3]}"; then
+    ok "oras pull of the SBOM of $1/$2 through the proxy: the attached bytes, served as evidence"
+  else bad "oras pull of the SBOM of $1/$2 through the proxy"; show "$work/out" 3; fi
+done
+rm -rf "$work/sbom-pull" && mkdir -p "$work/sbom-pull"
+expect_denied "oras pull of an unsigned image's SBOM denied as evidence of it" "evidence of ${D[dist_unsigned]}, which is denied" \
+  oras pull --plain-http -o "$work/sbom-pull" "$P_DIST/e2e/unsigned@${D[sbom_unsigned]}"
+
+phase "signed verification summaries (SLSA VSA by the proxy's key)"
+# vsa_passed OUTPUT: cosign printed a DSSE envelope whose statement is a
+# VSA with verificationResult PASSED about digest $2.
+vsa_passed() {
+  python3 -c '
+import base64, json, sys
+for line in open(sys.argv[1]).read().splitlines():
+    try:
+        st = json.loads(base64.b64decode(json.loads(line)["payload"]))
+    except (ValueError, KeyError, TypeError):
+        continue
+    p = st.get("predicate", {})
+    if st.get("predicateType") == "https://slsa.dev/verification_summary/v1" and p.get("verificationResult") == "PASSED" \
+       and p.get("resourceUri", "").endswith("@" + sys.argv[2]):
+        sys.exit(0)
+sys.exit(1)' "$1" "$2"
+}
+VSA_ARGS=(--insecure-ignore-tlog=true --allow-http-registry "${TR[@]}" --type https://slsa.dev/verification_summary/v1)
+for row in "ola e2e/signed-v3 ola_v3" "dist e2e/signed-v3 dist_v3" "ola e2e/ml/llm llm"; do
+  set -- $row
+  if cosign3 verify-attestation --key vsa.pub "${VSA_ARGS[@]}" "$(proxied "$1")/$2@${D[$3]}" >"$work/out" 2>"$work/err" && vsa_passed "$work/out" "${D[$3]}"; then
+    ok "cosign verify-attestation of the proxy's VSA for $1/$2: PASSED, about the pulled digest"
+  else bad "cosign verify-attestation of the proxy's VSA for $1/$2"; show "$work/err" 3; fi
+done
+if cosign3 verify-attestation --key v3.pub "${VSA_ARGS[@]}" "$P_OLA/e2e/signed-v3@${D[ola_v3]}" >/dev/null 2>&1; then
+  bad "the proxy's VSA verified with a key that did not sign it"
+else ok "the proxy's VSA does not verify with another key"; fi
+if cosign3 verify-attestation --key vsa.pub "${VSA_ARGS[@]}" "$P_DIST/e2e/unsigned@${D[dist_unsigned]}" >/dev/null 2>&1; then
+  bad "a VSA was served for the denied unsigned image"
+else ok "no VSA for the denied unsigned image"; fi
+if curl -fsS "http://$ADMIN/v1/decisions/${D[ola_v3]}/summary" | python3 -c 'import json,sys; b=json.load(sys.stdin); sys.exit(not b.get("dsseEnvelope"))'; then
+  ok "/v1/decisions/<digest>/summary serves the signed bundle"
+else bad "/v1/decisions/<digest>/summary"; fi
 
 phase "observability"
 if curl -fsS "http://$ADMIN/metrics" | grep -E '^portcullis_decisions_total\{.*decision="deny".*\} [1-9]' >/dev/null; then ok "denials are counted in /metrics"; else bad "no deny count in /metrics"; fi

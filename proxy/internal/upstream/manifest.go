@@ -10,6 +10,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -254,36 +255,62 @@ func (c *Client) Manifest(ctx context.Context, repo, ref string) (verify.Manifes
 // media type when one is given, and a digest and non-negative size on
 // every descriptor.
 func (c *Client) Referrers(ctx context.Context, repo string, digest v1.Hash) (*v1.IndexManifest, error) {
-	if _, _, err := c.checkArgs(repo, digest.String()); err != nil {
+	page, err := c.ReferrersPage(ctx, repo, digest, nil)
+	if err != nil {
 		return nil, err
 	}
+	return page.Index, nil
+}
+
+// ReferrersPage is one page of an upstream's referrers listing.
+type ReferrersPage struct {
+	Index *v1.IndexManifest
+	// Links are the answer's Link header fields, which name the next page
+	// when the upstream paginates.
+	Links []string
+}
+
+// ReferrersPage reads one page of the referrers of digest as Referrers
+// does, with query (artifactType, page tokens) forwarded upstream. A 404
+// wraps verify.ErrNoReferrersAPI.
+func (c *Client) ReferrersPage(ctx context.Context, repo string, digest v1.Hash, query url.Values) (ReferrersPage, error) {
+	if _, _, err := c.checkArgs(repo, digest.String()); err != nil {
+		return ReferrersPage{}, err
+	}
 	hdr := http.Header{"Accept": {string(types.OCIImageIndex)}}
-	resp, err := c.open(ctx, wholeCall, http.MethodGet, repo, "referrers/"+digest.String(), nil, hdr, http.StatusOK)
+	resp, err := c.open(ctx, wholeCall, http.MethodGet, repo, "referrers/"+digest.String(), query, hdr, http.StatusOK)
 	if err != nil {
 		var ue *Error
 		if errors.As(err, &ue) && ue.Status == http.StatusNotFound {
 			// The *Error is not wrapped: it would also match
 			// verify.ErrNotFound, which is not what this means.
-			return nil, fmt.Errorf("upstream %s: %w (%s)", c.name, verify.ErrNoReferrersAPI, ue.Error())
+			return ReferrersPage{}, fmt.Errorf("upstream %s: %w (%s)", c.name, verify.ErrNoReferrersAPI, ue.Error())
 		}
-		return nil, err
+		return ReferrersPage{}, err
 	}
 	defer resp.Body.Close()
 	if resp.ContentLength > MaxReferrersBytes {
-		return nil, fmt.Errorf("upstream %s: referrers of %s: %w", c.name, digest, ErrTooLarge)
+		return ReferrersPage{}, fmt.Errorf("upstream %s: referrers of %s: %w", c.name, digest, ErrTooLarge)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxReferrersBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: reading referrers of %s: %w", c.name, digest, err)
+		return ReferrersPage{}, fmt.Errorf("upstream %s: reading referrers of %s: %w", c.name, digest, err)
 	}
 	if len(body) > MaxReferrersBytes {
-		return nil, fmt.Errorf("upstream %s: referrers of %s: %w", c.name, digest, ErrTooLarge)
+		return ReferrersPage{}, fmt.Errorf("upstream %s: referrers of %s: %w", c.name, digest, ErrTooLarge)
 	}
 	idx, err := parseReferrers(body)
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: referrers of %s: %w", c.name, digest, err)
+		return ReferrersPage{}, fmt.Errorf("upstream %s: referrers of %s: %w", c.name, digest, err)
 	}
-	return idx, nil
+	return ReferrersPage{Index: idx, Links: append([]string(nil), resp.Header.Values("Link")...)}, nil
+}
+
+// ParseReferrersIndex parses an image index listing referrers (a referrers
+// answer, or the fallback tag's index) as strictly as Referrers does. Its
+// errors wrap ErrInvalidResponse.
+func ParseReferrersIndex(body []byte) (*v1.IndexManifest, error) {
+	return parseReferrers(body)
 }
 
 func parseReferrers(body []byte) (*v1.IndexManifest, error) {

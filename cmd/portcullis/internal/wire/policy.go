@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/portcullis-oci/portcullis/config"
 	"github.com/portcullis-oci/portcullis/verify"
@@ -40,7 +41,7 @@ func Policy(cfg *config.Config) (verify.Policy, error) {
 		}
 		p.Boundaries = append(p.Boundaries, vb)
 	}
-	fp, err := fingerprint(cfg, l.files)
+	fp, err := fingerprint(cfg, l.files, l.evidenceUpstreams)
 	if err != nil {
 		return verify.Policy{}, err
 	}
@@ -69,6 +70,9 @@ type loader struct {
 	files map[string]string
 	keys  map[string][]verify.NamedKey
 	roots map[string]root.TrustedMaterial
+	// evidenceUpstreams maps each upstream key a signatures or
+	// attestation repository names to the upstream it resolved to.
+	evidenceUpstreams map[string]string
 }
 
 func (l *loader) read(p string, limit int64) ([]byte, error) {
@@ -156,16 +160,46 @@ func (l *loader) boundary(b config.Boundary) (verify.Boundary, error) {
 		}
 		vb.Authorities = append(vb.Authorities, va)
 	}
+	var err error
+	if vb.SignatureRepository, err = l.evidenceRepository(b.Signatures.Repository, b.Signatures.RepositoryStripPrefix); err != nil {
+		return verify.Boundary{}, fmt.Errorf("signatures: %w", err)
+	}
 	for _, at := range b.Attestations {
-		vb.Attestations = append(vb.Attestations, verify.AttestationRule{
+		rule := verify.AttestationRule{
 			Name: at.Name, PredicateType: at.PredicateType, Authorities: at.Authorities,
 			MaxAge: at.MaxAge.D(), Condition: at.Condition, Select: selectMode(at.Select),
-		})
+		}
+		// A rule without a repository inherits the signatures' place
+		// (verify's nil), strip prefix included.
+		if rule.Repository, err = l.evidenceRepository(at.Repository, at.RepositoryStripPrefix); err != nil {
+			return verify.Boundary{}, fmt.Errorf("attestation %s: %w", at.Name, err)
+		}
+		vb.Attestations = append(vb.Attestations, rule)
 	}
 	if b.Lineage != nil {
 		vb.Lineage = &verify.LineageRule{Depth: b.Lineage.Depth, Require: b.Lineage.Require, Ignore: b.Lineage.Ignore}
 	}
 	return vb, nil
+}
+
+// evidenceRepository translates a validated "<upstream>/<path>" with its
+// strip prefix; nil when repo is empty. The upstream key, name or alias,
+// becomes the upstream's name: the proxy reads evidence through the
+// upstream of that name and never dials the key.
+func (l *loader) evidenceRepository(repo, strip string) (*verify.EvidenceRepository, error) {
+	if repo == "" {
+		return nil, nil
+	}
+	key, path, _ := strings.Cut(repo, "/")
+	u, ok := l.cfg.UpstreamFor(key)
+	if !ok {
+		return nil, fmt.Errorf("repository %q: no upstream is named or aliased %q", repo, key)
+	}
+	if l.evidenceUpstreams == nil {
+		l.evidenceUpstreams = map[string]string{}
+	}
+	l.evidenceUpstreams[key] = u.Name
+	return &verify.EvidenceRepository{Upstream: u.Name, Repository: path, StripPrefix: strings.TrimSuffix(strip, "/")}, nil
 }
 
 // selectMode maps a validated config select to the engine's; the default
@@ -188,7 +222,7 @@ func intOr(p *int, def int) int {
 // together with the digests of the trust files they name. Listen
 // addresses, upstream credentials, cache sizes and logging do not change
 // decisions and are left out, so changing them keeps cached verdicts.
-func fingerprint(cfg *config.Config, files map[string]string) (string, error) {
+func fingerprint(cfg *config.Config, files, evidenceUpstreams map[string]string) (string, error) {
 	// The evidence limits decide verdicts too: a subject denied for
 	// exceeding a budget may be allowed under a larger one, so a changed
 	// limit must not reuse cached verdicts.
@@ -204,7 +238,11 @@ func fingerprint(cfg *config.Config, files map[string]string) (string, error) {
 		Unmatched  string            `json:"unmatched"`
 		Files      map[string]string `json:"files"` // encoding/json sorts map keys
 		Limits     any               `json:"limits"`
-	}{1, cfg.Trust, cfg.Boundaries, cfg.Unmatched, files, limits}
+		// Upstreams are otherwise left out, but an alias an evidence
+		// repository names decides where evidence is read: moving it to
+		// another upstream is a new policy.
+		EvidenceUpstreams map[string]string `json:"evidence_upstreams,omitempty"`
+	}{1, cfg.Trust, cfg.Boundaries, cfg.Unmatched, files, limits, evidenceUpstreams}
 	b, err := json.Marshal(doc)
 	if err != nil {
 		return "", fmt.Errorf("policy fingerprint: %w", err)

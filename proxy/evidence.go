@@ -1,0 +1,254 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/portcullis-oci/portcullis/verify"
+)
+
+// DefaultEvidenceTypes are the media types (path.Match patterns) of
+// supply-chain evidence: signatures, attestations, SBOMs and VEX documents
+// of the formats verifiers read. A manifest whose declared type and every
+// layer match one of them, and that is about a digest allowed in its own
+// repository, is served as evidence of that digest (see evidenceOf).
+var DefaultEvidenceTypes = []string{
+	"application/vnd.dev.sigstore.bundle*",             // sigstore bundle (cosign v3, model signing)
+	"application/vnd.dev.cosign.simplesigning.v1+json", // cosign legacy .sig
+	"application/vnd.dev.cosign.artifact.*",            // cosign attach signature/sbom
+	"application/vnd.dsse.envelope.v1+json",            // cosign legacy .att
+	"application/vnd.in-toto*",                         // in-toto statements
+	"application/spdx*", "text/spdx*", "application/vnd.spdx*",
+	"application/vnd.cyclonedx*",
+	"application/vnd.syft+json",
+	"application/vnd.openvex*", "application/openvex*",
+	"application/vnd.cncf.notary.signature",     // Notary Project signature manifest
+	"application/jose+json", "application/cose", // Notary Project signature envelopes
+}
+
+// genericTypes are config media types that say nothing about what a
+// manifest is: the layers decide.
+var genericTypes = map[string]bool{
+	"application/vnd.oci.empty.v1+json":                    true,
+	"application/vnd.oci.image.config.v1+json":             true,
+	"application/vnd.docker.container.image.v1+json":       true,
+	"application/vnd.unknown.config.v1+json":               true,
+	"application/vnd.oci.image.manifest.v1+json":           true,
+	"application/vnd.docker.distribution.manifest.v2+json": true,
+}
+
+const (
+	// evidenceMemorySize bounds the digests remembered as evidence.
+	evidenceMemorySize = 100_000
+	evidenceMemoryTTL  = 10 * time.Minute
+)
+
+// cosignTagRE is cosign's tag schema: the fallback index of the OCI
+// referrers tag schema (sha256-<hex>) and the legacy .sig, .att and .sbom
+// tags.
+var cosignTagRE = regexp.MustCompile(`^sha256-([0-9a-f]{64})(\.(sig|att|sbom))?$`)
+
+// evidenceTypes matches media types against the configured patterns.
+type evidenceTypes []string
+
+func (e evidenceTypes) match(mt string) bool {
+	mt = strings.TrimSpace(strings.Split(mt, ";")[0])
+	if mt == "" {
+		return false
+	}
+	for _, p := range e {
+		if ok, _ := path.Match(p, mt); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// isEvidence says whether a parsed manifest is made of evidence only: its
+// declared type (artifactType, else a config media type that is not a
+// generic one) and every one of its layers, at least one, are evidence
+// types. A model or an image attached as a "referrer" is not evidence,
+// whatever it points at, and is decided like any manifest.
+func (e evidenceTypes) isEvidence(pm *parsedManifest) bool {
+	if pm.index || len(pm.layerTypes) == 0 {
+		return false
+	}
+	if pm.artifactType != "" && !genericTypes[pm.artifactType] && !e.match(pm.artifactType) {
+		return false
+	}
+	for _, lt := range pm.layerTypes {
+		if !e.match(lt) {
+			return false
+		}
+	}
+	return true
+}
+
+// WithEvidenceTypes sets the media type patterns (path.Match syntax) that
+// make a manifest evidence. Default: DefaultEvidenceTypes. An empty list
+// turns evidence serving off: evidence is then verified like any manifest.
+func WithEvidenceTypes(patterns []string) Option {
+	return func(o *options) error {
+		for _, p := range patterns {
+			if _, err := path.Match(p, ""); err != nil || p == "" {
+				return fmt.Errorf("invalid evidence type pattern %q", p)
+			}
+		}
+		o.evidenceTypes = append(evidenceTypes{}, patterns...)
+		o.evidenceTypesSet = true
+		return nil
+	}
+}
+
+// evidenceCandidate says, before anything is fetched, whether a manifest
+// request may be for evidence: a tag of cosign's schema, or a digest
+// already served as evidence. Other manifests are only checked for being
+// evidence once their own verdict is not an allow.
+func (p *Proxy) evidenceCandidate(d *manifestDecision, req apiRequest) bool {
+	if len(p.opts.evidenceTypes) == 0 {
+		return false
+	}
+	if req.isTag {
+		return cosignTagRE.MatchString(req.ref)
+	}
+	_, ok := p.evidence.get(blobKey(d.mr.u.name, d.mr.repo, d.desc.Digest))
+	return ok
+}
+
+// evidenceOf decides d as evidence when it is evidence of a digest served in
+// the same upstream and repository. It reports whether it did; when it did
+// not, d is left as it was, to be decided (or kept decided) on its own.
+//
+// What must not pass, and why it does not:
+//   - content dressed as evidence: every layer and the declared type must be
+//     evidence types, checked on the bytes, whatever the tag says;
+//   - evidence of a digest allowed only in a neighbouring repository or
+//     upstream: the subject's verdict is looked up under d's own upstream
+//     and repository;
+//   - a tag that names one subject and a manifest that names another: both
+//     must agree;
+//   - evidence of a denied subject: denied, naming the subject.
+//
+// An index is evidence only as cosign's fallback index (tag sha256-<hex>);
+// it is served as a listing and covers none of its children, each of which
+// is decided when fetched.
+func (p *Proxy) evidenceOf(ctx context.Context, d *manifestDecision, req apiRequest) (bool, error) {
+	if len(p.opts.evidenceTypes) == 0 {
+		return false, nil
+	}
+	if err := p.fetchBytes(ctx, d); err != nil {
+		return false, err
+	}
+	if err := p.checkDigest(d); err != nil {
+		return false, err
+	}
+	pm, err := p.parse(d.manifest)
+	if err != nil {
+		return false, nil
+	}
+	subject, ok := p.evidenceSubject(d, req, pm)
+	if !ok {
+		return false, nil
+	}
+	sv, err := p.subjectVerdict(ctx, d.mr, subject)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, clientGone(ctx)
+		}
+		// The subject could not be decided: d is decided on its own,
+		// which fails closed as well.
+		return false, nil
+	}
+	// Remembered whatever the subject's verdict: a later fetch by digest
+	// is then told that it is evidence, and of what, before anything else.
+	p.evidence.add(blobKey(d.mr.u.name, d.mr.repo, d.desc.Digest), subject)
+	d.parsed = pm
+	d.evidenceOf = subject.String()
+	d.source = sourceEvidence
+	d.verdict = verify.Verdict{
+		Allowed:   sv.Allowed,
+		Mode:      sv.Mode,
+		Boundary:  sv.Boundary,
+		Digest:    d.digest,
+		Reasons:   []string{"evidence-of " + subject.String()},
+		CheckedAt: time.Now(),
+	}
+	if !sv.Served() {
+		reasons := sv.Reasons
+		if len(reasons) == 0 {
+			reasons = []string{"denied by policy"}
+		}
+		d.verdict.Mode = verify.ModeEnforce
+		d.verdict.Reasons = []string{fmt.Sprintf("evidence of %s, which is denied: %s", subject, strings.Join(reasons, "; "))}
+		return true, nil
+	}
+	if !sv.Allowed {
+		d.verdict.Reasons = append(d.verdict.Reasons, sv.Reasons...)
+	}
+	return true, nil
+}
+
+// evidenceSubject is the digest d is evidence of, if d is evidence at all.
+func (p *Proxy) evidenceSubject(d *manifestDecision, req apiRequest, pm *parsedManifest) (v1.Hash, bool) {
+	var fromTag *v1.Hash
+	if req.isTag {
+		if m := cosignTagRE.FindStringSubmatch(req.ref); m != nil {
+			fromTag = &v1.Hash{Algorithm: "sha256", Hex: m[1]}
+			if m[2] == "" {
+				// The fallback index: a listing of referrers.
+				if !pm.index || pm.subject != nil {
+					return v1.Hash{}, false
+				}
+				return *fromTag, true
+			}
+		}
+	}
+	if !p.opts.evidenceTypes.isEvidence(pm) {
+		return v1.Hash{}, false
+	}
+	var subject v1.Hash
+	switch {
+	case pm.subject != nil && fromTag != nil && *pm.subject != *fromTag:
+		return v1.Hash{}, false
+	case pm.subject != nil:
+		subject = *pm.subject
+	case fromTag != nil:
+		subject = *fromTag
+	default:
+		s, ok := p.evidence.get(blobKey(d.mr.u.name, d.mr.repo, d.desc.Digest))
+		if !ok {
+			return v1.Hash{}, false
+		}
+		subject = s
+	}
+	if subject == d.desc.Digest {
+		return v1.Hash{}, false
+	}
+	return subject, true
+}
+
+// subjectVerdict is the verdict of subject in mr's upstream and repository,
+// found the way a pull of it finds one: coverage, cache, else verified.
+// The subject is decided on its own policy, never as evidence itself, so
+// evidence never vouches for evidence.
+func (p *Proxy) subjectVerdict(ctx context.Context, mr manifestReq, subject v1.Hash) (verify.Verdict, error) {
+	mr.ref = subject.String()
+	mr.lineage = verify.LineageContext{}
+	sd := &manifestDecision{mr: mr, desc: v1.Descriptor{Digest: subject}}
+	sd.digest = subject.String()
+	sd.fingerprint = p.verifier.Fingerprint()
+	sd.key = verdictKey(sd.fingerprint, mr.u.name, mr.repo, subject)
+	if err := p.findVerdict(ctx, sd); err != nil {
+		return verify.Verdict{}, err
+	}
+	if sd.source == sourceNone {
+		return verify.Verdict{}, errors.New("no verdict")
+	}
+	return sd.verdict, nil
+}
