@@ -240,6 +240,11 @@ sbom() { # KEY SUBJECT-KEY REG REPO
   [[ ${D[$1]} == sha256:* ]] || die "oras attach $3/$4 printed no digest: ${D[$1]}"
 }
 sbom sbom_dist dist_v2 "$DIST" e2e/signed-v2
+# Mirrored content: images copied (without their signatures) from
+# distribution into olareg under mirror/; their signatures stay at the
+# source, where signatures.repository points.
+must "crane copy (mirror signed)" crane copy "$DIST/e2e/signed-v2@${D[dist_v2]}" "$OLA/mirror/e2e/signed-v2:v1"
+must "crane copy (mirror unsigned)" crane copy "$DIST/e2e/unsigned@${D[dist_unsigned]}" "$OLA/mirror/e2e/unsigned:v1"
 sbom sbom_ola ola_v3 "$OLA" e2e/signed-v3
 sbom sbom_unsigned dist_unsigned "$DIST" e2e/unsigned
 for k in sbom_dist sbom_ola sbom_unsigned dist_v2 dist_v3 ola_v3 ola_v2 dist_unsigned dist_rogue pair_both pair_one corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
@@ -265,6 +270,12 @@ boundaries:
         max_age: 24h
         condition: 'predicate.runDetails.builder.id == "https://ci.e2e.local/trainer"'
     lineage: {depth: 2, require: ["dataset*"]}
+  - name: mirrored
+    match: {repositories: ["mirror/**"]}
+    signatures:
+      repository: "dist/{repository}"
+      repository_strip_prefix: "mirror/"
+      authorities: [{name: release-v2, key: cosign-v2}, {name: release-v3, key: cosign-v3}]
   - name: pairs
     match: {repositories: ["e2e/pairs/**"]}
     signatures:
@@ -381,6 +392,13 @@ if crane pull --format oci "$P_OLA/e2e/pairs/both:v1" "$work/oci" >"$work/out" 2
 else bad "crane pull: signed by both keys"; show "$work/out" 3; fi
 expect_denied "crane: one key signing twice counts once ($R_THRESHOLD)" "$R_THRESHOLD" crane manifest "$P_OLA/e2e/pairs/one-key:v1"
 expect_denied "oras: one key signing twice counts once ($R_THRESHOLD)" "$R_THRESHOLD" oras manifest fetch --plain-http "$P_OLA/e2e/pairs/one-key:v1"
+
+phase "signatures kept in the source repository (mirrored content)"
+crane manifest "$P_OLA/mirror/e2e/signed-v2:v1" > "$work/m.proxy" 2>"$work/out" || show "$work/out" 3
+mirror_blob() { crane blob "$P_OLA/mirror/e2e/signed-v2@$1"; }
+check_pulled "crane: a mirror on olareg verified by its signature at the source on distribution, the pushed bytes" dist_v2 "$work/m.proxy" mirror_blob
+expect_denied "crane: an unsigned mirror denied, naming where its signatures were looked up" "no signatures found in dist/e2e/unsigned" \
+  crane manifest "$P_OLA/mirror/e2e/unsigned:v1"
 
 phase "skopeo"
 skopeo_check() { # NAME KEY SKOPEO-ARGS...: copy to a dir: layout and compare
