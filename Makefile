@@ -87,7 +87,7 @@ MUTATE_WORKERS   ?= 1
 # (gremlins' default of 3 times out good runs on a loaded 2-core machine).
 MUTATE_TIMEOUT_COEFFICIENT ?= 10
 # In proxy/ only the files that decide are mutated, not the HTTP plumbing.
-MUTATE_PROXY_FILES := manifest.go lineage.go blob.go flight.go streams.go
+MUTATE_PROXY_FILES ?= manifest.go lineage.go blob.go flight.go streams.go evidence.go referrers.go summary.go
 mutate:
 	@test -x bin/gremlins-$(GREMLINS_VERSION) || GOBIN=$(CURDIR)/bin/.tools $(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@$(GREMLINS_VERSION)
 	@test -x bin/gremlins-$(GREMLINS_VERSION) || mv bin/.tools/gremlins bin/gremlins-$(GREMLINS_VERSION)

@@ -325,7 +325,36 @@ func TestEvidenceTypesMatch(t *testing.T) {
 			t.Errorf("match(%q) = %v, want %v", mt, got, want)
 		}
 	}
-	if _, err := New([]Upstream{{Name: "u", URL: "http://127.0.0.1:1", Insecure: true}}, allowAll(), WithEvidenceTypes([]string{"[bad"})); err == nil {
-		t.Error("a malformed pattern was accepted")
+	for _, bad := range []string{"[bad", ""} {
+		if _, err := New([]Upstream{{Name: "u", URL: "http://127.0.0.1:1", Insecure: true}}, allowAll(), WithEvidenceTypes([]string{bad})); err == nil {
+			t.Errorf("pattern %q was accepted", bad)
+		}
+	}
+}
+
+// TestEvidenceOfWarnedSubject: in a warn boundary an unsigned image is
+// served with its would-be denial, and so is its SBOM, as evidence of it:
+// the SBOM's decision is warn, naming the image's reasons, never an allow.
+func TestEvidenceOfWarnedSubject(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	k := newKey(t)
+	const repo = "acme/trial"
+	img := reg.pushImage(t, repo, "v1")
+	desc := reg.describe(t, repo, img.digest)
+	sbom := reg.pushArtifact(t, repo, "", "application/spdx+json", "application/spdx+json", []byte(`{"spdxVersion":"SPDX-2.3"}`), &desc)
+	pol := evidencePolicy(k)
+	pol.Boundaries[0].Mode = verify.ModeWarn
+	p, _ := newTestProxy(t, reg.srv.URL, newEngineSpy(t, pol), WithVerdictCache(newMapVerdicts()))
+	w := do(p, http.MethodGet, manifestPath(repo, sbom.digest.String()))
+	if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), sbom.raw) {
+		t.Fatalf("SBOM of a warned image = %d: %s", w.Code, w.Body)
+	}
+	d := lastDecision(t, p, sbom.digest)
+	if d.Decision != "warn" || d.EvidenceOf != img.digest.String() || !slices.ContainsFunc(d.Reasons, func(r string) bool { return strings.Contains(r, "no signatures found") }) {
+		t.Errorf("SBOM decision = %+v, want warn as evidence of %s with the image's reasons", d, img.digest)
+	}
+	if w := do(p, http.MethodGet, blobPath(repo, sbom.layer)); w.Code != http.StatusOK {
+		t.Errorf("SBOM layer = %d", w.Code)
 	}
 }
