@@ -117,8 +117,19 @@ func (p *Proxy) evidenceCandidate(d *manifestDecision, req apiRequest) bool {
 	if req.isTag {
 		return cosignTagRE.MatchString(req.ref)
 	}
-	_, ok := p.evidence.get(blobKey(d.mr.u.name, d.mr.repo, d.desc.Digest))
+	// The warm path of a pull by digest: nothing is built for the lookup
+	// until some evidence was served.
+	if p.evidence.c.Len() == 0 {
+		return false
+	}
+	_, ok := p.evidence.get(evidenceKey(d))
 	return ok
+}
+
+// evidenceKey scopes what a digest is evidence of to its upstream and
+// repository.
+func evidenceKey(d *manifestDecision) string {
+	return d.mr.u.name + "\x00" + d.mr.repo + "\x00" + d.digest
 }
 
 // evidenceOf decides d as evidence when it is evidence of a digest served in
@@ -167,7 +178,7 @@ func (p *Proxy) evidenceOf(ctx context.Context, d *manifestDecision, req apiRequ
 	}
 	// Remembered whatever the subject's verdict: a later fetch by digest
 	// is then told that it is evidence, and of what, before anything else.
-	p.evidence.add(blobKey(d.mr.u.name, d.mr.repo, d.desc.Digest), subject)
+	p.evidence.add(evidenceKey(d), subject)
 	d.parsed = pm
 	d.evidenceOf = subject.String()
 	d.source = sourceEvidence
@@ -221,7 +232,7 @@ func (p *Proxy) evidenceSubject(d *manifestDecision, req apiRequest, pm *parsedM
 	case fromTag != nil:
 		subject = *fromTag
 	default:
-		s, ok := p.evidence.get(blobKey(d.mr.u.name, d.mr.repo, d.desc.Digest))
+		s, ok := p.evidence.get(evidenceKey(d))
 		if !ok {
 			return v1.Hash{}, false
 		}
