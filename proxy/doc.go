@@ -39,6 +39,26 @@
 // streams and a mismatch aborts the connection, so a client never receives
 // a complete response with the wrong bytes.
 //
+// A blob no allowed manifest references is denied (and recorded as a
+// decision) after one upstream HEAD that tells it from a missing blob; in a
+// repository every boundary of which is in warn mode it is served and
+// recorded as a would-be denial.
+//
+// # Evidence and referrers
+//
+// Signatures, attestations and SBOMs are mostly unsigned themselves. A
+// manifest made only of evidence media types (WithEvidenceTypes), about a
+// digest that is served in the same upstream and repository (by its
+// subject field or cosign's sha256-<hex>[.sig|.att|.sbom] tags), is served
+// as evidence of that digest, with that digest's decision; it is never
+// verified as content and never vouches for anything: a fallback index
+// served as evidence covers none of its children. Referrers listings are
+// re-encoded from a strict parse of the upstream's API answer or, where
+// the upstream has no API, of its fallback index, and filtered here by
+// artifactType whatever the upstream claims. Verification summaries
+// (WithSummaries) are signed only for an enforce-mode allow, served only
+// while that verdict is cached, and never written upstream.
+//
 // Concurrent requests for the same unverified digest share one
 // verification. One client hanging up does not fail the others; when every
 // client waiting for it has left, the verification is cancelled and nothing
