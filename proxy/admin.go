@@ -41,7 +41,10 @@ type Decision struct {
 	// EvidenceOf is the digest a served signature, attestation or SBOM is
 	// evidence of; its decision is that digest's.
 	EvidenceOf string `json:"evidence_of,omitempty"`
-	Drift      bool   `json:"drift,omitempty"`
+	// FailClosed: nothing could be decided (evidence unreachable, timeout,
+	// bytes not matching their digest); the request was refused.
+	FailClosed bool `json:"fail_closed,omitempty"`
+	Drift      bool `json:"drift,omitempty"`
 }
 
 // decisionRing keeps the most recent decisions for the admin API.

@@ -667,6 +667,7 @@ func (p *Proxy) record(d Decision) {
 		d.Kind = KindManifest
 	}
 	p.decisions.add(d)
+	p.emitDecision(d)
 	level := zap.WarnLevel
 	if d.Decision == "allow" && !d.Drift {
 		level = zap.InfoLevel
@@ -773,6 +774,7 @@ func (p *Proxy) failClosed(mr manifestReq, digest v1.Hash, code string, err erro
 		Decision:   "deny",
 		Mode:       verify.ModeEnforce,
 		Reasons:    []string{reason},
+		FailClosed: true,
 	})
 	p.metrics.decisions.WithLabelValues("", "deny", string(verify.ModeEnforce), sourceVerified.label()).Inc()
 	return &Error{

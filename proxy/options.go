@@ -34,6 +34,8 @@ type options struct {
 	// evidenceTypes: see WithEvidenceTypes.
 	evidenceTypes    evidenceTypes
 	evidenceTypesSet bool
+	// events: see WithEventSink.
+	events EventSink
 	// summaries: see WithSummaries; nil signs none.
 	summaries *summaryStore
 }
