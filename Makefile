@@ -3,13 +3,17 @@ GO        ?= go
 BIN       ?= bin/portcullis
 PKGS      := ./...
 E2E_BIN   ?= /usr/local/e2e/bin
+# Stamped into the binary and shown by `portcullis version`.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build demo run test vet lint fmt-check race fuzz bench soak e2e e2e-install e2e-selfcheck conformance mutate docker clean
+.PHONY: all build demo run test vet lint fmt-check race fuzz bench soak e2e e2e-install e2e-selfcheck conformance mutate docker deploy-check clean
 
 all: build
 
 build:
-	$(GO) build -trimpath -o $(BIN) ./cmd/portcullis
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/portcullis
 
 ## demo: the offline demo (in-process upstream with signed, unsigned and tampered content)
 demo: build
@@ -58,7 +62,7 @@ soak:
 	$(GO) run ./test/soak -duration $(SOAK_DURATION) $(SOAKFLAGS)
 
 ## e2e: the real-tool suite (registry, cosign, crane, skopeo, oras, regctl, containerd),
-## then the OCI conformance comparison; both run, both must pass
+## then the OCI conformance comparison, then client authentication (auth.sh); all run, all must pass
 e2e-install:
 	./test/e2e/install.sh all
 
@@ -66,6 +70,7 @@ e2e: build
 	@rc=0; \
 	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/run.sh || rc=1; \
 	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/conformance.sh || rc=1; \
+	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/auth.sh || rc=1; \
 	exit $$rc
 
 ## conformance: the OCI distribution-spec conformance suite (read-only) against the
@@ -114,7 +119,19 @@ mutate:
 	done
 
 docker:
-	docker build -t portcullis:dev .
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t portcullis:dev .
+
+## deploy-check: render deploy/ with kustomize and decode every object strictly into
+## the Kubernetes API types (test/deploy, a module of its own); kubeconform (pinned,
+## installed into bin/) validates against the JSON schemas too when it can download
+## them or KUBECONFORM_SCHEMA_LOCATION names a mirror, and is skipped, saying so, when not
+KUBECONFORM_VERSION ?= v0.8.0
+deploy-check:
+	@mkdir -p bin
+	@test -x bin/kubeconform-$(KUBECONFORM_VERSION) || GOBIN=$(CURDIR)/bin/.tools $(GO) install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	@test -x bin/kubeconform-$(KUBECONFORM_VERSION) || mv bin/.tools/kubeconform bin/kubeconform-$(KUBECONFORM_VERSION)
+	@cd test/deploy && KUBECONFORM=$(CURDIR)/bin/kubeconform-$(KUBECONFORM_VERSION) $(GO) test -count=1 -v ./... > $(CURDIR)/bin/deploy-check.log 2>&1; \
+	  rc=$$?; grep -v '^=== ' $(CURDIR)/bin/deploy-check.log; exit $$rc
 
 clean:
 	rm -rf bin

@@ -148,6 +148,30 @@ func (c *Verdicts) Purge() {
 	c.lru.Purge()
 }
 
+// Remove drops the verdict stored under key, if any.
+func (c *Verdicts) Remove(key string) {
+	c.mu.Lock()
+	c.lru.Remove(key)
+	c.mu.Unlock()
+}
+
+// RemoveFunc drops every verdict match returns true for and reports how
+// many it dropped. It holds the cache for one pass over every entry, so it
+// is for rare events (a revocation), not the request path.
+func (c *Verdicts) RemoveFunc(match func(verify.Verdict) bool) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, k := range c.lru.Keys() {
+		e, ok := c.lru.Peek(k)
+		if ok && match(e.verdict()) {
+			c.lru.Remove(k)
+			n++
+		}
+	}
+	return n
+}
+
 func (c *Verdicts) clock() int64 { return int64(c.now().Sub(c.epoch)) }
 
 // verdictEntry is the stored form of a verify.Verdict. A proxy keeps on the

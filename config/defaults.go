@@ -89,6 +89,13 @@ func (c *Config) applyDefaults() {
 		c.MaxConnsPerUpstream = DefaultMaxConnsPerUpstream
 	}
 	c.Limits.applyDefaults()
+	c.Tracing.applyDefaults()
+	for i := range c.Alerts {
+		c.Alerts[i].applyDefaults()
+	}
+	c.applyWatchDefaults()
+	c.applyRevocationDefaults()
+	c.Clients.applyDefaults()
 	if c.Cache.Verdicts == 0 {
 		c.Cache.Verdicts = DefaultCacheVerdicts
 	}
@@ -108,30 +115,33 @@ func (c *Config) applyDefaults() {
 		c.Log.Format = DefaultLogFormat
 	}
 	for i := range c.Boundaries {
-		b := &c.Boundaries[i]
-		if b.Mode == "" {
-			b.Mode = DefaultMode
+		c.Boundaries[i].applyDefaults()
+	}
+}
+
+func (b *Boundary) applyDefaults() {
+	if b.Mode == "" {
+		b.Mode = DefaultMode
+	}
+	if b.Signatures.Threshold == 0 {
+		b.Signatures.Threshold = DefaultThreshold
+	}
+	for j := range b.Signatures.Authorities {
+		k := b.Signatures.Authorities[j].Keyless
+		if k == nil {
+			continue
 		}
-		if b.Signatures.Threshold == 0 {
-			b.Signatures.Threshold = DefaultThreshold
+		if k.TlogThreshold == nil {
+			v := DefaultTlogThreshold
+			k.TlogThreshold = &v
 		}
-		for j := range b.Signatures.Authorities {
-			k := b.Signatures.Authorities[j].Keyless
-			if k == nil {
-				continue
-			}
-			if k.TlogThreshold == nil {
-				v := DefaultTlogThreshold
-				k.TlogThreshold = &v
-			}
-			if k.TimestampThreshold == nil {
-				v := DefaultTimestampThreshold
-				k.TimestampThreshold = &v
-			}
-			if k.SCTThreshold == nil {
-				v := DefaultSCTThreshold
-				k.SCTThreshold = &v
-			}
+		if k.TimestampThreshold == nil {
+			v := DefaultTimestampThreshold
+			k.TimestampThreshold = &v
+		}
+		if k.SCTThreshold == nil {
+			v := DefaultSCTThreshold
+			k.SCTThreshold = &v
 		}
 	}
 }

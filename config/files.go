@@ -33,12 +33,42 @@ func (c *Config) Resolve(p string) string {
 // loads them.
 func (c *Config) CheckFiles() error {
 	r := &reporter{file: c.Path, lines: c.lines}
-	check := func(path, p string) {
-		if p == "" {
-			return
-		}
+	c.eachFile(func(path, p string) {
 		if err := readable(c.Resolve(p)); err != nil {
 			r.addf(path, "%v", err)
+		}
+	})
+	return r.err()
+}
+
+// WatchedFiles lists, resolved, the configuration file and every file it
+// names (those CheckFiles checks): a running proxy reloads when one of
+// them changes.
+func (c *Config) WatchedFiles() []string {
+	var out []string
+	if c.Path != "" {
+		out = append(out, c.Path)
+	}
+	c.eachFile(func(_, p string) { out = append(out, c.Resolve(p)) })
+	return out
+}
+
+// WatchedDirs lists, resolved, the directories whose every file the
+// configuration reads (boundaries_dir): a running proxy reloads when
+// anything in them changes.
+func (c *Config) WatchedDirs() []string {
+	if c.BoundariesDir == "" {
+		return nil
+	}
+	return []string{c.Resolve(c.BoundariesDir)}
+}
+
+// eachFile calls visit with the key path and the value, as written, of
+// every non-empty file setting.
+func (c *Config) eachFile(visit func(path, p string)) {
+	check := func(path, p string) {
+		if p != "" {
+			visit(path, p)
 		}
 	}
 	if c.TLS != nil {
@@ -52,6 +82,7 @@ func (c *Config) CheckFiles() error {
 			check(joinPath(p, "auth.docker_config"), u.Auth.DockerConfig)
 		}
 	}
+	c.checkClientFiles(check)
 	if c.Summaries != nil {
 		check("summaries.key", c.Summaries.Key)
 	}
@@ -62,7 +93,6 @@ func (c *Config) CheckFiles() error {
 		}
 		check(joinPath(p, "trusted_root"), t.TrustedRoot)
 	}
-	return r.err()
 }
 
 func readable(p string) error {

@@ -56,6 +56,7 @@ trust:
 boundaries:
   - {name: b, signatures: {authorities: [{name: a, key: k}]}}
 summaries: {key: vsa.key}
+clients: {anonymous: true}
 `
 	write := func(name, body string) string {
 		p := filepath.Join(dir, name)

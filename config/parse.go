@@ -44,6 +44,9 @@ func Load(path string) (*Config, error) {
 		return nil, err
 	}
 	cfg.Path = path
+	if err := cfg.loadBoundariesDir(); err != nil {
+		return nil, err
+	}
 	return cfg, nil
 }
 

@@ -8,10 +8,16 @@ type Config struct {
 	Listen          string     `yaml:"listen"` // default ":5000"
 	Admin           string     `yaml:"admin"`  // default "127.0.0.1:9090" when the key is absent; an explicit "" disables
 	TLS             *TLS       `yaml:"tls"`
+	Clients         *Clients   `yaml:"clients"`    // registry listener auth (clients.go)
+	AdminAuth       *AdminAuth `yaml:"admin_auth"` // admin listener auth (clients.go)
 	Upstreams       []Upstream `yaml:"upstreams"`
 	DefaultUpstream string     `yaml:"default_upstream"`
 	Trust           []Trust    `yaml:"trust"`
 	Boundaries      []Boundary `yaml:"boundaries"`
+	// BoundariesDir is a directory of boundary files, one boundary per
+	// *.yaml/*.yml file, relative to this file; they follow the inline
+	// boundaries, ordered by their order key (see boundaries_dir.go).
+	BoundariesDir string `yaml:"boundaries_dir"`
 	// Unmatched is what happens to a repository no boundary matches:
 	// "deny" (default). "insecure-allow" is the only other value.
 	Unmatched string `yaml:"unmatched"`
@@ -37,6 +43,17 @@ type Config struct {
 	// Summaries, when present, has the proxy sign an SLSA verification
 	// summary of every enforce-mode allow.
 	Summaries *Summaries `yaml:"summaries"`
+	// Tracing, when present, exports OpenTelemetry spans (tracing.go).
+	Tracing *Tracing `yaml:"tracing"`
+	// Watch lists references re-verified on a schedule whether or not
+	// anyone pulls them (watch.go).
+	Watch []Watch `yaml:"watch"`
+	// Alerts are the receivers of deny, would-deny, fail-closed, drift and
+	// other events (alerts.go).
+	Alerts []Alert `yaml:"alerts"`
+	// Revocations and RefreshAhead: see revocations.go.
+	Revocations  Revocations  `yaml:"revocations"`
+	RefreshAhead RefreshAhead `yaml:"refresh_ahead"`
 
 	// Path is the file the config was read from ("" when parsed from bytes);
 	// relative paths in the file are resolved against its directory.
@@ -96,6 +113,25 @@ type Boundary struct {
 	Signatures   Signatures    `yaml:"signatures"`
 	Attestations []Attestation `yaml:"attestations"`
 	Lineage      *Lineage      `yaml:"lineage"`
+	// Owner and Version describe who ships the boundary and which
+	// revision is loaded; required in boundary files, optional inline.
+	Owner   string `yaml:"owner" json:",omitempty"`
+	Version string `yaml:"version" json:",omitempty"`
+	// Order places a boundary file among the others (ascending);
+	// required in boundary files, refused inline.
+	Order *int `yaml:"order" json:",omitempty"`
+	// Source is the boundary file it was read from; "" inline.
+	Source string `yaml:"-" json:"-"`
+	// Refused is set on a boundary standing in for a boundary file that
+	// could not be loaded: its problems. Such a boundary denies whatever
+	// it matches (its match when that could be read, else everything).
+	Refused []Problem `yaml:"-" json:",omitempty"`
+	// Stale is set when a boundary file could not be reloaded and its
+	// last good version was kept: the new version's problems.
+	Stale []Problem `yaml:"-" json:"-"`
+
+	// lines maps a boundary file's key paths to their lines.
+	lines map[string]int
 }
 
 // Match selects repositories for a boundary.
@@ -215,6 +251,8 @@ type Limits struct {
 	// StreamBufferBytes bounds the large copy buffers all blob streams
 	// hold together (default 64MiB); streams beyond it use small ones.
 	StreamBufferBytes ByteSize `yaml:"stream_buffer_bytes"`
+	// WatchConcurrency bounds the watch runs going at once (default 2).
+	WatchConcurrency int `yaml:"watch_concurrency"`
 }
 
 // Summaries configures the signed verification summaries (SLSA VSA) the

@@ -29,6 +29,7 @@ func (c *Config) validate(file string) error {
 	}
 
 	upstreams := c.validateUpstreams(r)
+	c.validateClients(r)
 	if c.DefaultUpstream != "" {
 		if _, ok := upstreams[c.DefaultUpstream]; !ok {
 			r.addf("default_upstream", "no upstream is named %q", c.DefaultUpstream)
@@ -41,13 +42,19 @@ func (c *Config) validate(file string) error {
 	default:
 		r.addf("unmatched", "must be %q or %q, not %q", UnmatchedDeny, UnmatchedInsecureAllow, c.Unmatched)
 	}
-	if len(c.Boundaries) == 0 && c.Unmatched != UnmatchedInsecureAllow {
+	if len(c.Boundaries) == 0 && c.BoundariesDir == "" && c.Unmatched != UnmatchedInsecureAllow {
 		r.addf("boundaries", "at least one boundary is required (nothing would be served)")
 	}
 	bnames := map[string]string{}
 	for i := range c.Boundaries {
 		p := indexPath("boundaries", i)
 		b := &c.Boundaries[i]
+		if b.Source != "" {
+			continue // checked against its own file when it was loaded
+		}
+		if b.Order != nil {
+			r.addf(joinPath(p, "order"), "is only for boundary files: inline boundaries are decided in list order, before the files of boundaries_dir")
+		}
 		if b.Name == "" {
 			r.addf(joinPath(p, "name"), "is required")
 		} else if prev, dup := bnames[b.Name]; dup {
@@ -93,8 +100,14 @@ func (c *Config) validate(file string) error {
 		}
 	}
 	c.Limits.validate(r)
+	c.validateAlerts(r)
+	c.validateWatches(r, upstreams)
+	c.validateRevocations(r)
 	if c.Summaries != nil {
 		c.Summaries.validate(r)
+	}
+	if c.Tracing != nil {
+		c.Tracing.validate(r)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -108,9 +108,9 @@ func TestValidate(t *testing.T) {
 		{"auth docker_config exclusive", doc("  - {name: hub, url: \"https://a.example\", auth: {docker_config: c.json, token_env: T}}\n", "", "", ""), "docker_config cannot be combined"},
 		{"auth token exclusive with basic", doc("  - {name: hub, url: \"https://a.example\", auth: {token_env: T, username: u, password_env: P}}\n", "", "", ""), "token_env cannot be combined"},
 		{"auth bad env name", doc("  - {name: hub, url: \"https://a.example\", auth: {token_env: \"MY-TOKEN\"}}\n", "", "", ""), `upstreams[0].auth.token_env: "MY-TOKEN" is not an environment variable name`},
-		{"auth basic ok", doc("  - {name: hub, url: \"https://a.example\", auth: {username_env: U, password_env: P}}\n", "", "", ""), ""},
-		{"auth token ok", doc("  - {name: hub, url: \"https://a.example\", auth: {token_env: T}}\n", "", "", ""), ""},
-		{"auth docker ok", doc("  - {name: hub, url: \"https://a.example\", auth: {docker_config: ~/.docker/config.json}}\n", "", "", ""), ""},
+		{"auth basic ok", doc("  - {name: hub, url: \"https://a.example\", auth: {username_env: U, password_env: P}}\n", "", "", "clients: {anonymous: true}\n"), ""},
+		{"auth token ok", doc("  - {name: hub, url: \"https://a.example\", auth: {token_env: T}}\n", "", "", "clients: {anonymous: true}\n"), ""},
+		{"auth docker ok", doc("  - {name: hub, url: \"https://a.example\", auth: {docker_config: ~/.docker/config.json}}\n", "", "", "clients: {anonymous: true}\n"), ""},
 
 		// trust
 		{"trust names unique", doc("", defTrust+"  - {name: k, keys: [b.pub]}\n", "", ""), `trust[2].name: trust name "k" already used by trust[0]`},
@@ -332,6 +332,7 @@ boundaries:
   - {name: e, signatures: {authorities: [{name: a, key: k}]}}
 unmatched: insecure-allow
 insecure_disable_blob_gating: true
+clients: {anonymous: true}
 `), "p.yaml")
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,14 @@ func (c *Config) Warnings() []string {
 			w = append(w, fmt.Sprintf("upstream %q: auth.password is stored in the configuration file; prefer password_env", u.Name))
 		}
 	}
+	for _, a := range c.Alerts {
+		if a.Insecure {
+			w = append(w, fmt.Sprintf("alert %q: insecure: true: events (and headers) may be sent over plain HTTP", a.Name))
+		}
+	}
+	if c.Tracing != nil && c.Tracing.Insecure {
+		w = append(w, fmt.Sprintf("tracing: insecure: true: spans (repository names, digests, reasons) may be sent over plain HTTP to %s", c.Tracing.OTLPEndpoint))
+	}
 	if c.Unmatched == UnmatchedInsecureAllow {
 		w = append(w, "unmatched: insecure-allow: repositories no boundary matches are served without verification")
 	}

@@ -27,6 +27,7 @@ type Decision struct {
 	Time       time.Time       `json:"time"`
 	Kind       string          `json:"kind"` // KindManifest or KindBlob
 	Client     string          `json:"client"`
+	Principal  string          `json:"principal,omitempty"` // see Principal.String
 	Upstream   string          `json:"upstream"`
 	Repository string          `json:"repository"`
 	Reference  string          `json:"reference"`
@@ -78,8 +79,8 @@ func (r *decisionRing) list() []Decision {
 
 // AdminHandler serves the operational endpoints: /healthz (alive), /readyz
 // (503 while draining), /metrics, /v1/decisions and
-// /v1/decisions/<digest>/summary (see WithSummaries). It is meant for a
-// separate, non-public listener.
+// /v1/decisions/<digest>/summary (see WithSummaries) and /v1/revocations
+// (see Revocations). It is meant for a separate, non-public listener.
 func (p *Proxy) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -90,12 +91,14 @@ func (p *Proxy) AdminHandler() http.Handler {
 			writeText(w, http.StatusServiceUnavailable, "draining\n")
 			return
 		}
-		writeText(w, http.StatusOK, "ready\n")
+		writeText(w, http.StatusOK, "ready"+p.boundariesNote()+"\n")
 	})
 	if p.gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(p.gatherer, promhttp.HandlerOpts{}))
 	}
 	mux.HandleFunc("GET /v1/decisions/{digest}/summary", p.serveSummaryAdmin)
+	mux.HandleFunc("GET /v1/boundaries", p.serveBoundaries)
+	p.revocationRoutes(mux)
 	mux.HandleFunc("GET /v1/decisions", func(w http.ResponseWriter, _ *http.Request) {
 		body, err := json.Marshal(struct {
 			Decisions []Decision `json:"decisions"`
@@ -107,7 +110,8 @@ func (p *Proxy) AdminHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(body)
 	})
-	return mux
+	// Everything but the probes needs an admin token when tokens are set.
+	return p.adminAuth(mux)
 }
 
 // SetDraining makes /readyz fail so load balancers stop sending new

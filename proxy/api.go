@@ -13,9 +13,13 @@ type Verifier interface {
 	// Verify returns a verdict for subject, reading evidence through f. A
 	// non-nil error means no decision could be made; the proxy fails closed.
 	Verify(ctx context.Context, subject verify.Subject, f verify.Fetcher) (verify.Verdict, error)
-	// Fingerprint identifies the policy and trust material; it is part of
-	// every verdict cache key.
+	// Fingerprint identifies the whole policy and its trust material.
 	Fingerprint() string
+	// FingerprintFor identifies the part of the policy and trust material
+	// that can decide verdicts of upstream/repo; it is part of every
+	// verdict cache key, so a change to a boundary that cannot match a
+	// repository keeps that repository's verdicts.
+	FingerprintFor(upstream, repo string) string
 	// BoundaryName names the boundary Verify would decide a subject with
 	// these coordinates under; false when none matches. An index's verdict
 	// covers a child it lists only when the child, by its own repository
@@ -34,6 +38,10 @@ type Verifier interface {
 type VerdictCache interface {
 	Get(key string) (verify.Verdict, bool)
 	Add(key string, v verify.Verdict)
+	// Remove drops key's verdict; RemoveFunc every verdict match is true
+	// for, returning how many. A revocation purges through them.
+	Remove(key string)
+	RemoveFunc(match func(verify.Verdict) bool) int
 }
 
 // ManifestCache keeps verified manifest bytes by digest. cache.Manifests

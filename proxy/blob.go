@@ -215,7 +215,7 @@ type blobGate struct {
 // under "insecure-allow" gating is what keeps unverified repositories to
 // the blobs of manifests actually pulled.
 func (p *Proxy) gateFor(u *upstreamEntry, repo string) blobGate {
-	b, mode, ok := p.verifier.BlobMode(u.name, repo)
+	b, mode, ok := p.currentVerifier().BlobMode(u.name, repo)
 	if !ok || mode != verify.ModeWarn {
 		mode = verify.ModeEnforce
 	}
@@ -271,6 +271,7 @@ func (p *Proxy) recordBlob(r *http.Request, u *upstreamEntry, repo string, diges
 		Time:       time.Now().UTC(),
 		Kind:       KindBlob,
 		Client:     r.RemoteAddr,
+		Principal:  PrincipalFrom(r.Context()).String(),
 		Upstream:   u.name,
 		Repository: repo,
 		Reference:  digest.String(),

@@ -29,7 +29,8 @@
 // covered_by, still digest-checked) only when the child, matched on its
 // own repository and artifact type, falls in the same boundary as the
 // index, and only while that verdict lasts (WithCoverageTTL, the allow
-// TTL). Coverage is keyed like the verdict: policy and trust fingerprint,
+// TTL). Coverage is keyed like the verdict: the fingerprint of the policy
+// and trust material that can decide the repository (FingerprintFor),
 // upstream, repository and digest. Any other child, and every child of an
 // index served in warn mode, is verified on its own under its own
 // boundary and mode. With blob gating (the default) a blob is served only when
@@ -66,6 +67,14 @@
 // once (lineage dependencies run inside their parent's slot, so a parent
 // never waits on a slot its own children need); the rest wait in a bounded
 // queue or are answered 429 TOOMANYREQUESTS with Retry-After.
+//
+// A revocation (Revocations) outranks every verdict, cached or not: each
+// manifest decision is checked against the list in force, a revoked key or
+// keyless identity is withheld from the Verifier so the threshold is
+// decided again without it, and a change purges the verdicts, coverage,
+// blob gating and evidence links that rest on it. Refresh-ahead
+// (WithRefreshAhead) re-verifies pulled allows before they expire, in the
+// background, on free verification slots only.
 //
 // # Lineage
 //

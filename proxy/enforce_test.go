@@ -361,7 +361,7 @@ func TestSharedVerificationSurvivesClientCancel(t *testing.T) {
 	<-secondIn
 	// The second request must have joined the verification before the
 	// first leaves: the last one leaving would cancel it.
-	key := verdictKey(v.Fingerprint(), "docker.io", "acme/app", img.digest)
+	key := verdictKey(v.FingerprintFor("docker.io", "acme/app"), "docker.io", "acme/app", img.digest)
 	waitFor(t, "the second request to join", func() bool { return p.flights.waiters(key) == 2 })
 	cancel()
 	<-first // the client that left is answered without waiting

@@ -72,6 +72,10 @@ func (s *engineSpy) Verify(ctx context.Context, subj verify.Subject, f verify.Fe
 
 func (s *engineSpy) Fingerprint() string { return s.eng.Load().Fingerprint() }
 
+func (s *engineSpy) FingerprintFor(upstream, repo string) string {
+	return s.eng.Load().FingerprintFor(upstream, repo)
+}
+
 func (s *engineSpy) BoundaryName(upstream, repo, artifactType string) (string, bool) {
 	return s.eng.Load().BoundaryName(upstream, repo, artifactType)
 }

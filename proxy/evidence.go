@@ -253,7 +253,7 @@ func (p *Proxy) subjectVerdict(ctx context.Context, mr manifestReq, subject v1.H
 	mr.lineage = verify.LineageContext{}
 	sd := &manifestDecision{mr: mr, desc: v1.Descriptor{Digest: subject}}
 	sd.digest = subject.String()
-	sd.fingerprint = p.verifier.Fingerprint()
+	sd.fingerprint = mr.v.FingerprintFor(mr.u.name, mr.repo)
 	sd.key = verdictKey(sd.fingerprint, mr.u.name, mr.repo, subject)
 	if err := p.findVerdict(ctx, sd); err != nil {
 		return verify.Verdict{}, err

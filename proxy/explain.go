@@ -42,5 +42,5 @@ func (p *Proxy) Explain(ctx context.Context, ref string) (verify.Verdict, error)
 	if err != nil {
 		return verify.Verdict{}, fmt.Errorf("fetch %s@%s: %w", repo, desc.Digest, err)
 	}
-	return p.evaluate(ctx, manifestReq{u: u, repo: repo, ref: want, client: "cli"}, m)
+	return p.evaluate(ctx, manifestReq{u: u, repo: repo, ref: want, client: "cli", v: p.currentVerifier()}, m)
 }

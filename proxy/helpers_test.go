@@ -43,6 +43,10 @@ func (f *fakeVerifier) Verify(ctx context.Context, s verify.Subject, _ verify.Fe
 	return f.fn(ctx, s)
 }
 
+// FingerprintFor is the whole fingerprint: the fake has no boundaries
+// to scope it to.
+func (f *fakeVerifier) FingerprintFor(string, string) string { return f.Fingerprint() }
+
 func (f *fakeVerifier) Fingerprint() string {
 	if fp := f.fingerprint.Load(); fp != nil {
 		return *fp
@@ -138,6 +142,25 @@ func (c *mapVerdicts) Add(k string, v verify.Verdict) {
 	c.mu.Lock()
 	c.m[k] = v
 	c.mu.Unlock()
+}
+
+func (c *mapVerdicts) Remove(k string) {
+	c.mu.Lock()
+	delete(c.m, k)
+	c.mu.Unlock()
+}
+
+func (c *mapVerdicts) RemoveFunc(match func(verify.Verdict) bool) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for k, v := range c.m {
+		if match(v) {
+			delete(c.m, k)
+			n++
+		}
+	}
+	return n
 }
 
 func (c *mapVerdicts) len() int {

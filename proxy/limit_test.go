@@ -133,7 +133,7 @@ func TestVerificationQueueFullAnswers429(t *testing.T) {
 	}
 	// A 429 is not a verdict: nothing was cached for c, and asking again
 	// verifies it.
-	if _, ok := vc.Get(verdictKey(v.Fingerprint(), "docker.io", "acme/app", c.digest)); ok {
+	if _, ok := vc.Get(verdictKey(v.FingerprintFor("docker.io", "acme/app"), "docker.io", "acme/app", c.digest)); ok {
 		t.Fatal("the rejected verification left a verdict")
 	}
 	if w := do(p, http.MethodGet, manifestPath("acme/app", c.digest.String())); w.Code != http.StatusOK {
@@ -408,7 +408,7 @@ func TestLastWaiterLeavingCancelsVerification(t *testing.T) {
 	p, s := newTestProxy(t, reg.srv.URL, v, WithVerdictCache(newMapVerdicts()))
 	tr := s.rt.(*http.Transport)
 	target := manifestPath("acme/app", img.digest.String())
-	key := verdictKey(v.Fingerprint(), "docker.io", "acme/app", img.digest)
+	key := verdictKey(v.FingerprintFor("docker.io", "acme/app"), "docker.io", "acme/app", img.digest)
 	if w := do(p, http.MethodGet, manifestPath("acme/app", other.digest.String())); w.Code != http.StatusOK {
 		t.Fatalf("warm-up: %d", w.Code)
 	}

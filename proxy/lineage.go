@@ -44,6 +44,7 @@ type flightDepth struct{}
 // every call made with that context (the Verifier calls back with the
 // context it was given) is admitted below that depth.
 func (p *Proxy) VerifyDependency(ctx context.Context, dep verify.DependencyRef, lc verify.LineageContext) (verify.Verdict, error) {
+	ctx, span := p.startDependency(ctx, dep)
 	v, err := p.verifyDependency(ctx, dep, lc)
 	result := "deny"
 	switch {
@@ -52,6 +53,7 @@ func (p *Proxy) VerifyDependency(ctx context.Context, dep verify.DependencyRef, 
 	case v.Allowed:
 		result = "allow"
 	}
+	endDependency(span, result, err)
 	p.metrics.lineageDeps.WithLabelValues(result).Inc()
 	return v, err
 }
@@ -84,13 +86,16 @@ func (p *Proxy) verifyDependency(ctx context.Context, dep verify.DependencyRef, 
 			dependencyLabel(dep), derr.Message), nil
 	}
 	digest := dep.Digest
-	mr := manifestReq{u: u, repo: repo, ref: digest.String(), client: "lineage", lineage: lc}
-	key := verify.DependencyKey(verdictKey(p.verifier.Fingerprint(), u.name, repo, digest), lc)
+	// The parent's Verifier decides its dependencies, even when a reload
+	// swapped in another since the parent's request started.
+	pv := p.verifierFor(ctx)
+	mr := manifestReq{u: u, repo: repo, ref: digest.String(), client: "lineage", lineage: lc, v: pv}
+	key := verify.DependencyKey(verdictKey(pv.FingerprintFor(u.name, repo), u.name, repo, digest), lc)
 
 	if vc := p.opts.verdicts; vc != nil {
-		if v, ok := vc.Get(key); ok {
+		if v, ok := p.cachedDependency(vc, key); ok {
 			p.metrics.verdictCache.WithLabelValues("hit").Inc()
-			return v, nil
+			return p.revokeDependency(v, nil)
 		}
 		p.metrics.verdictCache.WithLabelValues("miss").Inc()
 	}
@@ -112,7 +117,7 @@ func (p *Proxy) verifyDependency(ctx context.Context, dep verify.DependencyRef, 
 		defer cancel()
 		vctx = context.WithValue(vctx, flightDepth{}, lc.Depth)
 		if vc := p.opts.verdicts; vc != nil {
-			if v, ok := vc.Get(key); ok {
+			if v, ok := p.cachedDependency(vc, key); ok {
 				return v, nil
 			}
 		}
@@ -131,7 +136,7 @@ func (p *Proxy) verifyDependency(ctx context.Context, dep verify.DependencyRef, 
 	if err != nil && ctx.Err() != nil {
 		return verify.Verdict{}, fmt.Errorf("dependency %s/%s@%s: %w", u.name, repo, digest, context.Cause(ctx))
 	}
-	return v, err
+	return p.revokeDependency(v, err)
 }
 
 // decideDependency fetches a dependency's manifest by digest and has it

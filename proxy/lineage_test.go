@@ -334,7 +334,7 @@ func TestLineageDependencyOnSecondUpstream(t *testing.T) {
 		t.Errorf("lineage allow count = %v, want 2 (one verified, one cached)", got)
 	}
 	// The engine's verdict lists the dependency it followed.
-	v, ok := e.verdicts.Get(verdictKey(e.v.Fingerprint(), "models", "ml/model", m1.digest))
+	v, ok := e.verdicts.Get(verdictKey(e.v.FingerprintFor("models", "ml/model"), "models", "ml/model", m1.digest))
 	if !ok || !v.Allowed || len(v.Lineage) != 1 || v.Lineage[0].Verdict == nil || !v.Lineage[0].Verdict.Allowed {
 		t.Errorf("cached verdict %+v, want an allow listing the allowed dataset", v)
 	}
@@ -448,7 +448,7 @@ func TestLineageDependencyNotFound(t *testing.T) {
 	if !slices.Contains(detailReasons(detail), want) {
 		t.Errorf("reasons %v do not say %q", detailReasons(detail), want)
 	}
-	key := verify.DependencyKey(verdictKey(e.v.Fingerprint(), "datasets", "ml/data", missing), verify.LineageContext{Depth: 2})
+	key := verify.DependencyKey(verdictKey(e.v.FingerprintFor("datasets", "ml/data"), "datasets", "ml/data", missing), verify.LineageContext{Depth: 2})
 	if cv, ok := e.verdicts.Get(key); !ok || cv.Allowed {
 		t.Fatalf("the absent dependency's denial was not cached (%+v, %v)", cv, ok)
 	}
@@ -695,6 +695,8 @@ type contractBreaker struct {
 }
 
 func (c *contractBreaker) Fingerprint() string { return "contract-breaker" }
+
+func (c *contractBreaker) FingerprintFor(string, string) string { return "contract-breaker" }
 
 func (c *contractBreaker) BoundaryName(string, string, string) (string, bool) { return "lineage", true }
 func (c *contractBreaker) BlobMode(string, string) (string, verify.Mode, bool) {

@@ -33,6 +33,10 @@ type ServeConfig struct {
 	AdminAddr string // admin listener (/metrics, /healthz, …); "" disables it
 	// TLSCert and TLSKey are PEM files; both empty serves plain HTTP.
 	TLSCert, TLSKey string
+	// GetCertificate, when set, gives the registry listener's certificate
+	// at each handshake instead of TLSCert and TLSKey, so that a renewed
+	// certificate is served without a restart.
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	// Grace is how long in-flight pulls may finish after ctx ends (default 30s).
 	Grace  time.Duration
 	Logger *zap.Logger
@@ -80,13 +84,21 @@ func Serve(ctx context.Context, p *Proxy, sc ServeConfig) error {
 	cl := newClientListener(tcpLn, sc.MaxConns, sc.ClientIdleTimeout, p.metrics, log)
 	cl.tick = progressTick(p.opts.clientStallGrace)
 	var regLn net.Listener = cl
-	if sc.TLSCert != "" || sc.TLSKey != "" {
-		cert, err := tls.LoadX509KeyPair(sc.TLSCert, sc.TLSKey)
-		if err != nil {
-			_ = regLn.Close()
-			return fmt.Errorf("tls: %w", err)
+	if sc.GetCertificate != nil || sc.TLSCert != "" || sc.TLSKey != "" {
+		tc := &tls.Config{GetCertificate: sc.GetCertificate, MinVersion: tls.VersionTLS12}
+		if sc.GetCertificate == nil {
+			cert, err := tls.LoadX509KeyPair(sc.TLSCert, sc.TLSKey)
+			if err != nil {
+				_ = regLn.Close()
+				return fmt.Errorf("tls: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
 		}
-		regLn = tls.NewListener(regLn, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		p.opts.clientAuth.configureTLS(tc)
+		regLn = tls.NewListener(regLn, tc)
+	} else if p.opts.clientAuth.wantsClientCerts() {
+		_ = regLn.Close()
+		return errors.New("client certificates need TLS on the registry listener")
 	}
 	// Blobs can be gigabytes, so there is no overall write timeout; slow
 	// clients are bounded by the header, read and idle timeouts, and a
@@ -107,7 +119,8 @@ func Serve(ctx context.Context, p *Proxy, sc ServeConfig) error {
 	servers := []*http.Server{reg}
 	errc := make(chan error, 2)
 	go func() { errc <- reg.Serve(regLn) }()
-	log.Info("serving", zap.String("listen", regLn.Addr().String()), zap.Bool("tls", sc.TLSCert != ""),
+	go p.RunRefreshAhead(ctx)
+	log.Info("serving", zap.String("listen", regLn.Addr().String()), zap.Bool("tls", sc.TLSCert != "" || sc.GetCertificate != nil),
 		zap.Duration("client_idle_timeout", sc.ClientIdleTimeout), zap.Int("max_client_conns", sc.MaxConns),
 		zap.Int("max_header_bytes", sc.MaxHeaderBytes), zap.Duration("client_stall_grace", p.opts.clientStallGrace))
 

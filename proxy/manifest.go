@@ -56,9 +56,17 @@ type manifestReq struct {
 	repo   string
 	ref    string
 	client string
+	// principal is the authenticated client, "" without client auth.
+	principal string
 	// lineage places the subject in a lineage walk; the zero value is a
 	// root subject (a client's pull).
 	lineage verify.LineageContext
+	// v decides, from the request's start to its end (see SetVerifier).
+	v Verifier
+	// fresh skips the verdict cache and shares no flight with pulls (a
+	// watch re-verifying on its schedule); the verdict still refreshes
+	// the cache.
+	fresh bool
 }
 
 // verdictSource says where a manifest decision's verdict came from.
@@ -119,12 +127,16 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, u *upstrea
 		return nil
 	}
 	ctx := r.Context()
-	d, err := p.resolveManifest(ctx, manifestReq{u: u, repo: repo, ref: req.ref, client: r.RemoteAddr}, req, r)
+	mr := manifestReq{u: u, repo: repo, ref: req.ref, client: r.RemoteAddr, principal: PrincipalFrom(r.Context()).String(), v: p.currentVerifier()}
+	d, err := p.resolveManifest(ctx, mr, req, r)
 	if err != nil {
 		return err
 	}
 	st.digest = d.digest
 	if err := p.decideManifest(ctx, d, req); err != nil {
+		return err
+	}
+	if err := p.applyRevocations(ctx, d); err != nil {
 		return err
 	}
 	if err := p.loadBytes(ctx, d, r.Method == http.MethodGet); err != nil {
@@ -138,6 +150,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, u *upstrea
 		return deniedError(d.mr, d.desc.Digest, d.verdict)
 	}
 	p.keep(d)
+	p.track(d)
 	p.writeManifest(w, r, d)
 	return nil
 }
@@ -147,7 +160,9 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, u *upstrea
 func (p *Proxy) resolveManifest(ctx context.Context, mr manifestReq, req apiRequest, r *http.Request) (*manifestDecision, error) {
 	d := &manifestDecision{mr: mr}
 	if req.isTag {
-		desc, m, err := p.resolveTag(ctx, mr.u, mr.repo, req.ref, acceptList(r))
+		tctx, span := p.startSpan(ctx, spanResolveTag)
+		desc, m, err := p.resolveTag(tctx, mr.u, mr.repo, req.ref, acceptList(r))
+		endResolve(span, req.ref, desc, err)
 		if err != nil {
 			return nil, p.upstreamFailure(ctx, mr.u, err, CodeManifestUnknown, "resolve")
 		}
@@ -160,7 +175,7 @@ func (p *Proxy) resolveManifest(ctx context.Context, mr manifestReq, req apiRequ
 		d.desc.Digest = req.digest
 	}
 	d.digest = d.desc.Digest.String()
-	d.fingerprint = p.verifier.Fingerprint()
+	d.fingerprint = mr.v.FingerprintFor(mr.u.name, mr.repo)
 	d.key = verdictKey(d.fingerprint, mr.u.name, mr.repo, d.desc.Digest)
 	return d, nil
 }
@@ -230,7 +245,7 @@ func (p *Proxy) covered(ctx context.Context, d *manifestDecision) error {
 		return nil
 	}
 	d.parsed = pm
-	b, ok := p.verifier.BoundaryName(d.mr.u.name, d.mr.repo, pm.artifactType)
+	b, ok := d.mr.v.BoundaryName(d.mr.u.name, d.mr.repo, pm.artifactType)
 	if ok && ce.boundary != "" && b == ce.boundary {
 		d.verdict, d.source, d.coveredBy = ce.verdict, sourceCoverage, ce.parent
 	}
@@ -448,7 +463,11 @@ func (p *Proxy) resolveTag(ctx context.Context, u *upstreamEntry, repo, tag stri
 // waiting for it has left, the verification is cancelled (see
 // flightGroup), and what it was deciding is not cached.
 func (p *Proxy) verifyShared(ctx context.Context, mr manifestReq, key string, digest v1.Hash, have *verify.Manifest) (flightResult, error) {
-	return p.flights.do(ctx, key, func(fctx context.Context) (res flightResult, err error) {
+	fkey := key
+	if mr.fresh {
+		fkey = "fresh\x00" + key
+	}
+	return p.flights.do(ctx, fkey, func(fctx context.Context) (res flightResult, err error) {
 		defer func() {
 			if rec := recover(); rec != nil {
 				p.log.Error("verification panicked", zap.Any("panic", rec), zap.String("digest", digest.String()))
@@ -458,7 +477,7 @@ func (p *Proxy) verifyShared(ctx context.Context, mr manifestReq, key string, di
 		// A request that missed the cache just before an earlier flight
 		// finished finds its verdict here instead of verifying again, and
 		// takes no slot for it.
-		if vc := p.opts.verdicts; vc != nil {
+		if vc := p.opts.verdicts; vc != nil && !mr.fresh {
 			if v, ok := vc.Get(key); ok {
 				vctx, cancel := context.WithTimeout(fctx, p.opts.verifyTimeout)
 				defer cancel()
@@ -522,8 +541,11 @@ func (p *Proxy) evaluate(ctx context.Context, mr manifestReq, m verify.Manifest)
 	// Evidence kept on another upstream is read through that upstream's
 	// client, found by name in the router: never dialled by name.
 	subject.Fetchers = p.router
+	subject.Revoked = p.signerRevocations()
 	p.metrics.verifications.Inc()
-	v, err := p.verifier.Verify(ctx, subject, mr.u.client)
+	vctx, span := p.startVerify(ctx, mr, m.Digest)
+	v, err := mr.v.Verify(withVerifier(vctx, mr.v), subject, mr.u.client)
+	endVerify(span, v, err)
 	if err != nil {
 		return verify.Verdict{}, err
 	}
@@ -540,7 +562,7 @@ func (p *Proxy) evaluate(ctx context.Context, mr manifestReq, m verify.Manifest)
 		p.log.Warn("verification stopped at a limit", zap.String("upstream", mr.u.name), zap.String("repository", mr.repo),
 			zap.String("digest", m.Digest.String()), zap.String("limit", v.Limit), zap.Strings("reasons", v.Reasons))
 	}
-	return v, nil
+	return p.revokedVerdict(v), nil
 }
 
 func malformedVerdict(d v1.Hash, err error) verify.Verdict {
@@ -646,6 +668,7 @@ func (p *Proxy) decide(md *manifestDecision) {
 	p.record(Decision{
 		Time:       time.Now().UTC(),
 		Client:     mr.client,
+		Principal:  mr.principal,
 		Upstream:   mr.u.name,
 		Repository: mr.repo,
 		Reference:  mr.ref,
@@ -666,8 +689,15 @@ func (p *Proxy) record(d Decision) {
 	if d.Kind == "" {
 		d.Kind = KindManifest
 	}
-	p.decisions.add(d)
+	p.note(d)
+	p.boundaryCounts.add(d.Boundary, d.Decision)
 	p.emitDecision(d)
+}
+
+// note keeps d in the ring and the audit log without alerting: a watch
+// reports what it finds through its own events.
+func (p *Proxy) note(d Decision) {
+	p.decisions.add(d)
 	level := zap.WarnLevel
 	if d.Decision == "allow" && !d.Drift {
 		level = zap.InfoLevel
@@ -682,6 +712,7 @@ func (p *Proxy) record(d Decision) {
 		zap.Time("time", d.Time),
 		zap.String("kind", d.Kind),
 		zap.String("client", d.Client),
+		zap.String("principal", d.Principal),
 		zap.String("upstream", d.Upstream),
 		zap.String("repository", d.Repository),
 		zap.String("reference", d.Reference),
@@ -767,6 +798,7 @@ func (p *Proxy) failClosed(mr manifestReq, digest v1.Hash, code string, err erro
 	p.record(Decision{
 		Time:       time.Now().UTC(),
 		Client:     mr.client,
+		Principal:  mr.principal,
 		Upstream:   mr.u.name,
 		Repository: mr.repo,
 		Reference:  mr.ref,

@@ -17,6 +17,8 @@ type metrics struct {
 	verdictCache       *prometheus.CounterVec
 	verifications      prometheus.Counter
 	drift              *prometheus.CounterVec
+	refreshes          *prometheus.CounterVec
+	revocationHits     prometheus.Counter
 	lineageDeps        *prometheus.CounterVec
 	verifyRunning      prometheus.Gauge
 	verifyQueued       prometheus.Gauge
@@ -28,6 +30,7 @@ type metrics struct {
 	streamBufLimited   prometheus.Counter
 	limitExceeded      *prometheus.CounterVec
 	referrers          *prometheus.CounterVec
+	authFailures       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -69,6 +72,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "portcullis_drift_total",
 			Help: "Digests that were allowed before and are denied now, by boundary.",
 		}, []string{"boundary"}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_refresh_ahead_total",
+			Help: "Background re-verifications of allowed digests before their verdict expired, by result (allow, deny, error).",
+		}, []string{"result"}),
+		revocationHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portcullis_revocation_hits_total",
+			Help: "Manifest requests denied (or, in warn boundaries, served as would-deny) because of a revocation.",
+		}),
 		lineageDeps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_lineage_dependencies_total",
 			Help: "Lineage dependencies decided for a parent subject, by result (allow, deny, error).",
@@ -113,13 +124,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "portcullis_referrers_total",
 			Help: "Referrers listings answered, by upstream and source: the upstream's referrers API (api), its sha256-<hex> fallback tag (fallback), or neither (empty).",
 		}, []string{"upstream", "source"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_auth_failures_total",
+			Help: "Requests answered 401 because they carried no valid credentials, by listener (registry, admin).",
+		}, []string{"listener"}),
 	}
 	for _, c := range []prometheus.Collector{
 		m.requests, m.duration, m.decisions, m.verificationErrors, m.upstreamErrors,
-		m.blobBytes, m.verdictCache, m.verifications, m.drift, m.lineageDeps,
+		m.blobBytes, m.verdictCache, m.verifications, m.drift, m.refreshes, m.revocationHits, m.lineageDeps,
 		m.verifyRunning, m.verifyQueued, m.verifyRejected,
 		m.clientConns, m.clientConnsLimited, m.clientStalled, m.streamsEvicted, m.streamBufLimited, m.limitExceeded,
-		m.referrers,
+		m.referrers, m.authFailures,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, errors.Join(errors.New("failed to register metrics"), err)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/portcullis-oci/portcullis/verify/summary"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 )
 
@@ -36,8 +37,16 @@ type options struct {
 	evidenceTypesSet bool
 	// events: see WithEventSink.
 	events EventSink
+	// clientAuth and adminTokens: see WithClientAuth, WithAdminTokens.
+	clientAuth  *ClientAuth
+	adminTokens []TokenHash
 	// summaries: see WithSummaries; nil signs none.
 	summaries *summaryStore
+	// revocations: see WithRevocations; refresh: WithRefreshAhead.
+	revocations *Revocations
+	refresh     *RefreshAhead
+	// tracerProvider: see WithTracerProvider; nil is off.
+	tracerProvider trace.TracerProvider
 }
 
 func defaultOptions() options {

@@ -14,6 +14,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 )
 
@@ -32,13 +33,21 @@ const (
 // verified, and serves only what was allowed. Create it with New; it is
 // safe for concurrent use and meant to live as long as the process.
 type Proxy struct {
-	router   *router
-	verifier Verifier
+	router *router
+	// verifier decides; SetVerifier swaps it while requests run, each of
+	// which reads it once.
+	verifier atomic.Pointer[verifierCell]
 	opts     options
 	log      *zap.Logger
 	audit    *zap.Logger
 	metrics  *metrics
 	gatherer prometheus.Gatherer
+	// tracer is nil with tracing off (see WithTracerProvider).
+	tracer trace.Tracer
+	// reloadMetrics count configuration reloads (see RecordReload).
+	reloadMetrics *reloadMetrics
+	// boundaryCounts count decisions per boundary (/v1/boundaries).
+	boundaryCounts boundaryCounts
 
 	// flights shares a pull's verification between concurrent requests,
 	// depFlights a lineage dependency's between parent verifications;
@@ -65,6 +74,11 @@ type Proxy struct {
 	// subject; the manifest behind them need not).
 	evidence *ttlCache[string, v1.Hash]
 
+	// revs is the revocation list enforced on every decision; refresh
+	// re-verifies pulled allows before they expire (nil when off).
+	revs    *Revocations
+	refresh *refresher
+
 	decisions decisionRing
 	draining  atomic.Bool
 	// streams are the blob streams running per upstream.
@@ -87,15 +101,16 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		}
 	}
 	p := &Proxy{
-		verifier: v,
 		opts:     o,
 		log:      o.logger,
 		audit:    o.logger.Named("audit"),
+		tracer:   o.tracer(),
 		coverage: newTTLCache[string, coverEntry](coverageSize, o.coverageTTL),
 		blobs:    newTTLCache[string, int64](blobAllowSize, blobAllowTTL),
 		streams:  newStreamTable(),
 		evidence: newTTLCache[string, v1.Hash](evidenceMemorySize, evidenceMemoryTTL),
 	}
+	p.verifier.Store(&verifierCell{v: v})
 	if !o.evidenceTypesSet {
 		p.opts.evidenceTypes = append(evidenceTypes{}, DefaultEvidenceTypes...)
 	}
@@ -127,7 +142,18 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 	if p.metrics, err = newMetrics(reg); err != nil {
 		return nil, err
 	}
+	p.metrics.seed(upstreamNames(upstreams), v)
+	if p.reloadMetrics, err = newReloadMetrics(reg); err != nil {
+		return nil, err
+	}
+	if err = p.registerBoundaryMetrics(reg); err != nil {
+		return nil, err
+	}
 	p.slots = newVerifyLimiter(o, p.metrics, p.log)
+	if err := p.initRefresh(); err != nil {
+		return nil, err
+	}
+	p.initRevocations()
 	if !o.blobGating {
 		p.log.Warn("blob gating is disabled: any blob of a configured upstream can be pulled through the proxy")
 	}
@@ -153,6 +179,7 @@ func newRouter(upstreams []Upstream, o options) (*router, error) {
 			IdleTimeout:   u.IdleTimeout,
 			MaxConns:      u.MaxConns,
 			RedirectHosts: u.RedirectHosts,
+			Propagator:    o.propagator(),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("upstream %q: %w", u.Name, err)
@@ -206,6 +233,8 @@ type reqState struct {
 	repository string
 	digest     string
 	ns         string
+	// principal is the authenticated client (see WithClientAuth).
+	principal string
 }
 
 // ServeHTTP serves the read-only registry API.
@@ -213,6 +242,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w}
 	st := &reqState{route: -1, ns: r.URL.Query().Get("ns")}
+	if p.tracer != nil {
+		var span trace.Span
+		r, span = p.startRequest(r)
+		defer func() { endRequest(span, r.Method, st, rec.statusCode()) }()
+	}
 	defer func() {
 		status := rec.statusCode()
 		d := time.Since(start)
@@ -239,6 +273,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			zap.Int64("bytes", rec.bytes),
 			zap.Duration("duration", d),
 			zap.String("client", r.RemoteAddr),
+			zap.String("principal", st.principal),
 		)
 	}()
 	p.serve(rec, r, st)
@@ -246,6 +281,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	// Authentication comes first, so an unauthenticated client learns
+	// nothing, not even which paths parse; /v2/ challenges too, as
+	// clients probe it before anything else.
+	r, ok := p.authenticateRequest(w, r, st)
+	if !ok {
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		// Refused before parsing: nothing is looked up for a write.
 		writeError(w, r, errorf(http.StatusMethodNotAllowed, CodeUnsupported, "%s is not supported: this registry is a read-only proxy", methodLabel(r.Method)))
@@ -279,6 +321,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
 		return
 	}
 	st.upstream, st.repository = u.name, repo
+	if err := p.authorize(r, u.name, repo); err != nil {
+		writeError(w, r, err)
+		return
+	}
 	var err error
 	switch req.kind {
 	case routeManifest:

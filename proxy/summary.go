@@ -113,12 +113,13 @@ func (p *Proxy) summaryFor(ctx context.Context, u *upstreamEntry, repo string, s
 	if s == nil || vc == nil {
 		return nil, nil
 	}
-	fp := p.verifier.Fingerprint()
+	pv := p.currentVerifier()
+	fp := pv.FingerprintFor(u.name, repo)
 	key := verdictKey(fp, u.name, repo, subject)
 	var have *verify.Manifest
 	v, ok := vc.Get(key)
 	if !ok {
-		res, err := p.verifyShared(ctx, manifestReq{u: u, repo: repo, ref: subject.String()}, key, subject, nil)
+		res, err := p.verifyShared(ctx, manifestReq{u: u, repo: repo, ref: subject.String(), v: pv}, key, subject, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -183,7 +184,7 @@ func (p *Proxy) summaryContent(u *upstreamEntry, repo string, digest v1.Hash) *s
 		return nil
 	}
 	e, ok := s.entries.Get(key)
-	if !ok || e.fingerprint != p.verifier.Fingerprint() {
+	if !ok || e.fingerprint != p.currentVerifier().FingerprintFor(u.name, repo) {
 		return nil
 	}
 	v, ok := vc.Get(key)

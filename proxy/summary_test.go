@@ -167,11 +167,11 @@ func TestSummaryOfAnAllowedImage(t *testing.T) {
 	if err := json.Unmarshal(st, &vsa); err != nil {
 		t.Fatal(err)
 	}
-	v, ok := e.vc.Get(verdictKey(e.eng.Fingerprint(), "docker.io", "acme/app", e.img.digest))
+	v, ok := e.vc.Get(verdictKey(e.eng.FingerprintFor("docker.io", "acme/app"), "docker.io", "acme/app", e.img.digest))
 	if !ok || len(v.Attestations) != 1 || v.Attestations[0].Digest == "" {
 		t.Fatalf("cached verdict = %+v", v)
 	}
-	fp := strings.TrimPrefix(e.eng.Fingerprint(), "sha256:")
+	fp := strings.TrimPrefix(e.eng.FingerprintFor("docker.io", "acme/app"), "sha256:")
 	if vsa.Subject[0].Digest["sha256"] != e.img.digest.Hex || vsa.Predicate.ResourceURI != "oci://docker.io/acme/app@"+e.img.digest.String() ||
 		vsa.Predicate.VerificationResult != "PASSED" || len(vsa.Predicate.VerifiedLevels) != 1 ||
 		len(vsa.Predicate.InputAttestations) != 1 || "sha256:"+vsa.Predicate.InputAttestations[0].Digest["sha256"] != v.Attestations[0].Digest ||
@@ -252,7 +252,7 @@ func TestSummaryLivesWithItsVerdict(t *testing.T) {
 	}
 	m, _ := fetchSummary(t, e, "acme/app", first[0], e.img.digest)
 	// The verdict expires: its summary, bundle and config go with it.
-	e.vc.remove(verdictKey(e.eng.Fingerprint(), "docker.io", "acme/app", e.img.digest))
+	e.vc.remove(verdictKey(e.eng.FingerprintFor("docker.io", "acme/app"), "docker.io", "acme/app", e.img.digest))
 	if w := do(e.proxy, http.MethodGet, manifestPath("acme/app", first[0].Digest.String())); w.Code == http.StatusOK {
 		t.Error("a summary was served after its verdict expired")
 	}

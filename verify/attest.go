@@ -15,6 +15,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // maxClockSkew is how far in the future an attestation's time may be
@@ -335,6 +337,10 @@ func verifyAttestation(ev *evidence, s Subject, now time.Time, auths []*compiled
 			fails = appendUnique(fails, res.err.Error())
 			continue
 		}
+		if err := revokedSigner(s, res.signer); err != nil {
+			fails = appendUnique(fails, err.Error())
+			continue
+		}
 		va := &verifiedAttestation{st: st, signer: res.signer}
 		if _, payload, ok := ev.envelope(); ok {
 			sum := sha256.Sum256(payload)
@@ -419,6 +425,8 @@ type candidate struct {
 // offer considers one piece of evidence of the rule's predicate type. An
 // error only means the context ended.
 func (cb *compiledBoundary) offer(ctx context.Context, rs *ruleState, ev *evidence, s Subject, now time.Time) error {
+	ctx, span := startSpan(ctx, spanAttestation)
+	defer endAttestation(span, rs, ev, len(rs.reasons))
 	label := fmt.Sprintf("attestation %s (%s)", PredicateName(rs.PredicateType), ev.label())
 	va, err := verifyAttestation(ev, s, now, rs.authorities)
 	if err != nil {
@@ -456,6 +464,26 @@ func (cb *compiledBoundary) offer(ctx context.Context, rs *ruleState, ev *eviden
 		rs.older++
 	}
 	return nil
+}
+
+// endAttestation records which rule the evidence was offered to and
+// whether it verified; when it was rejected, why. A rule that selects the
+// newest attestation is judged once all evidence is read, after this span.
+func endAttestation(span trace.Span, rs *ruleState, ev *evidence, reasons int) {
+	if span.IsRecording() {
+		rejected := rs.satisfied == nil && len(rs.reasons) > reasons
+		span.SetAttributes(
+			attribute.String("portcullis.rule", rs.Name),
+			attribute.String("portcullis.predicate_type", rs.PredicateType),
+			attribute.String("portcullis.evidence", ev.label()),
+			attribute.Bool("portcullis.verified", !rejected),
+			attribute.Bool("portcullis.satisfied", rs.satisfied != nil),
+		)
+		if rejected {
+			span.SetAttributes(attribute.String("portcullis.rejected", trimReason(rs.reasons[len(rs.reasons)-1])))
+		}
+	}
+	span.End()
 }
 
 // decide returns the attestation that satisfied the rule, or the reasons

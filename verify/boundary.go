@@ -24,7 +24,7 @@ func (e *Engine) BlobMode(upstream, repo string) (boundary string, mode Mode, ok
 		if !cb.coversRepo(upstream, repo) {
 			continue
 		}
-		if cb.Mode != ModeWarn {
+		if cb.Mode != ModeWarn || cb.Refused != "" {
 			return cb.Name, ModeEnforce, true
 		}
 		if boundary == "" {

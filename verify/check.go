@@ -2,6 +2,7 @@ package verify
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
@@ -15,6 +16,7 @@ import (
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // envelopeResult is one authority's check of a DSSE envelope signature.
@@ -39,6 +41,37 @@ func (ev *evidence) result(a *compiledAuthority, now time.Time) *envelopeResult 
 	res.signer, res.ref, res.times, res.err = a.verifySigner(ev, sgverify.WithoutArtifactUnsafe(), now)
 	ev.results[a] = res
 	return res
+}
+
+// checkSignature opens ev and counts it toward the threshold, in a span
+// that says which authority it counted for, or why it counted for none.
+func (r *run) checkSignature(ctx context.Context, ev *evidence) {
+	_, span := startSpan(ctx, spanSignature)
+	r.open(ev)
+	before, reasons := len(r.tally.signers), len(r.tally.reasons)
+	r.cb.count(r.tally, ev, r.s, r.now)
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("portcullis.evidence", ev.label()),
+			attribute.String("portcullis.evidence.format", ev.format),
+		)
+		switch {
+		case len(r.tally.signers) > before:
+			span.SetAttributes(attribute.String("portcullis.authority", r.tally.signers[len(r.tally.signers)-1].Authority))
+		case len(r.tally.reasons) > reasons:
+			span.SetAttributes(attribute.String("portcullis.rejected", trimReason(r.tally.reasons[len(r.tally.reasons)-1])))
+		}
+	}
+	span.End()
+}
+
+// trimReason bounds a reason recorded on a span: reasons quote evidence.
+func trimReason(s string) string {
+	const maxSpanReason = 512
+	if len(s) > maxSpanReason {
+		return s[:maxSpanReason] + "…"
+	}
+	return s
 }
 
 // check verifies a message signature (a bundle's or a simplesigning
@@ -81,7 +114,7 @@ func (a *compiledAuthority) checkKey(ev *evidence, art sgverify.ArtifactPolicyOp
 		// a result and a copy of the payload per key.
 		for _, k := range a.keys {
 			if k.verifier.VerifySignature(bytes.NewReader(ev.legacy.sig), bytes.NewReader(ev.legacy.payload)) == nil {
-				signer.Key = k.name
+				signer.Key, signer.KeyID = k.name, k.id
 				return signer, k, nil
 			}
 		}
@@ -113,7 +146,7 @@ func (a *compiledAuthority) checkKey(ev *evidence, art sgverify.ArtifactPolicyOp
 		for _, entity := range entities {
 			_, err := k.bundle.Verify(entity, sgverify.NewPolicy(art, sgverify.WithKey()))
 			if err == nil {
-				signer.Key = k.name
+				signer.Key, signer.KeyID = k.name, k.id
 				return signer, k, nil
 			}
 			if first == nil {

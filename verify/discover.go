@@ -13,6 +13,9 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/sigstore/sigstore-go/pkg/bundle"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Evidence formats, as named in verdicts.
@@ -98,12 +101,31 @@ func (ev *evidence) envelope() (string, []byte, bool) {
 // failures other than ErrNotFound / ErrNoReferrersAPI and context errors
 // are returned: they mean the evidence could not be read at all.
 func (r *run) collect(ctx context.Context) error {
+	ctx, span := startSpan(ctx, spanDiscover)
+	defer r.endDiscover(span)
 	err := r.read(ctx)
 	if errors.Is(err, errBudget) {
 		r.leftUnread(LimitEvidenceBytes, r.budget.reason())
 		return nil
 	}
+	if err != nil && span.IsRecording() {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "evidence not read")
+	}
 	return err
+}
+
+// endDiscover records what discovery found: the signatures read, and the
+// limit that stopped it, if one did.
+func (r *run) endDiscover(span trace.Span) {
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.Int("portcullis.signatures_found", r.found),
+			attribute.Int("portcullis.signers", len(r.tally.signers)),
+			attribute.String("portcullis.limit", r.limit),
+		)
+	}
+	span.End()
 }
 
 // read reads each of the boundary's evidence places in turn, as long as

@@ -35,6 +35,8 @@ type Engine struct {
 	maxDeps     int
 	limits      EvidenceLimits
 	fingerprint string
+	// scoped computes the per-repository fingerprints (FingerprintFor).
+	scoped *scopedFingerprints
 }
 
 // Option configures an Engine.
@@ -160,6 +162,7 @@ func New(p Policy, opts ...Option) (*Engine, error) {
 	if e.fingerprint == "" {
 		e.fingerprint = policyHash(p, o)
 	}
+	e.scoped = newScopedFingerprints(p, o)
 	return e, nil
 }
 
@@ -176,6 +179,10 @@ func compileBoundary(b *Boundary) (*compiledBoundary, error) {
 		if err := validateGlob(g); err != nil {
 			return nil, err
 		}
+	}
+	if b.Refused != "" {
+		// A stand-in has no rules to compile: it denies what it matches.
+		return &compiledBoundary{Boundary: b}, nil
 	}
 	if len(b.Authorities) == 0 {
 		return nil, errors.New("no authorities")
@@ -482,6 +489,10 @@ func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, err
 		return v, nil
 	}
 	v.Mode, v.Boundary = cb.Mode, cb.Name
+	if cb.Refused != "" {
+		v.Mode, v.Reasons = ModeEnforce, []string{cb.Refused}
+		return v, nil
+	}
 	if s.Digest.Algorithm != "sha256" || len(s.Digest.Hex) != 64 {
 		v.Reasons = []string{fmt.Sprintf("unsupported subject digest %q: signatures are found by sha256 digest", s.Digest)}
 		return v, nil
@@ -678,6 +689,9 @@ func (cb *compiledBoundary) count(t *tally, ev *evidence, s Subject, now time.Ti
 			signer, ref, err = res.signer, res.ref, res.err
 		} else {
 			signer, ref, err = a.check(ev, s, now)
+		}
+		if err == nil {
+			err = revokedSigner(s, signer)
 		}
 		if err != nil {
 			fails = appendUnique(fails, err.Error())

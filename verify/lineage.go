@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // DefaultMaxDependencies is the default number of dependencies one subject
@@ -225,6 +226,11 @@ func (e *Engine) evalLineage(ctx context.Context, r *LineageRule, s Subject, pro
 	deps, err := parseDependencies(prov.st.PredicateType, prov.st.Predicate)
 	if err != nil {
 		return nil, []string{"lineage: " + err.Error()}, nil
+	}
+	ctx, span := startSpan(ctx, spanLineage)
+	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("portcullis.dependencies", len(deps)))
 	}
 	out := make([]Dependency, len(deps))
 	for i, d := range deps {

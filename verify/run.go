@@ -91,12 +91,13 @@ func (r *run) add(ctx context.Context, ev *evidence, signature bool) error {
 	if r.at != nil && !r.at.own {
 		ev.where = r.at.String()
 	}
-	r.open(ev)
+	if signature && r.needSignatures() {
+		r.checkSignature(ctx, ev)
+	} else {
+		r.open(ev)
+	}
 	if signature {
 		r.found++
-		if r.needSignatures() {
-			r.cb.count(r.tally, ev, r.s, r.now)
-		}
 	}
 	if ev.predicateType == "" {
 		return nil

@@ -34,6 +34,10 @@ type Subject struct {
 	// only the subject's upstream can be read: such a boundary then
 	// denies, it never looks elsewhere.
 	Fetchers FetcherSource
+
+	// Revoked names signers that no longer count for anyone (see
+	// SignerRevocations); nil revokes none.
+	Revoked SignerRevocations
 }
 
 // LineageContext is where a subject sits in a lineage walk.
@@ -161,6 +165,22 @@ type Boundary struct {
 	// rules without their own Repository, are looked up; nil means the
 	// subject's own repository.
 	SignatureRepository *EvidenceRepository
+
+	// Fingerprint identifies this boundary's rules and the trust material
+	// they use; "" has the engine hash the boundary itself. Verdicts of
+	// repositories this boundary cannot match do not depend on it (see
+	// Engine.FingerprintFor).
+	Fingerprint string
+	// Refused, when set, makes this a stand-in for a boundary that could
+	// not be loaded: every subject it matches is denied with this reason,
+	// so its repositories never fall through to a later boundary.
+	Refused string
+	// Owner, Version, Source (the file it came from), Order and Problems
+	// (of a newer version that was refused while this one was kept)
+	// describe where the boundary came from; they do not decide.
+	Owner, Version, Source string
+	Order                  *int
+	Problems               []string
 }
 
 // Authority is a named signer the boundary accepts: exactly one of Key or
@@ -256,7 +276,11 @@ type Signer struct {
 	Identity  string `json:"identity,omitempty"`
 	Issuer    string `json:"issuer,omitempty"`
 	Key       string `json:"key,omitempty"`
-	Evidence  string `json:"evidence"` // "cosign-legacy", "sigstore-bundle", ...
+	// KeyID is the hex SHA-256 of the DER public key of a key signer:
+	// the key's identity whatever file or PEM form it came from, and what
+	// a key revocation names.
+	KeyID    string `json:"key_id,omitempty"`
+	Evidence string `json:"evidence"` // "cosign-legacy", "sigstore-bundle", ...
 }
 
 // Verdict is a policy outcome. A denial is a Verdict with Allowed false and

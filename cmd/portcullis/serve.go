@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
 	"runtime"
 	"syscall"
@@ -34,6 +35,11 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: portcullis serve --config FILE")
 		return 2
 	}
+	// SIGHUP reloads the configuration instead of ending the process; one
+	// that arrives while starting is a reload once serving.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, eng, err := loadAll(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -48,6 +54,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	ctx = withReload(ctx, reloadHooks{hup: hup})
 	if err := serve(ctx, cfg, eng, logger, nil); err != nil {
 		logger.Error("serve failed", zap.Error(err))
 		return 1
@@ -99,6 +106,7 @@ func serve(ctx context.Context, cfg *config.Config, eng *verify.Engine, logger *
 	for _, w := range cfg.Warnings() {
 		logger.Warn("insecure setting in effect", zap.String("setting", w))
 	}
+	logRefusedBoundaries(cfg, logger)
 	// Only serve signs summaries: `portcullis verify` needs no key.
 	sumOpt, signer, err := wire.Summaries(cfg)
 	if err != nil {
@@ -109,17 +117,39 @@ func serve(ctx context.Context, cfg *config.Config, eng *verify.Engine, logger *
 		pub, _ := signer.PublicKeyPEM()
 		logger.Info("signing verification summaries", zap.String("key", cfg.Resolve(cfg.Summaries.Key)), zap.ByteString("public_key", pub))
 	}
+	if extra, err = withClientAuth(cfg, logger, extra); err != nil {
+		return err
+	}
+	extra, stopTracing, err := withTracing(cfg, logger, extra)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	extra, stopAlerts, err := withAlerts(cfg, logger, extra)
+	if err != nil {
+		return err
+	}
+	defer stopAlerts()
+	if extra, err = withRevocations(ctx, cfg, logger, extra); err != nil {
+		return err
+	}
 	p, err := newProxy(cfg, eng, logger, extra...)
 	if err != nil {
 		return err
 	}
 	logger.Info("policy loaded", zap.String("fingerprint", eng.Fingerprint()), zap.String("version", version),
 		zap.Int("upstreams", len(cfg.Upstreams)), zap.Int("boundaries", len(cfg.Boundaries)))
+	if err := startWatches(ctx, cfg, p, logger); err != nil {
+		return err
+	}
 	sc := proxy.ServeConfig{Addr: cfg.Listen, AdminAddr: cfg.Admin, Logger: logger, Ready: ready, Grace: shutdownGrace,
 		ClientIdleTimeout: cfg.Limits.ClientIdleTimeout.D(), MaxConns: cfg.Limits.ClientConnections,
 		MaxHeaderBytes: int(cfg.Limits.HeaderBytes)}
 	if cfg.TLS != nil {
 		sc.TLSCert, sc.TLSKey = cfg.Resolve(cfg.TLS.Cert), cfg.Resolve(cfg.TLS.Key)
+	}
+	if err := startReload(ctx, cfg, eng.Fingerprint(), p, logger, &sc); err != nil {
+		return err
 	}
 	return proxy.Serve(ctx, p, sc)
 }

@@ -26,14 +26,15 @@ func runVerify(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "config file (required)")
 	asJSON := fs.Bool("json", false, "print the verdict as JSON")
-	if err := fs.Parse(args); err != nil {
+	rest, err := parseInterspersed(fs, args)
+	if err != nil {
 		return exitUndecided
 	}
-	if *cfgPath == "" || fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: portcullis verify --config FILE [--json] REGISTRY/REPOSITORY[:TAG|@DIGEST]")
+	if *cfgPath == "" || len(rest) != 1 {
+		fmt.Fprintln(stderr, "usage: portcullis verify REGISTRY/REPOSITORY[:TAG|@DIGEST] --config FILE [--json]")
 		return exitUndecided
 	}
-	ref := fs.Arg(0)
+	ref := rest[0]
 	cfg, eng, err := loadAll(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)

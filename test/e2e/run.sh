@@ -249,6 +249,38 @@ sbom sbom_ola ola_v3 "$OLA" e2e/signed-v3
 sbom sbom_unsigned dist_unsigned "$DIST" e2e/unsigned
 for k in sbom_dist sbom_ola sbom_unsigned dist_v2 dist_v3 ola_v3 ola_v2 dist_unsigned dist_rogue pair_both pair_one corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
 
+phase "starting the alert receiver"
+# A webhook receiver for portcullis's alerts: appends each POST body to a
+# file, one line per event. It prints the port the kernel gave it.
+cat > "$work/alert_recv.py" <<'PY'
+import http.server, sys
+class Recv(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
+        with open(sys.argv[1], "ab") as f:
+            f.write(body.replace(b"\n", b" ") + b"\n")
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recv)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+PY
+: > "$work/alerts.jsonl"
+python3 "$work/alert_recv.py" "$work/alerts.jsonl" >"$work/alert_recv.log" 2>&1 & recv_pid=$!; pids+=($recv_pid)
+recv_port=
+for _ in $(seq 200); do
+  recv_port=$(head -1 "$work/alert_recv.log" | tr -dc '0-9')
+  [ -n "$recv_port" ] && break
+  kill -0 "$recv_pid" 2>/dev/null || break
+  sleep 0.05
+done
+[ -n "$recv_port" ] || { show "$work/alert_recv.log" >&2; die "the alert receiver did not print its port"; }
+owns_port "$recv_pid" "$recv_port" || die "alert receiver: port $recv_port is not held by PID $recv_pid"
+ALERTS=127.0.0.1:$recv_port
+echo "  alert receiver $ALERTS (pid $recv_pid)"
+
 phase "starting portcullis"
 upstreams="upstreams:
   - {name: dist, url: \"http://$DIST\", aliases: [$DIST_ALIAS, \"$DIST\"], insecure: true}
@@ -299,6 +331,7 @@ YML
     allow-all) printf 'boundaries: []\nunmatched: insecure-allow\ninsecure_disable_blob_gating: true\n' ;;
   esac
   echo "summaries: {key: vsa.key, password_env: COSIGN_PASSWORD}"
+  echo "alerts: [{name: e2e, type: webhook, url: \"http://$ALERTS/events\", insecure: true, events: [deny, fail-closed]}]"
   echo "log: {level: info}"
 } > "$work/portcullis.yaml"
 must "portcullis config check" "$PORTCULLIS" config check "$work/portcullis.yaml"
@@ -708,6 +741,26 @@ else bad "/v1/decisions/<digest>/summary"; fi
 phase "observability"
 if curl -fsS "http://$ADMIN/metrics" | grep -E '^portcullis_decisions_total\{.*decision="deny".*\} [1-9]' >/dev/null; then ok "denials are counted in /metrics"; else bad "no deny count in /metrics"; fi
 if curl -fsS "http://$ADMIN/v1/decisions" | python3 -c 'import json,sys; sys.exit(not any(d.get("digest") == sys.argv[1] and d.get("decision") == "deny" for d in json.load(sys.stdin)["decisions"]))' "${D[dist_unsigned]}"; then ok "/v1/decisions lists the unsigned denial"; else bad "/v1/decisions has no denial of ${D[dist_unsigned]}"; fi
+
+# alert_arrived DIGEST REASON: the receiver got a deny event for DIGEST
+# whose reasons include REASON.
+alert_arrived() {
+  python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    d = e.get("decision") or {}
+    if e.get("kind") == "deny" and d.get("digest") == sys.argv[2] and any(sys.argv[3] in r for r in d.get("reasons") or []):
+        sys.exit(0)
+sys.exit(1)' "$work/alerts.jsonl" "$1" "$2"
+}
+# Alerts are sent in the background: give the receiver a few seconds.
+for _ in $(seq 100); do alert_arrived "${D[dist_unsigned]}" "$R_UNSIGNED" && break; sleep 0.1; done
+if alert_arrived "${D[dist_unsigned]}" "$R_UNSIGNED"; then ok "the alert webhook got the deny event for the unsigned image, with its reason"
+else bad "no deny alert for ${D[dist_unsigned]} at the webhook"; show "$work/alerts.jsonl" 3; fi
 
 phase "graceful shutdown"
 kill -TERM "$pc_pid"

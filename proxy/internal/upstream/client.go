@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.opentelemetry.io/otel/propagation"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/portcullis-oci/portcullis/proxy/internal/names"
@@ -74,6 +75,11 @@ type Config struct {
 	// Insecure's TLS setting, MaxConns and the address guard are not
 	// applied to it, but plain http is still refused unless Insecure.
 	Transport http.RoundTripper
+	// Propagator, when set, writes the trace context of a call's context
+	// (W3C traceparent) into each request to the registry host. Hops to
+	// other hosts (blob storage) get none: the trace is the operator's,
+	// not the storage provider's. Default none.
+	Propagator propagation.TextMapPropagator
 
 	// repositories overrides DefaultRepositories (tests).
 	repositories int
@@ -106,6 +112,7 @@ type Client struct {
 
 	transports *repoCache
 	setup      singleflight.Group
+	propagator propagation.TextMapPropagator // nil: no trace context is sent
 }
 
 var _ verify.Fetcher = (*Client)(nil)
@@ -207,6 +214,7 @@ func New(cfg Config) (*Client, error) {
 		guard:      guard,
 		maxConns:   maxConns,
 		transports: cache,
+		propagator: cfg.Propagator,
 	}, nil
 }
 
@@ -328,6 +336,9 @@ func (c *Client) do(ctx context.Context, method, repo, path string, query url.Va
 		hc := &http.Client{Transport: c.bare, CheckRedirect: noRedirect}
 		if c.isRegistry(target) {
 			hc.Transport = rt
+			if c.propagator != nil {
+				c.propagator.Inject(ctx, propagation.HeaderCarrier(req.Header))
+			}
 		}
 		var waited func() bool
 		if c.maxConns > 0 {

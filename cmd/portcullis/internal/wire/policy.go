@@ -35,7 +35,7 @@ func Policy(cfg *config.Config) (verify.Policy, error) {
 	}
 	p := verify.Policy{InsecureAllowUnmatched: cfg.Unmatched == config.UnmatchedInsecureAllow}
 	for i, b := range cfg.Boundaries {
-		vb, err := l.boundary(b)
+		vb, err := l.deployedBoundary(b)
 		if err != nil {
 			return verify.Policy{}, fmt.Errorf("boundaries[%d] (%s): %w", i, b.Name, err)
 		}

@@ -1,0 +1,100 @@
+package verify_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/portcullis-oci/portcullis/test/fixtures"
+	"github.com/portcullis-oci/portcullis/verify"
+)
+
+// revokedSigners revokes signers by key id or keyless identity.
+type revokedSigners struct {
+	keys       map[string]bool
+	identities map[string]bool
+}
+
+func (r revokedSigners) SignerRevoked(s verify.Signer) (string, bool) {
+	if (s.KeyID != "" && r.keys[s.KeyID]) || (s.Kind == "keyless" && r.identities[s.Identity]) {
+		return "revoked by test: compromised", true
+	}
+	return "", false
+}
+
+func TestRevokedSignersDoNotCount(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	other, err := fixtures.NewKeySigner("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []fixtures.Signer{e.key, other, e.ss.Signer(testIssuer, testSubject)} {
+		if _, err := fixtures.AttachBundle(ctx, e.subject, s, fixtures.BundleSpec{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eng := engine(t, policy(2, keyAuthority("release", e.key), keyAuthority("other", other),
+		keylessAuthority("ci", e.ss, testIssuer, testSubject)))
+	f := e.reg.Fetcher()
+	v := mustVerify(t, eng, e.subj(t), f)
+	if !v.Allowed || len(v.Signers) != 2 {
+		t.Fatalf("unrevoked: %+v", v)
+	}
+	keyIDs := map[string]string{}
+	for _, s := range v.Signers {
+		if s.Kind == "key" {
+			if len(s.KeyID) != 64 {
+				t.Fatalf("key signer without a hex SHA-256 key id: %+v", s)
+			}
+			keyIDs[s.Authority] = s.KeyID
+		}
+	}
+	// One key of three revoked: two others still meet the threshold.
+	subj := e.subj(t)
+	first := v.Signers[0]
+	subj.Revoked = revokedSigners{keys: map[string]bool{first.KeyID: true}, identities: map[string]bool{first.Identity: first.Kind == "keyless"}}
+	v = mustVerify(t, eng, subj, f)
+	if !v.Allowed {
+		t.Fatalf("one of three signers revoked: denied: %q", v.Reasons)
+	}
+	for _, s := range v.Signers {
+		if s.Authority == first.Authority {
+			t.Fatalf("the revoked signer still counted: %+v", v.Signers)
+		}
+	}
+	// Two revoked: the threshold of 2 is no longer met, and the reason
+	// names the revocation.
+	all := revokedSigners{keys: map[string]bool{}, identities: map[string]bool{testSubject: true}}
+	for _, id := range keyIDs {
+		all.keys[id] = true
+	}
+	subj.Revoked = all
+	v = mustVerify(t, eng, subj, f)
+	if v.Allowed || !strings.Contains(strings.Join(v.Reasons, "\n"), "revoked by test: compromised") {
+		t.Fatalf("every signer revoked: %+v", v)
+	}
+}
+
+func TestRevokedAttestationSigner(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	spec := fixtures.BundleSpec{PredicateType: verify.PredicateSLSAProvenanceV1, Predicate: provenance(time.Now())}
+	if _, err := fixtures.AttachBundle(ctx, e.subject, e.key, spec); err != nil {
+		t.Fatal(err)
+	}
+	eng := engine(t, attPolicy(provRule(nil), keyAuthority("release", e.key)))
+	v := mustVerify(t, eng, e.subj(t), e.reg.Fetcher())
+	if !v.Allowed || len(v.Attestations) != 1 {
+		t.Fatalf("unrevoked: %+v", v)
+	}
+	subj := e.subj(t)
+	subj.Revoked = revokedSigners{keys: map[string]bool{v.Signers[0].KeyID: true}}
+	v = mustVerify(t, eng, subj, e.reg.Fetcher())
+	if v.Allowed || len(v.Attestations) != 0 {
+		t.Fatalf("attestation by a revoked key: %+v", v)
+	}
+}
