@@ -17,6 +17,15 @@
 // and manifests are parsed strictly; a manifest that does not parse is
 // denied, never allowed.
 //
+// The proxy pulls with the upstreams' credentials, so who may pull through
+// it is its own decision (WithClientAuth): a client is authenticated
+// (bcrypt htpasswd, hashed static tokens, verified client certificates)
+// before its request is routed, and authorised on the upstream and
+// repository right after routing, before anything is asked upstream, so a
+// refusal says nothing about whether the content exists. Secrets are
+// compared in constant time and never logged; the principal is. The admin
+// listener has its own tokens (WithAdminTokens); health probes stay open.
+//
 // # What is guaranteed about served bytes
 //
 // Verdicts are about digests. A tag is resolved to a digest at the
