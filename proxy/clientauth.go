@@ -658,7 +658,7 @@ func PrincipalFrom(ctx context.Context) *Principal {
 // oras, skopeo, regctl) answers a Basic challenge with the credentials it
 // was given, tokens included as passwords, so no token service is needed.
 func (p *Proxy) authenticateRequest(w http.ResponseWriter, r *http.Request, st *reqState) (*http.Request, bool) {
-	a := p.opts.clientAuth
+	a := p.clientAuth.Load()
 	if a == nil {
 		return r, true
 	}
@@ -677,7 +677,7 @@ func (p *Proxy) authenticateRequest(w http.ResponseWriter, r *http.Request, st *
 // outside its grants; the answer is the same whether or not the content
 // exists.
 func (p *Proxy) authorize(r *http.Request, upstream, repo string) error {
-	if p.opts.clientAuth == nil {
+	if p.clientAuth.Load() == nil {
 		return nil
 	}
 	pr := PrincipalFrom(r.Context())
@@ -690,8 +690,9 @@ func (p *Proxy) authorize(r *http.Request, upstream, repo string) error {
 // adminAuth guards the admin handler with the admin tokens; the probes
 // stay open for orchestrators.
 func (p *Proxy) adminAuth(next http.Handler) http.Handler {
-	tokens := p.opts.adminTokens
-	if len(tokens) == 0 {
+	// Admin authentication is on or off for the life of the handler; its
+	// tokens can change (SetClientAuth).
+	if len(*p.adminTokens.Load()) == 0 {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -702,7 +703,7 @@ func (p *Proxy) adminAuth(next http.Handler) http.Handler {
 		hdr := r.Header.Get("Authorization")
 		scheme, cred, _ := strings.Cut(hdr, " ")
 		if len(hdr) <= maxAuthorizationBytes && strings.EqualFold(scheme, "bearer") {
-			if _, ok := matchToken(tokens, strings.TrimSpace(cred)); ok {
+			if _, ok := matchToken(*p.adminTokens.Load(), strings.TrimSpace(cred)); ok {
 				next.ServeHTTP(w, r)
 				return
 			}

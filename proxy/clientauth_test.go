@@ -643,3 +643,31 @@ func TestPasswordCheckSlots(t *testing.T) {
 		t.Error("cached password waited for a slot")
 	}
 }
+
+// TestSetClientAuthRefusesShapeChanges: turning authentication on or off
+// cannot happen live; the set in force stays.
+func TestSetClientAuthRefusesShapeChanges(t *testing.T) {
+	t.Parallel()
+	a, err := NewClientAuth(ClientAuthConfig{Anonymous: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	open, _ := newTestProxy(t, "http://127.0.0.1:1", allowAll())
+	if err := open.SetClientAuth(a, nil); !errors.Is(err, ErrRestartRequired) {
+		t.Errorf("turning client auth on live: %v, want ErrRestartRequired", err)
+	}
+	if open.clientAuth.Load() != nil {
+		t.Error("client auth was turned on anyway")
+	}
+	guarded, _ := newTestProxy(t, "http://127.0.0.1:1", allowAll(), WithClientAuth(a))
+	if err := guarded.SetClientAuth(nil, nil); !errors.Is(err, ErrRestartRequired) {
+		t.Errorf("turning client auth off live: %v, want ErrRestartRequired", err)
+	}
+	if err := guarded.SetClientAuth(a, []TokenHash{{}}); !errors.Is(err, ErrRestartRequired) {
+		t.Errorf("turning admin auth on live: %v, want ErrRestartRequired", err)
+	}
+	b, _ := NewClientAuth(ClientAuthConfig{Anonymous: true})
+	if err := guarded.SetClientAuth(b, nil); err != nil || guarded.clientAuth.Load() != b {
+		t.Errorf("replacing the credentials: %v", err)
+	}
+}

@@ -94,9 +94,9 @@ func Serve(ctx context.Context, p *Proxy, sc ServeConfig) error {
 			}
 			tc.Certificates = []tls.Certificate{cert}
 		}
-		p.opts.clientAuth.configureTLS(tc)
+		p.clientAuth.Load().configureTLS(tc)
 		regLn = tls.NewListener(regLn, tc)
-	} else if p.opts.clientAuth.wantsClientCerts() {
+	} else if p.clientAuth.Load().wantsClientCerts() {
 		_ = regLn.Close()
 		return errors.New("client certificates need TLS on the registry listener")
 	}

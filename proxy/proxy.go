@@ -73,6 +73,10 @@ type Proxy struct {
 	// about, for a later fetch of it by digest (cosign's tags name the
 	// subject; the manifest behind them need not).
 	evidence *ttlCache[string, v1.Hash]
+	// clientAuth and adminTokens start as the options say and are
+	// replaced by SetClientAuth.
+	clientAuth  atomic.Pointer[ClientAuth]
+	adminTokens atomic.Pointer[[]TokenHash]
 
 	// revs is the revocation list enforced on every decision; refresh
 	// re-verifies pulled allows before they expire (nil when off).
@@ -111,6 +115,9 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		evidence: newTTLCache[string, v1.Hash](evidenceMemorySize, evidenceMemoryTTL),
 	}
 	p.verifier.Store(&verifierCell{v: v})
+	p.clientAuth.Store(o.clientAuth)
+	adminTokens := o.adminTokens
+	p.adminTokens.Store(&adminTokens)
 	if !o.evidenceTypesSet {
 		p.opts.evidenceTypes = append(evidenceTypes{}, DefaultEvidenceTypes...)
 	}

@@ -25,23 +25,40 @@ const maxCAFileBytes = 4 << 20
 // credential files, so a bad hash scheme or cost fails here, at start or
 // in `config check` (logger nil: nothing is logged).
 func withClientAuth(cfg *config.Config, logger *zap.Logger, opts []proxy.Option) ([]proxy.Option, error) {
+	auth, admin, err := buildClientAuth(cfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	if admin != nil {
+		opts = append(opts, proxy.WithAdminTokens(admin))
+	}
+	if auth != nil {
+		opts = append(opts, proxy.WithClientAuth(auth))
+	}
+	return opts, nil
+}
+
+// buildClientAuth reads what withClientAuth configures; a reload applies
+// it with Proxy.SetClientAuth.
+func buildClientAuth(cfg *config.Config, logger *zap.Logger) (*proxy.ClientAuth, []proxy.TokenHash, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
+	var admin []proxy.TokenHash
 	if a := cfg.AdminAuth; a != nil {
 		tokens, err := readTokens(cfg.Resolve(a.Tokens))
 		if err != nil {
-			return nil, fmt.Errorf("admin_auth.tokens: %w", err)
+			return nil, nil, fmt.Errorf("admin_auth.tokens: %w", err)
 		}
 		if len(tokens) == 0 {
-			return nil, errors.New("admin_auth.tokens: no tokens")
+			return nil, nil, errors.New("admin_auth.tokens: no tokens")
 		}
-		opts = append(opts, proxy.WithAdminTokens(tokens))
+		admin = tokens
 		logger.Info("admin listener requires a bearer token", zap.Int("tokens", len(tokens)))
 	}
 	cl := cfg.Clients
 	if cl == nil {
-		return opts, nil
+		return nil, admin, nil
 	}
 	ac := proxy.ClientAuthConfig{
 		Anonymous:          cl.Anonymous,
@@ -53,17 +70,17 @@ func withClientAuth(cfg *config.Config, logger *zap.Logger, opts []proxy.Option)
 	var err error
 	if cl.Htpasswd != "" {
 		if ac.Users, err = readHtpasswd(cfg.Resolve(cl.Htpasswd)); err != nil {
-			return nil, fmt.Errorf("clients.htpasswd: %w", err)
+			return nil, nil, fmt.Errorf("clients.htpasswd: %w", err)
 		}
 	}
 	if cl.Tokens != "" {
 		if ac.Tokens, err = readTokens(cfg.Resolve(cl.Tokens)); err != nil {
-			return nil, fmt.Errorf("clients.tokens: %w", err)
+			return nil, nil, fmt.Errorf("clients.tokens: %w", err)
 		}
 	}
 	if cl.MTLS != nil {
 		if ac.ClientCAs, err = readCAs(cfg.Resolve(cl.MTLS.CA)); err != nil {
-			return nil, fmt.Errorf("clients.mtls.ca: %w", err)
+			return nil, nil, fmt.Errorf("clients.mtls.ca: %w", err)
 		}
 		ac.RequireClientCert = cl.MTLS.Required
 	}
@@ -76,14 +93,14 @@ func withClientAuth(cfg *config.Config, logger *zap.Logger, opts []proxy.Option)
 	}
 	auth, err := proxy.NewClientAuth(ac)
 	if err != nil {
-		return nil, fmt.Errorf("clients: %w", err)
+		return nil, nil, fmt.Errorf("clients: %w", err)
 	}
 	logger.Info("client authentication", zap.Bool("anonymous", cl.Anonymous), zap.Int("users", len(ac.Users)),
 		zap.Int("tokens", len(ac.Tokens)), zap.Bool("mtls", ac.ClientCAs != nil), zap.Int("access", len(ac.Grants)))
 	if cfg.TLS == nil && (len(ac.Users) > 0 || len(ac.Tokens) > 0) {
 		logger.Warn("client passwords and tokens cross the network in the clear: the registry listener has no tls (fine only behind a TLS-terminating proxy)")
 	}
-	return append(opts, proxy.WithClientAuth(auth)), nil
+	return auth, admin, nil
 }
 
 func readHtpasswd(p string) (map[string][]byte, error) {

@@ -38,7 +38,10 @@ const maxHashedFileBytes = 16 << 20
 // later, waits for a restart: reporting too much as needing a restart is
 // safe, applying half of a setting is not.
 var (
-	liveKeys      = map[string]bool{"trust": true, "boundaries": true, "boundaries_dir": true, "unmatched": true}
+	liveKeys = map[string]bool{"trust": true, "boundaries": true, "boundaries_dir": true, "unmatched": true,
+		// Credentials and grants apply live (Proxy.SetClientAuth); what
+		// the listeners were built with is reported by apply.
+		"clients": true, "admin_auth": true}
 	liveLimitKeys = map[string]bool{"evidence_bytes": true, "signature_bytes": true, "attestation_bytes": true,
 		"max_evidence": true, "predicate_depth": true}
 )
@@ -133,6 +136,14 @@ func (r *reloader) apply(trigger string) reloadOutcome {
 	for _, f := range changedFiles(r.hashes, restartFileHashes(cfg)) {
 		restart = append(restart, f+" (contents)")
 	}
+	// Read before anything applies: a credential file that does not
+	// parse refuses the whole reload, and the old credentials keep
+	// working.
+	auth, admin, err := buildClientAuth(cfg, nil)
+	if err != nil {
+		out.errs = []string{err.Error()}
+		return out
+	}
 	var cert *tls.Certificate
 	if r.certs != nil && cfg.TLS != nil {
 		if cert, err = loadCertificate(cfg); err != nil {
@@ -147,6 +158,9 @@ func (r *reloader) apply(trigger string) reloadOutcome {
 	}
 	if cert != nil {
 		r.certs.cert.Store(cert)
+	}
+	if err := r.p.SetClientAuth(auth, admin); err != nil {
+		restart = append(restart, "clients/admin_auth: authentication turned on or off, or client certificates changed")
 	}
 	r.current, r.fingerprint = cfg, eng.Fingerprint()
 	for _, w := range cfg.Warnings() {
@@ -250,6 +264,20 @@ func restartFileHashes(cfg *config.Config) map[string]string {
 	}
 	if cfg.TLS != nil {
 		live[cfg.Resolve(cfg.TLS.Cert)], live[cfg.Resolve(cfg.TLS.Key)] = true, true
+	}
+	if c := cfg.Clients; c != nil {
+		for _, f := range []string{c.Htpasswd, c.Tokens} {
+			if f != "" {
+				live[cfg.Resolve(f)] = true
+			}
+		}
+		if c.MTLS != nil && c.MTLS.CA != "" {
+			// A changed CA pool is reported by SetClientAuth.
+			live[cfg.Resolve(c.MTLS.CA)] = true
+		}
+	}
+	if a := cfg.AdminAuth; a != nil && a.Tokens != "" {
+		live[cfg.Resolve(a.Tokens)] = true
 	}
 	for _, t := range cfg.Trust {
 		for _, k := range t.Keys {

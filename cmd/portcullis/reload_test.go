@@ -567,3 +567,72 @@ func TestServeCommandReloadsOnSIGHUP(t *testing.T) {
 		t.Fatal("serve did not stop on SIGTERM")
 	}
 }
+
+// A leaked token is revoked by editing the token file: the reload applies
+// the new credentials live, the old token is refused and the new one
+// pulls, and the admin tokens rotate the same way.
+func TestReloadRotatesClientTokens(t *testing.T) {
+	s := newSignedSetup(t, clientsConfig)
+	dir := filepath.Dir(s.cfgPath)
+	writeClientFiles(t, dir, "", "alice:"+proxy.HashToken("leaked")+"\n")
+	r := startReloading(t, s.cfgPath, reloadHooks{})
+	pull := func(token string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+r.addr+"/v2/app/signed/manifests/v1", nil)
+		req.SetBasicAuth("alice", token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	admin := func(token string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+r.admin+"/v1/decisions", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := pull("leaked"); c != http.StatusOK {
+		t.Fatalf("pull with the token = %d, want 200", c)
+	}
+	if c := admin("adm"); c != http.StatusOK {
+		t.Fatalf("admin with its token = %d, want 200", c)
+	}
+	writeAtomic(t, filepath.Join(dir, "tokens"), []byte("alice:"+proxy.HashToken("fresh")+"\n"))
+	if o := r.next(t); o.result != proxy.ReloadSuccess {
+		t.Fatalf("reload %+v, want a success (credentials apply live)", o)
+	}
+	if c := pull("leaked"); c != http.StatusUnauthorized {
+		t.Errorf("pull with the revoked token = %d, want 401", c)
+	}
+	if c := pull("fresh"); c != http.StatusOK {
+		t.Errorf("pull with the new token = %d, want 200", c)
+	}
+	writeAtomic(t, filepath.Join(dir, "admin-tokens"), []byte("ops:"+proxy.HashToken("adm2")+"\n"))
+	if o := r.next(t); o.result != proxy.ReloadSuccess {
+		t.Fatalf("reload %+v, want a success", o)
+	}
+	if c := admin("adm"); c != http.StatusUnauthorized {
+		t.Errorf("admin with the rotated-out token = %d, want 401", c)
+	}
+	if c := admin("adm2"); c != http.StatusOK {
+		t.Errorf("admin with the new token = %d, want 200", c)
+	}
+	// A token file that does not parse refuses the reload: the credentials
+	// in force stay.
+	writeAtomic(t, filepath.Join(dir, "tokens"), []byte("not a token line\n"))
+	if o := r.next(t); o.result != proxy.ReloadFailure {
+		t.Fatalf("reload %+v, want a failure", o)
+	}
+	if c := pull("fresh"); c != http.StatusOK {
+		t.Errorf("pull after a refused reload = %d, want 200 with the credentials in force", c)
+	}
+}
