@@ -8,9 +8,9 @@
 #     --build-arg RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot@sha256:<digest> \
 #     --build-arg VERSION=$(git describe --tags --always) --build-arg COMMIT=$(git rev-parse HEAD) .
 #
-# (`crane digest golang:1.26` prints the current digest of a tag; the
-# defaults are not pinned here because no digest could be checked against
-# the registries from where this file is maintained.)
+# (`crane digest golang:1.26` prints the digest a tag points at today. The
+# defaults stay tags so that a plain `make docker` builds; a release build
+# passes the digests it has checked.)
 ARG GO_IMAGE=golang:1.26
 ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
