@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/portcullis-oci/portcullis/verify"
 	"hash"
 	"io"
 	"net/http"
@@ -602,7 +603,7 @@ func (g *compiledGrant) allows(upstream, repo string) bool {
 		return true
 	}
 	for _, r := range g.Repositories {
-		if matchRepoGlob(strings.Split(r, "/"), strings.Split(repo, "/")) {
+		if verify.MatchRepository(r, repo) {
 			return true
 		}
 	}
@@ -616,32 +617,6 @@ func matchAnyPattern(patterns []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// matchRepoGlob has the semantics of the boundaries' repository globs.
-func matchRepoGlob(pat, name []string) bool {
-	for len(pat) > 0 {
-		if pat[0] == "**" {
-			rest := pat[1:]
-			if len(rest) == 0 {
-				return len(name) > 0
-			}
-			for i := 0; i <= len(name); i++ {
-				if matchRepoGlob(rest, name[i:]) {
-					return true
-				}
-			}
-			return false
-		}
-		if len(name) == 0 {
-			return false
-		}
-		if ok, err := path.Match(pat[0], name[0]); err != nil || !ok {
-			return false
-		}
-		pat, name = pat[1:], name[1:]
-	}
-	return len(name) == 0
 }
 
 type principalKey struct{}

@@ -33,6 +33,11 @@ func matchRepo(glob, repo string) bool {
 	return matchSegments(strings.Split(glob, "/"), strings.Split(repo, "/"))
 }
 
+// MatchRepository reports whether repo matches glob with the semantics of
+// boundaries' repository globs, for other places that take such globs
+// (client grants).
+func MatchRepository(glob, repo string) bool { return matchRepo(glob, repo) }
+
 func matchSegments(pat, name []string) bool {
 	for len(pat) > 0 {
 		if pat[0] == "**" {
