@@ -90,6 +90,7 @@ func (c *Config) applyDefaults() {
 	}
 	c.Limits.applyDefaults()
 	c.Tracing.applyDefaults()
+	c.Shared.applyDefaults()
 	for i := range c.Alerts {
 		c.Alerts[i].applyDefaults()
 	}

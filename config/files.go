@@ -86,6 +86,9 @@ func (c *Config) eachFile(visit func(path, p string)) {
 	if c.Summaries != nil {
 		check("summaries.key", c.Summaries.Key)
 	}
+	if c.Shared.Redis != nil {
+		check("shared.redis.ca_file", c.Shared.Redis.CAFile)
+	}
 	for i, t := range c.Trust {
 		p := indexPath("trust", i)
 		for j, k := range t.Keys {

@@ -54,6 +54,9 @@ type Config struct {
 	// Revocations and RefreshAhead: see revocations.go.
 	Revocations  Revocations  `yaml:"revocations"`
 	RefreshAhead RefreshAhead `yaml:"refresh_ahead"`
+	// Shared shares decision state between replicas through Redis
+	// (shared.go).
+	Shared Shared `yaml:"shared"`
 
 	// Path is the file the config was read from ("" when parsed from bytes);
 	// relative paths in the file are resolved against its directory.

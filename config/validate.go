@@ -109,6 +109,7 @@ func (c *Config) validate(file string) error {
 	if c.Tracing != nil {
 		c.Tracing.validate(r)
 	}
+	c.Shared.validate(r)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

@@ -91,7 +91,7 @@ func (p *Proxy) AdminHandler() http.Handler {
 			writeText(w, http.StatusServiceUnavailable, "draining\n")
 			return
 		}
-		writeText(w, http.StatusOK, "ready"+p.boundariesNote()+"\n")
+		writeText(w, http.StatusOK, "ready"+p.boundariesNote()+p.readinessNote()+"\n")
 	})
 	if p.gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(p.gatherer, promhttp.HandlerOpts{}))

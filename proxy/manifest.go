@@ -218,6 +218,11 @@ func (p *Proxy) findVerdict(ctx context.Context, d *manifestDecision) error {
 	if p.cachedVerdict(d) {
 		return nil
 	}
+	// Asked only here, after both local misses, so a warm pull never
+	// waits on the shared state.
+	if err := p.sharedCovered(ctx, d); err != nil || d.source != sourceNone {
+		return err
+	}
 	return p.verifyManifest(ctx, d)
 }
 
@@ -233,6 +238,11 @@ func (p *Proxy) covered(ctx context.Context, d *manifestDecision) error {
 	if !ok {
 		return nil
 	}
+	return p.applyCoverage(ctx, d, ce)
+}
+
+// applyCoverage gives d the verdict of ce when d falls in ce's boundary.
+func (p *Proxy) applyCoverage(ctx context.Context, d *manifestDecision, ce coverEntry) error {
 	if err := p.fetchBytes(ctx, d); err != nil {
 		return err
 	}
@@ -602,6 +612,7 @@ func (p *Proxy) manifestBytes(ctx context.Context, u *upstreamEntry, repo string
 // remember records what a served manifest vouches for: an index's children
 // (see cover) and an image's blobs (blob gating).
 func (p *Proxy) remember(d *manifestDecision) {
+	p.shareServed(d)
 	pm, u, repo := d.parsed, d.mr.u.name, d.mr.repo
 	if pm.index {
 		// A fallback index served as evidence lists referrers; each is
@@ -628,12 +639,8 @@ func (p *Proxy) cover(d *manifestDecision) {
 	if !v.Allowed || v.Mode != verify.ModeEnforce || v.Boundary == "" {
 		return
 	}
-	// addUntil caps the end at the cache's TTL from now, which also covers
-	// a verdict without a decision time.
-	expires := v.CheckedAt.Add(p.opts.coverageTTL)
-	if v.CheckedAt.IsZero() {
-		expires = p.coverage.now().Add(p.opts.coverageTTL)
-	}
+	// addUntil caps the end at the cache's TTL from now.
+	expires := coverageEnd(v, p.opts.coverageTTL, p.coverage.now())
 	e := coverEntry{parent: d.digest, boundary: v.Boundary, verdict: v}
 	for _, c := range d.parsed.children {
 		p.coverage.addUntil(verdictKey(d.fingerprint, d.mr.u.name, d.mr.repo, c), e, expires)

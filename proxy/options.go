@@ -47,6 +47,12 @@ type options struct {
 	refresh     *RefreshAhead
 	// tracerProvider: see WithTracerProvider; nil is off.
 	tracerProvider trace.TracerProvider
+	// readinessDetails and collectors: see WithReadinessDetail,
+	// WithCollectors.
+	readinessDetails []func() string
+	collectors       []prometheus.Collector
+	// shared: see WithSharedState; nil keeps all state local.
+	shared SharedState
 }
 
 func defaultOptions() options {

@@ -61,6 +61,8 @@ type Proxy struct {
 	// blobs holds the blobs referenced by manifests served per repository,
 	// with the size their descriptor declares.
 	blobs *ttlCache[string, int64]
+	// shared shares blobs and coverage with other replicas; nil without.
+	shared *sharing
 	// tags caches tag→descriptor when a tag TTL is configured.
 	tags *ttlCache[string, v1.Descriptor]
 	// lastAllowed remembers whether a digest was last allowed, to detect
@@ -156,11 +158,19 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 	if err = p.registerBoundaryMetrics(reg); err != nil {
 		return nil, err
 	}
+	for _, c := range o.collectors {
+		if err = reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
 	p.slots = newVerifyLimiter(o, p.metrics, p.log)
 	if err := p.initRefresh(); err != nil {
 		return nil, err
 	}
 	p.initRevocations()
+	// Set once the list in force at start is applied: only revocations
+	// added later make older shared entries suspect (see revoked).
+	p.shared = newSharing(o.shared)
 	if !o.blobGating {
 		p.log.Warn("blob gating is disabled: any blob of a configured upstream can be pulled through the proxy")
 	}

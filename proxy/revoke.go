@@ -665,6 +665,7 @@ func (p *Proxy) revocationsChanged(old, cur *revocationSet) {
 	added, lifted := cur.minus(old), old.minus(cur)
 	closed := map[string]bool{}
 	if !added.empty() {
+		p.shared.revoked(p.blobs.now())
 		for _, e := range added.entries {
 			if e.Digest != "" {
 				closed[e.Digest] = true

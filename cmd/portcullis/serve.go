@@ -130,6 +130,11 @@ func serve(ctx context.Context, cfg *config.Config, eng *verify.Engine, logger *
 		return err
 	}
 	defer stopAlerts()
+	extra, stopShared, err := withShared(cfg, logger, extra)
+	if err != nil {
+		return err
+	}
+	defer stopShared()
 	if extra, err = withRevocations(ctx, cfg, logger, extra); err != nil {
 		return err
 	}

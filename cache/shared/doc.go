@@ -1,0 +1,31 @@
+// Package shared keeps decision state that several proxy replicas share
+// through Redis: verdicts (Verdicts, an L2 behind the in-process cache) and
+// blob gating and index coverage (Gating). It knows nothing of HTTP.
+//
+// # What it trusts
+//
+// Nothing it reads from Redis. Anyone who can write to the Redis the
+// proxies use could otherwise plant an allow, so Redis must be private to
+// the proxies (network policy, ACL credentials, TLS), and every value read
+// back is still treated as untrusted input: read through a size limit,
+// parsed strictly (a versioned JSON document with exactly the expected
+// fields; anything unknown, extra or missing is rejected) and bound to the
+// key it was read for (the value embeds the SHA-256 of its logical key, so
+// a valid value copied under another key is refused). A rejected value is
+// a miss, counted in portcullis_shared_errors_total{kind="invalid"}.
+//
+// # What it guarantees
+//
+//   - Redis never turns a miss into an allow by failing: every call is
+//     bounded by a short timeout, and an error, a timeout or an open
+//     circuit is a miss. The replica then decides alone from its local
+//     state, exactly as a single replica does, and never denies what it
+//     could verify itself.
+//   - Guard tracks Redis's health: after a few consecutive failures it
+//     skips Redis for a short backoff, then tries again, so sharing resumes
+//     by itself when Redis returns. The outage is logged once when it
+//     starts and once when it ends, and shown in /readyz detail; readiness
+//     stays OK.
+//   - Entries expire in Redis with the lifetime they have locally, and a
+//     value read back never lives longer locally than it had left.
+package shared

@@ -1,0 +1,197 @@
+package shared
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/portcullis-oci/portcullis/verify"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+)
+
+const (
+	parentDigest = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	blobLogical  = "docker.io\x00acme/app\x00sha256:2222222222222222222222222222222222222222222222222222222222222222"
+	coverLogical = "3333333333333333333333333333333333333333333333333333333333333333"
+)
+
+func newTestGating(t *testing.T) (*Gating, *miniredis.Miniredis) {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	c, err := NewClient(ClientOptions{Addr: mr.Addr(), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	s, err := NewGating(c, "p:", NewGuard(zap.NewNop(), nil, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, mr
+}
+
+func (s *Gating) invalid(op string) float64 {
+	return testutil.ToFloat64(s.g.errs.WithLabelValues(op, "invalid"))
+}
+
+func allowVerdict() verify.Verdict {
+	return verify.Verdict{
+		Allowed: true, Mode: verify.ModeEnforce, Boundary: "images", Digest: parentDigest,
+		CheckedAt: time.Now().Add(-time.Minute), Artifact: "model",
+		Signers: []verify.Signer{{Authority: "release", Kind: "key", KeyID: "ab", Evidence: "sigstore-bundle"}},
+		Reasons: []string{"not carried"},
+	}
+}
+
+func TestGatingRoundTrip(t *testing.T) {
+	t.Parallel()
+	s, mr := newTestGating(t)
+	ctx := context.Background()
+	until := time.Now().Add(10 * time.Minute)
+	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 42}, until); err != nil {
+		t.Fatal(err)
+	}
+	size, got, ok := s.LookupBlob(ctx, blobLogical)
+	if !ok || size != 42 || got.UnixMilli() != until.UnixMilli() {
+		t.Errorf("blob = %d until %v (%v), want 42 until %v", size, got, ok, until)
+	}
+	if ttl := mr.TTL("p:v1:blob:" + bound(blobLogical)); ttl <= 9*time.Minute || ttl > 10*time.Minute {
+		t.Errorf("blob TTL in redis = %v, want the gating TTL", ttl)
+	}
+	if _, _, ok := s.LookupBlob(ctx, "docker.io\x00acme/other\x00sha256:22"); ok {
+		t.Error("a blob never recorded was found")
+	}
+
+	v := allowVerdict()
+	if err := s.RecordCoverage(ctx, []string{coverLogical}, parentDigest, v, until); err != nil {
+		t.Fatal(err)
+	}
+	parent, cv, cu, ok := s.LookupCoverage(ctx, coverLogical)
+	if !ok || parent != parentDigest || cu.UnixMilli() != until.UnixMilli() {
+		t.Fatalf("coverage = %q until %v (%v)", parent, cu, ok)
+	}
+	if !cv.Allowed || cv.Mode != verify.ModeEnforce || cv.Boundary != "images" || cv.Digest != parentDigest ||
+		!cv.CheckedAt.Equal(v.CheckedAt) || cv.Artifact != "model" || len(cv.Signers) != 1 || cv.Signers[0] != v.Signers[0] {
+		t.Errorf("coverage verdict = %+v, want %+v", cv, v)
+	}
+	if len(cv.Reasons) != 0 {
+		t.Errorf("coverage carried reasons %v", cv.Reasons)
+	}
+}
+
+// TestGatingRecordsOnlyEnforceAllows: nothing but an enforce-mode allow in
+// a named boundary is written as coverage.
+func TestGatingRecordsOnlyEnforceAllows(t *testing.T) {
+	t.Parallel()
+	s, mr := newTestGating(t)
+	until := time.Now().Add(time.Minute)
+	warn := allowVerdict()
+	warn.Mode = verify.ModeWarn
+	denied := allowVerdict()
+	denied.Allowed = false
+	unnamed := allowVerdict()
+	unnamed.Boundary = ""
+	for _, v := range []verify.Verdict{warn, denied, unnamed} {
+		if err := s.RecordCoverage(context.Background(), []string{coverLogical}, parentDigest, v, until); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if keys := mr.Keys(); len(keys) != 0 {
+		t.Errorf("recorded %v", keys)
+	}
+}
+
+// TestGatingRefusesValues plants values under the keys a lookup reads:
+// each is a miss, counted as invalid.
+func TestGatingRefusesValues(t *testing.T) {
+	t.Parallel()
+	future := time.Now().Add(time.Minute).UnixMilli()
+	bh, ch := bound(blobLogical), bound(coverLogical)
+	num := func(n int64) string { return strconv.FormatInt(n, 10) }
+	blob := func(k, extra string) string {
+		return `{"v":1,"k":"` + k + `","s":42,"u":` + num(future) + extra + `}`
+	}
+	cover := func(k, mode, parent string) string {
+		return `{"v":1,"k":"` + k + `","p":"` + parent + `","b":"images","m":"` + mode + `","t":1,"u":` + num(future) + `}`
+	}
+	for _, tc := range []struct {
+		name, value string
+		coverage    bool
+	}{
+		{name: "bound to another key", value: blob(bound("docker.io\x00acme/other\x00sha256:22"), "")},
+		{name: "unknown field", value: blob(bh, `,"x":1`)},
+		{name: "trailing data", value: blob(bh, "") + " {}"},
+		{name: "wrong version", value: strings.Replace(blob(bh, ""), `"v":1`, `"v":2`, 1)},
+		{name: "no size", value: `{"v":1,"k":"` + bh + `","u":` + num(future) + `}`},
+		{name: "negative size", value: strings.Replace(blob(bh, ""), `"s":42`, `"s":-1`, 1)},
+		{name: "oversized", value: blob(bh, `,"pad":"`+strings.Repeat("a", gatingMaxValue)+`"`)},
+		{name: "not json", value: "allow"},
+		{name: "coverage bound to another key", value: cover(bound("other"), "enforce", parentDigest), coverage: true},
+		{name: "coverage in warn mode", value: cover(ch, "warn", parentDigest), coverage: true},
+		{name: "coverage with a bad parent", value: cover(ch, "enforce", "sha256:12"), coverage: true},
+		{name: "blob value as coverage", value: blob(ch, ""), coverage: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, mr := newTestGating(t)
+			ctx := context.Background()
+			if tc.coverage {
+				_ = mr.Set("p:v1:cover:"+ch, tc.value)
+				if _, _, _, ok := s.LookupCoverage(ctx, coverLogical); ok {
+					t.Error("taken")
+				}
+				if n := s.invalid("coverage_lookup"); n != 1 {
+					t.Errorf("invalid counted %v times, want 1", n)
+				}
+				return
+			}
+			_ = mr.Set("p:v1:blob:"+bh, tc.value)
+			if _, _, ok := s.LookupBlob(ctx, blobLogical); ok {
+				t.Error("taken")
+			}
+			if n := s.invalid("blob_lookup"); n != 1 {
+				t.Errorf("invalid counted %v times, want 1", n)
+			}
+		})
+	}
+}
+
+// TestGatingExpiredValue: a value past the end it carries is a miss even
+// while Redis still holds it (a writer's TTL is not trusted alone).
+func TestGatingExpiredValue(t *testing.T) {
+	t.Parallel()
+	s, _ := newTestGating(t)
+	ctx := context.Background()
+	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 1}, time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	s.now = func() time.Time { return time.Now().Add(2 * time.Minute) }
+	if _, _, ok := s.LookupBlob(ctx, blobLogical); ok {
+		t.Error("an expired blob entry was taken")
+	}
+}
+
+// TestGatingRedisDown: every call is a miss or an error, never a panic or
+// an allow.
+func TestGatingRedisDown(t *testing.T) {
+	t.Parallel()
+	s, mr := newTestGating(t)
+	ctx := context.Background()
+	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 1}, time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	mr.Close()
+	if _, _, ok := s.LookupBlob(ctx, blobLogical); ok {
+		t.Error("a lookup with Redis down found a blob")
+	}
+	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 1}, time.Now().Add(time.Minute)); err == nil {
+		t.Error("a write with Redis down reported success")
+	}
+	if _, _, _, ok := s.LookupCoverage(ctx, coverLogical); ok {
+		t.Error("a coverage lookup with Redis down found coverage")
+	}
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"os"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/portcullis-oci/portcullis/cache"
+	"github.com/portcullis-oci/portcullis/cache/shared"
+	"github.com/portcullis-oci/portcullis/config"
+	"github.com/portcullis-oci/portcullis/proxy"
+)
+
+// withShared, when shared.redis is set, adds the options that share
+// verdicts, blob gating and index coverage with the other replicas through
+// Redis, serve the shared-state metrics with the proxy's and show an
+// outage in /readyz. stop closes the client. Redis being down at start is
+// not an error: the replica works alone until it is reachable.
+func withShared(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (opts []proxy.Option, stop func(), err error) {
+	rc := cfg.Shared.Redis
+	if rc == nil {
+		return extra, func() {}, nil
+	}
+	rdb, err := sharedClient(cfg, os.LookupEnv)
+	if err != nil {
+		return nil, nil, err
+	}
+	stop = func() { _ = rdb.Close() }
+	guard := shared.NewGuard(logger.Named("shared"), nil, rc.Timeout.D())
+	l1, err := cache.NewVerdicts(cfg.Cache.Verdicts, cfg.Cache.AllowTTL.D(), cfg.Cache.DenyTTL.D())
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	verdicts, err := shared.NewVerdicts(l1, rdb, guard, shared.VerdictsOptions{
+		KeyPrefix: rc.KeyPrefix, AllowTTL: cfg.Cache.AllowTTL.D(), DenyTTL: cfg.Cache.DenyTTL.D(),
+		Size: cfg.Cache.Verdicts, MaxValueBytes: int(rc.MaxValueBytes),
+	})
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	gating, err := shared.NewGating(rdb, rc.KeyPrefix, guard)
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	logger.Info("shared state: redis", zap.String("addr", rc.Addr), zap.Bool("tls", rc.TLS), zap.Int("db", rc.DB),
+		zap.String("key_prefix", rc.KeyPrefix), zap.Bool("acl_user", rc.Username != ""), zap.Duration("timeout", rc.Timeout.D()))
+	if !rc.TLS {
+		logger.Info("shared state: redis connection is not encrypted; keep redis on a network only the proxies reach")
+	}
+	return append(extra,
+		proxy.WithVerdictCache(verdicts),
+		proxy.WithSharedState(gating),
+		proxy.WithCollectors(guard),
+		proxy.WithReadinessDetail(guard.Detail),
+	), stop, nil
+}
+
+// sharedClient builds the Redis client, reading the password from the
+// environment. Errors name the variable, never its value.
+func sharedClient(cfg *config.Config, lookupEnv func(string) (string, bool)) (redis.UniversalClient, error) {
+	rc := cfg.Shared.Redis
+	o := shared.ClientOptions{Addr: rc.Addr, Username: rc.Username, DB: rc.DB, Timeout: rc.Timeout.D()}
+	if rc.PasswordEnv != "" {
+		pw, ok := lookupEnv(rc.PasswordEnv)
+		if !ok || pw == "" {
+			return nil, fmt.Errorf("shared.redis.password_env: environment variable %s is not set", rc.PasswordEnv)
+		}
+		o.Password = pw
+	}
+	if rc.TLS {
+		o.TLS = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: rc.ServerName}
+		if rc.CAFile != "" {
+			pem, err := os.ReadFile(cfg.Resolve(rc.CAFile))
+			if err != nil {
+				return nil, fmt.Errorf("shared.redis.ca_file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("shared.redis.ca_file: %s holds no PEM certificate", cfg.Resolve(rc.CAFile))
+			}
+			o.TLS.RootCAs = pool
+		}
+	}
+	return shared.NewClient(o)
+}

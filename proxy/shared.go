@@ -1,0 +1,208 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/portcullis-oci/portcullis/verify"
+)
+
+// SharedState shares what allowed manifests open between replicas behind
+// one Service: the blobs an image's manifest references (blob gating) and
+// the children an index lists (coverage). A replica records them when it
+// serves an allowed manifest and asks for them only when its own memory
+// misses, before denying a blob or verifying a child on its own.
+//
+// Whatever is stored there is untrusted: an implementation bounds, parses
+// and binds every value to the key it was read for, and reports anything
+// else, and every failure or timeout, as a miss. A miss is never an allow:
+// the proxy then decides as a single replica would.
+type SharedState interface {
+	// RecordBlobs opens blobs (blob gating key → the size the manifest's
+	// descriptor declares) until until. An error means they may not be
+	// recorded: the proxy tries again on the next pull.
+	RecordBlobs(ctx context.Context, blobs map[string]int64, until time.Time) error
+	// LookupBlob returns the declared size of an open blob and when it
+	// closes.
+	LookupBlob(ctx context.Context, key string) (size int64, until time.Time, ok bool)
+	// RecordCoverage records that the manifests under children (verdict
+	// keys) are covered until until by the index parent, whose verdict is v.
+	RecordCoverage(ctx context.Context, children []string, parent string, v verify.Verdict, until time.Time) error
+	// LookupCoverage returns the index covering the manifest under key (a
+	// verdict key), its verdict and when the coverage ends.
+	LookupCoverage(ctx context.Context, key string) (parent string, v verify.Verdict, until time.Time, ok bool)
+}
+
+const (
+	// sharedWriters bounds the writes to the shared state in flight; a
+	// write that finds no room is dropped, which costs another replica
+	// at most one verification of its own.
+	sharedWriters = 32
+	// sharedRecordedSize bounds the memory of manifests recently written
+	// through (see shareServed).
+	sharedRecordedSize = 100_000
+)
+
+// WithSharedState shares blob gating and index coverage with the other
+// replicas through s. Default: none, every replica keeps its own.
+func WithSharedState(s SharedState) Option {
+	return func(o *options) error {
+		if s == nil {
+			return errors.New("nil shared state")
+		}
+		o.shared = s
+		return nil
+	}
+}
+
+// sharing is the proxy's side of the shared state; nil without one.
+type sharing struct {
+	s SharedState
+	// slots bounds the writes in flight; writes waits for them (tests).
+	slots  chan struct{}
+	writes sync.WaitGroup
+	// recorded holds the verdict keys of manifests written through
+	// lately, so a warm pull writes again only once a quarter of the
+	// gating TTL has passed: often enough to keep the shared entries as
+	// fresh as the local ones, not once per pull.
+	recorded *ttlCache[string, struct{}]
+	// notBefore (Unix ns) is when a revocation was last added: blob
+	// entries recorded before it may open a revoked manifest's blobs.
+	notBefore atomic.Int64
+}
+
+// revoked makes the shared blob entries recorded until now suspect and
+// has this replica write through again what it serves.
+func (sh *sharing) revoked(now time.Time) {
+	if sh == nil {
+		return
+	}
+	sh.notBefore.Store(now.UnixNano())
+	sh.recorded.c.Purge()
+}
+
+func newSharing(s SharedState) *sharing {
+	if s == nil {
+		return nil
+	}
+	return &sharing{
+		s:        s,
+		slots:    make(chan struct{}, sharedWriters),
+		recorded: newTTLCache[string, struct{}](sharedRecordedSize, blobAllowTTL/4),
+	}
+}
+
+// async runs write off the serving path, so a slow shared engine adds no
+// latency to a pull. The write gets a context of its own: the request
+// that caused it may end first. A write dropped or failed is forgotten
+// from recorded, so the next pull of the manifest writes it again.
+func (sh *sharing) async(key string, write func(context.Context) error) {
+	select {
+	case sh.slots <- struct{}{}:
+	default:
+		sh.recorded.c.Remove(key)
+		return
+	}
+	sh.writes.Add(1)
+	go func() {
+		defer func() {
+			<-sh.slots
+			sh.writes.Done()
+		}()
+		if write(context.Background()) != nil {
+			sh.recorded.c.Remove(key)
+		}
+	}()
+}
+
+// shareServed writes through what a served manifest opened, at most once
+// per quarter gating TTL per manifest. Denied manifests never get here.
+func (p *Proxy) shareServed(d *manifestDecision) {
+	sh := p.shared
+	if sh == nil || !d.verdict.Allowed {
+		return
+	}
+	if _, ok := sh.recorded.get(d.key); ok {
+		return
+	}
+	sh.recorded.add(d.key, struct{}{})
+	pm, u, repo := d.parsed, d.mr.u.name, d.mr.repo
+	if pm.index {
+		if d.source == sourceEvidence {
+			return
+		}
+		v := d.verdict
+		if v.Mode != verify.ModeEnforce || v.Boundary == "" || p.opts.coverageTTL <= 0 || len(pm.children) == 0 {
+			return
+		}
+		until := coverageEnd(v, p.opts.coverageTTL, p.coverage.now())
+		children := make([]string, 0, len(pm.children))
+		for _, c := range pm.children {
+			children = append(children, verdictKey(d.fingerprint, u, repo, c))
+		}
+		parent := d.digest
+		sh.async(d.key, func(ctx context.Context) error { return sh.s.RecordCoverage(ctx, children, parent, v, until) })
+		return
+	}
+	blobs := make(map[string]int64, len(pm.layers)+1)
+	blobs[blobKey(u, repo, pm.config.digest)] = pm.config.size
+	for _, l := range pm.layers {
+		blobs[blobKey(u, repo, l.digest)] = l.size
+	}
+	until := p.blobs.now().Add(blobAllowTTL)
+	sh.async(d.key, func(ctx context.Context) error { return sh.s.RecordBlobs(ctx, blobs, until) })
+}
+
+// coverageEnd is when coverage by an index allowed by v ends: the coverage
+// TTL after v was decided (from now for a verdict without a decision time).
+func coverageEnd(v verify.Verdict, ttl time.Duration, now time.Time) time.Time {
+	if v.CheckedAt.IsZero() {
+		return now.Add(ttl)
+	}
+	return v.CheckedAt.Add(ttl)
+}
+
+// sharedBlob asks the shared state for a blob the local gating misses and
+// keeps the answer locally for as long as it holds.
+func (p *Proxy) sharedBlob(ctx context.Context, key string) (int64, bool) {
+	sh := p.shared
+	if sh == nil {
+		return 0, false
+	}
+	size, until, ok := sh.s.LookupBlob(ctx, key)
+	if !ok || size < 0 || !p.blobs.now().Before(until) {
+		return 0, false
+	}
+	// An entry lives blobAllowTTL from when it was recorded.
+	if nb := sh.notBefore.Load(); nb != 0 && until.Add(-blobAllowTTL).UnixNano() < nb {
+		return 0, false
+	}
+	p.blobs.addUntil(key, size, until)
+	return size, true
+}
+
+// sharedCovered gives d the verdict of an index another replica served,
+// under the same rules as local coverage: an enforce-mode allow in a named
+// boundary, which d, matched on its own artifact type, must fall in too.
+// With revocations in force it is skipped: the compact shared verdict
+// lacks the attestations and lineage a revocation may name, so d is
+// decided on its own instead.
+func (p *Proxy) sharedCovered(ctx context.Context, d *manifestDecision) error {
+	sh := p.shared
+	if sh == nil || p.opts.coverageTTL <= 0 || !p.revs.current().empty() {
+		return nil
+	}
+	parent, v, until, ok := sh.s.LookupCoverage(ctx, d.key)
+	if !ok || parent == "" || v.Digest != parent || !v.Allowed || v.Mode != verify.ModeEnforce || v.Boundary == "" {
+		return nil
+	}
+	if !p.coverage.now().Before(until) {
+		return nil
+	}
+	ce := coverEntry{parent: parent, boundary: v.Boundary, verdict: v}
+	p.coverage.addUntil(d.key, ce, until)
+	return p.applyCoverage(ctx, d, ce)
+}

@@ -1,0 +1,384 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/portcullis-oci/portcullis/cache/shared"
+	"github.com/portcullis-oci/portcullis/verify"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+)
+
+var _ SharedState = (*shared.Gating)(nil)
+
+const sharedPrefix = "test:"
+
+// sharedReplica is one proxy of a deployment sharing state through mr,
+// with its own client, guard and metrics, as a replica would have.
+type sharedReplica struct {
+	p   *Proxy
+	eng *engineSpy
+	reg *prometheus.Registry
+}
+
+func newSharedReplica(t *testing.T, mr *miniredis.Miniredis, upstreamURL string, pol verify.Policy) sharedReplica {
+	t.Helper()
+	c, err := shared.NewClient(shared.ClientOptions{Addr: mr.Addr(), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	reg := prometheus.NewRegistry()
+	g, err := shared.NewGating(c, sharedPrefix, shared.NewGuard(zap.NewNop(), reg, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng := newEngineSpy(t, pol)
+	p, _ := newTestProxy(t, upstreamURL, eng, WithSharedState(g), WithVerdictCache(newMapVerdicts()))
+	return sharedReplica{p: p, eng: eng, reg: reg}
+}
+
+// do sends a request and waits for the writes to the shared state it
+// started, so the next replica's request sees them.
+func (r sharedReplica) do(method, target string) (int, []byte) {
+	w := do(r.p, method, target)
+	r.p.shared.writes.Wait()
+	return w.Code, w.Body.Bytes()
+}
+
+func (r sharedReplica) sharedErrors(t *testing.T, op, kind string) float64 {
+	t.Helper()
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "portcullis_shared_errors_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if labelsAre(m, map[string]string{"op": op, "kind": kind}) {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func labelsAre(m *dto.Metric, want map[string]string) bool {
+	n := 0
+	for _, l := range m.GetLabel() {
+		if want[l.GetName()] != l.GetValue() {
+			return false
+		}
+		n++
+	}
+	return n == len(want)
+}
+
+func sameBytes(body []byte, d v1.Hash) bool {
+	h := sha256.Sum256(body)
+	return "sha256:"+hex.EncodeToString(h[:]) == d.String()
+}
+
+func acmePolicy(mode verify.Mode, t *testing.T) (verify.Policy, func(*upstreamRegistry, string, v1.Hash)) {
+	k := newKey(t)
+	pol := verify.Policy{Boundaries: []verify.Boundary{acmeBoundary("images", mode, k)}}
+	return pol, func(u *upstreamRegistry, repo string, d v1.Hash) { u.sign(t, repo, d, k) }
+}
+
+// TestSharedBlobGating: a manifest allowed on A opens its blobs on B,
+// which verifies nothing; a manifest A did not allow opens nothing on B.
+func TestSharedBlobGating(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	reg := newRegistry(t)
+	pol, sign := acmePolicy(verify.ModeEnforce, t)
+	signed := reg.pushImage(t, "acme/app", "v1")
+	sign(reg, "acme/app", signed.digest)
+	unsigned := reg.pushImage(t, "acme/app", "v2")
+	a := newSharedReplica(t, mr, reg.srv.URL, pol)
+	b := newSharedReplica(t, mr, reg.srv.URL, pol)
+
+	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v1")); code != http.StatusOK {
+		t.Fatalf("signed manifest on A = %d", code)
+	}
+	for _, l := range append([]v1.Hash{signed.config}, signed.layers...) {
+		code, body := b.do(http.MethodGet, blobPath("acme/app", l))
+		if code != http.StatusOK || !sameBytes(body, l) {
+			t.Errorf("blob %s of A's allowed manifest on B = %d (bytes match: %v)", l, code, sameBytes(body, l))
+		}
+	}
+	if n := b.eng.callsFor(signed.digest); n != 0 {
+		t.Errorf("B verified the manifest %d times, want 0", n)
+	}
+
+	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v2")); code != http.StatusForbidden {
+		t.Fatalf("unsigned manifest on A = %d", code)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", unsigned.layers[0])); code != http.StatusForbidden {
+		t.Errorf("blob of the unsigned manifest on B = %d, want 403", code)
+	}
+}
+
+// TestSharedBlobGatingWarnServedOpensNothing: a manifest A serves only
+// because its boundary warns is not an allow, so another replica enforcing
+// the boundary (a policy rolled out to it first) still denies its blobs.
+func TestSharedBlobGatingWarnServedOpensNothing(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	reg := newRegistry(t)
+	warn, _ := acmePolicy(verify.ModeWarn, t)
+	enforce, _ := acmePolicy(verify.ModeEnforce, t)
+	unsigned := reg.pushImage(t, "acme/app", "v1")
+	a := newSharedReplica(t, mr, reg.srv.URL, warn)
+	b := newSharedReplica(t, mr, reg.srv.URL, enforce)
+
+	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v1")); code != http.StatusOK {
+		t.Fatalf("unsigned manifest in a warn boundary on A = %d", code)
+	}
+	if code, _ := a.do(http.MethodGet, blobPath("acme/app", unsigned.layers[0])); code != http.StatusOK {
+		t.Fatalf("its blob on A = %d", code)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", unsigned.layers[0])); code != http.StatusForbidden {
+		t.Errorf("its blob on enforcing B = %d, want 403", code)
+	}
+}
+
+// TestSharedBlobEntryBoundToItsKey copies the entry A wrote for a blob in
+// acme/app to the key of the same blob in acme/other: B refuses it and
+// counts the refusal, while the genuine entry still opens the blob.
+func TestSharedBlobEntryBoundToItsKey(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	reg := newRegistry(t)
+	pol, sign := acmePolicy(verify.ModeEnforce, t)
+	signed := reg.pushImage(t, "acme/app", "v1")
+	sign(reg, "acme/app", signed.digest)
+	a := newSharedReplica(t, mr, reg.srv.URL, pol)
+	b := newSharedReplica(t, mr, reg.srv.URL, pol)
+
+	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v1")); code != http.StatusOK {
+		t.Fatalf("signed manifest on A = %d", code)
+	}
+	l := signed.layers[0]
+	redisKey := func(repo string) string {
+		h := sha256.Sum256([]byte(blobKey("docker.io", repo, l)))
+		return sharedPrefix + "v1:blob:" + hex.EncodeToString(h[:])
+	}
+	v, err := mr.Get(redisKey("acme/app"))
+	if err != nil {
+		t.Fatalf("A recorded no entry for its blob: %v", err)
+	}
+	if err := mr.Set(redisKey("acme/other"), v); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath("acme/other", l)); code != http.StatusForbidden {
+		t.Errorf("blob under a copied entry on B = %d, want 403", code)
+	}
+	if n := b.sharedErrors(t, "blob_lookup", "invalid"); n != 1 {
+		t.Errorf("refused values counted = %v, want 1", n)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", l)); code != http.StatusOK {
+		t.Errorf("blob under its own entry on B = %d, want 200", code)
+	}
+}
+
+// TestSharedCoverage: a signed index allowed on A covers its unsigned
+// children on B; a child falling in another boundary by its own artifact
+// type is still decided, and denied, on its own there.
+func TestSharedCoverage(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	reg := newRegistry(t)
+	k := newKey(t)
+	const repo = "acme/bundle"
+	bare := reg.pushModel(t, repo, "bare", "unsigned weights")
+	img := reg.pushImage(t, repo, "img")
+	idx := reg.pushRawIndex(t, repo, "v1", bare.desc, reg.describe(t, repo, img.digest))
+	reg.sign(t, repo, idx, k)
+	pol := twoBoundaries(k, verify.ModeEnforce)
+	a := newSharedReplica(t, mr, reg.srv.URL, pol)
+	b := newSharedReplica(t, mr, reg.srv.URL, pol)
+
+	if code, _ := a.do(http.MethodGet, manifestPath(repo, "v1")); code != http.StatusOK {
+		t.Fatalf("signed index on A = %d", code)
+	}
+	if code, _ := b.do(http.MethodGet, manifestPath(repo, img.digest.String())); code != http.StatusOK {
+		t.Fatalf("covered child on B = %d", code)
+	}
+	if d := lastDecision(t, b.p, img.digest); d.CoveredBy != idx.String() || d.Decision != "allow" {
+		t.Errorf("child decision on B = %+v, want an allow covered by %s", d, idx)
+	}
+	if n := b.eng.callsFor(img.digest); n != 0 {
+		t.Errorf("B verified the covered child %d times", n)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath(repo, img.layers[0])); code != http.StatusOK {
+		t.Errorf("blob of the covered child on B = %d", code)
+	}
+	if code, _ := b.do(http.MethodGet, manifestPath(repo, bare.desc.Digest.String())); code != http.StatusForbidden {
+		t.Errorf("unsigned model listed by the index on B = %d, want 403", code)
+	}
+	if n := b.eng.callsFor(bare.desc.Digest); n != 1 {
+		t.Errorf("unsigned model verified %d times on B, want once on its own", n)
+	}
+}
+
+// TestSharedStateRedisDown: with Redis gone B denies the blob it has not
+// seen (a failure is a miss, never an allow), still serves what it can
+// verify itself, and A serves what it verified; once Redis is back,
+// sharing resumes without a restart.
+func TestSharedStateRedisDown(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	reg := newRegistry(t)
+	pol, sign := acmePolicy(verify.ModeEnforce, t)
+	one := reg.pushImage(t, "acme/app", "v1")
+	sign(reg, "acme/app", one.digest)
+	two := reg.pushImage(t, "acme/app", "v2")
+	sign(reg, "acme/app", two.digest)
+	a := newSharedReplica(t, mr, reg.srv.URL, pol)
+	b := newSharedReplica(t, mr, reg.srv.URL, pol)
+
+	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v1")); code != http.StatusOK {
+		t.Fatalf("signed manifest on A = %d", code)
+	}
+	mr.Close()
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", one.layers[0])); code != http.StatusForbidden {
+		t.Errorf("unseen blob on B with Redis down = %d, want 403", code)
+	}
+	if n := b.sharedErrors(t, "blob_lookup", "error") + b.sharedErrors(t, "blob_lookup", "timeout"); n == 0 {
+		t.Error("the failed lookup was not counted")
+	}
+	if code, _ := a.do(http.MethodGet, blobPath("acme/app", one.layers[0])); code != http.StatusOK {
+		t.Errorf("blob A verified, Redis down = %d", code)
+	}
+	if code, _ := b.do(http.MethodGet, manifestPath("acme/app", "v2")); code != http.StatusOK {
+		t.Errorf("signed manifest on B, Redis down = %d", code)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", two.layers[0])); code != http.StatusOK {
+		t.Errorf("blob of the manifest B verified, Redis down = %d", code)
+	}
+
+	if err := mr.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// The clients find Redis again on their own (their pools retry the
+	// dial in the background, the guard's circuit half-opens): pulls go
+	// on until B takes A's entry, a bounded number of times.
+	three := reg.pushImage(t, "acme/app", "v3")
+	sign(reg, "acme/app", three.digest)
+	resumed := false
+	for range 100 {
+		if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v3")); code != http.StatusOK {
+			t.Fatalf("signed manifest on A after the outage = %d", code)
+		}
+		if code, _ := b.do(http.MethodGet, blobPath("acme/app", three.layers[0])); code == http.StatusOK {
+			resumed = true
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !resumed {
+		t.Error("sharing did not resume once Redis was back")
+	}
+}
+
+// TestSharedBlobAfterRevocation: once a revocation is added on B, the
+// entries recorded before it no longer open blobs there, whichever
+// manifest they came from; what A writes afterwards does again.
+func TestSharedBlobAfterRevocation(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	reg := newRegistry(t)
+	pol, sign := acmePolicy(verify.ModeEnforce, t)
+	signed := reg.pushImage(t, "acme/app", "v1")
+	sign(reg, "acme/app", signed.digest)
+	other := reg.pushImage(t, "acme/app", "v2")
+	sign(reg, "acme/app", other.digest)
+	a := newSharedReplica(t, mr, reg.srv.URL, pol)
+	b := newSharedReplica(t, mr, reg.srv.URL, pol)
+
+	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v1")); code != http.StatusOK {
+		t.Fatalf("signed manifest on A = %d", code)
+	}
+	r := Revocation{Digest: signed.digest.String(), Reason: "poisoned", By: "sec"}
+	if err := r.Normalize(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.p.Revocations().Add(r); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", signed.layers[0])); code != http.StatusForbidden {
+		t.Errorf("blob of a manifest revoked on B, opened by an older entry = %d, want 403", code)
+	}
+	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v2")); code != http.StatusOK {
+		t.Fatalf("second signed manifest on A = %d", code)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", other.layers[0])); code != http.StatusOK {
+		t.Errorf("blob of a manifest A allowed after the revocation = %d, want 200", code)
+	}
+}
+
+// fakeShared answers every coverage lookup with one entry, as a Redis
+// holding whatever was planted there would.
+type fakeShared struct {
+	parent string
+	v      verify.Verdict
+	until  time.Time
+}
+
+func (f *fakeShared) RecordBlobs(context.Context, map[string]int64, time.Time) error { return nil }
+func (f *fakeShared) LookupBlob(context.Context, string) (int64, time.Time, bool) {
+	return 0, time.Time{}, false
+}
+func (f *fakeShared) RecordCoverage(context.Context, []string, string, verify.Verdict, time.Time) error {
+	return nil
+}
+func (f *fakeShared) LookupCoverage(context.Context, string) (string, verify.Verdict, time.Time, bool) {
+	return f.parent, f.v, f.until, true
+}
+
+// TestSharedCoverageLocalRules: coverage read from the shared state is
+// taken only as an enforce-mode allow in a named boundary, about the index
+// it names, still in force: anything else leaves the unsigned child to be
+// denied on its own.
+func TestSharedCoverageLocalRules(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	pol, _ := acmePolicy(verify.ModeEnforce, t)
+	child := reg.pushImage(t, "acme/app", "child")
+	const parent = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	good := verify.Verdict{Allowed: true, Mode: verify.ModeEnforce, Boundary: "images", Digest: parent, CheckedAt: time.Now()}
+	with := func(f func(*verify.Verdict)) verify.Verdict { v := good; f(&v); return v }
+	for _, tc := range []struct {
+		name   string
+		v      verify.Verdict
+		parent string
+		until  time.Time
+		want   int
+	}{
+		{name: "enforce allow", v: good, parent: parent, until: time.Now().Add(time.Hour), want: http.StatusOK},
+		{name: "warn", v: with(func(v *verify.Verdict) { v.Mode = verify.ModeWarn }), parent: parent, until: time.Now().Add(time.Hour), want: http.StatusForbidden},
+		{name: "no boundary", v: with(func(v *verify.Verdict) { v.Boundary = "" }), parent: parent, until: time.Now().Add(time.Hour), want: http.StatusForbidden},
+		{name: "other boundary", v: with(func(v *verify.Verdict) { v.Boundary = "models" }), parent: parent, until: time.Now().Add(time.Hour), want: http.StatusForbidden},
+		{name: "verdict of another digest", v: good, parent: "sha256:2222222222222222222222222222222222222222222222222222222222222222", until: time.Now().Add(time.Hour), want: http.StatusForbidden},
+		{name: "ended", v: good, parent: parent, until: time.Now().Add(-time.Second), want: http.StatusForbidden},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := newTestProxy(t, reg.srv.URL, newEngineSpy(t, pol), WithSharedState(&fakeShared{parent: tc.parent, v: tc.v, until: tc.until}))
+			if w := do(p, http.MethodGet, manifestPath("acme/app", child.digest.String())); w.Code != tc.want {
+				t.Errorf("unsigned child = %d, want %d", w.Code, tc.want)
+			}
+		})
+	}
+}
