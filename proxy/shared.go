@@ -58,6 +58,14 @@ func WithSharedState(s SharedState) Option {
 	}
 }
 
+// sharedEpoch is implemented by a shared state that can tell when what was
+// written to it may have been lost (an outage, a restart without
+// persistence, eviction): Epoch then returns a new value. Epoch must not
+// block; it is asked on every allowed pull.
+type sharedEpoch interface {
+	Epoch() uint64
+}
+
 // sharing is the proxy's side of the shared state; nil without one.
 type sharing struct {
 	s SharedState
@@ -69,6 +77,9 @@ type sharing struct {
 	// gating TTL has passed: often enough to keep the shared entries as
 	// fresh as the local ones, not once per pull.
 	recorded *ttlCache[string, struct{}]
+	// epoch is the shared state's Epoch (see sharedEpoch) when recorded
+	// was last trusted.
+	epoch atomic.Uint64
 	// notBefore (Unix ns) is when a revocation was last added: blob
 	// entries recorded before it may open a revoked manifest's blobs.
 	notBefore atomic.Int64
@@ -124,6 +135,14 @@ func (p *Proxy) shareServed(d *manifestDecision) {
 	sh := p.shared
 	if sh == nil || !d.verdict.Allowed {
 		return
+	}
+	if e, ok := sh.s.(sharedEpoch); ok {
+		if n := e.Epoch(); n != sh.epoch.Load() {
+			// The shared state may have lost what was written to it:
+			// write through again what is served from now on.
+			sh.epoch.Store(n)
+			sh.recorded.c.Purge()
+		}
 	}
 	if _, ok := sh.recorded.get(d.key); ok {
 		return

@@ -382,3 +382,45 @@ func TestSharedCoverageLocalRules(t *testing.T) {
 		})
 	}
 }
+
+// TestSharedStateLostIsWrittenAgain: Redis restarted without persistence
+// (or flushed, or evicting) loses the entries of a manifest A served
+// lately. A notices through the shared state's epoch and writes them
+// again on its next pull, instead of trusting that it wrote them: B then
+// serves the blob. Without that, the original multi-replica denial comes
+// back for a quarter of the gating TTL.
+func TestSharedStateLostIsWrittenAgain(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	reg := newRegistry(t)
+	pol, sign := acmePolicy(verify.ModeEnforce, t)
+	img := reg.pushImage(t, "acme/app", "v1")
+	sign(reg, "acme/app", img.digest)
+	a := newSharedReplica(t, mr, reg.srv.URL, pol)
+	b := newSharedReplica(t, mr, reg.srv.URL, pol)
+	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v1")); code != http.StatusOK {
+		t.Fatalf("signed manifest on A = %d", code)
+	}
+	// Let A see the marker once, then lose everything.
+	deadline := time.Now().Add(10 * time.Second)
+	for mr.Exists(sharedPrefix+"v1:epoch") == false && time.Now().Before(deadline) {
+		a.do(http.MethodGet, manifestPath("acme/app", "v1"))
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the check that set the marker has recorded it
+	mr.FlushAll()
+	layer := img.layers[0]
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", layer)); code != http.StatusForbidden {
+		t.Fatalf("blob on B right after the flush = %d, want 403 (nothing shared)", code)
+	}
+	served := false
+	for time.Now().Before(deadline) && !served {
+		a.do(http.MethodGet, manifestPath("acme/app", "v1"))
+		code, body := b.do(http.MethodGet, blobPath("acme/app", layer))
+		served = code == http.StatusOK && sameBytes(body, layer)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !served {
+		t.Error("after Redis lost its entries, A's warm pulls never wrote them again: B still denies the blob")
+	}
+}

@@ -99,6 +99,9 @@ type Guard struct {
 	lastErr     string
 	lastInvalid time.Time // last rejected value logged
 	invalidSkip int       // rejected values not logged since
+	// generation counts successes that followed a failure: what was
+	// written during or before the failure may be gone (see Generation).
+	generation uint64
 }
 
 // NewGuard returns a Guard bounding each call by timeout (DefaultTimeout
@@ -194,6 +197,9 @@ func isTimeout(err error) bool {
 func (g *Guard) succeeded() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.fails > 0 || g.down {
+		g.generation++
+	}
 	g.fails = 0
 	g.openUntil = time.Time{}
 	if g.down {
@@ -219,6 +225,15 @@ func (g *Guard) failed(op string, err error) {
 		g.log.Warn("shared state (redis) unavailable: working alone from local state until it returns",
 			zap.String("op", op), zap.Error(err), zap.Duration("retry_every", circuitBackoff))
 	}
+}
+
+// Generation changes each time Redis answers again after a failed call:
+// writes made around an outage may have been lost, so callers that skip
+// writing what they wrote recently write it again.
+func (g *Guard) Generation() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.generation
 }
 
 // Invalid counts a value refused by op and logs it, at most once a minute.

@@ -39,6 +39,7 @@ type Gating struct {
 	g      *Guard
 	prefix string
 	now    func() time.Time
+	epoch  *epoch
 }
 
 // NewGating returns the blob gating and coverage store on client, whose
@@ -50,7 +51,7 @@ func NewGating(client redis.UniversalClient, prefix string, guard *Guard) (*Gati
 	if guard == nil {
 		return nil, errors.New("nil guard")
 	}
-	return &Gating{c: client, g: guard, prefix: prefix, now: time.Now}, nil
+	return &Gating{c: client, g: guard, prefix: prefix, now: time.Now, epoch: newEpoch()}, nil
 }
 
 // bound is the hex SHA-256 of a logical key: the Redis key's last part
