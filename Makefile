@@ -62,7 +62,8 @@ soak:
 	$(GO) run ./test/soak -duration $(SOAK_DURATION) $(SOAKFLAGS)
 
 ## e2e: the real-tool suite (registry, cosign, crane, skopeo, oras, regctl, containerd),
-## then the OCI conformance comparison, then client authentication (auth.sh); all run, all must pass
+## then the OCI conformance comparison, then client authentication (auth.sh), then three
+## replicas sharing a real redis-server (scale.sh); all run, all must pass
 e2e-install:
 	./test/e2e/install.sh all
 
@@ -71,6 +72,7 @@ e2e: build
 	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/run.sh || rc=1; \
 	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/conformance.sh || rc=1; \
 	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/auth.sh || rc=1; \
+	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/scale.sh || rc=1; \
 	exit $$rc
 
 ## conformance: the OCI distribution-spec conformance suite (read-only) against the

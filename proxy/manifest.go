@@ -488,7 +488,15 @@ func (p *Proxy) verifyShared(ctx context.Context, mr manifestReq, key string, di
 		// finished finds its verdict here instead of verifying again, and
 		// takes no slot for it.
 		if vc := p.opts.verdicts; vc != nil && !mr.fresh {
-			if v, ok := vc.Get(key); ok {
+			v, ok := vc.Get(key)
+			if !ok {
+				// Another replica may be verifying it: its verdict is
+				// awaited, holding no slot, rather than verified again.
+				var release func()
+				release, v, ok = p.sharedTurn(fctx, key)
+				defer release() // after the verdict is stored below
+			}
+			if ok {
 				vctx, cancel := context.WithTimeout(fctx, p.opts.verifyTimeout)
 				defer cancel()
 				m, fromCache, err := p.manifestBytes(vctx, mr.u, mr.repo, digest, have)

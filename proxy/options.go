@@ -53,6 +53,10 @@ type options struct {
 	collectors       []prometheus.Collector
 	// shared: see WithSharedState; nil keeps all state local.
 	shared SharedState
+	// sharedFlight: see WithSharedFlight; nil verifies alone.
+	sharedFlight *sharedFlight
+	// broadcast: see WithBroadcast; nil keeps revocations local.
+	broadcast Broadcast
 }
 
 func defaultOptions() options {

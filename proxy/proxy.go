@@ -171,6 +171,7 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 	// Set once the list in force at start is applied: only revocations
 	// added later make older shared entries suspect (see revoked).
 	p.shared = newSharing(o.shared)
+	p.startBroadcast()
 	if !o.blobGating {
 		p.log.Warn("blob gating is disabled: any blob of a configured upstream can be pulled through the proxy")
 	}

@@ -225,6 +225,8 @@ type Revocations struct {
 	// proxy given the list replaces the previous one.
 	onChange func(old, cur *revocationSet)
 	now      func() time.Time
+	// sh shares the API entries with other replicas; nil without.
+	sh *revShare
 }
 
 // NewRevocations returns an empty list holding at most maxEntries entries
@@ -294,6 +296,7 @@ func (r *Revocations) Add(e Revocation) error {
 	}
 	r.api = append(api, e)
 	r.publish()
+	r.sharedAdded(e)
 	if r.persist != nil {
 		if err := r.persist(r.api); err != nil {
 			return fmt.Errorf("%w: %v", errNotPersisted, err)
@@ -318,8 +321,10 @@ func (r *Revocations) Remove(id string) (bool, error) {
 			return true, fmt.Errorf("revocation not lifted: %w", err)
 		}
 	}
+	lifted := r.api[i]
 	r.api = api
 	r.publish()
+	r.sharedLifted(lifted)
 	return true, nil
 }
 

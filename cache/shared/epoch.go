@@ -21,7 +21,6 @@ type epoch struct {
 	checking  chan struct{} // one check at a time
 	lastCheck time.Time     // guarded by checking
 	token     string        // the marker last seen; guarded by checking
-	changes   uint64        // guarded by checking; read through gen
 	gen       chan uint64   // the latest changes count, for Epoch
 }
 

@@ -119,6 +119,9 @@ func (r *reloader) reload(trigger string) reloadOutcome {
 			zap.String("file", r.path), zap.String("trigger", trigger), zap.Strings("keys", out.restart))
 	}
 	r.p.RecordReload(out.result, len(out.restart) > 0)
+	if out.result != proxy.ReloadFailure && trigger != "peer" {
+		r.p.BroadcastReload(r.fingerprint)
+	}
 	if r.observe != nil {
 		r.observe(out)
 	}
@@ -528,6 +531,7 @@ func startReload(ctx context.Context, cfg *config.Config, fingerprint string, p 
 		sc.GetCertificate = r.certs.get
 	}
 	r.watch()
+	p.OnPeerReload(func() { r.reload("peer") })
 	go r.run(ctx, h.hup)
 	return nil
 }

@@ -49,6 +49,19 @@ func withShared(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (o
 		stop()
 		return nil, nil, err
 	}
+	host, _ := os.Hostname()
+	leases, err := shared.NewLeases(rdb, guard, shared.LeasesOptions{KeyPrefix: rc.KeyPrefix, Replica: host})
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	bus, err := shared.NewBus(rdb, guard, shared.BusOptions{KeyPrefix: rc.KeyPrefix, Replica: shared.ReplicaID(),
+		MaxValueBytes: int(rc.MaxValueBytes), MaxEntries: cfg.Revocations.MaxEntries, Logger: logger.Named("shared")})
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	stop = func() { bus.Close(); _ = rdb.Close() }
 	logger.Info("shared state: redis", zap.String("addr", rc.Addr), zap.Bool("tls", rc.TLS), zap.Int("db", rc.DB),
 		zap.String("key_prefix", rc.KeyPrefix), zap.Bool("acl_user", rc.Username != ""), zap.Duration("timeout", rc.Timeout.D()))
 	if !rc.TLS {
@@ -57,6 +70,8 @@ func withShared(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (o
 	return append(extra,
 		proxy.WithVerdictCache(verdicts),
 		proxy.WithSharedState(gating),
+		proxy.WithBroadcast(bus),
+		proxy.WithSharedFlight(leases),
 		proxy.WithCollectors(guard),
 		proxy.WithReadinessDetail(guard.Detail),
 	), stop, nil

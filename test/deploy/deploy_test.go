@@ -499,7 +499,7 @@ func TestKubeconform(t *testing.T) {
 	if schemas == "" {
 		schemas = "default"
 	}
-	for _, dir := range []string{"base", "node-config"} {
+	for _, dir := range []string{"base", "node-config", "redis", "overlays/shared"} {
 		o := render(t, deployDir, dir)
 		// The ServiceMonitor is a CRD, outside the Kubernetes schemas; its
 		// strict decoding into the operator's Go type stands in.

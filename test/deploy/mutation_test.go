@@ -41,6 +41,16 @@ func TestChecksCatchBrokenManifests(t *testing.T) {
 		{"node-config/daemonset.yaml", "path: /etc/containerd/certs.d", "path: /etc", "hostPath"},
 		{"node-config/daemonset.yaml", "image: portcullis\n", "image: busybox\n", "proxy's own image"},
 		{"node-config/daemonset.yaml", "allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true", "privilege escalation"},
+		{"overlays/shared/deployment.yaml", "replicas: 3", "replicas: 1", "proxy replicas"},
+		{"overlays/shared/poddisruptionbudget.yaml", "minAvailable: 2", "minAvailable: 3", "PDB minAvailable"},
+		{"overlays/shared/config/portcullis.yaml", "addr: portcullis-redis:6379", "addr: redis:6379", "names no rendered Service"},
+		{"overlays/shared/config/portcullis.yaml", "password_env: REDIS_PASSWORD", "password_env: REDIS_PASS", "password_env"},
+		{"overlays/shared/config/portcullis.yaml", "log: {level: info", "log: {level: debug", "keep them in step"},
+		{"overlays/shared/kustomization.yaml", "{port: 6379, protocol: TCP}", "{port: 6380, protocol: TCP}", "no egress to the Redis pods"},
+		{"redis/deployment.yaml", "- $(REDIS_PASSWORD)", "- \"\"", "--requirepass"},
+		{"redis/deployment.yaml", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "redis: root filesystem is writable"},
+		{"redis/networkpolicy.yaml", "        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: portcullis\n              app.kubernetes.io/component: proxy", "        - namespaceSelector: {}", "want the proxy pods only"},
+		{"redis/networkpolicy.yaml", "egress: []", "egress: [{}]", "Redis opens no connection"},
 	} {
 		t.Run(m.file+": "+m.want, func(t *testing.T) {
 			root := copyDeploy(t)
@@ -59,6 +69,7 @@ func TestChecksCatchBrokenManifests(t *testing.T) {
 			base := render(t, root, "base")
 			checkBase(r, base, root)
 			checkNodeConfig(r, render(t, root, "node-config"), base)
+			checkShared(r, render(t, root, "overlays/shared"), root)
 			for _, e := range r.errs {
 				if strings.Contains(e, m.want) {
 					return

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real peers the end-to-end suite drives: Debian's registry,
-# skopeo and containerd, and pinned Go builds of crane, oras, regctl, cosign
+# skopeo, containerd and redis-server, and pinned Go builds of crane, oras, regctl, cosign
 # v2 (legacy .sig/.att) and cosign v3 (sigstore bundles), plus olareg (a
 # registry with the referrers API) and the OCI distribution-spec
 # conformance suite. Idempotent: a tool already at the pinned
@@ -13,13 +13,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 phase() { printf '[install] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 apt_tools() {
-  if command -v docker-registry >/dev/null && command -v skopeo >/dev/null && command -v ctr >/dev/null; then
+  if command -v docker-registry >/dev/null && command -v skopeo >/dev/null && command -v ctr >/dev/null &&
+    command -v redis-server >/dev/null; then
     phase "apt tools present"; return
   fi
-  phase "apt-get install docker-registry skopeo containerd"
+  phase "apt-get install docker-registry skopeo containerd redis-server"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends docker-registry skopeo containerd >/dev/null
+  apt-get install -y -qq --no-install-recommends docker-registry skopeo containerd redis-server >/dev/null
 }
 
 # goinst NAME PKG@VERSION: builds into a per-version directory so a version
