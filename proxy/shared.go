@@ -38,9 +38,9 @@ type SharedState interface {
 
 const (
 	// sharedWriters bounds the writes to the shared state in flight; a
-	// write that finds no room is dropped, which costs another replica
-	// at most one verification of its own.
-	sharedWriters = 32
+	// write that finds no room is dropped (and retried on the next pull),
+	// so a slow Redis never holds more requests than this.
+	sharedWriters = 256
 	// sharedRecordedSize bounds the memory of manifests recently written
 	// through (see shareServed).
 	sharedRecordedSize = 100_000
@@ -106,27 +106,31 @@ func newSharing(s SharedState) *sharing {
 	}
 }
 
-// async runs write off the serving path, so a slow shared engine adds no
-// latency to a pull. The write gets a context of its own: the request
-// that caused it may end first. A write dropped or failed is forgotten
-// from recorded, so the next pull of the manifest writes it again.
-func (sh *sharing) async(key string, write func(context.Context) error) {
+// write records what a served manifest opened before the manifest is
+// written to the client: the client's next request, for a blob or a
+// child, may reach another replica at once (containerd and crane pull
+// layers in parallel over several connections), and an entry still on
+// its way there would deny it. The Guard bounds the wait (shared.redis
+// timeout) and skips it while Redis is out of reach; it is paid once per
+// manifest per quarter gating TTL, not on every warm pull. A write that
+// failed is forgotten from recorded, so the next pull writes it again.
+func (sh *sharing) write(key string, write func(context.Context) error) {
 	select {
 	case sh.slots <- struct{}{}:
 	default:
+		// As many writes as slots are waiting on a slow Redis: this one
+		// is dropped rather than queued, and retried on the next pull.
 		sh.recorded.c.Remove(key)
 		return
 	}
 	sh.writes.Add(1)
-	go func() {
-		defer func() {
-			<-sh.slots
-			sh.writes.Done()
-		}()
-		if write(context.Background()) != nil {
-			sh.recorded.c.Remove(key)
-		}
+	defer func() {
+		<-sh.slots
+		sh.writes.Done()
 	}()
+	if write(context.Background()) != nil {
+		sh.recorded.c.Remove(key)
+	}
 }
 
 // shareServed writes through what a served manifest opened, at most once
@@ -163,7 +167,7 @@ func (p *Proxy) shareServed(d *manifestDecision) {
 			children = append(children, verdictKey(d.fingerprint, u, repo, c))
 		}
 		parent := d.digest
-		sh.async(d.key, func(ctx context.Context) error { return sh.s.RecordCoverage(ctx, children, parent, v, until) })
+		sh.write(d.key, func(ctx context.Context) error { return sh.s.RecordCoverage(ctx, children, parent, v, until) })
 		return
 	}
 	blobs := make(map[string]int64, len(pm.layers)+1)
@@ -172,7 +176,7 @@ func (p *Proxy) shareServed(d *manifestDecision) {
 		blobs[blobKey(u, repo, l.digest)] = l.size
 	}
 	until := p.blobs.now().Add(blobAllowTTL)
-	sh.async(d.key, func(ctx context.Context) error { return sh.s.RecordBlobs(ctx, blobs, until) })
+	sh.write(d.key, func(ctx context.Context) error { return sh.s.RecordBlobs(ctx, blobs, until) })
 }
 
 // coverageEnd is when coverage by an index allowed by v ends: the coverage
