@@ -25,6 +25,7 @@
 # report.html per run).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 root=$(cd "$here/../.." && pwd)
 PORTCULLIS=${PORTCULLIS:-$root/bin/portcullis}
 E2E_BIN=${E2E_BIN:-/usr/local/e2e/bin}
@@ -49,7 +50,6 @@ trap cleanup EXIT
 
 phase() { printf '\n[conformance] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '\n[conformance] ABORT: %s\n' "$*" >&2; exit 1; }
-show() { sed 's/^/        /' "$1" | tail -"${2:-5}"; }
 wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 # must WHAT CMD...: a setup step; its failure ends the run.
 must() {
@@ -58,27 +58,6 @@ must() {
   "$@" >"$out" 2>&1 || { show "$out" 10 >&2; die "$what failed"; }
   rm -f "$out"
 }
-# listen_ports PID: the TCP ports PID itself listens on, read from /proc.
-listen_ports() {
-  local inodes
-  inodes=" $(find "/proc/$1/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n' | tr '\n' ' ') "
-  [ "$inodes" != "  " ] || return 0
-  awk -v inodes="$inodes" '$4 == "0A" && index(inodes, " " $10 " ") { split($2, a, ":"); print a[2] }' /proc/net/tcp /proc/net/tcp6 2>/dev/null |
-    while read -r hex; do printf '%d\n' "0x$hex"; done
-}
-await_port() { # PID NAME: the one port PID listens on, once it listens
-  local ports
-  for _ in $(seq 200); do
-    kill -0 "$1" 2>/dev/null || { echo "$2 exited" >&2; return 1; }
-    ports=$(listen_ports "$1")
-    [ -z "$ports" ] || { echo "$ports" | head -1; return 0; }
-    sleep 0.05
-  done
-  echo "$2 did not listen" >&2; return 1
-}
-# Not grep -q: it exits at the first match, and under pipefail the
-# writer's SIGPIPE would turn that match into a failure.
-owns_port() { listen_ports "$1" | grep -x "$2" >/dev/null; }
 
 phase "starting registries (run $RUN)"
 cat > "$work/dist.yml" <<YML

@@ -21,6 +21,7 @@
 # suite must then fail at least half of its checks (see selfcheck.sh).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 root=$(cd "$here/../.." && pwd)
 PORTCULLIS=${PORTCULLIS:-$root/bin/portcullis}
 E2E_BIN=${E2E_BIN:-/usr/local/e2e/bin}
@@ -54,13 +55,8 @@ ok()   { passed=$((passed+1)); printf '  ok    %s\n' "$*"; }
 bad()  { failed=$((failed+1)); printf '  FAIL  %s\n' "$*"; }
 phase() { printf '\n[e2e] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
 die()  { printf '\n[e2e] ABORT: %s\n' "$*" >&2; exit 1; }
-show() { sed 's/^/        /' "$1" | tail -"${2:-5}"; }
 wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; return 1; }
 sha() { sha256sum "${1:--}" | cut -d' ' -f1; }
-# has GREP-ARGS...: grep that reads all of its input. "grep -q" exits at
-# the first match, and under pipefail the writer's SIGPIPE would turn that
-# match into a failure.
-has() { grep "$@" >/dev/null; }
 
 # must WHAT CMD...: a setup step; its failure ends the suite.
 must() {
@@ -73,27 +69,6 @@ must() {
   rm -f "$out"
 }
 
-# listen_ports PID: the TCP ports PID listens on, read from /proc so that
-# a port counts only when this very process holds the socket.
-listen_ports() {
-  local inodes
-  inodes=" $(find "/proc/$1/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n' | tr '\n' ' ') "
-  [ "$inodes" != "  " ] || return 0
-  awk -v inodes="$inodes" '$4 == "0A" && index(inodes, " " $10 " ") { split($2, a, ":"); print a[2] }' /proc/net/tcp /proc/net/tcp6 2>/dev/null |
-    while read -r hex; do printf '%d\n' "0x$hex"; done
-}
-# await_port PID NAME: the one port PID listens on, once it listens.
-await_port() {
-  local ports
-  for _ in $(seq 200); do
-    kill -0 "$1" 2>/dev/null || { echo "$2 exited" >&2; return 1; }
-    ports=$(listen_ports "$1")
-    if [ -n "$ports" ]; then echo "$ports" | head -1; return 0; fi
-    sleep 0.05
-  done
-  echo "$2 did not listen" >&2; return 1
-}
-owns_port() { listen_ports "$1" | has -x "$2"; }
 
 # image KEY REG REPO: pushes REPO:v1, a one-layer linux/amd64 OCI image of
 # fresh random bytes, and records the digest the push reported in D[KEY]

@@ -11,6 +11,7 @@
 # Prints "scale: N passed, M failed".
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 root=$(cd "$here/../.." && pwd)
 PORTCULLIS=${PORTCULLIS:-$root/bin/portcullis}
 E2E_BIN=${E2E_BIN:-/usr/local/e2e/bin}
@@ -39,31 +40,11 @@ ok()   { passed=$((passed+1)); printf '  ok    %s\n' "$*"; }
 bad()  { failed=$((failed+1)); printf '  FAIL  %s\n' "$*"; }
 phase() { printf '\n[scale] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
 die()  { printf '\n[scale] ABORT: %s\n' "$*" >&2; exit 1; }
-show() { sed 's/^/        /' "$1" | tail -"${2:-5}"; }
-has() { grep "$@" >/dev/null; }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 must() {
   local what=$1; shift
   "$@" >"$work/must.$BASHPID.out" 2>&1 || { show "$work/must.$BASHPID.out" 10 >&2; die "$what failed"; }
 }
-listen_ports() {
-  local inodes
-  inodes=" $(find "/proc/$1/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n' | tr '\n' ' ') "
-  [ "$inodes" != "  " ] || return 0
-  awk -v inodes="$inodes" '$4 == "0A" && index(inodes, " " $10 " ") { split($2, a, ":"); print a[2] }' /proc/net/tcp /proc/net/tcp6 2>/dev/null |
-    while read -r hex; do printf '%d\n' "0x$hex"; done
-}
-await_port() {
-  local ports
-  for _ in $(seq 200); do
-    kill -0 "$1" 2>/dev/null || { echo "$2 exited" >&2; return 1; }
-    ports=$(listen_ports "$1")
-    if [ -n "$ports" ]; then echo "$ports" | head -1; return 0; fi
-    sleep 0.05
-  done
-  echo "$2 did not listen" >&2; return 1
-}
-owns_port() { listen_ports "$1" | has -x "$2"; }
 wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 phase "registry (run $RUN)"
