@@ -6,7 +6,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/portcullis-oci/portcullis/config"
@@ -34,8 +33,7 @@ func withAlerts(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (o
 	if h, err := os.Hostname(); err == nil && h != "" {
 		source += ":" + h
 	}
-	reg := prometheus.NewRegistry()
-	d, err := alert.New(sinks, alert.WithLogger(logger.Named("alerts")), alert.WithRegisterer(reg), alert.WithSource(source))
+	d, err := alert.New(sinks, alert.WithLogger(logger.Named("alerts")), alert.WithSource(source))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -50,7 +48,9 @@ func withAlerts(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (o
 			logger.Warn("alerts: events not delivered at exit", zap.Error(err))
 		}
 	}
-	return append(extra, proxy.WithRegisterer(reg), proxy.WithEventSink(d)), stop, nil
+	// The alert metrics join the proxy's own registry: no second
+	// registry that would have to be the only WithRegisterer.
+	return append(extra, proxy.WithCollectors(d.Collectors()...), proxy.WithEventSink(d)), stop, nil
 }
 
 // alertSinks translates the config, reading secrets from the environment.

@@ -177,6 +177,7 @@ func WithBackoff(first, most time.Duration) Option {
 // Dispatcher fans events out to its sinks. It implements proxy.EventSink.
 type Dispatcher struct {
 	sinks []*sink
+	m     *metrics
 }
 
 var _ proxy.EventSink = (*Dispatcher)(nil)
@@ -199,7 +200,7 @@ func New(sinks []SinkConfig, opts ...Option) (*Dispatcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Dispatcher{}
+	d := &Dispatcher{m: m}
 	names := map[string]bool{}
 	for _, c := range sinks {
 		if names[c.Name] {
@@ -250,6 +251,12 @@ func (d *Dispatcher) Close(ctx context.Context) error {
 
 type metrics struct {
 	sent, failed, dropped *prometheus.CounterVec
+}
+
+// Collectors are the dispatcher's metrics, for a registry other than the
+// one given to WithRegisterer (the proxy's, through proxy.WithCollectors).
+func (d *Dispatcher) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{d.m.sent, d.m.failed, d.m.dropped}
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
