@@ -42,11 +42,14 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 	if p.opts.blobGating {
 		if s, ok := p.blobs.get(blobKey(u.name, repo, digest)); ok {
 			size = s
-		} else if s, ok := p.sharedBlob(r.Context(), blobKey(u.name, repo, digest)); ok {
+		} else if s, ok, undecided := p.sharedBlob(r.Context(), blobKey(u.name, repo, digest)); ok {
 			size = s
 		} else {
 			g := p.gateFor(u, repo)
 			if g.mode != verify.ModeWarn {
+				if undecided {
+					return p.undecidedBlob(w, u, repo, digest)
+				}
 				return p.ungatedBlob(r, u, repo, digest, g)
 			}
 			wouldDeny = &g

@@ -22,6 +22,7 @@ const (
 	CodeNameUnknown      = "NAME_UNKNOWN"
 	CodeTooManyRequests  = "TOOMANYREQUESTS"
 	CodeUnauthorized     = "UNAUTHORIZED"
+	CodeUnavailable      = "UNAVAILABLE" // distribution's code for a 503 the client may retry
 	CodeUnknown          = "UNKNOWN"
 	CodeUnsupported      = "UNSUPPORTED"
 	maxEnvelopeErrors    = 16

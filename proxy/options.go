@@ -53,6 +53,9 @@ type options struct {
 	collectors       []prometheus.Collector
 	// shared: see WithSharedState; nil keeps all state local.
 	shared SharedState
+	// sharedUndecided counts blob requests answered 503 because the
+	// shared state could not be asked (WithSharedState).
+	sharedUndecided prometheus.Counter
 	// sharedFlight: see WithSharedFlight; nil verifies alone.
 	sharedFlight *sharedFlight
 	// broadcast: see WithBroadcast; nil keeps revocations local.

@@ -3,9 +3,15 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 
 	"github.com/portcullis-oci/portcullis/verify"
 )
@@ -26,8 +32,9 @@ type SharedState interface {
 	// recorded: the proxy tries again on the next pull.
 	RecordBlobs(ctx context.Context, blobs map[string]int64, until time.Time) error
 	// LookupBlob returns the declared size of an open blob and when it
-	// closes.
-	LookupBlob(ctx context.Context, key string) (size int64, until time.Time, ok bool)
+	// closes. An error means the shared state could not be asked (down,
+	// slow): whether another replica opened the blob is unknown.
+	LookupBlob(ctx context.Context, key string) (size int64, until time.Time, ok bool, err error)
 	// RecordCoverage records that the manifests under children (verdict
 	// keys) are covered until until by the index parent, whose verdict is v.
 	RecordCoverage(ctx context.Context, children []string, parent string, v verify.Verdict, until time.Time) error
@@ -54,6 +61,11 @@ func WithSharedState(s SharedState) Option {
 			return errors.New("nil shared state")
 		}
 		o.shared = s
+		o.sharedUndecided = prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portcullis_blob_gating_undecided_total",
+			Help: "Blob requests this replica's own blob gating did not open while the shared state could not be asked: answered 503 UNAVAILABLE with Retry-After, neither served nor denied.",
+		})
+		o.collectors = append(o.collectors, o.sharedUndecided)
 		return nil
 	}
 }
@@ -83,6 +95,8 @@ type sharing struct {
 	// notBefore (Unix ns) is when a revocation was last added: blob
 	// entries recorded before it may open a revoked manifest's blobs.
 	notBefore atomic.Int64
+	// undecidedLog keeps undecided blob requests to a log line a minute.
+	undecidedLog logGate
 }
 
 // revoked makes the shared blob entries recorded until now suspect and
@@ -189,22 +203,49 @@ func coverageEnd(v verify.Verdict, ttl time.Duration, now time.Time) time.Time {
 }
 
 // sharedBlob asks the shared state for a blob the local gating misses and
-// keeps the answer locally for as long as it holds.
-func (p *Proxy) sharedBlob(ctx context.Context, key string) (int64, bool) {
+// keeps the answer locally for as long as it holds. undecided is set when
+// the shared state could not be asked: another replica may have served
+// the manifest that opens the blob, so a denial would be a guess.
+func (p *Proxy) sharedBlob(ctx context.Context, key string) (size int64, ok, undecided bool) {
 	sh := p.shared
 	if sh == nil {
-		return 0, false
+		return 0, false, false
 	}
-	size, until, ok := sh.s.LookupBlob(ctx, key)
+	size, until, ok, err := sh.s.LookupBlob(ctx, key)
+	if err != nil {
+		return 0, false, ctx.Err() == nil
+	}
 	if !ok || size < 0 || !p.blobs.now().Before(until) {
-		return 0, false
+		return 0, false, false
 	}
 	// An entry lives blobAllowTTL from when it was recorded.
 	if nb := sh.notBefore.Load(); nb != 0 && until.Add(-blobAllowTTL).UnixNano() < nb {
-		return 0, false
+		return 0, false, false
 	}
 	p.blobs.addUntil(key, size, until)
-	return size, true
+	return size, true, false
+}
+
+// undecidedBlob answers a blob request that neither this replica's gating
+// nor the unreachable shared state could open. The blob is not served,
+// but denying it would turn a Redis outage into failed pulls of verified
+// images whenever a client's layer requests reach another replica than
+// its manifest request. A 503 with Retry-After asks the client to try
+// again; Connection: close makes the retry a new connection, which a
+// Service may send to the replica that served the manifest.
+func (p *Proxy) undecidedBlob(w http.ResponseWriter, u *upstreamEntry, repo string, digest v1.Hash) error {
+	p.opts.sharedUndecided.Inc()
+	if p.shared.undecidedLog.allow(time.Now(), time.Minute) {
+		p.log.Warn("blob not opened here and the shared state cannot be asked: answered 503 (client retries; pin clients to a replica with session affinity)",
+			zap.String("upstream", u.name), zap.String("repository", repo), zap.String("digest", digest.String()))
+	}
+	w.Header().Set("Connection", "close")
+	return &Error{
+		Status:     http.StatusServiceUnavailable,
+		Code:       CodeUnavailable,
+		Message:    fmt.Sprintf("blob %s: this replica did not serve a manifest referencing it and the shared state is unavailable; retry", digest),
+		RetryAfter: 1,
+	}
 }
 
 // sharedCovered gives d the verdict of an index another replica served,

@@ -232,10 +232,12 @@ func TestSharedCoverage(t *testing.T) {
 	}
 }
 
-// TestSharedStateRedisDown: with Redis gone B denies the blob it has not
-// seen (a failure is a miss, never an allow), still serves what it can
-// verify itself, and A serves what it verified; once Redis is back,
-// sharing resumes without a restart.
+// TestSharedStateRedisDown: with Redis gone B neither serves nor denies
+// a blob it has not seen opened (a failure is never an allow, and a 403
+// would fail the pull of a verified image whose manifest A served): it
+// answers 503 UNAVAILABLE with Retry-After on a closing connection. It
+// still serves what it can verify itself, and A serves what it verified;
+// once Redis is back, sharing resumes without a restart.
 func TestSharedStateRedisDown(t *testing.T) {
 	t.Parallel()
 	mr := miniredis.RunT(t)
@@ -252,8 +254,32 @@ func TestSharedStateRedisDown(t *testing.T) {
 		t.Fatalf("signed manifest on A = %d", code)
 	}
 	mr.Close()
-	if code, _ := b.do(http.MethodGet, blobPath("acme/app", one.layers[0])); code != http.StatusForbidden {
-		t.Errorf("unseen blob on B with Redis down = %d, want 403", code)
+	unsigned := reg.pushImage(t, "acme/app", "unsigned")
+	for _, layer := range []v1.Hash{one.layers[0], unsigned.layers[0]} {
+		w := do(b.p, http.MethodGet, blobPath("acme/app", layer))
+		if w.Code != http.StatusServiceUnavailable {
+			t.Errorf("blob %s not opened on B, Redis down = %d, want 503", layer, w.Code)
+			continue
+		}
+		if got := w.Header().Get("Retry-After"); got != "1" {
+			t.Errorf("Retry-After = %q, want 1", got)
+		}
+		if got := w.Header().Get("Connection"); got != "close" {
+			t.Errorf("Connection = %q, want close (a retry may reach another replica)", got)
+		}
+		// The body is the error envelope, not the blob.
+		if code := errorCode(t, w); code != CodeUnavailable {
+			t.Errorf("error code %q, want %s", code, CodeUnavailable)
+		}
+	}
+	if n := counterValue(t, b.p, "portcullis_blob_gating_undecided_total", nil); n != 2 {
+		t.Errorf("portcullis_blob_gating_undecided_total = %v, want 2", n)
+	}
+	// Without shared state configured the same miss is a denial, as on a
+	// single replica.
+	single, _ := newTestProxy(t, reg.srv.URL, newEngineSpy(t, pol))
+	if w := do(single, http.MethodGet, blobPath("acme/app", one.layers[0])); w.Code != http.StatusForbidden {
+		t.Errorf("unseen blob on a replica without shared state = %d, want 403", w.Code)
 	}
 	if n := b.sharedErrors(t, "blob_lookup", "error") + b.sharedErrors(t, "blob_lookup", "timeout"); n == 0 {
 		t.Error("the failed lookup was not counted")
@@ -337,8 +363,8 @@ type fakeShared struct {
 }
 
 func (f *fakeShared) RecordBlobs(context.Context, map[string]int64, time.Time) error { return nil }
-func (f *fakeShared) LookupBlob(context.Context, string) (int64, time.Time, bool) {
-	return 0, time.Time{}, false
+func (f *fakeShared) LookupBlob(context.Context, string) (int64, time.Time, bool, error) {
+	return 0, time.Time{}, false, nil
 }
 func (f *fakeShared) RecordCoverage(context.Context, []string, string, verify.Verdict, time.Time) error {
 	return nil

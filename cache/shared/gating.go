@@ -123,17 +123,19 @@ func (s *Gating) RecordBlobs(ctx context.Context, blobs map[string]int64, until 
 }
 
 // LookupBlob returns the declared size of the open blob under key (a proxy
-// blob-gating key) and when it closes.
-func (s *Gating) LookupBlob(ctx context.Context, key string) (int64, time.Time, bool) {
+// blob-gating key) and when it closes. An error means Redis could not be
+// asked (down, slow, circuit open): the answer is unknown, not "closed". A
+// refused value is a miss, never an error.
+func (s *Gating) LookupBlob(ctx context.Context, key string) (int64, time.Time, bool, error) {
 	h := bound(key)
-	raw, ok := s.get(ctx, "blob_lookup", s.blobKey(h))
+	raw, ok, err := s.get(ctx, "blob_lookup", s.blobKey(h))
 	if !ok {
-		return 0, time.Time{}, false
+		return 0, time.Time{}, false, err
 	}
 	var v blobValue
 	if err := strictDecode(raw, &v); err != nil {
 		s.g.Invalid("blob_lookup", key, err)
-		return 0, time.Time{}, false
+		return 0, time.Time{}, false, nil
 	}
 	switch {
 	case v.V != gatingVersion:
@@ -147,11 +149,11 @@ func (s *Gating) LookupBlob(ctx context.Context, key string) (int64, time.Time, 
 	default:
 		until := time.UnixMilli(v.U)
 		if !s.now().Before(until) {
-			return 0, time.Time{}, false
+			return 0, time.Time{}, false, nil
 		}
-		return *v.S, until, true
+		return *v.S, until, true, nil
 	}
-	return 0, time.Time{}, false
+	return 0, time.Time{}, false, nil
 }
 
 // RecordCoverage records that the manifests under children (proxy verdict
@@ -197,7 +199,7 @@ func (s *Gating) RecordCoverage(ctx context.Context, children []string, parent s
 // proxy verdict key), its verdict as recorded, and when coverage ends.
 func (s *Gating) LookupCoverage(ctx context.Context, key string) (string, verify.Verdict, time.Time, bool) {
 	h := bound(key)
-	raw, ok := s.get(ctx, "coverage_lookup", s.coverKey(h))
+	raw, ok, _ := s.get(ctx, "coverage_lookup", s.coverKey(h))
 	if !ok {
 		return "", verify.Verdict{}, time.Time{}, false
 	}
@@ -242,9 +244,9 @@ func (v *coverValue) check(h string) error {
 }
 
 // get reads at most gatingMaxValue+1 bytes of the value under key;
-// false on a missing key, an error (the Guard's to count) or a value
-// over the bound (counted as invalid).
-func (s *Gating) get(ctx context.Context, op, key string) ([]byte, bool) {
+// false on a missing key, an error (returned; the Guard counts it) or a
+// value over the bound (counted as invalid).
+func (s *Gating) get(ctx context.Context, op, key string) ([]byte, bool, error) {
 	var raw []byte
 	err := s.g.Do(ctx, op, func(ctx context.Context) error {
 		// GETRANGE bounds what Redis sends, whatever is stored; a
@@ -253,14 +255,17 @@ func (s *Gating) get(ctx context.Context, op, key string) ([]byte, bool) {
 		raw = b
 		return err
 	})
-	if err != nil || len(raw) == 0 {
-		return nil, false
+	if err != nil {
+		return nil, false, err
+	}
+	if len(raw) == 0 {
+		return nil, false, nil
 	}
 	if len(raw) > gatingMaxValue {
 		s.g.Invalid(op, key, fmt.Errorf("value over %d bytes", gatingMaxValue))
-		return nil, false
+		return nil, false, nil
 	}
-	return raw, true
+	return raw, true, nil
 }
 
 // strictDecode parses exactly one JSON object with only v's fields.

@@ -55,14 +55,14 @@ func TestGatingRoundTrip(t *testing.T) {
 	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 42}, until); err != nil {
 		t.Fatal(err)
 	}
-	size, got, ok := s.LookupBlob(ctx, blobLogical)
+	size, got, ok, _ := s.LookupBlob(ctx, blobLogical)
 	if !ok || size != 42 || got.UnixMilli() != until.UnixMilli() {
 		t.Errorf("blob = %d until %v (%v), want 42 until %v", size, got, ok, until)
 	}
 	if ttl := mr.TTL("p:v1:blob:" + bound(blobLogical)); ttl <= 9*time.Minute || ttl > 10*time.Minute {
 		t.Errorf("blob TTL in redis = %v, want the gating TTL", ttl)
 	}
-	if _, _, ok := s.LookupBlob(ctx, "docker.io\x00acme/other\x00sha256:22"); ok {
+	if _, _, ok, _ := s.LookupBlob(ctx, "docker.io\x00acme/other\x00sha256:22"); ok {
 		t.Error("a blob never recorded was found")
 	}
 
@@ -150,8 +150,10 @@ func TestGatingRefusesValues(t *testing.T) {
 				return
 			}
 			_ = mr.Set("p:v1:blob:"+bh, tc.value)
-			if _, _, ok := s.LookupBlob(ctx, blobLogical); ok {
-				t.Error("taken")
+			// Refused, not unknown: a planted value must not turn denials
+			// into retries.
+			if _, _, ok, err := s.LookupBlob(ctx, blobLogical); ok || err != nil {
+				t.Errorf("taken or reported as an error: %v, %v", ok, err)
 			}
 			if n := s.invalid("blob_lookup"); n != 1 {
 				t.Errorf("invalid counted %v times, want 1", n)
@@ -170,7 +172,7 @@ func TestGatingExpiredValue(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.now = func() time.Time { return time.Now().Add(2 * time.Minute) }
-	if _, _, ok := s.LookupBlob(ctx, blobLogical); ok {
+	if _, _, ok, _ := s.LookupBlob(ctx, blobLogical); ok {
 		t.Error("an expired blob entry was taken")
 	}
 }
@@ -184,9 +186,16 @@ func TestGatingRedisDown(t *testing.T) {
 	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 1}, time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
+	if _, _, ok, err := s.LookupBlob(ctx, blobLogical); !ok || err != nil {
+		t.Fatalf("lookup with Redis up = %v, %v", ok, err)
+	}
+	if _, _, ok, err := s.LookupBlob(ctx, "docker.io\x00acme/other\x00sha256:33"); ok || err != nil {
+		t.Errorf("a missing entry with Redis up = %v, %v: want a miss without error", ok, err)
+	}
 	mr.Close()
-	if _, _, ok := s.LookupBlob(ctx, blobLogical); ok {
-		t.Error("a lookup with Redis down found a blob")
+	// The proxy tells "not opened" from "cannot know" by the error.
+	if _, _, ok, err := s.LookupBlob(ctx, blobLogical); ok || err == nil {
+		t.Errorf("a lookup with Redis down = %v, %v: want a miss with an error", ok, err)
 	}
 	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 1}, time.Now().Add(time.Minute)); err == nil {
 		t.Error("a write with Redis down reported success")
