@@ -29,10 +29,16 @@ type Shared struct {
 // SharedRedis says how to reach Redis. Redis must be private to the
 // proxies: whoever can write to it can plant an allow.
 type SharedRedis struct {
-	// Addr is host:port. Required.
+	// Addr is host:port of one Redis server. Exactly one of Addr,
+	// Sentinel and Cluster is required.
 	Addr string `yaml:"addr"`
-	// Username and PasswordEnv are ACL credentials; the password is read
-	// from the named environment variable.
+	// Sentinel finds the master through Redis Sentinel.
+	Sentinel *SharedSentinel `yaml:"sentinel"`
+	// Cluster reaches a Redis Cluster.
+	Cluster *SharedCluster `yaml:"cluster"`
+	// Username and PasswordEnv are ACL credentials of the servers holding
+	// the data (the server, the master, every cluster node); the password
+	// is read from the named environment variable.
 	Username    string `yaml:"username"`
 	PasswordEnv string `yaml:"password_env"`
 	// TLS encrypts the connection and authenticates the server against
@@ -49,6 +55,29 @@ type SharedRedis struct {
 	// MaxValueBytes bounds each value (default 16KiB).
 	MaxValueBytes ByteSize `yaml:"max_value_bytes"`
 }
+
+// SharedSentinel names the master and the Sentinels that find it. Reads
+// and writes go to the master; replicas are never read.
+type SharedSentinel struct {
+	// Master is the master's name in the Sentinels' configuration.
+	Master string `yaml:"master"`
+	// Addrs are the Sentinels, host:port.
+	Addrs []string `yaml:"addrs"`
+	// Username and PasswordEnv authenticate to the Sentinels, when they
+	// require it (Sentinel's own requirepass or ACL, apart from the
+	// master's).
+	Username    string `yaml:"username"`
+	PasswordEnv string `yaml:"password_env"`
+}
+
+// SharedCluster lists seed nodes of a Redis Cluster; the client learns
+// the others from them.
+type SharedCluster struct {
+	Addrs []string `yaml:"addrs"`
+}
+
+// maxSharedAddrs bounds the addresses of a sentinel or cluster list.
+const maxSharedAddrs = 64
 
 func (s *Shared) applyDefaults() {
 	if s.Redis == nil {
@@ -71,8 +100,35 @@ func (s *Shared) validate(r *reporter) {
 	if rd == nil {
 		return
 	}
-	if host, port, err := net.SplitHostPort(rd.Addr); err != nil || host == "" || port == "" {
-		r.addf("shared.redis.addr", "%q must be host:port", rd.Addr)
+	modes := 0
+	for _, set := range []bool{rd.Addr != "", rd.Sentinel != nil, rd.Cluster != nil} {
+		if set {
+			modes++
+		}
+	}
+	switch {
+	case modes == 0:
+		r.addf("shared.redis.addr", "required, or instead sentinel or cluster")
+	case modes > 1:
+		r.addf("shared.redis", "addr (one server), sentinel and cluster exclude each other: set exactly one")
+	case rd.Addr != "":
+		if !hostPort(rd.Addr) {
+			r.addf("shared.redis.addr", "%q must be host:port", rd.Addr)
+		}
+	case rd.Sentinel != nil:
+		sn := rd.Sentinel
+		if sn.Master == "" || len(sn.Master) > 256 || strings.ContainsAny(sn.Master, " \t\r\n") {
+			r.addf("shared.redis.sentinel.master", "%q must be the master's name: 1 to 256 bytes without spaces", sn.Master)
+		}
+		checkAddrs(r, "shared.redis.sentinel.addrs", sn.Addrs)
+		if sn.PasswordEnv != "" && !envNameRE.MatchString(sn.PasswordEnv) {
+			r.addf("shared.redis.sentinel.password_env", "%q is not an environment variable name", sn.PasswordEnv)
+		}
+	case rd.Cluster != nil:
+		checkAddrs(r, "shared.redis.cluster.addrs", rd.Cluster.Addrs)
+		if rd.DB != 0 {
+			r.addf("shared.redis.db", "a redis cluster has only database 0")
+		}
 	}
 	if rd.PasswordEnv != "" && !envNameRE.MatchString(rd.PasswordEnv) {
 		r.addf("shared.redis.password_env", "%q is not an environment variable name", rd.PasswordEnv)
@@ -91,5 +147,27 @@ func (s *Shared) validate(r *reporter) {
 	}
 	if rd.MaxValueBytes < 1<<10 || rd.MaxValueBytes > 1<<20 {
 		r.addf("shared.redis.max_value_bytes", "must be from 1KiB to 1MiB, not %d bytes", int64(rd.MaxValueBytes))
+	}
+}
+
+func hostPort(a string) bool {
+	host, port, err := net.SplitHostPort(a)
+	return err == nil && host != "" && port != ""
+}
+
+func checkAddrs(r *reporter, path string, addrs []string) {
+	if len(addrs) == 0 || len(addrs) > maxSharedAddrs {
+		r.addf(path, "1 to %d host:port addresses are required, not %d", maxSharedAddrs, len(addrs))
+		return
+	}
+	seen := map[string]bool{}
+	for i, a := range addrs {
+		switch {
+		case !hostPort(a):
+			r.addf(indexPath(path, i), "%q must be host:port", a)
+		case seen[a]:
+			r.addf(indexPath(path, i), "%q is listed twice", a)
+		}
+		seen[a] = true
 	}
 }

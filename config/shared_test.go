@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,5 +106,92 @@ func TestSharedConfig(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want it to mention %q", name, err, tc.want)
 		}
+	}
+}
+
+func TestSharedRedisModes(t *testing.T) {
+	t.Parallel()
+	base := string(Example) + "\n"
+	c, err := Parse([]byte(base+`shared:
+  redis:
+    sentinel:
+      master: portcullis
+      addrs: ["s1:26379", "s2:26379", "[::1]:26379"]
+      username: watcher
+      password_env: SENTINEL_PASSWORD
+    username: proxy
+    password_env: REDIS_PASSWORD
+    db: 2
+`), "sentinel.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Shared.Redis
+	want := SharedSentinel{Master: "portcullis", Addrs: []string{"s1:26379", "s2:26379", "[::1]:26379"}, Username: "watcher", PasswordEnv: "SENTINEL_PASSWORD"}
+	if r.Addr != "" || r.Cluster != nil || r.Sentinel == nil || r.Sentinel.Master != want.Master ||
+		strings.Join(r.Sentinel.Addrs, ",") != strings.Join(want.Addrs, ",") || r.Sentinel.Username != want.Username ||
+		r.Sentinel.PasswordEnv != want.PasswordEnv || r.DB != 2 || r.KeyPrefix != DefaultSharedKeyPrefix {
+		t.Fatalf("sentinel parsed = %+v / %+v", r, r.Sentinel)
+	}
+
+	c, err = Parse([]byte(base+"shared: {redis: {cluster: {addrs: ['n1:7000', 'n2:7000']}, tls: true}}\n"), "cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = c.Shared.Redis
+	if r.Addr != "" || r.Sentinel != nil || r.Cluster == nil || strings.Join(r.Cluster.Addrs, ",") != "n1:7000,n2:7000" || !r.TLS {
+		t.Fatalf("cluster parsed = %+v / %+v", r, r.Cluster)
+	}
+
+	for name, tc := range map[string]struct{ yaml, want string }{
+		"addr and sentinel":      {"shared: {redis: {addr: 'r:1', sentinel: {master: m, addrs: ['s:1']}}}", "exclude each other"},
+		"addr and cluster":       {"shared: {redis: {addr: 'r:1', cluster: {addrs: ['n:1']}}}", "exclude each other"},
+		"sentinel and cluster":   {"shared: {redis: {sentinel: {master: m, addrs: ['s:1']}, cluster: {addrs: ['n:1']}}}", "exclude each other"},
+		"none":                   {"shared: {redis: {key_prefix: 'x:'}}", "shared.redis.addr"},
+		"sentinel no master":     {"shared: {redis: {sentinel: {addrs: ['s:1']}}}", "shared.redis.sentinel.master"},
+		"sentinel master spaces": {"shared: {redis: {sentinel: {master: 'my master', addrs: ['s:1']}}}", "shared.redis.sentinel.master"},
+		"sentinel no addrs":      {"shared: {redis: {sentinel: {master: m}}}", "shared.redis.sentinel.addrs"},
+		"sentinel empty addrs":   {"shared: {redis: {sentinel: {master: m, addrs: []}}}", "shared.redis.sentinel.addrs"},
+		"sentinel bad addr":      {"shared: {redis: {sentinel: {master: m, addrs: ['s:1', 's2']}}}", "shared.redis.sentinel.addrs[1]"},
+		"sentinel twice":         {"shared: {redis: {sentinel: {master: m, addrs: ['s:1', 's:1']}}}", "listed twice"},
+		"sentinel bad env":       {"shared: {redis: {sentinel: {master: m, addrs: ['s:1'], password_env: 'A B'}}}", "shared.redis.sentinel.password_env"},
+		"sentinel password":      {"shared: {redis: {sentinel: {master: m, addrs: ['s:1'], password: x}}}", "password"},
+		"sentinel unknown key":   {"shared: {redis: {sentinel: {master: m, addrs: ['s:1'], replicas: true}}}", "replicas"},
+		"sentinel as list":       {"shared: {redis: {sentinel: ['s:1']}}", "sentinel"},
+		"cluster no addrs":       {"shared: {redis: {cluster: {}}}", "shared.redis.cluster.addrs"},
+		"cluster bad addr":       {"shared: {redis: {cluster: {addrs: ['n1:7000', ':7001']}}}", "shared.redis.cluster.addrs[1]"},
+		"cluster db":             {"shared: {redis: {cluster: {addrs: ['n:1']}, db: 1}}", "only database 0"},
+		"cluster unknown key":    {"shared: {redis: {cluster: {addrs: ['n:1'], read_only: true}}}", "read_only"},
+		"cluster addrs string":   {"shared: {redis: {cluster: {addrs: 'n:1'}}}", "addrs"},
+	} {
+		_, err := Parse([]byte(base+tc.yaml+"\n"), "shared.yaml")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want it to mention %q", name, err, tc.want)
+		}
+	}
+	// The example's commented sentinel and cluster lines are valid in
+	// place of addr.
+	found := 0
+	for _, l := range strings.Split(string(Example), "\n") {
+		for _, mode := range []string{"sentinel", "cluster"} {
+			if rest, ok := strings.CutPrefix(l, "#     # "+mode+": "); ok {
+				found++
+				if _, err := Parse([]byte(base+"shared:\n  redis:\n    "+mode+": "+rest+"\n"), "example-"+mode+".yaml"); err != nil {
+					t.Errorf("the example's %s line: %v", mode, err)
+				}
+			}
+		}
+	}
+	if found != 2 {
+		t.Errorf("example.yaml: %d commented sentinel and cluster lines, want 2", found)
+	}
+
+	var addrs []string
+	for i := range maxSharedAddrs + 1 {
+		addrs = append(addrs, fmt.Sprintf("'n%d:7000'", i))
+	}
+	if _, err := Parse([]byte(base+"shared: {redis: {cluster: {addrs: ["+strings.Join(addrs, ",")+"]}}}\n"), "shared.yaml"); err == nil ||
+		!strings.Contains(err.Error(), "shared.redis.cluster.addrs") {
+		t.Errorf("%d cluster addresses: err = %v", len(addrs), err)
 	}
 }

@@ -46,7 +46,7 @@ func (m *metrics) seed(upstreams []string, v Verifier) {
 			m.referrers.WithLabelValues(u, s)
 		}
 	}
-	for _, r := range []string{"allow", "deny", "error"} {
+	for _, r := range []string{"allow", "deny", "error", "shared"} {
 		m.refreshes.WithLabelValues(r)
 	}
 	for _, l := range []string{"registry", "admin"} {

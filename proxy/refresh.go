@@ -79,6 +79,7 @@ type refreshEntry struct {
 	digest      v1.Hash
 	fingerprint string
 	decided     time.Time // when the verdict was decided
+	checked     time.Time // the verdict's CheckedAt
 	pulled      time.Time // when it was last served
 }
 
@@ -129,12 +130,13 @@ func (p *Proxy) track(d *manifestDecision) {
 		}
 		mr := d.mr
 		mr.ref, mr.client = d.digest, "refresh-ahead"
-		r.entries.Add(d.key, &refreshEntry{mr: mr, digest: d.desc.Digest, fingerprint: d.fingerprint, decided: decided, pulled: now})
+		r.entries.Add(d.key, &refreshEntry{mr: mr, digest: d.desc.Digest, fingerprint: d.fingerprint, decided: decided,
+			checked: d.verdict.CheckedAt, pulled: now})
 		return
 	}
 	e.pulled = now
 	if d.source == sourceVerified {
-		e.decided = now
+		e.decided, e.checked = now, d.verdict.CheckedAt
 	}
 }
 
@@ -226,6 +228,12 @@ func (p *Proxy) refreshDue(ctx context.Context) int {
 // the allow opened (coverage, blobs) is withdrawn.
 func (p *Proxy) refreshOne(ctx context.Context, key string, e refreshEntry) {
 	r := p.refresh
+	release, skip := p.refreshTurn(ctx, key, e)
+	if skip {
+		return
+	}
+	// Released once the verdict is stored (or the re-verification failed).
+	defer release()
 	res, err := p.flights.do(ctx, key, func(fctx context.Context) (res flightResult, err error) {
 		defer func() {
 			if rec := recover(); rec != nil {
@@ -268,7 +276,7 @@ func (p *Proxy) refreshOne(ctx context.Context, key string, e refreshEntry) {
 		p.metrics.refreshes.WithLabelValues("allow").Inc()
 		r.mu.Lock()
 		if cur, ok := r.entries.Peek(key); ok {
-			cur.decided = r.now()
+			cur.decided, cur.checked = r.now(), v.CheckedAt
 		}
 		r.mu.Unlock()
 		return
@@ -276,6 +284,55 @@ func (p *Proxy) refreshOne(ctx context.Context, key string, e refreshEntry) {
 	p.metrics.refreshes.WithLabelValues("deny").Inc()
 	r.forget(key)
 	p.refreshDrift(e, v)
+}
+
+// sharedVerdicts is what a verdict cache shared between replicas offers
+// beside VerdictCache: the verdict as stored for all of them, not this
+// replica's own copy (cache/shared.Verdicts).
+type sharedVerdicts interface {
+	GetShared(key string) (verify.Verdict, bool)
+}
+
+// refreshTurn keeps replicas that share verdicts from each re-verifying a
+// digest they all serve: every replica tracks what its own clients pull,
+// so without it N replicas re-verify a popular digest N times, each with
+// its own upstream requests. The re-verification takes the same lease as a
+// pull's verification. skip: another replica holds the lease (its verdict
+// is seen at a later round), or it decided the digest again since this
+// replica did and its allow is adopted as this round's. Otherwise release
+// is to be called once the verdict is stored. Whatever goes wrong with
+// the lease, this replica re-verifies alone, as before.
+func (p *Proxy) refreshTurn(ctx context.Context, key string, e refreshEntry) (release func(), skip bool) {
+	sf := p.opts.sharedFlight
+	if sf == nil {
+		return noRelease, false
+	}
+	release, won, err := sf.f.Acquire(ctx, key)
+	switch {
+	case err != nil:
+		return noRelease, false
+	case !won:
+		p.metrics.refreshes.WithLabelValues("shared").Inc()
+		return noRelease, true
+	}
+	// The holder stores its verdict before it releases the lease: read
+	// with the lease held, a newer verdict is complete. Only an allow is
+	// adopted; a denial is this replica's to find, with its drift report
+	// and what the allow opened here to close.
+	if sv, ok := p.opts.verdicts.(sharedVerdicts); ok {
+		if v, ok := sv.GetShared(key); ok && v.Allowed && v.CheckedAt.After(e.checked) {
+			release()
+			r := p.refresh
+			r.mu.Lock()
+			if cur, ok := r.entries.Peek(key); ok {
+				cur.decided, cur.checked = r.now(), v.CheckedAt
+			}
+			r.mu.Unlock()
+			p.metrics.refreshes.WithLabelValues("shared").Inc()
+			return noRelease, true
+		}
+	}
+	return release, false
 }
 
 func (r *refresher) forget(key string) {

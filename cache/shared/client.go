@@ -37,48 +37,145 @@ const (
 // circuit is open.
 var ErrUnavailable = errors.New("shared state unavailable")
 
-// ClientOptions says how to reach Redis.
+// ClientOptions says how to reach Redis: one server (Addr), a master
+// found through Sentinel (Sentinel) or a Redis Cluster (Cluster), exactly
+// one of them.
 type ClientOptions struct {
 	Addr     string
+	Sentinel *SentinelOptions
+	Cluster  *ClusterOptions
+	// Username and Password authenticate to the server(s) holding the
+	// data: the one server, the master Sentinel names, every cluster node.
 	Username string
 	Password string
-	DB       int
-	// TLS, when non-nil, encrypts the connection (and authenticates the
-	// server with its roots).
+	// DB is the database number; a cluster has only 0.
+	DB int
+	// TLS, when non-nil, encrypts every connection, to Sentinels too (and
+	// authenticates the server with its roots).
 	TLS *tls.Config
 	// Timeout bounds dialling and each command; DefaultTimeout when zero.
 	Timeout time.Duration
+}
+
+// SentinelOptions finds the master through Redis Sentinel. Reads and
+// writes go to the master only: a replica may lag behind it, and a lease
+// or a verdict read back from a replica could be one the master no longer
+// holds.
+type SentinelOptions struct {
+	// Master is the master's name in the Sentinels' configuration.
+	Master string
+	// Addrs are Sentinels (host:port); the client asks them in turn.
+	Addrs []string
+	// Username and Password authenticate to the Sentinels, when they
+	// require it.
+	Username, Password string
+}
+
+// ClusterOptions reaches a Redis Cluster.
+type ClusterOptions struct {
+	// Addrs are seed nodes (host:port); the client learns the rest.
+	Addrs []string
 }
 
 // NewClient returns a Redis client for o. It does not connect: the first
 // command does, and a Redis that is down at start is an outage like any
 // other, not a reason to refuse to start.
 func NewClient(o ClientOptions) (redis.UniversalClient, error) {
-	if o.Addr == "" {
-		return nil, errors.New("redis address is required")
+	modes := 0
+	for _, set := range []bool{o.Addr != "", o.Sentinel != nil, o.Cluster != nil} {
+		if set {
+			modes++
+		}
+	}
+	if modes != 1 {
+		return nil, errors.New("exactly one of a redis address, sentinel or cluster is required")
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
-	return redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:     []string{o.Addr},
-		Username:  o.Username,
-		Password:  o.Password,
-		DB:        o.DB,
-		TLSConfig: o.TLS,
-		// A retry would stretch a call past the timeout that keeps a
-		// slow Redis from slowing pulls; the Guard decides what happens
-		// next instead.
-		MaxRetries:            -1,
-		DialTimeout:           o.Timeout,
-		ReadTimeout:           o.Timeout,
-		WriteTimeout:          o.Timeout,
-		ContextTimeoutEnabled: true,
-		DisableIdentity:       true,
-		MaintNotificationsConfig: &maintnotifications.Config{
-			Mode: maintnotifications.ModeDisabled,
-		},
+	// MaxRetries -1: a retry would stretch a call past the timeout that
+	// keeps a slow Redis from slowing pulls; the Guard decides what
+	// happens next instead. A cluster still follows MOVED and ASK
+	// redirections (MaxRedirects), which are routing, not retries.
+	maint := &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	switch {
+	case o.Sentinel != nil:
+		s := o.Sentinel
+		if s.Master == "" || len(s.Addrs) == 0 {
+			return nil, errors.New("sentinel needs a master name and at least one sentinel address")
+		}
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName:            s.Master,
+			SentinelAddrs:         s.Addrs,
+			SentinelUsername:      s.Username,
+			SentinelPassword:      s.Password,
+			Username:              o.Username,
+			Password:              o.Password,
+			DB:                    o.DB,
+			TLSConfig:             o.TLS,
+			MaxRetries:            -1,
+			DialTimeout:           o.Timeout,
+			ReadTimeout:           o.Timeout,
+			WriteTimeout:          o.Timeout,
+			ContextTimeoutEnabled: true,
+			DisableIdentity:       true,
+			// Maintenance notifications are always off for a failover
+			// client in go-redis.
+		}), nil
+	case o.Cluster != nil:
+		if len(o.Cluster.Addrs) == 0 {
+			return nil, errors.New("cluster needs at least one node address")
+		}
+		if o.DB != 0 {
+			return nil, errors.New("a redis cluster has only database 0")
+		}
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs:                    o.Cluster.Addrs,
+			Username:                 o.Username,
+			Password:                 o.Password,
+			TLSConfig:                o.TLS,
+			MaxRetries:               -1,
+			DialTimeout:              o.Timeout,
+			ReadTimeout:              o.Timeout,
+			WriteTimeout:             o.Timeout,
+			ContextTimeoutEnabled:    true,
+			DisableIdentity:          true,
+			MaintNotificationsConfig: maint,
+		}), nil
+	}
+	return redis.NewClient(&redis.Options{
+		Addr:                     o.Addr,
+		Username:                 o.Username,
+		Password:                 o.Password,
+		DB:                       o.DB,
+		TLSConfig:                o.TLS,
+		MaxRetries:               -1,
+		DialTimeout:              o.Timeout,
+		ReadTimeout:              o.Timeout,
+		WriteTimeout:             o.Timeout,
+		ContextTimeoutEnabled:    true,
+		DisableIdentity:          true,
+		MaintNotificationsConfig: maint,
 	}), nil
+}
+
+// masters lists the servers that each hold a share of the keys: the one
+// server, or every master of a cluster. SCAN is the reason: on a cluster
+// it walks only the node it is sent to.
+func masters(ctx context.Context, c redis.UniversalClient) ([]redis.UniversalClient, error) {
+	cc, ok := c.(*redis.ClusterClient)
+	if !ok {
+		return []redis.UniversalClient{c}, nil
+	}
+	var mu sync.Mutex
+	var nodes []redis.UniversalClient
+	err := cc.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
+		mu.Lock()
+		nodes = append(nodes, n)
+		mu.Unlock()
+		return nil
+	})
+	return nodes, err
 }
 
 // Guard runs Redis calls with a timeout and a circuit breaker, counts

@@ -31,4 +31,20 @@
 //     stays OK.
 //   - Entries expire in Redis with the lifetime they have locally, and a
 //     value read back never lives longer locally than it had left.
+//
+// # Topologies
+//
+// NewClient reaches one server, a master through Sentinel or a Redis
+// Cluster, and everything here works the same on each. Reads and writes go
+// to masters only: a replica lags, and a lease or verdict read there may
+// already be gone. On a cluster no command spans slots: each names one key
+// and batches are pipelines the client splits by node (never MGET or a
+// multi-key DEL); the lease scripts touch only their KEYS[1]; a
+// revocation's hash write and its PUBLISH share one transaction on the
+// hash's node (PUBLISH has no key and reaches every node's subscribers);
+// SCAN, which sees only the node it runs on, runs on every master; and the
+// epoch marker is kept on every master, since one master can lose its
+// share of the keys alone. A failover may lose the last writes (Redis
+// replicates asynchronously): what is lost is a miss, verified or written
+// again, never an allow.
 package shared

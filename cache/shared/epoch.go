@@ -5,6 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -55,31 +58,27 @@ func (g *Gating) Epoch() uint64 {
 	return g.g.Generation() + n
 }
 
-// checkMarker reads the marker, setting it when absent; called with the
-// check slot held.
+// checkMarker reads the markers, setting those absent; called with the
+// check slot held. A cluster has one marker on each master, since a master
+// can lose its share of the keys (a restart, a flush, eviction) while the
+// others keep theirs; what each master holds is read in one token.
 func (g *Gating) checkMarker() {
 	e := g.epoch
-	key := g.prefix + "v1:epoch"
 	var seen string
 	err := g.g.Do(context.Background(), "epoch", func(ctx context.Context) error {
-		v, err := g.c.Get(ctx, key).Result()
-		if errors.Is(err, redis.Nil) {
-			b := make([]byte, 16)
-			_, _ = rand.Read(b)
-			tok := hex.EncodeToString(b)
-			if err := g.c.SetNX(ctx, key, tok, 0).Err(); err != nil {
-				return err
-			}
-			// Another replica may have set it first: read what holds.
-			v, err = g.c.Get(ctx, key).Result()
-		}
+		keys, err := g.markerKeys(ctx)
 		if err != nil {
 			return err
 		}
-		if len(v) > 64 {
-			v = v[:64]
+		toks := make([]string, 0, len(keys))
+		for _, key := range keys {
+			tok, err := g.marker(ctx, key)
+			if err != nil {
+				return err
+			}
+			toks = append(toks, key+"="+tok)
 		}
-		seen = v
+		seen = strings.Join(toks, ",")
 		return nil
 	})
 	if err != nil {
@@ -90,4 +89,105 @@ func (g *Gating) checkMarker() {
 		e.gen <- n + 1
 	}
 	e.token = seen
+}
+
+// marker reads the marker under key, setting it when absent.
+func (g *Gating) marker(ctx context.Context, key string) (string, error) {
+	v, err := g.c.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		b := make([]byte, 16)
+		_, _ = rand.Read(b)
+		if err := g.c.SetNX(ctx, key, hex.EncodeToString(b), 0).Err(); err != nil {
+			return "", err
+		}
+		// Another replica may have set it first: read what holds.
+		v, err = g.c.Get(ctx, key).Result()
+	}
+	if err != nil {
+		return "", err
+	}
+	if len(v) > 64 {
+		v = v[:64]
+	}
+	return v, nil
+}
+
+// markerKeys names the marker keys: one, or on a cluster one per master,
+// each with a hash tag that puts it in a slot that master serves. A
+// change of the cluster's layout changes the keys, hence the epoch: a
+// resharding is a fair moment to write through again.
+func (g *Gating) markerKeys(ctx context.Context) ([]string, error) {
+	base := g.prefix + "v1:epoch"
+	cc, ok := g.c.(*redis.ClusterClient)
+	if !ok || hasHashTag(g.prefix) {
+		// With a hash tag in the prefix every key, the marker included,
+		// lives on one master.
+		return []string{base}, nil
+	}
+	// CLUSTER SLOTS rather than CLUSTER SHARDS: managed Redis 6 clusters
+	// have only the former.
+	//lint:ignore SA1019 CLUSTER SHARDS needs Redis 7
+	slots, err := cc.ClusterSlots(ctx).Result()
+	if err != nil {
+		return nil, err
+	}
+	byMaster := map[string]redis.ClusterSlot{}
+	for _, s := range slots {
+		if len(s.Nodes) == 0 {
+			continue
+		}
+		addr := s.Nodes[0].Addr
+		if cur, ok := byMaster[addr]; !ok || s.Start < cur.Start {
+			byMaster[addr] = s
+		}
+	}
+	keys := make([]string, 0, len(byMaster))
+	for _, s := range byMaster {
+		if tag, ok := slotTag(s.Start, s.End); ok {
+			keys = append(keys, base+":{"+tag+"}")
+		}
+	}
+	sort.Strings(keys)
+	return keys, nil
+}
+
+// slotTag finds a short hash tag whose slot lies in [start, end]. The
+// first tags cover every slot, so the search ends quickly for any range.
+func slotTag(start, end int) (string, bool) {
+	for i := range 1 << 17 {
+		tag := strconv.Itoa(i)
+		if s := int(crc16(tag) % clusterSlots); s >= start && s <= end {
+			return tag, true
+		}
+	}
+	return "", false
+}
+
+const clusterSlots = 16384
+
+// hasHashTag reports whether key has a Redis Cluster hash tag: a "{"
+// followed later by a "}" with something between them.
+func hasHashTag(key string) bool {
+	i := strings.IndexByte(key, '{')
+	if i < 0 {
+		return false
+	}
+	j := strings.IndexByte(key[i+1:], '}')
+	return j > 0
+}
+
+// crc16 is CRC-16/XMODEM, the hash of Redis Cluster's key slots.
+func crc16(s string) uint16 {
+	var crc uint16
+	for i := 0; i < len(s); i++ {
+		crc ^= uint16(s[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc
 }

@@ -142,20 +142,23 @@ func (l *Leases) checkHeld(ctx context.Context, key, rkey, h string) error {
 	var raw []byte
 	var pttl time.Duration
 	err := l.g.Do(ctx, "lease_get", func(ctx context.Context) error {
+		// GETRANGE bounds what Redis sends whatever was planted (a waiting
+		// replica asks every 50 ms); it reads a missing key as empty,
+		// which PTTL tells apart (-2).
 		var get *redis.StringCmd
 		var ttl *redis.DurationCmd
 		_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-			get = p.Get(ctx, rkey)
+			get = p.GetRange(ctx, rkey, 0, leaseMaxValue)
 			ttl = p.PTTL(ctx, rkey)
 			return nil
 		})
-		if err != nil && !errors.Is(err, redis.Nil) {
+		if err != nil {
 			return err
 		}
-		if raw, err = get.Bytes(); err != nil {
-			return err
+		if ttl.Val() == -2 {
+			return redis.Nil
 		}
-		pttl = ttl.Val()
+		raw, pttl = []byte(get.Val()), ttl.Val()
 		return nil
 	})
 	if errors.Is(err, redis.Nil) {

@@ -34,8 +34,9 @@ const (
 	// busMaxName bounds a replica id, a revocation id and a fingerprint.
 	busMaxName = 2 << 10
 	// busPing is how often a quiet subscription is checked: a connection
-	// that died without a word is noticed, and the list resynchronised,
-	// within about this long.
+	// that died without a word, or that still listens to a master Sentinel
+	// replaced, is noticed, and the list resynchronised, within about
+	// twice this long.
 	busPing = 5 * time.Second
 	// busRetry is the wait before subscribing again after a failure.
 	busRetry = time.Second
@@ -77,7 +78,11 @@ type Bus struct {
 	log  *zap.Logger
 	ch   string
 	hash string
-	now  func() time.Time
+	// probe is this replica's own channel, through which it checks that
+	// its subscription hears what is published.
+	probe string
+	ping  time.Duration // busPing; tests shorten it
+	now   func() time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -138,7 +143,7 @@ func NewBus(client redis.UniversalClient, guard *Guard, o BusOptions) (*Bus, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Bus{c: client, g: guard, o: o, log: o.Logger, ch: o.KeyPrefix + "v1:events", hash: o.KeyPrefix + "v1:revocations",
-		now: time.Now, ctx: ctx, cancel: cancel}, nil
+		probe: o.KeyPrefix + "v1:probe:" + o.Replica, ping: busPing, now: time.Now, ctx: ctx, cancel: cancel}, nil
 }
 
 // Replica is this process's id on the bus.
@@ -367,28 +372,40 @@ func (b *Bus) subscribe(on func(kind, replica string, entries [][]byte, fingerpr
 		_ = ps.Close()
 	}()
 	if err := b.g.Do(b.ctx, "events_subscribe", func(ctx context.Context) error {
-		if err := ps.Subscribe(ctx, b.ch); err != nil {
+		if err := ps.Subscribe(ctx, b.ch, b.probe); err != nil {
 			return err
 		}
-		// The confirmation proves the subscription is in place: only then
+		// The confirmations prove the subscription is in place: only then
 		// is the resynchronisation complete.
-		_, err := ps.ReceiveTimeout(ctx, b.g.timeout)
-		return err
+		for range 2 {
+			if _, err := ps.ReceiveTimeout(ctx, b.g.timeout); err != nil {
+				return err
+			}
+		}
+		return nil
 	}); err != nil {
 		return
 	}
 	connected()
 	pinged := false
 	for {
-		m, err := ps.ReceiveTimeout(b.ctx, busPing)
+		m, err := ps.ReceiveTimeout(b.ctx, b.ping)
 		if b.ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			if isTimeout(err) && !pinged {
-				// Quiet: check the connection is alive.
+				// Quiet: check that the subscription hears what is
+				// published now. A PING would only prove the connection
+				// alive; after a Sentinel failover it may be alive on the
+				// old master, which no longer hears the others'
+				// messages (go-redis moves commands to the new master, not
+				// subscriptions). The probe is published through the
+				// client, hence to the current master.
 				pinged = true
-				if b.g.Do(b.ctx, "events_ping", func(ctx context.Context) error { return ps.Ping(ctx) }) == nil {
+				if b.g.Do(b.ctx, "events_ping", func(ctx context.Context) error {
+					return b.c.Publish(ctx, b.probe, "probe").Err()
+				}) == nil {
 					continue
 				}
 				return
@@ -399,12 +416,18 @@ func (b *Bus) subscribe(on func(kind, replica string, entries [][]byte, fingerpr
 		pinged = false
 		switch m := m.(type) {
 		case *redis.Message:
+			if m.Channel != b.ch {
+				// The probe came back.
+				continue
+			}
 			if msg, ok := b.parse(m.Payload); ok && msg.Replica != b.o.Replica {
 				on(msg.Kind, msg.Replica, msg.Entries, msg.Fingerprint)
 			}
 		case *redis.Subscription:
 			// go-redis subscribed again on a new connection.
-			connected()
+			if m.Channel == b.ch {
+				connected()
+			}
 		}
 	}
 }

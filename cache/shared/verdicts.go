@@ -140,27 +140,59 @@ func (c *Verdicts) Get(key string) (verify.Verdict, bool) {
 	if ok {
 		return r.v, true
 	}
-	var raw []byte
-	err := c.guard.Do(context.Background(), "verdict_get", func(ctx context.Context) error {
-		var err error
-		raw, err = c.rdb.Get(ctx, c.prefix+key).Bytes()
-		return err
-	})
-	if err != nil {
-		return verify.Verdict{}, false
-	}
-	v, expires, err := c.decode(key, raw, now)
-	if err != nil {
-		c.guard.Invalid("verdict_get", key, err)
-		return verify.Verdict{}, false
-	}
-	if !now.Before(expires) {
+	v, expires, ok := c.fetch(key, now)
+	if !ok {
 		return verify.Verdict{}, false
 	}
 	c.mu.Lock()
 	c.remote.Add(key, remoteVerdict{v: v, expires: expires})
 	c.mu.Unlock()
 	return v, true
+}
+
+// GetShared returns the verdict for key as Redis holds it for every
+// replica, ignoring this replica's own copies: refresh-ahead uses it to
+// see that another replica decided the digest again since. It keeps no
+// copy.
+func (c *Verdicts) GetShared(key string) (verify.Verdict, bool) {
+	v, _, ok := c.fetch(key, c.now())
+	return v, ok
+}
+
+// fetch reads key's verdict from Redis; a failure, a value refused and an
+// expired verdict are misses.
+func (c *Verdicts) fetch(key string, now time.Time) (verify.Verdict, time.Time, bool) {
+	var raw []byte
+	err := c.guard.Do(context.Background(), "verdict_get", func(ctx context.Context) error {
+		// GETRANGE bounds what Redis sends, whatever is stored; it reads
+		// a missing key as empty, which EXISTS tells from a stored "".
+		var get *redis.StringCmd
+		var exists *redis.IntCmd
+		if _, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			get = p.GetRange(ctx, c.prefix+key, 0, int64(c.maxValue))
+			exists = p.Exists(ctx, c.prefix+key)
+			return nil
+		}); err != nil {
+			return err
+		}
+		if exists.Val() == 0 {
+			return redis.Nil
+		}
+		raw = []byte(get.Val())
+		return nil
+	})
+	if err != nil {
+		return verify.Verdict{}, time.Time{}, false
+	}
+	v, expires, err := c.decode(key, raw, now)
+	if err != nil {
+		c.guard.Invalid("verdict_get", key, err)
+		return verify.Verdict{}, time.Time{}, false
+	}
+	if !now.Before(expires) {
+		return verify.Verdict{}, time.Time{}, false
+	}
+	return v, expires, true
 }
 
 // decode parses raw strictly and checks it was written for key. The
@@ -235,7 +267,18 @@ func (c *Verdicts) Add(key string, v verify.Verdict) {
 
 func (c *Verdicts) del(op string, keys ...string) {
 	_ = c.guard.Do(context.Background(), op, func(ctx context.Context) error {
-		return c.rdb.Del(ctx, keys...).Err()
+		if len(keys) == 1 {
+			return c.rdb.Del(ctx, keys[0]).Err()
+		}
+		// One DEL per key: on a cluster the keys lie in different slots,
+		// and a DEL of several keys across slots is refused.
+		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, k := range keys {
+				p.Del(ctx, k)
+			}
+			return nil
+		})
+		return err
 	})
 }
 
@@ -250,11 +293,13 @@ func (c *Verdicts) Remove(key string) {
 }
 
 // RemoveFunc drops every verdict match is true for, locally and in Redis,
-// and reports how many it dropped here. Redis is walked with SCAN and each
-// value tested; a value that cannot be parsed or bound to its key is
-// deleted too (it could never be used). If Redis fails part-way the walk
-// stops: the local purge is complete, the shared one best effort (another
-// replica's local copies live on until they expire).
+// and reports how many it dropped here. Redis is walked with SCAN, on
+// every master of a cluster, and each value read (one bounded GETRANGE per
+// key, never a multi-key command, so a cluster's slots do not matter) and
+// tested; a value that cannot be parsed or bound to its key is deleted too
+// (it could never be used). If Redis fails part-way the walk stops: the
+// local purge is complete, the shared one best effort (another replica's
+// local copies live on until they expire).
 func (c *Verdicts) RemoveFunc(match func(verify.Verdict) bool) int {
 	n := c.l1.RemoveFunc(match)
 	c.mu.Lock()
@@ -265,34 +310,58 @@ func (c *Verdicts) RemoveFunc(match func(verify.Verdict) bool) int {
 		}
 	}
 	c.mu.Unlock()
+	var nodes []redis.UniversalClient
+	if err := c.guard.Do(context.Background(), "verdict_scan", func(ctx context.Context) error {
+		var err error
+		nodes, err = masters(ctx, c.rdb)
+		return err
+	}); err != nil {
+		return n
+	}
 	now := c.now()
+	for _, node := range nodes {
+		if !c.purge(node, match, now) {
+			break
+		}
+	}
+	return n
+}
+
+// purge walks the verdicts one server holds, deleting those match is true
+// for and those refused; false when Redis failed.
+func (c *Verdicts) purge(node redis.UniversalClient, match func(verify.Verdict) bool, now time.Time) bool {
 	var cursor uint64
 	for {
 		var keys []string
 		err := c.guard.Do(context.Background(), "verdict_scan", func(ctx context.Context) error {
 			var err error
-			keys, cursor, err = c.rdb.Scan(ctx, cursor, c.prefix+"*", removeScanBatch).Result()
+			keys, cursor, err = node.Scan(ctx, cursor, c.prefix+"*", removeScanBatch).Result()
 			return err
 		})
 		if err != nil {
-			return n
+			return false
 		}
 		if len(keys) > 0 {
-			var vals []any
+			vals := make([]*redis.StringCmd, len(keys))
 			if err := c.guard.Do(context.Background(), "verdict_scan", func(ctx context.Context) error {
-				var err error
-				vals, err = c.rdb.MGet(ctx, keys...).Result()
+				_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+					for i, k := range keys {
+						vals[i] = p.GetRange(ctx, k, 0, int64(c.maxValue))
+					}
+					return nil
+				})
 				return err
 			}); err != nil {
-				return n
+				return false
 			}
 			var drop []string
 			for i, k := range keys {
-				s, ok := vals[i].(string)
-				if !ok {
+				raw, err := vals[i].Bytes()
+				if err != nil || len(raw) == 0 {
+					// Gone since the SCAN.
 					continue
 				}
-				v, _, err := c.decode(k[len(c.prefix):], []byte(s), now)
+				v, _, err := c.decode(k[len(c.prefix):], raw, now)
 				if err != nil || match(v) {
 					drop = append(drop, k)
 				}
@@ -302,7 +371,7 @@ func (c *Verdicts) RemoveFunc(match func(verify.Verdict) bool) int {
 			}
 		}
 		if cursor == 0 {
-			return n
+			return true
 		}
 	}
 }

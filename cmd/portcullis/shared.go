@@ -62,7 +62,7 @@ func withShared(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (o
 		return nil, nil, err
 	}
 	stop = func() { bus.Close(); _ = rdb.Close() }
-	logger.Info("shared state: redis", zap.String("addr", rc.Addr), zap.Bool("tls", rc.TLS), zap.Int("db", rc.DB),
+	logger.Info("shared state: redis", sharedTopology(rc), zap.Bool("tls", rc.TLS), zap.Int("db", rc.DB),
 		zap.String("key_prefix", rc.KeyPrefix), zap.Bool("acl_user", rc.Username != ""), zap.Duration("timeout", rc.Timeout.D()))
 	if !rc.TLS {
 		logger.Info("shared state: redis connection is not encrypted; keep redis on a network only the proxies reach")
@@ -82,12 +82,28 @@ func withShared(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (o
 func sharedClient(cfg *config.Config, lookupEnv func(string) (string, bool)) (redis.UniversalClient, error) {
 	rc := cfg.Shared.Redis
 	o := shared.ClientOptions{Addr: rc.Addr, Username: rc.Username, DB: rc.DB, Timeout: rc.Timeout.D()}
-	if rc.PasswordEnv != "" {
-		pw, ok := lookupEnv(rc.PasswordEnv)
-		if !ok || pw == "" {
-			return nil, fmt.Errorf("shared.redis.password_env: environment variable %s is not set", rc.PasswordEnv)
+	password := func(path, env string) (string, error) {
+		if env == "" {
+			return "", nil
 		}
-		o.Password = pw
+		pw, ok := lookupEnv(env)
+		if !ok || pw == "" {
+			return "", fmt.Errorf("%s: environment variable %s is not set", path, env)
+		}
+		return pw, nil
+	}
+	var err error
+	if o.Password, err = password("shared.redis.password_env", rc.PasswordEnv); err != nil {
+		return nil, err
+	}
+	if sn := rc.Sentinel; sn != nil {
+		o.Sentinel = &shared.SentinelOptions{Master: sn.Master, Addrs: sn.Addrs, Username: sn.Username}
+		if o.Sentinel.Password, err = password("shared.redis.sentinel.password_env", sn.PasswordEnv); err != nil {
+			return nil, err
+		}
+	}
+	if rc.Cluster != nil {
+		o.Cluster = &shared.ClusterOptions{Addrs: rc.Cluster.Addrs}
 	}
 	if rc.TLS {
 		o.TLS = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: rc.ServerName}
@@ -104,4 +120,15 @@ func sharedClient(cfg *config.Config, lookupEnv func(string) (string, bool)) (re
 		}
 	}
 	return shared.NewClient(o)
+}
+
+// sharedTopology names the Redis servers for the start log.
+func sharedTopology(rc *config.SharedRedis) zap.Field {
+	switch {
+	case rc.Sentinel != nil:
+		return zap.Dict("sentinel", zap.String("master", rc.Sentinel.Master), zap.Strings("addrs", rc.Sentinel.Addrs))
+	case rc.Cluster != nil:
+		return zap.Strings("cluster", rc.Cluster.Addrs)
+	}
+	return zap.String("addr", rc.Addr)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/portcullis-oci/portcullis/config"
@@ -141,6 +142,64 @@ func TestSharedClientSecrets(t *testing.T) {
 	rdb, err := sharedClient(cfg, pw)
 	if err != nil {
 		t.Fatal(err)
+	}
+	_ = rdb.Close()
+}
+
+// TestServeSharesThroughClusterClient: shared.redis.cluster wires the
+// cluster client (miniredis answers as a one-node cluster): a manifest
+// allowed on one replica opens its layers on the other.
+func TestServeSharesThroughClusterClient(t *testing.T) {
+	mr := miniredis.RunT(t)
+	s := newSignedSetup(t, "shared: {redis: {cluster: {addrs: ['"+mr.Addr()+"']}, key_prefix: 'test:'}}\n")
+	a, b := startReplica(t, s.cfgPath), startReplica(t, s.cfgPath)
+	code, body := get(t, "http://"+a.addr+"/v2/app/signed/manifests/"+s.signed.DigestStr())
+	if code != http.StatusOK {
+		t.Fatalf("signed manifest on A: %d %s", code, body)
+	}
+	var m struct {
+		Layers []struct{ Digest string } `json:"layers"`
+	}
+	if err := json.Unmarshal(body, &m); err != nil || len(m.Layers) == 0 {
+		t.Fatalf("manifest: %v", err)
+	}
+	if code, body := get(t, "http://"+b.addr+"/v2/app/signed/blobs/"+m.Layers[0].Digest); code != http.StatusOK {
+		t.Fatalf("layer on B after the manifest on A: %d %s", code, body)
+	}
+	if code, body := get(t, "http://"+b.addr+"/v2/app/unsigned/manifests/"+s.unsigned.DigestStr()); code != http.StatusForbidden {
+		t.Errorf("unsigned manifest on B: %d %s", code, body)
+	}
+}
+
+func TestSharedClientModes(t *testing.T) {
+	t.Parallel()
+	cfg := &config.Config{Shared: config.Shared{Redis: &config.SharedRedis{
+		Sentinel:    &config.SharedSentinel{Master: "portcullis", Addrs: []string{"127.0.0.1:1"}, PasswordEnv: "PORTCULLIS_TEST_SENTINEL_PW"},
+		PasswordEnv: "PORTCULLIS_TEST_REDIS_PW",
+	}}}
+	only := func(name string) func(string) (string, bool) {
+		return func(k string) (string, bool) { return "pw", k == name }
+	}
+	if _, err := sharedClient(cfg, only("PORTCULLIS_TEST_REDIS_PW")); err == nil || !strings.Contains(err.Error(), "shared.redis.sentinel.password_env") ||
+		!strings.Contains(err.Error(), "PORTCULLIS_TEST_SENTINEL_PW") {
+		t.Errorf("unset sentinel password variable: %v", err)
+	}
+	both := func(string) (string, bool) { return "pw", true }
+	rdb, err := sharedClient(cfg, both)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := rdb.(*redis.Client).Options(); o.Addr != "FailoverClient" || o.Password != "pw" {
+		t.Errorf("sentinel: a %T to %q", rdb, o.Addr)
+	}
+	_ = rdb.Close()
+	cfg.Shared.Redis = &config.SharedRedis{Cluster: &config.SharedCluster{Addrs: []string{"127.0.0.1:1", "127.0.0.1:2"}}}
+	rdb, err = sharedClient(cfg, both)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rdb.(*redis.ClusterClient); !ok {
+		t.Errorf("cluster: a %T", rdb)
 	}
 	_ = rdb.Close()
 }
