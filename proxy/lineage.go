@@ -48,6 +48,10 @@ func (p *Proxy) VerifyDependency(ctx context.Context, dep verify.DependencyRef, 
 	v, err := p.verifyDependency(ctx, dep, lc)
 	result := "deny"
 	switch {
+	case err != nil && ctx.Err() != nil:
+		// Stopped: the parent's client left, or another dependency of
+		// the same parent was denied first (verify.WithLineageConcurrency).
+		result = "cancelled"
 	case err != nil:
 		result = "error"
 	case v.Allowed:
@@ -142,6 +146,8 @@ func (p *Proxy) verifyDependency(ctx context.Context, dep verify.DependencyRef, 
 // decideDependency fetches a dependency's manifest by digest and has it
 // verified like a pulled one.
 func (p *Proxy) decideDependency(ctx context.Context, mr manifestReq, digest v1.Hash) (verify.Verdict, error) {
+	ctx, stop := p.readEvidenceAhead(ctx, mr, digest, nil)
+	defer stop()
 	m, _, err := p.manifestBytes(ctx, mr.u, mr.repo, digest, nil)
 	if err != nil {
 		if errors.Is(err, verify.ErrNotFound) {

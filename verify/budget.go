@@ -3,6 +3,7 @@ package verify
 import (
 	"errors"
 	"fmt"
+	"sync"
 )
 
 // Default evidence limits (WithEvidenceLimits). Real evidence is small: a
@@ -91,24 +92,38 @@ func WithEvidenceLimits(l EvidenceLimits) Option {
 // errBudget stops reading evidence: the next read would pass the total.
 var errBudget = errors.New("evidence budget exceeded")
 
-// budget is what one verification may still read.
+// budget is what one verification may still read. What the run reads
+// in order is charged (used); what it reads ahead, concurrently, is
+// reserved until the run reaches it. Only used decides: a run with reads
+// ahead charges exactly what the same run in order would, in the same
+// order, so its verdict is the same. Reservations only bound the reads
+// ahead, so that reading ahead never holds more than the total.
 type budget struct {
 	limits EvidenceLimits
+	mu     sync.Mutex
 	used   int64
 	items  int // manifests and blobs read
+	// reserved is what reads ahead may hold until they are taken.
+	reserved int64
 	// exceeded is set once a read was refused or went past the total.
 	exceeded bool
 }
 
-func (b *budget) remaining() int64 { return max(b.limits.TotalBytes-b.used, 0) }
+func (b *budget) remaining() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return max(b.limits.TotalBytes-b.used, 0)
+}
 
 // admit reports whether an item declaring size bytes may be read at all;
 // when it does not fit in what is left, the budget is spent.
 func (b *budget) admit(size int64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.exceeded {
 		return errBudget
 	}
-	if size > b.remaining() {
+	if size > max(b.limits.TotalBytes-b.used, 0) {
 		b.exceeded = true
 		return errBudget
 	}
@@ -119,6 +134,8 @@ func (b *budget) admit(size int64) error {
 // after the fact, so used may pass the total by one such read; the budget
 // is then spent.
 func (b *budget) charge(n int64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.used += n
 	b.items++
 	if b.used > b.limits.TotalBytes {
@@ -128,7 +145,37 @@ func (b *budget) charge(n int64) error {
 	return nil
 }
 
+// spend marks the budget spent.
+func (b *budget) spend() {
+	b.mu.Lock()
+	b.exceeded = true
+	b.mu.Unlock()
+}
+
+// reserve sets n bytes aside for a read ahead, when they fit in what is
+// neither used nor reserved. A read that does not fit is not made ahead:
+// the run makes it in order, if it gets there.
+func (b *budget) reserve(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.exceeded || n < 0 || b.used+b.reserved+n > b.limits.TotalBytes {
+		return false
+	}
+	b.reserved += n
+	return true
+}
+
+// release returns a reservation: its read was taken (and is charged in
+// order like any other) or dropped.
+func (b *budget) release(n int64) {
+	b.mu.Lock()
+	b.reserved -= n
+	b.mu.Unlock()
+}
+
 func (b *budget) reason() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	return fmt.Sprintf("%v: read %s of evidence in %d %s, limit %s",
 		errBudget, fmtSize(b.used), b.items, plural(b.items, "item", "items"), fmtSize(b.limits.TotalBytes))
 }

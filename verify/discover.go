@@ -103,7 +103,12 @@ func (ev *evidence) envelope() (string, []byte, bool) {
 func (r *run) collect(ctx context.Context) error {
 	ctx, span := startSpan(ctx, spanDiscover)
 	defer r.endDiscover(span)
+	stop := func() {}
+	if !r.e.inOrder {
+		stop = r.startReadAhead(ctx)
+	}
 	err := r.read(ctx)
+	stop()
 	if errors.Is(err, errBudget) {
 		r.leftUnread(LimitEvidenceBytes, r.budget.reason())
 		return nil
@@ -149,6 +154,9 @@ func (r *run) read(ctx context.Context) error {
 func (r *run) readAt(ctx context.Context) error {
 	s, at := r.s, r.at
 	fallbackTag := "sha256-" + s.Digest.Hex
+	if r.ahead != nil {
+		r.ahead.place(at)
+	}
 
 	var descs []v1.Descriptor
 	idx, err := at.f.Referrers(ctx, at.repo, s.Digest)
@@ -321,13 +329,7 @@ func (r *run) openReferrer(ctx context.Context, desc v1.Descriptor) (*evidence, 
 		ev.err = fmt.Errorf("malformed referrer manifest: %w", err)
 		return ev, nil
 	}
-	var layer *v1.Descriptor
-	for i := range man.Layers {
-		if strings.HasPrefix(string(man.Layers[i].MediaType), mediaTypeBundlePrefix) {
-			layer = &man.Layers[i]
-			break
-		}
-	}
+	layer := bundleLayer(man)
 	if layer == nil {
 		if strings.HasPrefix(man.ArtifactType, mediaTypeBundlePrefix) {
 			ev.err = errors.New("bundle artifact has no bundle layer")
@@ -393,7 +395,7 @@ func (r *run) readBlob(ctx context.Context, h v1.Hash, declared, limit int64, wh
 	over := func() ([]byte, error) {
 		_ = r.budget.charge(read)
 		if read < limit {
-			r.budget.exceeded = true
+			r.budget.spend()
 			return nil, errBudget
 		}
 		return nil, fmt.Errorf("%w: %s %s exceeds the limit of %d bytes", errEvidence, what, h, limit)

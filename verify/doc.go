@@ -102,6 +102,24 @@
 // (LimitEvidenceBytes, LimitEvidenceItems); it is a policy outcome, never
 // an error.
 //
+// # Concurrency
+//
+// Evidence is taken one piece at a time, but fetched ahead: a place's
+// referrers, fallback tag and cosign tags at once (readahead.go), and, through
+// ReadAhead, the subject's own places while its caller still fetches the
+// manifest. A read ahead is answered only when the run asks for it, in
+// the order it always asks, and charged then, so verdicts are those of
+// reading in order. Reads ahead are bounded apart from the budget too: a
+// fixed few per place, EvidenceFanout in flight, their declared sizes
+// reserved next to what the run has spent. What a place lists (referrers,
+// a tag's layers) is never read ahead: which of it the run opens depends
+// on what came before.
+//
+// The dependencies of one subject are verified concurrently, at most
+// WithLineageConcurrency at once, and reported in the provenance's order.
+// The first denied (or undecidable) one ends the others: the subject is
+// denied (or fails) at once, whatever they would have said.
+//
 // # Threshold
 //
 // A boundary's Threshold counts authorities, each satisfied by a different

@@ -33,8 +33,12 @@ type Engine struct {
 	clock       func() time.Time
 	maxEvidence int
 	maxDeps     int
-	limits      EvidenceLimits
-	fingerprint string
+	// lineageConcurrency bounds the dependencies of one subject verified
+	// at once.
+	lineageConcurrency int
+	inOrder            bool
+	limits             EvidenceLimits
+	fingerprint        string
 	// scoped computes the per-repository fingerprints (FingerprintFor).
 	scoped *scopedFingerprints
 }
@@ -47,6 +51,11 @@ type options struct {
 	maxEvidence int
 	maxDeps     int
 	limits      EvidenceLimits
+	// lineageConcurrency decides no verdict, only how soon: it is not
+	// part of the fingerprint.
+	lineageConcurrency int
+	// inOrder turns reading evidence ahead off (tests compare the two).
+	inOrder bool
 }
 
 // WithClock sets the clock used for CheckedAt and certificate expiry
@@ -129,7 +138,8 @@ type compiledKeyless struct {
 // New validates p and compiles it. It refuses a policy that could not
 // verify anything or that would verify less than it says.
 func New(p Policy, opts ...Option) (*Engine, error) {
-	o := options{clock: time.Now, maxEvidence: DefaultMaxEvidence, maxDeps: DefaultMaxDependencies, limits: DefaultEvidenceLimits()}
+	o := options{clock: time.Now, maxEvidence: DefaultMaxEvidence, maxDeps: DefaultMaxDependencies, limits: DefaultEvidenceLimits(),
+		lineageConcurrency: DefaultLineageConcurrency}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, fmt.Errorf("verify: %w", err)
@@ -141,7 +151,7 @@ func New(p Policy, opts ...Option) (*Engine, error) {
 	// The engine keeps its own copy so a caller mutating its Policy later
 	// cannot change decisions behind the fingerprint.
 	p.Boundaries = slices.Clone(p.Boundaries)
-	e := &Engine{policy: p, clock: o.clock, maxEvidence: o.maxEvidence, maxDeps: o.maxDeps, limits: o.limits}
+	e := &Engine{policy: p, clock: o.clock, maxEvidence: o.maxEvidence, maxDeps: o.maxDeps, limits: o.limits, lineageConcurrency: o.lineageConcurrency, inOrder: o.inOrder}
 	names := map[string]bool{}
 	for i := range p.Boundaries {
 		b := &p.Boundaries[i]

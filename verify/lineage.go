@@ -275,21 +275,47 @@ func (e *Engine) evalLineage(ctx context.Context, r *LineageRule, s Subject, pro
 		return out, append(reasons, fmt.Sprintf("too many dependencies: %d to follow, at most %d are followed", len(oci), e.maxDeps)), nil
 	}
 	selfLabel := s.Repository + "@" + shortDigest(s.Digest)
+	// Cycles are found from the chain alone, before anything is
+	// fetched; the other dependencies are verified concurrently and
+	// their reasons listed in the provenance's order, whatever order
+	// their verdicts came in.
+	cycles := make(map[int]string)
+	var refs []DependencyRef
+	var at []int
 	for _, i := range oci {
 		ref := *deps[i].Ref
-		depLabel := ref.Repository + "@" + shortDigest(ref.Digest)
 		if reason, ok := cycleReason(lc.Chain, ref); ok {
+			cycles[i] = reason
+			continue
+		}
+		refs = append(refs, ref)
+		at = append(at, i)
+	}
+	results, err := follow(ctx, s.Lineage.Dependencies, refs, lc, e.lineageConcurrency)
+	if err != nil {
+		return nil, nil, err
+	}
+	byDep := make(map[int]followed, len(at))
+	for j, i := range at {
+		byDep[i] = results[j]
+	}
+	for _, i := range oci {
+		if reason, ok := cycles[i]; ok {
 			reasons = append(reasons, reason)
 			continue
 		}
-		dv, err := s.Lineage.Dependencies.VerifyDependency(ctx, ref, lc)
-		if err != nil {
-			return nil, nil, fmt.Errorf("verifying dependency %s (%s): %w", ref.Name, ref.URI, err)
+		ref, res := *deps[i].Ref, byDep[i]
+		if !res.decided {
+			// Stopped once another was denied: listed without a
+			// verdict, the denial names the one that was denied.
+			continue
 		}
+		dv := res.verdict
 		out[i].Verdict = &dv
 		if dv.Allowed {
 			continue
 		}
+		depLabel := ref.Repository + "@" + shortDigest(ref.Digest)
 		rs := dv.Reasons
 		if len(rs) == 0 {
 			rs = []string{"denied"}

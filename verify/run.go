@@ -39,6 +39,8 @@ type run struct {
 	// being read.
 	locs []*location
 	at   *location
+	// ahead reads evidence ahead of the run during discovery.
+	ahead *readAhead
 	// limit names the limit that left evidence unread while a decision
 	// still needed it; a denial then carries it in Verdict.Limit.
 	limit string

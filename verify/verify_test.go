@@ -554,6 +554,9 @@ func TestDeny(t *testing.T) {
 			t.Logf("reasons: %q", v.Reasons)
 			wantDenied(t, v, tc.reason)
 			wantDenied(t, v, "threshold 1 not met: 0 authorities verified")
+			// Reading evidence ahead changes nothing a verdict says.
+			inOrder := mustVerify(t, engine(t, policy(1, a), append(tc.opts, verify.WithEvidenceInOrder())...), e.subj(t), f)
+			wantSameVerdict(t, v, inOrder)
 		})
 	}
 }

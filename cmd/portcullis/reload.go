@@ -43,7 +43,7 @@ var (
 		// the listeners were built with is reported by apply.
 		"clients": true, "admin_auth": true}
 	liveLimitKeys = map[string]bool{"evidence_bytes": true, "signature_bytes": true, "attestation_bytes": true,
-		"max_evidence": true, "predicate_depth": true}
+		"max_evidence": true, "predicate_depth": true, "lineage_concurrency": true}
 )
 
 // reloadOutcome is what one reload did.

@@ -50,10 +50,12 @@ func Policy(cfg *config.Config) (verify.Policy, error) {
 }
 
 // EngineOptions are the verify.Engine options the configuration sets: the
-// evidence limits. Their values are part of Policy's fingerprint.
+// evidence limits, which are part of Policy's fingerprint, and the
+// lineage concurrency, which decides no verdict and is not.
 func EngineOptions(cfg *config.Config) []verify.Option {
 	return []verify.Option{
 		verify.WithMaxEvidence(cfg.Limits.MaxEvidence),
+		verify.WithLineageConcurrency(cfg.Limits.LineageConcurrency),
 		verify.WithEvidenceLimits(verify.EvidenceLimits{
 			TotalBytes:       cfg.Limits.EvidenceBytes.Int64(),
 			SignatureBytes:   cfg.Limits.SignatureBytes.Int64(),
