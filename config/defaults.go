@@ -27,6 +27,8 @@ const (
 	DefaultAttestationBytes = 4 << 20
 	DefaultMaxEvidence      = 64
 	DefaultPredicateDepth   = 64
+	// DefaultLineageConcurrency is verify.DefaultLineageConcurrency.
+	DefaultLineageConcurrency = 4
 	// DefaultVerifications is a multiple of GOMAXPROCS, resolved when the
 	// proxy starts; the queue defaults to VerifyQueueFactor times it.
 	DefaultVerificationsPerCPU = 4
@@ -91,6 +93,8 @@ func (c *Config) applyDefaults() {
 	c.Limits.applyDefaults()
 	c.Tracing.applyDefaults()
 	c.Shared.applyDefaults()
+	c.BlobCache.applyDefaults()
+	c.BlobShare.applyDefaults()
 	for i := range c.Alerts {
 		c.Alerts[i].applyDefaults()
 	}
@@ -164,6 +168,7 @@ func (l *Limits) applyDefaults() {
 	setSize(&l.HeaderBytes, DefaultHeaderBytes)
 	setSize(&l.StreamBufferBytes, DefaultStreamBufferBytes)
 	setInt(&l.MaxEvidence, DefaultMaxEvidence)
+	setInt(&l.LineageConcurrency, DefaultLineageConcurrency)
 	setInt(&l.PredicateDepth, DefaultPredicateDepth)
 	setInt(&l.ClientConnections, DefaultClientConnections)
 	// Verifications and VerifyQueue stay 0 ("per CPU"): the machine the

@@ -57,6 +57,10 @@ type Config struct {
 	// Shared shares decision state between replicas through Redis
 	// (shared.go).
 	Shared Shared `yaml:"shared"`
+	// BlobCache, when present, keeps verified blobs on disk; BlobShare
+	// bounds the memory of fetches shared without it (blobcache.go).
+	BlobCache *BlobCache `yaml:"blob_cache"`
+	BlobShare BlobShare  `yaml:"blob_share"`
 
 	// Path is the file the config was read from ("" when parsed from bytes);
 	// relative paths in the file are resolved against its directory.
@@ -236,6 +240,9 @@ type Limits struct {
 	AttestationBytes ByteSize `yaml:"attestation_bytes"` // default 4MiB
 	MaxEvidence      int      `yaml:"max_evidence"`      // referrers examined per subject; default 64
 	PredicateDepth   int      `yaml:"predicate_depth"`   // JSON nesting of a predicate; default 64
+	// LineageConcurrency is how many lineage dependencies of one subject
+	// are verified at once (default 4; 1 = one after the other).
+	LineageConcurrency int `yaml:"lineage_concurrency"`
 	// Verifications is how many verifications run at once (default
 	// 4 × GOMAXPROCS, written as 0); VerifyQueue more wait up to
 	// VerifyQueueWait before the client gets 429.

@@ -110,6 +110,10 @@ func (c *Config) validate(file string) error {
 		c.Tracing.validate(r)
 	}
 	c.Shared.validate(r)
+	if c.BlobCache != nil {
+		c.BlobCache.validate(r)
+	}
+	c.BlobShare.validate(r)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -646,6 +650,7 @@ func (l *Limits) validate(r *reporter) {
 	positive("signature_bytes", l.SignatureBytes.Int64())
 	positive("attestation_bytes", l.AttestationBytes.Int64())
 	positive("max_evidence", int64(l.MaxEvidence))
+	positive("lineage_concurrency", int64(l.LineageConcurrency))
 	positive("predicate_depth", int64(l.PredicateDepth))
 	positive("client_connections", int64(l.ClientConnections))
 	positive("client_idle_timeout", int64(l.ClientIdleTimeout))

@@ -55,6 +55,9 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 			wouldDeny = &g
 		}
 	}
+	if served, err := p.serveBlobShared(w, r, u, repo, digest, size, wouldDeny); served {
+		return err
+	}
 	hdr := http.Header{}
 	for _, k := range blobRequestHeaders {
 		for _, v := range r.Header.Values(k) {

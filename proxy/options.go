@@ -60,6 +60,8 @@ type options struct {
 	sharedFlight *sharedFlight
 	// broadcast: see WithBroadcast; nil keeps revocations local.
 	broadcast Broadcast
+	// blobFetch: see WithBlobCache, WithBlobShare.
+	blobFetch blobFetchOptions
 }
 
 func defaultOptions() options {

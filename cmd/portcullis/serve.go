@@ -135,6 +135,9 @@ func serve(ctx context.Context, cfg *config.Config, eng *verify.Engine, logger *
 		return err
 	}
 	defer stopShared()
+	if extra, err = withBlobCache(ctx, cfg, logger, extra); err != nil {
+		return err
+	}
 	if extra, err = withRevocations(ctx, cfg, logger, extra); err != nil {
 		return err
 	}

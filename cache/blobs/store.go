@@ -1,0 +1,489 @@
+package blobs
+
+import (
+	"container/list"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// Errors of Create: the blob is not cached, and the caller serves it
+// without the cache.
+var (
+	ErrTooLarge = errors.New("blob is larger than the cache")
+	ErrNoSpace  = errors.New("no room in the cache")
+)
+
+// Options bound a Store.
+type Options struct {
+	// MaxBytes bounds the bytes of cached files. Required (> 0).
+	MaxBytes int64
+	// MinFreeBytes is the free space the cache leaves on its file
+	// system: files are evicted, or a new one refused, rather than go
+	// below it. 0 checks nothing.
+	MinFreeBytes int64
+	// FreeSpace reports the bytes available to the proxy on the file
+	// system holding dir. Default: statfs (on Linux; elsewhere free space
+	// is not checked).
+	FreeSpace func(dir string) (int64, error)
+}
+
+// Stats are counts since Open and the current size.
+type Stats struct {
+	Files int
+	Bytes int64
+	// Reserved is the space held by running Writers.
+	Reserved int64
+	// EvictedSize and EvictedFree count files evicted to stay within
+	// MaxBytes and above MinFreeBytes.
+	EvictedSize, EvictedFree int64
+	// Rejected counts files removed at Open: partial files, files whose
+	// name is not a digest, and files whose content is not their digest.
+	Rejected int64
+	// Refused counts Writers refused for want of room.
+	Refused int64
+}
+
+// Store is a verified blob cache in one directory. See the package
+// documentation.
+type Store struct {
+	dir  string
+	opts Options
+
+	mu       sync.Mutex
+	entries  map[string]*list.Element // key → element holding *entry
+	lru      *list.List               // front: most recently used
+	bytes    int64
+	reserved int64
+
+	evictedSize, evictedFree, rejected, refused atomic.Int64
+
+	scanned chan struct{}
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+type entry struct {
+	key  string
+	path string
+	size int64
+}
+
+// Open opens (creating it if needed) the cache in dir: it removes
+// temporary files left by an earlier run and starts re-hashing the files
+// it finds; each enters the index once its content matched its name.
+func Open(dir string, o Options) (*Store, error) {
+	if o.MaxBytes <= 0 {
+		return nil, errors.New("blob cache: max bytes must be positive")
+	}
+	if o.MinFreeBytes < 0 {
+		return nil, errors.New("blob cache: negative min free bytes")
+	}
+	if o.FreeSpace == nil {
+		o.FreeSpace = freeSpace
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("blob cache: %w", err)
+	}
+	s := &Store{
+		dir: abs, opts: o, entries: map[string]*list.Element{}, lru: list.New(),
+		scanned: make(chan struct{}), stop: make(chan struct{}),
+	}
+	if err := os.MkdirAll(s.blobsDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("blob cache: %w", err)
+	}
+	// Partial files of an earlier run: their bytes were never checked to
+	// the end.
+	tmp := s.tmpDir()
+	if olds, err := os.ReadDir(tmp); err == nil {
+		for _, e := range olds {
+			if os.RemoveAll(filepath.Join(tmp, e.Name())) == nil {
+				s.rejected.Add(1)
+			}
+		}
+	}
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, fmt.Errorf("blob cache: %w", err)
+	}
+	found, err := s.list()
+	if err != nil {
+		return nil, fmt.Errorf("blob cache: reading %s: %w", s.blobsDir(), err)
+	}
+	s.wg.Add(1)
+	go s.scan(found)
+	return s, nil
+}
+
+func (s *Store) blobsDir() string { return filepath.Join(s.dir, "blobs") }
+func (s *Store) tmpDir() string   { return filepath.Join(s.dir, "tmp") }
+
+// upstreamDir names an upstream's directory by a hash of its name, so
+// no upstream name can reach outside the cache or collide with another.
+func upstreamDir(upstream string) string {
+	h := sha256.Sum256([]byte(upstream))
+	return hex.EncodeToString(h[:16])
+}
+
+func (s *Store) key(upstream string, d v1.Hash) string {
+	return upstreamDir(upstream) + "/" + d.Algorithm + "/" + d.Hex
+}
+
+func (s *Store) path(key string) string { return filepath.Join(s.blobsDir(), filepath.FromSlash(key)) }
+
+type found struct {
+	key, path string
+	digest    v1.Hash
+	size      int64
+	mtime     int64
+}
+
+// list walks blobs/<upstream>/<algorithm>/<hex>, removing anything that
+// cannot be a blob, oldest first.
+func (s *Store) list() ([]found, error) {
+	var out []found
+	root := s.blobsDir()
+	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		depth := 0
+		if rel != "." {
+			depth = len(splitPath(rel))
+		}
+		if e.IsDir() {
+			if depth > 2 {
+				s.reject(p)
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		parts := splitPath(rel)
+		if depth != 3 || !e.Type().IsRegular() {
+			s.reject(p)
+			return nil
+		}
+		d, err := v1.NewHash(parts[1] + ":" + parts[2])
+		if err != nil || len(parts[0]) != 32 || d.Algorithm != "sha256" {
+			s.reject(p)
+			return nil
+		}
+		info, err := e.Info()
+		if err != nil {
+			s.reject(p)
+			return nil
+		}
+		out = append(out, found{key: parts[0] + "/" + parts[1] + "/" + parts[2], path: p, digest: d,
+			size: info.Size(), mtime: info.ModTime().UnixNano()})
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].mtime < out[j].mtime })
+	return out, err
+}
+
+func splitPath(rel string) []string {
+	var parts []string
+	for rel != "" && rel != "." {
+		dir, file := filepath.Split(rel)
+		parts = append([]string{file}, parts...)
+		rel = filepath.Clean(dir)
+		if dir == "" {
+			break
+		}
+	}
+	return parts
+}
+
+func (s *Store) reject(p string) {
+	if os.RemoveAll(p) == nil {
+		s.rejected.Add(1)
+	}
+}
+
+// scan re-hashes the files found at Open, oldest first, and indexes those
+// whose content is their digest.
+func (s *Store) scan(files []found) {
+	defer s.wg.Done()
+	defer close(s.scanned)
+	for _, f := range files {
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		if !matches(f.path, f.digest, f.size) {
+			s.reject(f.path)
+			continue
+		}
+		s.mu.Lock()
+		if _, ok := s.entries[f.key]; !ok {
+			s.entries[f.key] = s.lru.PushFront(&entry{key: f.key, path: f.path, size: f.size})
+			s.bytes += f.size
+			s.evictLocked(0)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// matches reports whether the file at p is size bytes hashing to d.
+func matches(p string, d v1.Hash, size int64) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	return err == nil && n == size && hex.EncodeToString(h.Sum(nil)) == d.Hex
+}
+
+// Scanned is closed once the files found at Open have all been checked.
+func (s *Store) Scanned() <-chan struct{} { return s.scanned }
+
+// Close stops the scan of files found at Open. Files handed out stay
+// open; the store must not be used after.
+func (s *Store) Close() error {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	s.wg.Wait()
+	return nil
+}
+
+// Get opens the cached blob digest of upstream and marks it recently
+// used. The caller closes the file. A file whose size is no longer the
+// size it was indexed with is dropped from the index and is a miss.
+func (s *Store) Get(upstream string, d v1.Hash) (*os.File, int64, bool) {
+	k := s.key(upstream, d)
+	s.mu.Lock()
+	el, ok := s.entries[k]
+	if !ok {
+		s.mu.Unlock()
+		return nil, 0, false
+	}
+	e := el.Value.(*entry)
+	s.lru.MoveToFront(el)
+	s.mu.Unlock()
+	f, err := os.Open(e.path)
+	if err == nil {
+		if info, serr := f.Stat(); serr == nil && info.Mode().IsRegular() && info.Size() == e.size {
+			return f, e.size, true
+		}
+		f.Close()
+	}
+	s.mu.Lock()
+	if cur, ok := s.entries[k]; ok && cur == el {
+		s.removeLocked(el)
+		_ = os.Remove(e.path)
+	}
+	s.mu.Unlock()
+	return nil, 0, false
+}
+
+// Create reserves size bytes for the blob digest of upstream, evicting
+// least recently used files as needed, and returns a Writer for it.
+// ErrTooLarge and ErrNoSpace mean the blob is not to be cached.
+func (s *Store) Create(upstream string, d v1.Hash, size int64) (*Writer, error) {
+	if size < 0 {
+		return nil, errors.New("blob cache: unknown size")
+	}
+	if size > s.opts.MaxBytes {
+		s.refused.Add(1)
+		return nil, ErrTooLarge
+	}
+	s.mu.Lock()
+	if !s.evictLocked(size) {
+		s.mu.Unlock()
+		s.refused.Add(1)
+		return nil, ErrNoSpace
+	}
+	s.reserved += size
+	s.mu.Unlock()
+	f, err := os.CreateTemp(s.tmpDir(), "blob-*")
+	if err != nil {
+		s.release(size)
+		return nil, fmt.Errorf("blob cache: %w", err)
+	}
+	return &Writer{s: s, f: f, key: s.key(upstream, d), size: size}, nil
+}
+
+func (s *Store) release(size int64) {
+	s.mu.Lock()
+	s.reserved -= size
+	s.mu.Unlock()
+}
+
+// evictLocked evicts least recently used files until want more bytes fit
+// within MaxBytes and leave MinFreeBytes free. It reports whether they
+// fit.
+func (s *Store) evictLocked(want int64) bool {
+	for s.bytes+s.reserved+want > s.opts.MaxBytes {
+		if !s.evictOldestLocked() {
+			return false
+		}
+		s.evictedSize.Add(1)
+	}
+	if s.opts.MinFreeBytes == 0 {
+		return true
+	}
+	free, err := s.opts.FreeSpace(s.dir)
+	if err != nil {
+		// Unknown free space: fail towards not writing.
+		return want == 0
+	}
+	// Reserved space is not yet written, so not yet gone from free.
+	for free-s.reserved-want < s.opts.MinFreeBytes {
+		back := s.lru.Back()
+		if back == nil {
+			return false
+		}
+		free += back.Value.(*entry).size
+		if !s.evictOldestLocked() {
+			return false
+		}
+		s.evictedFree.Add(1)
+	}
+	return true
+}
+
+func (s *Store) evictOldestLocked() bool {
+	back := s.lru.Back()
+	if back == nil {
+		return false
+	}
+	e := back.Value.(*entry)
+	s.removeLocked(back)
+	_ = os.Remove(e.path)
+	return true
+}
+
+func (s *Store) removeLocked(el *list.Element) {
+	e := el.Value.(*entry)
+	s.lru.Remove(el)
+	delete(s.entries, e.key)
+	s.bytes -= e.size
+}
+
+// Trim evicts files until the cache is within its bounds again, for a
+// file system that filled up from elsewhere.
+func (s *Store) Trim() {
+	s.mu.Lock()
+	s.evictLocked(0)
+	s.mu.Unlock()
+}
+
+// Stats returns the current counts.
+func (s *Store) Stats() Stats {
+	s.mu.Lock()
+	st := Stats{Files: len(s.entries), Bytes: s.bytes, Reserved: s.reserved}
+	s.mu.Unlock()
+	st.EvictedSize, st.EvictedFree = s.evictedSize.Load(), s.evictedFree.Load()
+	st.Rejected, st.Refused = s.rejected.Load(), s.refused.Load()
+	return st
+}
+
+// Writer writes one blob to a temporary file. Its bytes may be read back
+// with ReadAt while it is written, by readers sharing the fetch. Commit or
+// Abort ends the write; Close closes the file once no reader needs it.
+type Writer struct {
+	s       *Store
+	f       *os.File
+	key     string
+	size    int64
+	written int64
+	done    bool
+}
+
+// Write appends to the file; it refuses bytes past the reserved size.
+func (w *Writer) Write(b []byte) (int, error) {
+	if w.done {
+		return 0, errors.New("blob cache: write after commit or abort")
+	}
+	if w.written+int64(len(b)) > w.size {
+		return 0, fmt.Errorf("blob cache: more than the %d bytes reserved", w.size)
+	}
+	n, err := w.f.Write(b)
+	w.written += int64(n)
+	return n, err
+}
+
+// ReadAt reads the file as written so far.
+func (w *Writer) ReadAt(b []byte, off int64) (int, error) { return w.f.ReadAt(b, off) }
+
+// Commit makes the file the cached blob: the caller has checked its bytes
+// against the digest. The file must hold exactly the reserved size. It is
+// synced before it is renamed into place.
+func (w *Writer) Commit() error {
+	if w.done {
+		return errors.New("blob cache: commit after commit or abort")
+	}
+	if w.written != w.size {
+		w.Abort()
+		return fmt.Errorf("blob cache: %d bytes written of %d", w.written, w.size)
+	}
+	w.done = true
+	final := w.s.path(w.key)
+	err := w.f.Sync()
+	if err == nil {
+		err = os.MkdirAll(filepath.Dir(final), 0o700)
+	}
+	if err == nil {
+		err = os.Rename(w.f.Name(), final)
+	}
+	if err == nil {
+		syncDir(filepath.Dir(final))
+	}
+	s := w.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reserved -= w.size
+	if err != nil {
+		_ = os.Remove(w.f.Name())
+		return fmt.Errorf("blob cache: %w", err)
+	}
+	if old, ok := s.entries[w.key]; ok {
+		// The same blob committed twice: the rename replaced the file.
+		s.lru.Remove(old)
+		delete(s.entries, w.key)
+		s.bytes -= old.Value.(*entry).size
+	}
+	s.entries[w.key] = s.lru.PushFront(&entry{key: w.key, path: final, size: w.size})
+	s.bytes += w.size
+	s.evictLocked(0)
+	return nil
+}
+
+// Abort removes the temporary file and gives back its reservation;
+// readers holding it may still finish reading what was written.
+func (w *Writer) Abort() {
+	if w.done {
+		return
+	}
+	w.done = true
+	_ = os.Remove(w.f.Name())
+	w.s.release(w.size)
+}
+
+// Close closes the file; call it after Commit or Abort once no reader
+// needs it.
+func (w *Writer) Close() error { return w.f.Close() }
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+}

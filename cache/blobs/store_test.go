@@ -1,0 +1,232 @@
+package blobs
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+func digestOf(b []byte) v1.Hash {
+	h := sha256.Sum256(b)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h[:])}
+}
+
+func open(t *testing.T, dir string, o Options) *Store {
+	t.Helper()
+	s, err := Open(dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	select {
+	case <-s.Scanned():
+	case <-time.After(10 * time.Second):
+		t.Fatal("scan did not finish")
+	}
+	return s
+}
+
+func put(t *testing.T, s *Store, upstream string, b []byte) v1.Hash {
+	t.Helper()
+	d := digestOf(b)
+	w, err := s.Create(upstream, d, int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	return d
+}
+
+func read(t *testing.T, s *Store, upstream string, d v1.Hash) ([]byte, bool) {
+	t.Helper()
+	f, _, ok := s.Get(upstream, d)
+	if !ok {
+		return nil, false
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, true
+}
+
+func TestPerUpstreamAndRebuild(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{MaxBytes: 1 << 20})
+	blob := []byte("layer bytes")
+	d := put(t, s, "docker.io", blob)
+	if got, ok := read(t, s, "docker.io", d); !ok || !bytes.Equal(got, blob) {
+		t.Fatalf("Get = %q, %v", got, ok)
+	}
+	// The same digest from another upstream is not this file.
+	if _, ok := read(t, s, "ghcr.io", d); ok {
+		t.Fatal("a blob cached for docker.io was found for ghcr.io")
+	}
+	s.Close()
+
+	s2 := open(t, dir, Options{MaxBytes: 1 << 20})
+	if got, ok := read(t, s2, "docker.io", d); !ok || !bytes.Equal(got, blob) {
+		t.Fatalf("after restart Get = %q, %v", got, ok)
+	}
+	if st := s2.Stats(); st.Files != 1 || st.Bytes != int64(len(blob)) || st.Rejected != 0 {
+		t.Errorf("stats after restart = %+v", st)
+	}
+}
+
+// A file whose content is not the digest its path names, a file whose
+// name is no digest and partial files are removed at Open and never
+// served.
+func TestOpenRejectsUnverifiedFiles(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{MaxBytes: 1 << 20})
+	good := put(t, s, "docker.io", []byte("good"))
+	s.Close()
+
+	planted := digestOf([]byte("what the name says"))
+	plantedPath := filepath.Join(dir, "blobs", upstreamDir("docker.io"), "sha256", planted.Hex)
+	if err := os.WriteFile(plantedPath, []byte("something else!!!!"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Right size, wrong bytes: only a re-hash tells.
+	sameSize := []byte("what the name sayz")
+	sameSizePath := filepath.Join(dir, "blobs", upstreamDir("docker.io"), "sha256", digestOf([]byte("what the name says!")).Hex)
+	if err := os.WriteFile(sameSizePath, append(sameSize, '!'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	junk := filepath.Join(dir, "blobs", upstreamDir("docker.io"), "sha256", "not-a-digest")
+	if err := os.WriteFile(junk, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	partial := filepath.Join(dir, "tmp", "blob-123")
+	if err := os.WriteFile(partial, []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	s2 := open(t, dir, Options{MaxBytes: 1 << 20})
+	if _, ok := read(t, s2, "docker.io", planted); ok {
+		t.Fatal("a planted file whose content is not its digest was served")
+	}
+	if _, ok := read(t, s2, "docker.io", digestOf([]byte("what the name says!"))); ok {
+		t.Fatal("a planted file of the right size but wrong content was served")
+	}
+	for _, p := range []string{plantedPath, sameSizePath, junk, partial} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s still there after Open: %v", p, err)
+		}
+	}
+	if _, ok := read(t, s2, "docker.io", good); !ok {
+		t.Error("the verified file was lost")
+	}
+	if st := s2.Stats(); st.Rejected != 4 || st.Files != 1 {
+		t.Errorf("stats = %+v, want 4 rejected, 1 file", st)
+	}
+}
+
+// A file changed after it was indexed (size) is dropped, not served.
+func TestGetChecksSize(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{MaxBytes: 1 << 20})
+	d := put(t, s, "docker.io", []byte("original"))
+	p := filepath.Join(dir, "blobs", upstreamDir("docker.io"), "sha256", d.Hex)
+	if err := os.WriteFile(p, []byte("original and more"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := read(t, s, "docker.io", d); ok {
+		t.Fatal("a file whose size changed was served")
+	}
+	if st := s.Stats(); st.Files != 0 || st.Bytes != 0 {
+		t.Errorf("stats = %+v", st)
+	}
+}
+
+func TestEvictionBySize(t *testing.T) {
+	s := open(t, t.TempDir(), Options{MaxBytes: 100})
+	a := put(t, s, "u", bytes.Repeat([]byte("a"), 40))
+	b := put(t, s, "u", bytes.Repeat([]byte("b"), 40))
+	read(t, s, "u", a) // a is now the most recently used
+	c := put(t, s, "u", bytes.Repeat([]byte("c"), 40))
+	if _, ok := read(t, s, "u", b); ok {
+		t.Error("the least recently used file survived")
+	}
+	for _, d := range []v1.Hash{a, c} {
+		if _, ok := read(t, s, "u", d); !ok {
+			t.Errorf("%s evicted", d)
+		}
+	}
+	if st := s.Stats(); st.Bytes != 80 || st.EvictedSize != 1 {
+		t.Errorf("stats = %+v", st)
+	}
+	if _, err := s.Create("u", digestOf([]byte("big")), 101); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("Create beyond the cache = %v, want ErrTooLarge", err)
+	}
+}
+
+func TestEvictionByFreeSpace(t *testing.T) {
+	free := int64(1000)
+	s := open(t, t.TempDir(), Options{MaxBytes: 1 << 20, MinFreeBytes: 900,
+		FreeSpace: func(string) (int64, error) { return free, nil }})
+	a := put(t, s, "u", bytes.Repeat([]byte("a"), 50))
+	free -= 50
+	// 950 free, 900 to keep: 60 more bytes need a's 50 back.
+	w, err := s.Create("u", digestOf([]byte("x")), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Abort()
+	w.Close()
+	if _, ok := read(t, s, "u", a); ok {
+		t.Error("a file survived a free-space shortage")
+	}
+	if st := s.Stats(); st.EvictedFree != 1 || st.Reserved != 0 {
+		t.Errorf("stats = %+v", st)
+	}
+	free = 100
+	if _, err := s.Create("u", digestOf([]byte("y")), 10); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("Create below min free = %v, want ErrNoSpace", err)
+	}
+}
+
+func TestWriterRefusesWrongLength(t *testing.T) {
+	s := open(t, t.TempDir(), Options{MaxBytes: 1 << 20})
+	blob := []byte("twelve bytes")
+	d := digestOf(blob)
+	w, err := s.Create("u", d, int64(len(blob)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(append(blob, '!')); err == nil {
+		t.Error("a write past the reserved size was accepted")
+	}
+	if _, err := w.Write(blob[:5]); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(); err == nil {
+		t.Error("a short file was committed")
+	}
+	w.Close()
+	if _, ok := read(t, s, "u", d); ok {
+		t.Error("a short file was served")
+	}
+	if st := s.Stats(); st.Reserved != 0 || st.Files != 0 {
+		t.Errorf("stats = %+v", st)
+	}
+	entries, _ := os.ReadDir(s.tmpDir())
+	if len(entries) != 0 {
+		t.Errorf("temporary files left: %v", entries)
+	}
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+)
+
+// TestServeBlobCache: with a blob_cache section, serve keeps a pulled
+// blob under the configured directory (relative to the config file) and
+// answers the next pull of it from there.
+func TestServeBlobCache(t *testing.T) {
+	s := newSignedSetup(t, "blob_cache: {dir: blobcache, max_gib: 1, min_free_gib: 0}\n")
+	cfg, eng, err := loadAll(s.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type addrs struct{ reg, admin string }
+	ready := make(chan addrs, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(ctx, cfg, eng, zap.NewNop(), func(a, admin string) { ready <- addrs{a, admin} })
+	}()
+	var a addrs
+	select {
+	case a = <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	get := func(url string, hdr ...string) []byte {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
+		}
+		return b
+	}
+	raw := get("http://"+a.reg+"/v2/app/signed/manifests/"+s.signed.DigestStr(), "Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+	var m struct{ Layers []struct{ Digest string } }
+	if err := json.Unmarshal(raw, &m); err != nil || len(m.Layers) == 0 {
+		t.Fatalf("manifest: %v", err)
+	}
+	blob := "http://" + a.reg + "/v2/app/signed/blobs/" + m.Layers[0].Digest
+	first := get(blob)
+	second := get(blob)
+	if string(first) != string(second) {
+		t.Fatal("the cached blob differs")
+	}
+	metrics := string(get("http://" + a.admin + "/metrics"))
+	for _, want := range []string{"portcullis_blob_cache_hits_total 1", "portcullis_blob_cache_files 1", `portcullis_blob_shared_fetches_total{mode="cache"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	hex := strings.TrimPrefix(m.Layers[0].Digest, "sha256:")
+	var found bool
+	_ = filepath.WalkDir(filepath.Join(filepath.Dir(s.cfgPath), "blobcache"), func(p string, e os.DirEntry, _ error) error {
+		found = found || (e != nil && e.Name() == hex)
+		return nil
+	})
+	if !found {
+		t.Error("no file for the blob under the configured directory")
+	}
+	cancel()
+	<-done
+}

@@ -1,0 +1,79 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// BlobCache is a store of blobs on local disk whose bytes matched their
+// digest, keyed by upstream and digest (cache/blobs.Store behind an
+// adapter). Gating is the proxy's: the cache is asked only for a blob the
+// requesting repository may read.
+type BlobCache interface {
+	// Get opens the cached blob; the caller closes the file.
+	Get(upstream string, digest v1.Hash) (f *os.File, size int64, ok bool)
+	// Create reserves room for a blob of size bytes about to be fetched;
+	// ErrBlobCacheFull (wrapped) means it is not to be cached.
+	Create(upstream string, digest v1.Hash, size int64) (BlobCacheWriter, error)
+}
+
+// BlobCacheWriter receives one blob as it is fetched. The proxy calls
+// Commit only after the bytes matched the digest, Abort otherwise, and
+// Close once no reader of the file is left. ReadAt reads back what was
+// written, for the pulls sharing the fetch.
+type BlobCacheWriter interface {
+	io.Writer
+	io.ReaderAt
+	Commit() error
+	Abort()
+	Close() error
+}
+
+// ErrBlobCacheFull is wrapped by a BlobCache's Create when the blob does
+// not fit (too large, or no room left above the free-space floor): the
+// blob is served without being cached, and that is not an error.
+var ErrBlobCacheFull = errors.New("blob cache full")
+
+// WithBlobCache serves blobs from c and writes the blobs it fetches into
+// it once verified. Blob gating still decides, per upstream and
+// repository, who may read a cached blob. Default: none.
+func WithBlobCache(c BlobCache) Option {
+	return func(o *options) error {
+		if c == nil {
+			return errors.New("nil blob cache")
+		}
+		o.blobFetch.cache = c
+		return nil
+	}
+}
+
+// serveCachedBlob answers from the cache with http.ServeContent (Range,
+// conditionals, HEAD; sendfile where the connection allows), without any
+// upstream request. It reports false on a miss.
+func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, digest v1.Hash, size int64, wouldDeny *blobGate) bool {
+	f, n, ok := p.fetches.cache.Get(u.name, digest)
+	if !ok {
+		return false
+	}
+	defer f.Close()
+	if size >= 0 && n != size {
+		// The descriptor contradicts the verified file: the upstream's
+		// answer (and its size check) decides, as without a cache.
+		return false
+	}
+	p.fetches.hits.Inc()
+	if wouldDeny != nil {
+		p.recordBlob(r, u, repo, digest, *wouldDeny)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", digest.String())
+	h.Set("ETag", `"`+digest.String()+`"`)
+	http.ServeContent(forFile(w), r, "", time.Time{}, f)
+	return true
+}

@@ -1,0 +1,599 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/portcullis-oci/portcullis/cache/blobs"
+	"github.com/portcullis-oci/portcullis/verify"
+)
+
+// testBlobCache is cache/blobs behind the proxy's interface, as the serve
+// command wires it.
+type testBlobCache struct{ *blobs.Store }
+
+func (c testBlobCache) Create(upstream string, d v1.Hash, size int64) (BlobCacheWriter, error) {
+	w, err := c.Store.Create(upstream, d, size)
+	if errors.Is(err, blobs.ErrTooLarge) || errors.Is(err, blobs.ErrNoSpace) {
+		return nil, fmt.Errorf("%w: %w", ErrBlobCacheFull, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+func newTestBlobCache(t testing.TB, dir string) testBlobCache {
+	t.Helper()
+	s, err := blobs.Open(dir, blobs.Options{MaxBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	<-s.Scanned()
+	return testBlobCache{s}
+}
+
+// blobGets counts the upstream GETs of blob d.
+func blobGets(s *spy, d v1.Hash) int {
+	n := 0
+	for _, r := range s.since(0) {
+		if strings.HasPrefix(r, "GET ") && strings.HasSuffix(r, "/blobs/"+d.String()) {
+			n++
+		}
+	}
+	return n
+}
+
+// A blob in the cache is served only where gating opens it: not to
+// another repository of the same upstream, and not through another
+// upstream, whatever the cache holds.
+func TestBlobCacheKeepsGating(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	k := newKey(t)
+	img := reg.pushImage(t, "acme/app", "v1")
+	reg.sign(t, "acme/app", img.digest, k)
+	// The same image in a repository nobody pulled a manifest from.
+	reg.pushImage(t, "acme/other", "v1")
+	eng := newEngineSpy(t, verify.Policy{Boundaries: []verify.Boundary{acmeBoundary("images", verify.ModeEnforce, k)}})
+	bc := newTestBlobCache(t, t.TempDir())
+	p, s := newTestProxy(t, reg.srv.URL, eng, WithBlobCache(bc))
+
+	if w := do(p, http.MethodGet, manifestPath("acme/app", "v1")); w.Code != http.StatusOK {
+		t.Fatalf("manifest = %d", w.Code)
+	}
+	layer := img.layers[0]
+	w := do(p, http.MethodGet, blobPath("acme/app", layer))
+	if w.Code != http.StatusOK {
+		t.Fatalf("allowed blob = %d", w.Code)
+	}
+	content := w.Body.Bytes()
+	if f, _, ok := bc.Get("docker.io", layer); !ok {
+		t.Fatal("a verified blob was not cached")
+	} else {
+		f.Close()
+	}
+
+	for _, tc := range []struct{ name, target string }{
+		{"another repository", blobPath("acme/other", layer)},
+		{"another upstream", "/v2/acme/app/blobs/" + layer.String() + "?ns=ghcr.io"},
+	} {
+		for _, m := range []string{http.MethodGet, http.MethodHead} {
+			w := do(p, m, tc.target)
+			if w.Code != http.StatusForbidden {
+				t.Errorf("%s %s: %d, want 403", m, tc.name, w.Code)
+			}
+			if bytes.Contains(w.Body.Bytes(), content[:64]) || w.Header().Get("Docker-Content-Digest") != "" {
+				t.Errorf("%s %s: denied answer carries the blob", m, tc.name)
+			}
+		}
+	}
+	if v := metricNow(t, p, "portcullis_blob_cache_hits_total"); v != 0 {
+		t.Errorf("denied requests counted as %v cache hits", v)
+	}
+
+	// Once ghcr.io's gating opens the blob, it is fetched from ghcr.io:
+	// docker.io's file is not ghcr.io's.
+	before := blobGets(s, layer)
+	if w := do(p, http.MethodGet, "/v2/acme/app/manifests/v1?ns=ghcr.io"); w.Code != http.StatusOK {
+		t.Fatalf("ghcr.io manifest = %d", w.Code)
+	}
+	if w := do(p, http.MethodGet, "/v2/acme/app/blobs/"+layer.String()+"?ns=ghcr.io"); w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), content) {
+		t.Fatalf("ghcr.io blob = %d", w.Code)
+	}
+	if n := blobGets(s, layer) - before; n != 1 {
+		t.Errorf("ghcr.io's first pull made %d upstream GETs, want 1 (its own)", n)
+	}
+}
+
+// A cached blob costs no upstream request, for GET, HEAD, Range and
+// If-None-Match alike.
+func TestBlobCacheHitServesFromDisk(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	img := reg.pushImage(t, "acme/app", "v1")
+	bc := newTestBlobCache(t, t.TempDir())
+	p, s := newTestProxy(t, reg.srv.URL, allowAll(), WithBlobCache(bc))
+	if w := do(p, http.MethodGet, manifestPath("acme/app", "v1")); w.Code != http.StatusOK {
+		t.Fatalf("manifest = %d", w.Code)
+	}
+	layer := img.layers[0]
+	w := do(p, http.MethodGet, blobPath("acme/app", layer))
+	if w.Code != http.StatusOK {
+		t.Fatalf("first pull = %d", w.Code)
+	}
+	content := w.Body.Bytes()
+	before := s.count()
+
+	w = do(p, http.MethodGet, blobPath("acme/app", layer))
+	if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), content) || w.Header().Get("Docker-Content-Digest") != layer.String() {
+		t.Fatalf("cached GET = %d, %d bytes, digest %q", w.Code, w.Body.Len(), w.Header().Get("Docker-Content-Digest"))
+	}
+	etag := w.Header().Get("ETag")
+	w = do(p, http.MethodHead, blobPath("acme/app", layer))
+	if w.Code != http.StatusOK || w.Body.Len() != 0 || w.Header().Get("Content-Length") != strconv.Itoa(len(content)) {
+		t.Errorf("cached HEAD = %d, %d bytes, length %q", w.Code, w.Body.Len(), w.Header().Get("Content-Length"))
+	}
+	w = do(p, http.MethodGet, blobPath("acme/app", layer), "Range", "bytes=10-19")
+	if w.Code != http.StatusPartialContent || !bytes.Equal(w.Body.Bytes(), content[10:20]) ||
+		w.Header().Get("Content-Range") != fmt.Sprintf("bytes 10-19/%d", len(content)) {
+		t.Errorf("cached Range = %d %q %q", w.Code, w.Body.Bytes(), w.Header().Get("Content-Range"))
+	}
+	w = do(p, http.MethodGet, blobPath("acme/app", layer), "If-None-Match", etag)
+	if etag == "" || w.Code != http.StatusNotModified || w.Body.Len() != 0 {
+		t.Errorf("cached If-None-Match %q = %d", etag, w.Code)
+	}
+	if got := s.since(before); len(got) != 0 {
+		t.Errorf("cached blob requests reached the upstream: %v", got)
+	}
+	if v := metricNow(t, p, "portcullis_blob_cache_hits_total"); v != 4 {
+		t.Errorf("hits = %v, want 4", v)
+	}
+}
+
+// A file planted in the cache directory under a blob's name, whose
+// content is not that blob, is never served: it is fetched upstream.
+func TestBlobCachePlantedFileNotServed(t *testing.T) {
+	t.Parallel()
+	blob := testBlob(100_000, 3)
+	d := sha(blob)
+	up := fakeUpstream(t, blobBehaviours{d.String(): withLength(blob)}.serve)
+	dir := t.TempDir()
+	// Learn where the cache keeps docker.io's blobs, then plant there.
+	bc0 := newTestBlobCache(t, dir)
+	w, err := bc0.Store.Create("docker.io", sha([]byte("x")), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("x"))
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	bc0.Close()
+	var where string
+	filepath.WalkDir(dir, func(p string, e os.DirEntry, _ error) error {
+		if !e.IsDir() && strings.Contains(p, string(filepath.Separator)+"blobs"+string(filepath.Separator)) {
+			where = filepath.Dir(p)
+		}
+		return nil
+	})
+	evil := bytes.Repeat([]byte("E"), len(blob))
+	if err := os.WriteFile(filepath.Join(where, d.Hex), evil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	bc := newTestBlobCache(t, dir)
+	p, s := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc))
+	got := do(p, http.MethodGet, blobPath("acme/app", d))
+	if got.Code != http.StatusOK || !bytes.Equal(got.Body.Bytes(), blob) {
+		t.Fatalf("GET = %d, right bytes %v", got.Code, bytes.Equal(got.Body.Bytes(), blob))
+	}
+	if blobGets(s, d) != 1 {
+		t.Errorf("the planted file was served instead of fetching")
+	}
+}
+
+// blobHerd starts n GETs of target at once and returns each one's body and
+// error.
+func blobHerd(n int, target string) ([][]byte, []error) {
+	bodies, errs := make([][]byte, n), make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &http.Client{Transport: &http.Transport{}}
+			defer c.CloseIdleConnections()
+			resp, err := c.Get(target)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer resp.Body.Close()
+			bodies[i], errs[i] = io.ReadAll(resp.Body)
+			if errs[i] == nil && resp.StatusCode != http.StatusOK {
+				errs[i] = fmt.Errorf("status %d", resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	return bodies, errs
+}
+
+// holdUpstream serves the blob digest d through behave, after every GET
+// waits for release; gets counts the GETs.
+func holdUpstream(t *testing.T, d v1.Hash, release <-chan struct{}, gets *atomic.Int64, behave func(call int64) func(http.ResponseWriter, *http.Request)) string {
+	t.Helper()
+	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/blobs/"+d.String()) {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		call := int64(0)
+		if r.Method == http.MethodGet {
+			call = gets.Add(1)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		behave(call)(w, r)
+	})
+	return up.URL
+}
+
+// Concurrent first pulls share one upstream fetch, with the cache and
+// without it, and every client gets the blob.
+func TestBlobHerdSharesOneFetch(t *testing.T) {
+	t.Parallel()
+	for _, cached := range []bool{true, false} {
+		t.Run(fmt.Sprintf("cache=%v", cached), func(t *testing.T) {
+			t.Parallel()
+			blob := testBlob(4<<20, 5)
+			d := sha(blob)
+			release := make(chan struct{})
+			var gets atomic.Int64
+			url := holdUpstream(t, d, release, &gets, func(int64) func(http.ResponseWriter, *http.Request) { return withLength(blob) })
+			opts := []Option{WithBlobGating(false), WithBlobShare(DefaultBlobShareBuffer, DefaultBlobShareMemory)}
+			if cached {
+				opts = append(opts, WithBlobCache(newTestBlobCache(t, t.TempDir())))
+			}
+			p, _ := newTestProxy(t, url, allowAll(), opts...)
+			front := httptest.NewServer(p)
+			t.Cleanup(front.Close)
+			const n = 20
+			done := make(chan struct{})
+			var bodies [][]byte
+			var errs []error
+			go func() {
+				bodies, errs = blobHerd(n, front.URL+blobPath("acme/app", d))
+				close(done)
+			}()
+			awaitCond(t, "every pull to join the fetch", func() bool {
+				return metricNow(t, p, "portcullis_blob_shared_joins_total") == n-1
+			})
+			close(release)
+			<-done
+			for i := range n {
+				if errs[i] != nil || !bytes.Equal(bodies[i], blob) {
+					t.Fatalf("client %d: %v, right bytes %v", i, errs[i], bytes.Equal(bodies[i], blob))
+				}
+			}
+			if g := gets.Load(); g != 1 {
+				t.Errorf("%d upstream GETs for %d concurrent pulls, want 1", g, n)
+			}
+			if v := metricNow(t, p, "portcullis_blob_shared_buffer_bytes"); v != 0 {
+				t.Errorf("%v bytes of shared buffers held after the herd", v)
+			}
+		})
+	}
+}
+
+// A shared fetch whose upstream sends wrong, short or over-long bytes
+// aborts every reader and leaves nothing in the cache; the next pull
+// fetches again.
+func TestBlobHerdBadUpstreamAbortsEveryReader(t *testing.T) {
+	t.Parallel()
+	blob := testBlob(2<<20, 6)
+	tampered := bytes.Clone(blob)
+	tampered[len(tampered)-1] ^= 1
+	overlong := func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(blob)
+		_, _ = w.Write([]byte("and more"))
+	}
+	for _, tc := range []struct {
+		name  string
+		bad   func(http.ResponseWriter, *http.Request)
+		kind  string
+		cache bool
+	}{
+		{"wrong bytes, cache", withLength(tampered), "blob_digest_mismatch", true},
+		{"wrong bytes, memory", withLength(tampered), "blob_digest_mismatch", false},
+		{"truncated, cache", cutAfter(blob, len(blob)/2), "blob_stream", true},
+		{"over-long, cache", overlong, "blob_too_long", true},
+		{"over-long, memory", overlong, "blob_too_long", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			d := sha(blob)
+			release := make(chan struct{})
+			var gets atomic.Int64
+			url := holdUpstream(t, d, release, &gets, func(call int64) func(http.ResponseWriter, *http.Request) {
+				if call == 1 {
+					return tc.bad
+				}
+				return withLength(blob)
+			})
+			opts := []Option{WithBlobGating(false), WithBlobShare(DefaultBlobShareBuffer, DefaultBlobShareMemory)}
+			var bc testBlobCache
+			if tc.cache {
+				bc = newTestBlobCache(t, t.TempDir())
+				opts = append(opts, WithBlobCache(bc))
+			}
+			p, _ := newTestProxy(t, url, allowAll(), opts...)
+			front := httptest.NewServer(p)
+			t.Cleanup(front.Close)
+			const n = 8
+			done := make(chan struct{})
+			var bodies [][]byte
+			var errs []error
+			go func() {
+				bodies, errs = blobHerd(n, front.URL+blobPath("acme/app", d))
+				close(done)
+			}()
+			awaitCond(t, "every pull to join the fetch", func() bool {
+				return metricNow(t, p, "portcullis_blob_shared_joins_total") == n-1
+			})
+			close(release)
+			<-done
+			for i := range n {
+				if errs[i] == nil {
+					t.Errorf("client %d read %d bytes without an error", i, len(bodies[i]))
+				}
+				if len(bodies[i]) >= len(blob) {
+					t.Errorf("client %d received %d bytes", i, len(bodies[i]))
+				}
+			}
+			if tc.cache {
+				if _, _, ok := bc.Get("docker.io", d); ok {
+					t.Fatal("a failed fetch entered the cache")
+				}
+				if st := bc.Stats(); st.Files != 0 || st.Reserved != 0 {
+					t.Errorf("cache after a failed fetch: %+v", st)
+				}
+			}
+			want := fmt.Sprintf(`portcullis_upstream_errors_total{kind=%q,upstream="docker.io"} 1`, tc.kind)
+			if w := do(p.AdminHandler(), http.MethodGet, "/metrics"); !strings.Contains(w.Body.String(), want) {
+				t.Errorf("/metrics lacks %q", want)
+			}
+
+			// The next pull fetches again, and gets the blob.
+			bodies, errs = blobHerd(1, front.URL+blobPath("acme/app", d))
+			if errs[0] != nil || !bytes.Equal(bodies[0], blob) {
+				t.Fatalf("pull after the failure: %v", errs[0])
+			}
+			if g := gets.Load(); g != 2 {
+				t.Errorf("%d upstream GETs, want 2", g)
+			}
+			if tc.cache {
+				// The client has its bytes before the commit ends.
+				awaitCond(t, "the good fetch to be cached", func() bool {
+					f, _, ok := bc.Get("docker.io", d)
+					if ok {
+						f.Close()
+					}
+					return ok
+				})
+			}
+		})
+	}
+}
+
+// A pull joining a fetch written to the cache reads what is there
+// without waiting for the fetch to complete.
+func TestBlobCacheJoinerReadsGrowingFile(t *testing.T) {
+	t.Parallel()
+	blob := testBlob(4<<20, 8)
+	d := sha(blob)
+	half := make(chan struct{})
+	rest := make(chan struct{})
+	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+		if r.Method == http.MethodHead {
+			return
+		}
+		_, _ = w.Write(blob[:len(blob)/2])
+		w.(http.Flusher).Flush()
+		close(half)
+		<-rest
+		_, _ = w.Write(blob[len(blob)/2:])
+	})
+	bc := newTestBlobCache(t, t.TempDir())
+	p, s := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc))
+	front := httptest.NewServer(p)
+	t.Cleanup(front.Close)
+	target := front.URL + blobPath("acme/app", d)
+
+	first, err := http.Get(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Body.Close()
+	<-half
+	second, err := http.Get(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Body.Close()
+	// The second pull gets the first megabyte while the upstream holds
+	// the rest back.
+	got := make([]byte, 1<<20)
+	readDone := make(chan error, 1)
+	go func() { _, err := io.ReadFull(second.Body, got); readDone <- err }()
+	select {
+	case err := <-readDone:
+		if err != nil || !bytes.Equal(got, blob[:1<<20]) {
+			t.Fatalf("joiner read: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the joiner waited for the fetch to complete")
+	}
+	close(rest)
+	for i, resp := range []*http.Response{first, second} {
+		b, err := io.ReadAll(resp.Body)
+		if i == 1 {
+			b = append(got, b...)
+		}
+		if err != nil || !bytes.Equal(b, blob) {
+			t.Fatalf("pull %d: %v", i, err)
+		}
+	}
+	if blobGets(s, d) != 1 {
+		t.Errorf("%d upstream GETs, want 1", blobGets(s, d))
+	}
+	awaitCond(t, "the blob to be cached", func() bool {
+		f, _, ok := bc.Get("docker.io", d)
+		if ok {
+			f.Close()
+		}
+		return ok
+	})
+}
+
+// In memory, a reader that stops taking bytes does not hold the others
+// beyond the stall grace: it is dropped and they finish.
+func TestBlobShareDropsStalledReader(t *testing.T) {
+	t.Parallel()
+	const grace = 200 * time.Millisecond
+	blob := testBlob(16<<20, 4)
+	d := sha(blob)
+	release := make(chan struct{})
+	var gets atomic.Int64
+	url := holdUpstream(t, d, release, &gets, func(int64) func(http.ResponseWriter, *http.Request) { return withLength(blob) })
+	p, _ := newTestProxy(t, url, allowAll(), WithBlobGating(false), WithClientStallGrace(grace), WithBlobShare(1<<20, 8<<20))
+	addr := startServe(t, p, ServeConfig{})
+	target := blobPath("acme/app", d)
+	stalled := dialSmallWindow(t, addr)
+	rawRequest(t, stalled, target)
+	awaitCond(t, "the stalled pull to start the fetch", func() bool { return gets.Load() == 1 })
+	done := make(chan struct{})
+	var bodies [][]byte
+	var errs []error
+	go func() {
+		bodies, errs = blobHerd(1, "http://"+addr+target)
+		close(done)
+	}()
+	awaitCond(t, "the second pull to join", func() bool {
+		return metricNow(t, p, "portcullis_blob_shared_joins_total") == 1
+	})
+	close(release)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a stalled reader held the shared fetch")
+	}
+	if errs[0] != nil || !bytes.Equal(bodies[0], blob) {
+		t.Fatalf("reader behind a stalled one: %v", errs[0])
+	}
+	if v := metricNow(t, p, "portcullis_blob_shared_dropped_total"); v != 1 {
+		t.Errorf("dropped = %v, want 1", v)
+	}
+	if g := gets.Load(); g != 1 {
+		t.Errorf("%d upstream GETs, want 1", g)
+	}
+}
+
+// gatedCommitCache holds every Commit until gate is closed.
+type gatedCommitCache struct {
+	testBlobCache
+	gate chan struct{}
+}
+
+type gatedWriter struct {
+	BlobCacheWriter
+	gate chan struct{}
+}
+
+func (w gatedWriter) Commit() error { <-w.gate; return w.BlobCacheWriter.Commit() }
+
+func (c gatedCommitCache) Create(upstream string, d v1.Hash, size int64) (BlobCacheWriter, error) {
+	w, err := c.testBlobCache.Create(upstream, d, size)
+	if err != nil {
+		return nil, err
+	}
+	return gatedWriter{w, c.gate}, nil
+}
+
+// Readers that have every byte and hang up before the blob is committed
+// do not cancel the commit, and a pull meanwhile joins the fetch instead
+// of fetching again.
+func TestBlobCacheCommitOutlivesReaders(t *testing.T) {
+	t.Parallel()
+	blob := testBlob(1<<20, 2)
+	d := sha(blob)
+	up := fakeUpstream(t, blobBehaviours{d.String(): withLength(blob)}.serve)
+	bc := gatedCommitCache{newTestBlobCache(t, t.TempDir()), make(chan struct{})}
+	p, s := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc))
+	front := httptest.NewServer(p)
+	t.Cleanup(front.Close)
+	var once sync.Once
+	release := func() { once.Do(func() { close(bc.gate) }) }
+	t.Cleanup(release)
+	target := front.URL + blobPath("acme/app", d)
+
+	bodies, errs := blobHerd(1, target) // hangs up once it has the body
+	if errs[0] != nil || !bytes.Equal(bodies[0], blob) {
+		t.Fatalf("first pull: %v", errs[0])
+	}
+	awaitCond(t, "the first reader to leave", func() bool {
+		p.fetches.mu.Lock()
+		defer p.fetches.mu.Unlock()
+		for _, fl := range p.fetches.flights {
+			return fl.readerCount() == 0
+		}
+		return false
+	})
+	done := make(chan struct{})
+	go func() {
+		bodies, errs = blobHerd(1, target)
+		close(done)
+	}()
+	awaitCond(t, "the second pull to join", func() bool { return metricNow(t, p, "portcullis_blob_shared_joins_total") == 1 })
+	release()
+	<-done
+	if errs[0] != nil || !bytes.Equal(bodies[0], blob) {
+		t.Fatalf("second pull: %v", errs[0])
+	}
+	if n := blobGets(s, d); n != 1 {
+		t.Errorf("%d upstream GETs, want 1", n)
+	}
+	awaitCond(t, "the blob to be committed", func() bool {
+		f, _, ok := bc.Get("docker.io", d)
+		if ok {
+			f.Close()
+		}
+		return ok
+	})
+}

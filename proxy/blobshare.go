@@ -1,0 +1,692 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Defaults of WithBlobShare.
+const (
+	// DefaultBlobShareBuffer is how far the fastest reader of a shared
+	// fetch held in memory may run ahead of the slowest.
+	DefaultBlobShareBuffer = 8 << 20
+	// DefaultBlobShareMemory bounds the buffers of all shared fetches
+	// held in memory together.
+	DefaultBlobShareMemory = 64 << 20
+)
+
+// shareChunk is the unit a shared fetch's memory buffer grows and shrinks
+// by. Each fetch may always hold two, budget or not, so that it never
+// waits for another fetch's readers.
+const shareChunk = 512 << 10
+
+// fileReadBuffer is what a reader of a fetch written to the cache reads
+// the file with.
+const fileReadBuffer = 256 << 10
+
+var fileReadPool = sync.Pool{New: func() any { b := make([]byte, fileReadBuffer); return &b }}
+
+// blobFetchOptions are set by WithBlobCache and WithBlobShare.
+type blobFetchOptions struct {
+	cache  BlobCache
+	buffer int64
+	memory int64
+}
+
+// WithBlobShare bounds the memory with which concurrent pulls of one blob
+// share one upstream fetch when it is not written to a blob cache: a
+// fetch's readers may be up to buffer bytes apart (the fetch waits for its
+// slowest reader beyond that), and the buffers of all fetches together
+// take at most memory bytes, plus 1 MiB per running fetch. A reader that
+// takes nothing for the client stall grace while the others wait is
+// dropped from the fetch. buffer 0 turns sharing off for fetches not
+// cached: each pull fetches on its own, holding its own upstream stream
+// connection. Default: off for a Proxy built without this option (the
+// serve command passes the blob_share config, DefaultBlobShareBuffer and
+// DefaultBlobShareMemory unless set). With a blob cache, fetches the
+// cache takes are always shared.
+func WithBlobShare(buffer, memory int64) Option {
+	return func(o *options) error {
+		if buffer < 0 || memory < 0 {
+			return errors.New("negative blob share buffer")
+		}
+		o.blobFetch.buffer, o.blobFetch.memory = buffer, memory
+		return nil
+	}
+}
+
+// blobFetches runs the upstream fetches that concurrent pulls of a blob
+// share, and serves blobs from the cache when there is one.
+type blobFetches struct {
+	p      *Proxy
+	cache  BlobCache
+	buffer int64
+	memory int64
+	used   atomic.Int64
+
+	mu      sync.Mutex
+	flights map[string]*blobFlight
+	// cacheLog keeps a failing disk to one log line a minute.
+	cacheLog logGate
+
+	hits, misses prometheus.Counter
+	cacheErrors  *prometheus.CounterVec
+	fetches      *prometheus.CounterVec
+	joins        prometheus.Counter
+	alone        prometheus.Counter
+	dropped      prometheus.Counter
+}
+
+func newBlobFetches(p *Proxy, o blobFetchOptions, reg prometheus.Registerer) (*blobFetches, error) {
+	f := &blobFetches{p: p, cache: o.cache, buffer: o.buffer, memory: o.memory, flights: map[string]*blobFlight{}}
+	f.hits = prometheus.NewCounter(prometheus.CounterOpts{Name: "portcullis_blob_cache_hits_total",
+		Help: "Blob requests answered from the blob cache, after blob gating allowed them."})
+	f.misses = prometheus.NewCounter(prometheus.CounterOpts{Name: "portcullis_blob_cache_misses_total",
+		Help: "Blob requests allowed by blob gating that the blob cache did not hold."})
+	f.cacheErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portcullis_blob_cache_errors_total",
+		Help: "Blob cache failures by operation (create, commit); the blob is still served."}, []string{"op"})
+	f.fetches = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portcullis_blob_shared_fetches_total",
+		Help: "Upstream blob fetches shared by concurrent pulls, by where their bytes go (cache: a file in the blob cache; memory: a bounded buffer)."}, []string{"mode"})
+	f.joins = prometheus.NewCounter(prometheus.CounterOpts{Name: "portcullis_blob_shared_joins_total",
+		Help: "Blob pulls served from an upstream fetch another pull started."})
+	f.alone = prometheus.NewCounter(prometheus.CounterOpts{Name: "portcullis_blob_shared_late_total",
+		Help: "Blob pulls that found a shared fetch already past its buffer and fetched on their own."})
+	f.dropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "portcullis_blob_shared_dropped_total",
+		Help: "Readers dropped from a shared fetch because they took nothing for the stall grace while the others waited."})
+	buf := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "portcullis_blob_shared_buffer_bytes",
+		Help: "Bytes of memory buffers held by shared blob fetches."}, func() float64 { return float64(f.used.Load()) })
+	for _, c := range []prometheus.Collector{f.hits, f.misses, f.cacheErrors, f.fetches, f.joins, f.alone, f.dropped, buf} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	for _, op := range []string{"create", "commit"} {
+		f.cacheErrors.WithLabelValues(op)
+	}
+	for _, m := range []string{"cache", "memory"} {
+		f.fetches.WithLabelValues(m)
+	}
+	return f, nil
+}
+
+// tryAcquire takes n bytes of the shared-fetch memory budget.
+func (f *blobFetches) tryAcquire(n int64) bool {
+	for {
+		u := f.used.Load()
+		if u+n > f.memory {
+			return false
+		}
+		if f.used.CompareAndSwap(u, u+n) {
+			return true
+		}
+	}
+}
+
+// serveBlobShared serves a blob blob gating has allowed (wouldDeny: in a
+// warn boundary only) from the cache or from a fetch shared with
+// concurrent pulls. It reports false when the request is to go to the
+// upstream on its own: a HEAD or a conditional or ranged request the
+// cache does not hold, or a pull that came too late to share.
+func (p *Proxy) serveBlobShared(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, digest v1.Hash, size int64, wouldDeny *blobGate) (bool, error) {
+	f := p.fetches
+	if f == nil || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
+		return false, nil
+	}
+	if f.cache != nil {
+		if served := p.serveCachedBlob(w, r, u, repo, digest, size, wouldDeny); served {
+			return true, nil
+		}
+		f.misses.Inc()
+	}
+	if r.Method == http.MethodHead || (f.cache == nil && f.buffer == 0) {
+		return false, nil
+	}
+	for _, k := range blobRequestHeaders {
+		if r.Header.Get(k) != "" {
+			// Conditionals and ranges are the upstream's to answer; a
+			// part of a blob cannot be checked against its digest.
+			return false, nil
+		}
+	}
+	fl, rd, leader := f.join(r.Context(), blobFlightKey(u.name, digest))
+	if fl == nil {
+		f.alone.Inc()
+		return false, nil
+	}
+	defer f.leave(fl, rd)
+	if leader {
+		// The fetch waits for a stream connection like any pull, and may
+		// drop a stalled client's stream for it.
+		st := p.startStream(r, u, repo, digest)
+		defer p.streams.remove(st)
+		stop := p.whileOpening(st, u)
+		go f.run(fl.ctx, fl, u, repo, digest, size)
+		select {
+		case <-fl.ready:
+		case <-r.Context().Done():
+		}
+		stop()
+	} else {
+		f.joins.Inc()
+	}
+	select {
+	case <-fl.ready:
+	case <-r.Context().Done():
+		return true, clientGone(r.Context())
+	}
+	if fl.openErr != nil {
+		return true, fl.openErr
+	}
+	if wouldDeny != nil {
+		p.recordBlob(r, u, repo, digest, *wouldDeny)
+	}
+	copyHeaders(w.Header(), fl.header, blobResponseHeaders)
+	w.Header().Set("Docker-Content-Digest", digest.String())
+	w.Header().Set("Content-Length", strconv.FormatInt(fl.size, 10))
+	w.WriteHeader(http.StatusOK)
+	cw := &clientWriter{w: w}
+	n, err := fl.readTo(r.Context(), rd, cw)
+	p.metrics.blobBytes.Add(float64(n))
+	if err == nil {
+		if fl.file != nil {
+			// The client has every byte; waiting for the commit (a sync
+			// and a rename) before the handler returns makes the next
+			// request a cache hit, not another reader of the file.
+			_ = http.NewResponseController(w).Flush()
+			select {
+			case <-fl.done:
+			case <-r.Context().Done():
+			}
+		}
+		return true, nil
+	}
+	switch {
+	case errors.Is(err, errDroppedReader):
+		p.log.Info("client too slow: dropped from a shared blob fetch", zap.String("client", r.RemoteAddr),
+			zap.String("upstream", u.name), zap.String("repository", repo),
+			zap.String("digest", digest.String()), zap.Int64("bytes", n))
+	case cw.err != nil && errors.Is(cw.err, os.ErrDeadlineExceeded):
+		p.log.Info("client stalled: blob stream dropped", zap.String("client", r.RemoteAddr),
+			zap.String("upstream", u.name), zap.String("repository", repo),
+			zap.String("digest", digest.String()), zap.Int64("bytes", n))
+	}
+	// The fetch's own failure is logged once by the fetch; aborting is
+	// the only way left to tell this client the body is not the blob.
+	panic(http.ErrAbortHandler)
+}
+
+func blobFlightKey(upstream string, digest v1.Hash) string {
+	return upstream + "\x00" + digest.String()
+}
+
+// blobFlight is one upstream fetch of a blob and the pulls reading it.
+// The fetch writes either to a cache file, which readers read back as it
+// grows, or to a bounded chain of memory chunks, which are freed once
+// every reader has passed them.
+type blobFlight struct {
+	f   *blobFetches
+	key string
+	// ready is closed once the upstream answered; the fields below it are
+	// set before and read-only after.
+	ready   chan struct{}
+	openErr error
+	size    int64
+	header  http.Header
+	file    BlobCacheWriter // nil: memory chunks
+	// ctx is the fetch's; cancel ends it when the last reader leaves.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// done is closed once the fetch has finished (and committed).
+	done chan struct{}
+
+	mu sync.Mutex
+	// changed is closed and replaced whenever written or finished
+	// changes; space takes a token whenever a reader moves on.
+	changed  chan struct{}
+	space    chan struct{}
+	written  int64
+	finished bool
+	err      error
+	// abandoned: every reader left before the fetch finished.
+	abandoned bool
+	readers   map[*flightReader]struct{}
+	// chunks hold bytes [base, written); every chunk but the last is full.
+	chunks [][]byte
+	base   int64
+	// The slowest reader's position and since when it has not moved,
+	// while the writer waits for room.
+	waitMin   int64
+	waitSince time.Time
+	closed    bool
+}
+
+type flightReader struct {
+	pos     int64
+	dropped bool
+}
+
+var errDroppedReader = errors.New("dropped from a shared blob fetch: too slow")
+
+// join registers a reader of the running fetch for key, or starts one
+// (leader). It returns a nil flight when the running fetch has already
+// freed its first bytes: the pull fetches on its own.
+// The fetch's context keeps the leader's values (trace) but not its
+// cancellation.
+func (f *blobFetches) join(parent context.Context, key string) (fl *blobFlight, rd *flightReader, leader bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rd = &flightReader{}
+	if fl := f.flights[key]; fl != nil {
+		fl.mu.Lock()
+		defer fl.mu.Unlock()
+		if fl.base > 0 {
+			return nil, nil, false
+		}
+		fl.readers[rd] = struct{}{}
+		return fl, rd, false
+	}
+	fl = &blobFlight{f: f, key: key, ready: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{}),
+		space: make(chan struct{}, 1), readers: map[*flightReader]struct{}{rd: {}}}
+	fl.ctx, fl.cancel = context.WithCancel(context.WithoutCancel(parent))
+	f.flights[key] = fl
+	return fl, rd, true
+}
+
+// leave unregisters rd; the last reader to leave a running fetch cancels
+// it, and the last to leave a finished one closes its file.
+func (f *blobFetches) leave(fl *blobFlight, rd *flightReader) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	delete(fl.readers, rd)
+	if len(fl.readers) > 0 {
+		fl.freeLocked()
+		select {
+		case fl.space <- struct{}{}:
+		default:
+		}
+		return
+	}
+	// A fetch that has delivered every byte is left to finish: its
+	// readers may leave before it is committed to the cache, and the
+	// next pull must find it there (or join it meanwhile).
+	if !fl.finished && !fl.deliveredLocked() {
+		fl.abandoned = true
+		fl.cancel()
+		if f.flights[fl.key] == fl {
+			delete(f.flights, fl.key)
+		}
+	}
+	fl.freeLocked()
+	if fl.finished {
+		// Otherwise finish closes it: a reader may still join.
+		fl.closeLocked()
+	}
+}
+
+// run fetches the blob once for every reader. It runs on a context of its
+// own, cancelled when the last reader leaves, so that no one client's
+// hang-up fails the others.
+func (f *blobFetches) run(ctx context.Context, fl *blobFlight, u *upstreamEntry, repo string, digest v1.Hash, size int64) {
+	p := f.p
+	defer fl.cancel()
+	resp, err := u.client.OpenBlob(ctx, http.MethodGet, repo, digest, size, nil)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		// Without Range or conditionals only a 200 is a blob.
+		resp.Body.Close()
+		p.metrics.upstreamErrors.WithLabelValues(u.name, "status_other").Inc()
+		fl.openErr = errorf(http.StatusBadGateway, CodeUnknown, "upstream %s answered %d for a blob", u.name, resp.StatusCode)
+	} else if err != nil {
+		fl.openErr = p.blobOpenFailure(ctx, u, repo, digest, err)
+	}
+	if fl.openErr != nil {
+		close(fl.ready)
+		f.finish(fl, fl.openErr)
+		return
+	}
+	defer resp.Body.Close()
+	fl.size = resp.ContentLength
+	fl.header = resp.Header.Clone()
+	mode := "memory"
+	if f.cache != nil {
+		w, cerr := f.cache.Create(u.name, digest, fl.size)
+		if cerr == nil {
+			fl.file, mode = w, "cache"
+		} else if !errors.Is(cerr, ErrBlobCacheFull) {
+			f.cacheErrors.WithLabelValues("create").Inc()
+			f.logCacheError("blob cache: cannot create a file; the blob is served without caching it",
+				zap.String("upstream", u.name), zap.String("digest", digest.String()), zap.Error(cerr))
+		}
+	}
+	f.fetches.WithLabelValues(mode).Inc()
+	close(fl.ready)
+
+	var sink io.Writer = &memorySink{fl: fl, ctx: ctx}
+	if fl.file != nil {
+		sink = &fileSink{fl: fl}
+	}
+	n, limited, err := upstream.Stream(sink, resp.Body, p.opts.streamBudget.StreamBudget)
+	if limited {
+		p.metrics.streamBufLimited.Inc()
+	}
+	if fl.file != nil {
+		if err == nil {
+			if cerr := fl.file.Commit(); cerr != nil {
+				// The readers have their verified bytes either way.
+				f.cacheErrors.WithLabelValues("commit").Inc()
+				f.logCacheError("blob cache: cannot commit a verified blob", zap.String("upstream", u.name),
+					zap.String("digest", digest.String()), zap.Error(cerr))
+			}
+		} else {
+			fl.file.Abort()
+		}
+	}
+	fl.mu.Lock()
+	abandoned := fl.abandoned
+	fl.mu.Unlock()
+	if err != nil && !abandoned {
+		kind := "blob_stream"
+		switch {
+		case errors.Is(err, upstream.ErrDigestMismatch):
+			kind = "blob_digest_mismatch"
+		case errors.Is(err, upstream.ErrTooLarge):
+			kind = "blob_too_long"
+		case errors.Is(err, upstream.ErrUpstreamStalled):
+			kind = "upstream_stalled"
+		}
+		// One line for the fetch, however many readers it aborts.
+		p.log.Warn("blob stream failed", zap.String("upstream", u.name),
+			zap.String("repository", repo), zap.String("digest", digest.String()), zap.Int64("bytes", n),
+			zap.Int("readers", fl.readerCount()), zap.Error(err))
+		p.metrics.upstreamErrors.WithLabelValues(u.name, kind).Inc()
+	}
+	f.finish(fl, err)
+}
+
+// logCacheError logs a blob cache failure, at most once a minute: every
+// failure is counted, and a broken disk would otherwise log each blob.
+func (f *blobFetches) logCacheError(msg string, fields ...zap.Field) {
+	if f.cacheLog.allow(time.Now(), time.Minute) {
+		f.p.log.Error(msg, fields...)
+	}
+}
+
+// blobOpenFailure maps a failure to open the blob, as serveBlob does.
+func (p *Proxy) blobOpenFailure(ctx context.Context, u *upstreamEntry, repo string, digest v1.Hash, err error) error {
+	if errors.Is(err, upstream.ErrUnexpectedPartial) {
+		p.log.Error("upstream answered a whole-blob request with partial content", zap.String("upstream", u.name),
+			zap.String("repository", repo), zap.String("digest", digest.String()), zap.Error(err))
+		p.metrics.upstreamErrors.WithLabelValues(u.name, "unexpected_partial").Inc()
+		return errorf(http.StatusBadGateway, CodeUnknown, "upstream %s answered a request for the whole blob with partial content", u.name)
+	}
+	return p.upstreamFailure(ctx, u, err, CodeBlobUnknown, "blob")
+}
+
+// finish takes the fetch out of the table (after a commit, so the next
+// pull finds the cache) and wakes every reader.
+func (f *blobFetches) finish(fl *blobFlight, err error) {
+	f.mu.Lock()
+	if f.flights[fl.key] == fl {
+		delete(f.flights, fl.key)
+	}
+	f.mu.Unlock()
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	fl.finished, fl.err = true, err
+	if err == nil && fl.written != fl.size {
+		fl.err = fmt.Errorf("shared blob fetch ended at %d of %d bytes", fl.written, fl.size)
+	}
+	fl.broadcastLocked()
+	close(fl.done)
+	if len(fl.readers) == 0 {
+		fl.freeLocked()
+		fl.closeLocked()
+	}
+}
+
+// deliveredLocked reports whether the fetch has produced the whole blob,
+// verified (the last bytes are released only once they matched).
+func (fl *blobFlight) deliveredLocked() bool {
+	select {
+	case <-fl.ready:
+		return fl.openErr == nil && fl.written == fl.size
+	default:
+		return false
+	}
+}
+
+func (fl *blobFlight) readerCount() int {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	return len(fl.readers)
+}
+
+func (fl *blobFlight) broadcastLocked() {
+	close(fl.changed)
+	fl.changed = make(chan struct{})
+}
+
+func (fl *blobFlight) closeLocked() {
+	if fl.file != nil && !fl.closed {
+		fl.closed = true
+		fl.file.Close()
+	}
+}
+
+// minPosLocked is the slowest reader's position; written when none.
+func (fl *blobFlight) minPosLocked() int64 {
+	m := fl.written
+	for rd := range fl.readers {
+		m = min(m, rd.pos)
+	}
+	return m
+}
+
+// freeLocked drops the full memory chunks every reader has passed.
+func (fl *blobFlight) freeLocked() {
+	if len(fl.chunks) == 0 {
+		return
+	}
+	m := fl.minPosLocked()
+	if len(fl.readers) == 0 {
+		m = fl.written
+		if !fl.finished {
+			m = -1
+		}
+	}
+	for len(fl.chunks) > 0 {
+		c := fl.chunks[0]
+		if len(c) < cap(c) && !fl.finished || fl.base+int64(len(c)) > m {
+			break
+		}
+		fl.f.used.Add(-int64(cap(c)))
+		fl.base += int64(len(c))
+		fl.chunks[0] = nil
+		fl.chunks = fl.chunks[1:]
+	}
+	if fl.finished && len(fl.readers) == 0 {
+		for _, c := range fl.chunks {
+			fl.f.used.Add(-int64(cap(c)))
+		}
+		fl.chunks = nil
+	}
+}
+
+// fileSink writes the fetch to its cache file and publishes each write.
+type fileSink struct{ fl *blobFlight }
+
+func (s *fileSink) Write(b []byte) (int, error) {
+	n, err := s.fl.file.Write(b)
+	s.fl.mu.Lock()
+	s.fl.written += int64(n)
+	s.fl.broadcastLocked()
+	s.fl.mu.Unlock()
+	return n, err
+}
+
+// memorySink appends the fetch to the flight's chunks. When the fastest
+// reader is the buffer ahead of the slowest (or the budget has no room
+// beyond two chunks) it waits for the slowest; one that has not moved for
+// the stall grace is dropped.
+type memorySink struct {
+	fl  *blobFlight
+	ctx context.Context
+}
+
+func (s *memorySink) Write(b []byte) (int, error) {
+	fl, f := s.fl, s.fl.f
+	grace := f.p.opts.clientStallGrace
+	if grace <= 0 {
+		grace = DefaultClientStallGrace
+	}
+	total := 0
+	for len(b) > 0 {
+		fl.mu.Lock()
+		var tail []byte
+		if k := len(fl.chunks); k > 0 && len(fl.chunks[k-1]) < cap(fl.chunks[k-1]) {
+			tail = fl.chunks[k-1]
+		} else {
+			held := int64(len(fl.chunks)) * shareChunk
+			if held < 2*shareChunk || (held+shareChunk <= f.buffer && f.tryAcquireUnlessMin(held)) {
+				if held < 2*shareChunk {
+					f.used.Add(shareChunk)
+				}
+				tail = make([]byte, 0, shareChunk)
+				fl.chunks = append(fl.chunks, tail)
+				fl.waitSince = time.Time{}
+			}
+		}
+		if tail == nil {
+			now := time.Now()
+			if m := fl.minPosLocked(); fl.waitSince.IsZero() || m != fl.waitMin {
+				fl.waitMin, fl.waitSince = m, now
+			} else if now.Sub(fl.waitSince) >= grace {
+				for rd := range fl.readers {
+					if rd.pos == m {
+						rd.dropped = true
+						delete(fl.readers, rd)
+						f.dropped.Inc()
+					}
+				}
+				fl.waitSince = time.Time{}
+				fl.freeLocked()
+				fl.broadcastLocked()
+				fl.mu.Unlock()
+				continue
+			}
+			wait := grace - now.Sub(fl.waitSince)
+			fl.mu.Unlock()
+			t := time.NewTimer(wait)
+			select {
+			case <-fl.space:
+			case <-t.C:
+			case <-s.ctx.Done():
+				t.Stop()
+				return total, s.ctx.Err()
+			}
+			t.Stop()
+			continue
+		}
+		k := min(len(b), cap(tail)-len(tail))
+		fl.chunks[len(fl.chunks)-1] = append(tail, b[:k]...)
+		fl.written += int64(k)
+		b, total = b[k:], total+k
+		fl.broadcastLocked()
+		fl.mu.Unlock()
+	}
+	return total, nil
+}
+
+// tryAcquireUnlessMin takes a chunk from the budget for a flight that
+// already holds its two free chunks.
+func (f *blobFetches) tryAcquireUnlessMin(held int64) bool {
+	return held >= 2*shareChunk && f.tryAcquire(shareChunk)
+}
+
+// readTo copies the blob to w as the fetch produces it. It returns nil
+// once all size bytes are written: the fetch releases a blob's last bytes
+// only after they matched the digest.
+func (fl *blobFlight) readTo(ctx context.Context, rd *flightReader, w io.Writer) (int64, error) {
+	var buf []byte
+	if fl.file != nil {
+		bp := fileReadPool.Get().(*[]byte)
+		defer fileReadPool.Put(bp)
+		buf = *bp
+	}
+	var sent int64
+	for {
+		fl.mu.Lock()
+		if rd.dropped {
+			fl.mu.Unlock()
+			return sent, errDroppedReader
+		}
+		if rd.pos == fl.size {
+			fl.mu.Unlock()
+			return sent, nil
+		}
+		if rd.pos < fl.written {
+			var data []byte
+			if fl.file != nil {
+				data = buf[:min(int64(len(buf)), fl.written-rd.pos)]
+			} else {
+				i := (rd.pos - fl.base) / shareChunk
+				c := fl.chunks[i]
+				data = c[(rd.pos-fl.base)%shareChunk:]
+			}
+			pos := rd.pos
+			fl.mu.Unlock()
+			if fl.file != nil {
+				n, err := fl.file.ReadAt(data, pos)
+				if err != nil && !(err == io.EOF && n == len(data)) {
+					return sent, fmt.Errorf("reading the blob cache file: %w", err)
+				}
+			}
+			n, err := w.Write(data)
+			sent += int64(n)
+			if err != nil {
+				return sent, err
+			}
+			fl.mu.Lock()
+			rd.pos += int64(n)
+			if fl.file == nil {
+				fl.freeLocked()
+				select {
+				case fl.space <- struct{}{}:
+				default:
+				}
+			}
+			fl.mu.Unlock()
+			continue
+		}
+		if fl.finished {
+			err := fl.err
+			fl.mu.Unlock()
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return sent, err
+		}
+		ch := fl.changed
+		fl.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return sent, ctx.Err()
+		}
+	}
+}
