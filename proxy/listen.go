@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -277,6 +278,78 @@ func (c *clientConn) Write(b []byte) (int, error) {
 		}
 	}
 }
+
+// sendfileChunk is how much one sendfile(2) call may send: the deadline
+// is renewed between chunks, as between the writes of a stream.
+const sendfileChunk = 4 << 20
+
+// ReadFrom lets net/http send a file from the verified blob cache with
+// sendfile(2) instead of copying it through user space, under the same
+// idle deadline as Write: renewed whenever the client takes some of it,
+// the connection dropped when it takes nothing for the idle timeout.
+// Anything but a file (or a file under one io.LimitedReader, as
+// http.ServeContent passes it) on a plain TCP connection goes through
+// Write.
+func (c *clientConn) ReadFrom(r io.Reader) (int64, error) {
+	lr, f := sendfileSource(r)
+	tc, ok := c.Conn.(*net.TCPConn)
+	if f == nil || !ok {
+		return io.Copy(writerOnly{c}, r)
+	}
+	var total int64
+	last := time.Now()
+	c.blockedSince.Store(last.UnixNano())
+	defer c.blockedSince.Store(0)
+	for lr == nil || lr.N > 0 {
+		deadline := last.Add(c.l.idle)
+		if c.l.tick > 0 {
+			deadline = minTime(deadline, time.Now().Add(c.l.tick))
+		}
+		if err := c.Conn.SetWriteDeadline(deadline); err != nil {
+			return total, err
+		}
+		chunk := int64(sendfileChunk)
+		if lr != nil {
+			chunk = min(chunk, lr.N)
+		}
+		n, err := tc.ReadFrom(&io.LimitedReader{R: f, N: chunk})
+		total += n
+		c.written.Add(n)
+		c.l.metrics.sendfileBytes.Add(float64(n))
+		if lr != nil {
+			lr.N -= n
+		}
+		now := time.Now()
+		if n > 0 {
+			last = now
+			c.blockedSince.Store(now.UnixNano())
+		}
+		switch {
+		case err == nil && n < chunk:
+			return total, nil // end of the file
+		case err == nil:
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+			return total, err
+		case n == 0 && now.Sub(last) >= c.l.idle:
+			c.noteStall()
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// sendfileSource is the file under r when r is one (lr nil) or a single
+// io.LimitedReader over one.
+func sendfileSource(r io.Reader) (lr *io.LimitedReader, f *os.File) {
+	if l, ok := r.(*io.LimitedReader); ok {
+		lr, r = l, l.R
+	}
+	f, _ = r.(*os.File)
+	return lr, f
+}
+
+// writerOnly hides a writer's ReadFrom from io.Copy.
+type writerOnly struct{ io.Writer }
 
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {

@@ -171,10 +171,11 @@ func (p *Proxy) resolveManifest(ctx context.Context, mr manifestReq, req apiRequ
 			return nil, errorf(http.StatusBadGateway, CodeUnknown, "upstream %s resolved %q to an unusable digest", mr.u.name, req.ref)
 		}
 		d.desc, d.manifest = desc, m
+		d.digest = digestString(d.desc.Digest)
 	} else {
-		d.desc.Digest = req.digest
+		// parseDigest accepted ref whole: it is the digest's string form.
+		d.desc.Digest, d.digest = req.digest, req.ref
 	}
-	d.digest = d.desc.Digest.String()
 	d.fingerprint = mr.v.FingerprintFor(mr.u.name, mr.repo)
 	d.key = verdictKey(d.fingerprint, mr.u.name, mr.repo, d.desc.Digest)
 	return d, nil
@@ -270,10 +271,10 @@ func (p *Proxy) cachedVerdict(d *manifestDecision) bool {
 	}
 	v, ok := vc.Get(d.key)
 	if !ok {
-		p.metrics.verdictCache.WithLabelValues("miss").Inc()
+		p.metrics.verdictMiss.Inc()
 		return false
 	}
-	p.metrics.verdictCache.WithLabelValues("hit").Inc()
+	p.metrics.verdictHit.Inc()
 	d.verdict, d.source = v, sourceCache
 	return true
 }
@@ -330,12 +331,37 @@ func (p *Proxy) fetchBytes(ctx context.Context, d *manifestDecision) error {
 	if d.manifest != nil || p.fromManifestCache(d) {
 		return nil
 	}
-	m, fromCache, err := p.manifestBytes(ctx, d.mr.u, d.mr.repo, d.desc.Digest, nil)
+	// Pulls that need the same bytes at once share one upstream GET: a
+	// replica that reads a new digest's verdict from shared state has
+	// every pull of it arriving meanwhile miss the manifest cache. Only
+	// pulls share it; a verification fetches on its own (a watch must not
+	// wait on a pull's request).
+	fetch := func(fctx context.Context) (manifestFetch, error) {
+		m, fromCache, err := p.manifestBytes(fctx, d.mr.u, d.mr.repo, d.desc.Digest, nil)
+		return manifestFetch{m: m, fromCache: fromCache}, err
+	}
+	var (
+		f   manifestFetch
+		err error
+	)
+	if d.mr.fresh {
+		f, err = fetch(ctx)
+	} else {
+		f, err = p.manifestFetches.do(ctx, d.mr.u.name+"\x00"+d.mr.repo+"\x00"+d.digest, fetch)
+	}
 	if err != nil {
 		return p.fetchFailure(ctx, d.mr, d.desc.Digest, err)
 	}
-	d.manifest, d.fromCache, d.bytesChecked = &m, fromCache, fromCache
+	// Every waiter gets the same bytes; they are only read.
+	m := f.m
+	d.manifest, d.fromCache, d.bytesChecked = &m, f.fromCache, f.fromCache
 	return nil
+}
+
+// manifestFetch is the outcome of a shared fetch of manifest bytes.
+type manifestFetch struct {
+	m         verify.Manifest
+	fromCache bool
 }
 
 func (p *Proxy) fromManifestCache(d *manifestDecision) bool {
@@ -409,20 +435,24 @@ func (p *Proxy) keep(d *manifestDecision) {
 
 func (p *Proxy) writeManifest(w http.ResponseWriter, r *http.Request, d *manifestDecision) {
 	h := w.Header()
-	h.Set("Docker-Content-Digest", d.digest)
-	h.Set("ETag", `"`+d.digest+`"`)
+	// One backing array for the four values, each a full slice of its
+	// own so that an Add to one key cannot write into the next.
+	v := make([]string, 4)
+	v[0], v[1] = d.digest, `"`+d.digest+`"`
 	m := d.manifest
 	if m != nil {
 		mt := m.MediaType
 		if d.parsed != nil {
 			mt = d.parsed.mediaType
 		}
-		h.Set("Content-Type", string(mt))
-		h.Set("Content-Length", strconv.Itoa(len(m.Bytes)))
+		v[2], v[3] = string(mt), strconv.Itoa(len(m.Bytes))
 	} else {
-		h.Set("Content-Type", string(d.desc.MediaType))
-		h.Set("Content-Length", strconv.FormatInt(d.desc.Size, 10))
+		v[2], v[3] = string(d.desc.MediaType), strconv.FormatInt(d.desc.Size, 10)
 	}
+	h["Docker-Content-Digest"] = v[0:1:1]
+	h["Etag"] = v[1:2:2]
+	h["Content-Type"] = v[2:3:3]
+	h["Content-Length"] = v[3:4:4]
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {
 		_, _ = w.Write(m.Bytes)
@@ -432,7 +462,7 @@ func (p *Proxy) writeManifest(w http.ResponseWriter, r *http.Request, d *manifes
 // parse parses a manifest once per digest and media type; the parsed form
 // of content-addressed bytes never changes.
 func (p *Proxy) parse(m *verify.Manifest) (*parsedManifest, error) {
-	key := m.Digest.String() + " " + string(m.MediaType)
+	key := m.Digest.Algorithm + ":" + m.Digest.Hex + " " + string(m.MediaType)
 	if pm, ok := p.parsed.Get(key); ok {
 		return pm, nil
 	}
@@ -517,6 +547,8 @@ func (p *Proxy) verifyShared(ctx context.Context, mr manifestReq, key string, di
 		// The timeout starts with the slot: the wait for one has its own bound.
 		vctx, cancel := context.WithTimeout(fctx, p.opts.verifyTimeout)
 		defer cancel()
+		vctx, stopAhead := p.readEvidenceAhead(vctx, mr, digest, have) // see evidenceahead.go
+		defer stopAhead()
 		m, fromCache, err := p.manifestBytes(vctx, mr.u, mr.repo, digest, have)
 		if err != nil {
 			return flightResult{}, &fetchError{err}
@@ -562,7 +594,7 @@ func (p *Proxy) evaluate(ctx context.Context, mr manifestReq, m verify.Manifest)
 	subject.Revoked = p.signerRevocations()
 	p.metrics.verifications.Inc()
 	vctx, span := p.startVerify(ctx, mr, m.Digest)
-	v, err := mr.v.Verify(withVerifier(vctx, mr.v), subject, mr.u.client)
+	v, err := mr.v.Verify(withVerifier(vctx, mr.v), subject, evidenceFetcher(vctx, mr, m.Digest))
 	endVerify(span, v, err)
 	if err != nil {
 		return verify.Verdict{}, err
@@ -599,12 +631,13 @@ func (p *Proxy) manifestBytes(ctx context.Context, u *upstreamEntry, repo string
 	if have != nil && have.Digest == digest {
 		return *have, false, nil
 	}
+	ds := digestString(digest)
 	if mc := p.opts.manifests; mc != nil {
-		if m, ok := mc.Get(digest.String()); ok && m.Digest == digest {
+		if m, ok := mc.Get(ds); ok && m.Digest == digest {
 			return m, true, nil
 		}
 	}
-	m, err = u.manifests.GetManifest(ctx, repo, digest.String(), nil)
+	m, err = u.manifests.GetManifest(ctx, repo, ds, nil)
 	if err != nil {
 		return verify.Manifest{}, false, err
 	}
@@ -671,7 +704,11 @@ func (p *Proxy) decide(md *manifestDecision) {
 	dk := mr.u.name + "\x00" + mr.repo + "\x00" + md.digest
 	prev, seen := p.lastAllowed.Get(dk)
 	drift := seen && prev && !v.Allowed
-	p.lastAllowed.Add(dk, v.Allowed)
+	if !seen || prev != v.Allowed {
+		// Get already made a known entry the most recent; only a change
+		// needs writing.
+		p.lastAllowed.Add(dk, v.Allowed)
+	}
 	if drift {
 		p.metrics.drift.WithLabelValues(v.Boundary).Inc()
 	}
@@ -679,7 +716,7 @@ func (p *Proxy) decide(md *manifestDecision) {
 	if mode == "" {
 		mode = verify.ModeEnforce
 	}
-	p.metrics.decisions.WithLabelValues(v.Boundary, decision, string(mode), md.source.label()).Inc()
+	p.metrics.decision(v.Boundary, decision, string(mode), md.source)
 	p.record(Decision{
 		Time:       time.Now().UTC(),
 		Client:     mr.client,
@@ -823,7 +860,7 @@ func (p *Proxy) failClosed(mr manifestReq, digest v1.Hash, code string, err erro
 		Reasons:    []string{reason},
 		FailClosed: true,
 	})
-	p.metrics.decisions.WithLabelValues("", "deny", string(verify.ModeEnforce), sourceVerified.label()).Inc()
+	p.metrics.decision("", "deny", string(verify.ModeEnforce), sourceVerified)
 	return &Error{
 		Status:  http.StatusForbidden,
 		Code:    CodeDenied,
@@ -902,18 +939,32 @@ func clientGone(ctx context.Context) error {
 // verdictKey scopes a verdict to the policy, the upstream, the repository
 // and the digest: a verdict never carries over between repositories.
 func verdictKey(fingerprint, upstreamName, repo string, d v1.Hash) string {
-	h := sha256.New()
-	for _, s := range []string{fingerprint, upstreamName, repo, d.String()} {
-		h.Write([]byte(strconv.Itoa(len(s))))
-		h.Write([]byte{':'})
-		h.Write([]byte(s))
+	// The hashed input is len:value for each of the four, built in one
+	// buffer (on the stack for the usual lengths).
+	var stack [512]byte
+	b := stack[:0]
+	for _, s := range [...]string{fingerprint, upstreamName, repo} {
+		b = strconv.AppendInt(b, int64(len(s)), 10)
+		b = append(b, ':')
+		b = append(b, s...)
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	b = strconv.AppendInt(b, int64(len(d.Algorithm)+1+len(d.Hex)), 10)
+	b = append(b, ':')
+	b = append(b, d.Algorithm...)
+	b = append(b, ':')
+	b = append(b, d.Hex...)
+	sum := sha256.Sum256(b)
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], sum[:])
+	return string(out[:])
 }
 
 func blobKey(upstreamName, repo string, d v1.Hash) string {
-	return upstreamName + "\x00" + repo + "\x00" + d.String()
+	return upstreamName + "\x00" + repo + "\x00" + d.Algorithm + ":" + d.Hex
 }
+
+// digestString is d.String() (algorithm:hex) without fmt.
+func digestString(d v1.Hash) string { return d.Algorithm + ":" + d.Hex }
 
 // acceptList splits the client's Accept headers, bounded.
 func acceptList(r *http.Request) []string {

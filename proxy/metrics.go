@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -26,11 +29,91 @@ type metrics struct {
 	clientConns        prometheus.Gauge
 	clientConnsLimited prometheus.Counter
 	clientStalled      prometheus.Counter
+	sendfileBytes      prometheus.Counter
 	streamsEvicted     prometheus.Counter
 	streamBufLimited   prometheus.Counter
 	limitExceeded      *prometheus.CounterVec
 	referrers          *prometheus.CounterVec
 	authFailures       *prometheus.CounterVec
+
+	// Series resolved once: a label lookup hashes every label value on
+	// each call, which on a warm pull costs more than the answer itself.
+	verdictHit, verdictMiss prometheus.Counter
+	// durationBy is indexed by route kind + 1; 0 is "other". Each series
+	// is created on first use, as WithLabelValues would.
+	durationBy  [routeTags + 2]lazyObserver
+	requestsBy  seriesCache[requestSeries]
+	decisionsBy seriesCache[decisionSeries]
+}
+
+type lazyObserver struct {
+	once sync.Once
+	o    prometheus.Observer
+}
+
+type requestSeries struct {
+	method string
+	route  routeKind
+	code   int
+}
+
+type decisionSeries struct {
+	boundary, decision, mode string
+	source                   verdictSource
+}
+
+// maxCachedSeries bounds a seriesCache; past it, lookups go through the
+// vector's labels every time, as they would without the cache.
+const maxCachedSeries = 4096
+
+// seriesCache maps a comparable key to its counter, resolved on first use.
+type seriesCache[K comparable] struct {
+	m sync.Map // K → prometheus.Counter
+	n atomic.Int64
+}
+
+func (c *seriesCache[K]) get(k K, resolve func() prometheus.Counter) prometheus.Counter {
+	if v, ok := c.m.Load(k); ok {
+		return v.(prometheus.Counter)
+	}
+	ctr := resolve()
+	if c.n.Load() < maxCachedSeries {
+		if _, loaded := c.m.LoadOrStore(k, ctr); !loaded {
+			c.n.Add(1)
+		}
+	}
+	return ctr
+}
+
+// request counts one answered registry request and its duration.
+func (m *metrics) request(method string, route routeKind, code int, seconds float64) {
+	method = methodLabel(method)
+	m.requestsBy.get(requestSeries{method, route, code}, func() prometheus.Counter {
+		return m.requests.WithLabelValues(method, routeLabel(route), strconv.Itoa(code))
+	}).Inc()
+	i := int(route) + 1
+	if i < 0 || i >= len(m.durationBy) {
+		i = 0
+	}
+	lo := &m.durationBy[i]
+	lo.once.Do(func() { lo.o = m.duration.WithLabelValues(routeLabel(routeKind(i - 1))) })
+	lo.o.Observe(seconds)
+}
+
+// decision counts one decision.
+func (m *metrics) decision(boundary, decision, mode string, source verdictSource) {
+	m.decisionsBy.get(decisionSeries{boundary, decision, mode, source}, func() prometheus.Counter {
+		return m.decisions.WithLabelValues(boundary, decision, mode, source.label())
+	}).Inc()
+}
+
+// routeLabel names a route in metrics; a request that never parsed is
+// "other".
+func routeLabel(k routeKind) string {
+	if k < 0 {
+		return "other"
+	}
+	return k.String()
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -74,7 +157,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"boundary"}),
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_refresh_ahead_total",
-			Help: "Background re-verifications of allowed digests before their verdict expired, by result (allow, deny, error).",
+			Help: "Background re-verifications of allowed digests before their verdict expired, by result (allow, deny, error, shared: another replica holds the lease or already refreshed it).",
 		}, []string{"result"}),
 		revocationHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portcullis_revocation_hits_total",
@@ -82,7 +165,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		lineageDeps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_lineage_dependencies_total",
-			Help: "Lineage dependencies decided for a parent subject, by result (allow, deny, error).",
+			Help: "Lineage dependencies decided for a parent subject, by result (allow, deny, error, cancelled: stopped because another dependency already decided the parent).",
 		}, []string{"result"}),
 		verifyRunning: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "portcullis_verifications_running",
@@ -103,6 +186,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		clientConnsLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portcullis_client_connections_limited_total",
 			Help: "Client connections that waited to be accepted because max client connections were open.",
+		}),
+		sendfileBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portcullis_client_sendfile_bytes_total",
+			Help: "Bytes sent to clients straight from a file with sendfile(2): blobs served from the verified blob cache over plain TCP.",
 		}),
 		clientStalled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portcullis_client_stalled_total",
@@ -133,7 +220,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.requests, m.duration, m.decisions, m.verificationErrors, m.upstreamErrors,
 		m.blobBytes, m.verdictCache, m.verifications, m.drift, m.refreshes, m.revocationHits, m.lineageDeps,
 		m.verifyRunning, m.verifyQueued, m.verifyRejected,
-		m.clientConns, m.clientConnsLimited, m.clientStalled, m.streamsEvicted, m.streamBufLimited, m.limitExceeded,
+		m.clientConns, m.clientConnsLimited, m.clientStalled, m.sendfileBytes, m.streamsEvicted, m.streamBufLimited, m.limitExceeded,
 		m.referrers, m.authFailures,
 	} {
 		if err := reg.Register(c); err != nil {
@@ -157,9 +244,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	// Pre-create the series dashboards alert on, so that a rate() over
 	// them is defined before the first event.
-	m.verdictCache.WithLabelValues("hit")
-	m.verdictCache.WithLabelValues("miss")
-	for _, r := range []string{"allow", "deny", "error"} {
+	m.verdictHit = m.verdictCache.WithLabelValues("hit")
+	m.verdictMiss = m.verdictCache.WithLabelValues("miss")
+	for _, r := range []string{"allow", "deny", "error", "cancelled"} {
 		m.lineageDeps.WithLabelValues(r)
 	}
 	m.verifyRejected.WithLabelValues(rejectQueueFull)

@@ -3,9 +3,10 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -55,6 +56,11 @@ type Proxy struct {
 	flights    rootFlights
 	depFlights dependencyFlights
 	slots      *verifyLimiter
+
+	// manifestFetches shares an upstream GET of manifest bytes by digest
+	// between the requests that need it at the same time.
+	manifestFetches flightGroup[manifestFetch]
+
 	// coverage maps a child manifest's verdict key to the served index
 	// that lists it, while that index's verdict lasts.
 	coverage *ttlCache[string, coverEntry]
@@ -89,6 +95,9 @@ type Proxy struct {
 	draining  atomic.Bool
 	// streams are the blob streams running per upstream.
 	streams *streamTable
+	// fetches are the blob fetches concurrent pulls share, and the blob
+	// cache.
+	fetches *blobFetches
 }
 
 // New builds a proxy in front of upstreams. Every upstream must have a
@@ -162,6 +171,9 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		if err = reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	if p.fetches, err = newBlobFetches(p, o.blobFetch, reg); err != nil {
+		return nil, err
 	}
 	p.slots = newVerifyLimiter(o, p.metrics, p.log)
 	if err := p.initRefresh(); err != nil {
@@ -244,8 +256,10 @@ func newRouter(upstreams []Upstream, o options) (*router, error) {
 	return rt, nil
 }
 
-// reqState collects what the request line and metrics report.
+// reqState collects what the request line and metrics report. The status
+// recorder lives in it so that a request costs one allocation for both.
 type reqState struct {
+	rec        statusRecorder
 	route      routeKind
 	upstream   string
 	repository string
@@ -258,8 +272,8 @@ type reqState struct {
 // ServeHTTP serves the read-only registry API.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rec := &statusRecorder{ResponseWriter: w}
-	st := &reqState{route: -1, ns: r.URL.Query().Get("ns")}
+	st := &reqState{rec: statusRecorder{ResponseWriter: w}, route: -1, ns: queryValue(r.URL.RawQuery, "ns")}
+	rec := &st.rec
 	if p.tracer != nil {
 		var span trace.Span
 		r, span = p.startRequest(r)
@@ -268,12 +282,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		status := rec.statusCode()
 		d := time.Since(start)
-		route := "other"
-		if st.route >= 0 {
-			route = st.route.String()
-		}
-		p.metrics.requests.WithLabelValues(methodLabel(r.Method), route, strconv.Itoa(status)).Inc()
-		p.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
+		p.metrics.request(r.Method, st.route, status, d.Seconds())
 		// The one line per request. Headers are never logged: they may
 		// carry credentials. Fields are built only when the line is.
 		ce := p.log.Check(zap.InfoLevel, "request")
@@ -297,8 +306,43 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.serve(rec, r, st)
 }
 
+// apiVersion is the value of Docker-Distribution-API-Version, shared by
+// every answer: net/http only reads header values, and an Add to the key
+// would append to a copy (the slice is full).
+var apiVersion = []string{"registry/2.0"}
+
+// maxQueryParams is net/url's default bound on query parameters, past
+// which URL.Query parses none.
+const maxQueryParams = 10000
+
+// queryValue is URL.Query().Get(key) without building the map: the first
+// value of key among the &-separated pairs, pairs holding a semicolon or
+// failing to unescape skipped, as url.ParseQuery skips them.
+func queryValue(rawQuery, key string) string {
+	if rawQuery == "" || strings.Count(rawQuery, "&") >= maxQueryParams {
+		return ""
+	}
+	for rawQuery != "" {
+		var pair string
+		pair, rawQuery, _ = strings.Cut(rawQuery, "&")
+		if pair == "" || strings.Contains(pair, ";") {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		k, err := url.QueryUnescape(k)
+		if err != nil || k != key {
+			continue
+		}
+		if v, err = url.QueryUnescape(v); err != nil {
+			continue
+		}
+		return v
+	}
+	return ""
+}
+
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
-	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	w.Header()["Docker-Distribution-Api-Version"] = apiVersion
 	// Authentication comes first, so an unauthenticated client learns
 	// nothing, not even which paths parse; /v2/ challenges too, as
 	// clients probe it before anything else.
@@ -318,7 +362,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, st *reqState) {
 	}
 	st.route = req.kind
 	if req.digest.Hex != "" {
-		st.digest = req.digest.String()
+		// parseDigest accepted ref whole: it is the digest's string form.
+		st.digest = req.ref
 	}
 	if !methodAllowed(req.kind, r.Method) {
 		writeError(w, r, errorf(http.StatusMethodNotAllowed, CodeUnsupported, "%s is not supported: this registry is a read-only proxy", methodLabel(r.Method)))
@@ -412,6 +457,34 @@ func (s *statusRecorder) Flush() {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// fileWriter is a statusRecorder that lets net/http send a file with
+// sendfile(2) (clientConn.ReadFrom); used only for blobs served from the
+// verified blob cache, whose bytes need no stream buffer and no hashing.
+type fileWriter struct{ *statusRecorder }
+
+func (f fileWriter) ReadFrom(src io.Reader) (int64, error) {
+	s := f.statusRecorder
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	rf, ok := s.ResponseWriter.(io.ReaderFrom)
+	if !ok {
+		return io.Copy(writerOnly{s}, src)
+	}
+	n, err := rf.ReadFrom(src)
+	s.bytes += n
+	return n, err
+}
+
+// forFile is w able to send a file with sendfile(2) when w is the
+// proxy's own recorder; w itself otherwise.
+func forFile(w http.ResponseWriter) http.ResponseWriter {
+	if s, ok := w.(*statusRecorder); ok {
+		return fileWriter{s}
+	}
+	return w
+}
 
 func (s *statusRecorder) statusCode() int {
 	if s.status == 0 {

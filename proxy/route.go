@@ -96,29 +96,34 @@ func parseAPIPath(r *http.Request) (apiRequest, *Error) {
 	if !ok {
 		return apiRequest{}, errorf(http.StatusNotFound, CodeNameUnknown, "not found")
 	}
-	parts := strings.Split(rest, "/")
-	n := len(parts)
+	// <name>/<endpoint>/<last>, where name has at least one segment: the
+	// last two segments are cut off the end, so no slice of segments is
+	// built.
+	var name, endpoint, last string
+	if i := strings.LastIndexByte(rest, '/'); i >= 0 {
+		last = rest[i+1:]
+		if j := strings.LastIndexByte(rest[:i], '/'); j >= 0 {
+			name, endpoint = rest[:j], rest[j+1:i]
+		}
+	}
 	var req apiRequest
 	switch {
-	case n >= 3 && parts[n-2] == "tags" && parts[n-1] == "list":
+	case name == "":
+		return apiRequest{}, errorf(http.StatusNotFound, CodeNameUnknown, "not found")
+	case endpoint == "tags" && last == "list":
 		req.kind = routeTags
-		parts = parts[:n-2]
-	case n >= 3 && parts[n-2] == "manifests":
+	case endpoint == "manifests":
 		req.kind = routeManifest
-		req.ref = parts[n-1]
-		parts = parts[:n-2]
-	case n >= 3 && parts[n-2] == "blobs":
+		req.ref = last
+	case endpoint == "blobs":
 		req.kind = routeBlob
-		req.ref = parts[n-1]
-		parts = parts[:n-2]
-	case n >= 3 && parts[n-2] == "referrers":
+		req.ref = last
+	case endpoint == "referrers":
 		req.kind = routeReferrers
-		req.ref = parts[n-1]
-		parts = parts[:n-2]
+		req.ref = last
 	default:
 		return apiRequest{}, errorf(http.StatusNotFound, CodeNameUnknown, "not found")
 	}
-	name := strings.Join(parts, "/")
 	if err := validateName(name); err != nil {
 		return apiRequest{}, err
 	}
@@ -156,8 +161,10 @@ func validateName(name string) *Error {
 	if name == "" || len(name) > maxNameLength {
 		return errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name")
 	}
-	for i, c := range strings.Split(name, "/") {
-		if names.IsComponent(c) || (i == 0 && hostPortRE.MatchString(c)) {
+	first := true
+	for c := range strings.SplitSeq(name, "/") {
+		if names.IsComponent(c) || (first && hostPortRE.MatchString(c)) {
+			first = false
 			continue
 		}
 		return errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name %q", name)
@@ -255,7 +262,7 @@ func (rt *router) route(name, ns string) (*upstreamEntry, string, *Error) {
 // validateRepo re-checks the repository after a prefix was stripped: a
 // host:port component is only acceptable as the routing prefix.
 func validateRepo(repo string) *Error {
-	for _, c := range strings.Split(repo, "/") {
+	for c := range strings.SplitSeq(repo, "/") {
 		if !names.IsComponent(c) {
 			return errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name %q", repo)
 		}

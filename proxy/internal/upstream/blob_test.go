@@ -119,6 +119,14 @@ func TestVerifyingWriteTo(t *testing.T) {
 		{name: "upstream error", script: []read{{data: blob[:20_000]}, {data: blob[20_000:30_000], err: errReset}}, want: blob, err: errReset, maxOut: 20_000},
 		{name: "writer error", script: chunks(blob, 100_000, io.EOF), want: blob, w: &limitedWriter{max: 150_000}, err: errWriterGone, maxOut: 150_000},
 		{name: "short write", script: chunks(blob, 100_000, io.EOF), want: blob, w: &limitedWriter{max: 150_000, short: true}, err: io.ErrShortWrite, maxOut: 150_000},
+		// TLS hands over one record, at most 16 KiB, per Read: chunks are
+		// gathered from many reads, and the last one is still withheld.
+		{name: "record-sized reads", script: chunks(blob, 16<<10, io.EOF), want: blob},
+		{name: "record-sized reads, last byte tampered", script: chunks(tampered, 16<<10, io.EOF), want: blob, err: ErrDigestMismatch, maxOut: len(blob) - 1},
+		{name: "record-sized reads, eof alone, last byte tampered", script: append(chunks(tampered, 16<<10, nil), read{err: io.EOF}), want: blob, err: ErrDigestMismatch, maxOut: len(blob) - 1},
+		// Gathering starts after the first write (the first record); what
+		// was gathered with a failing read is never written.
+		{name: "record-sized reads, upstream error", script: []read{{data: blob[:16<<10]}, {data: blob[16<<10 : 32<<10]}, {data: blob[32<<10 : 48<<10]}, {data: blob[48<<10 : 56<<10], err: errReset}}, want: blob, err: errReset, maxOut: 16 << 10},
 	} {
 		for _, large := range []bool{false, true} {
 			name := tc.name
@@ -684,5 +692,78 @@ func TestStreamWithholdsFailedRead(t *testing.T) {
 	}
 	if n != 10 || out.String() != "0123456789" {
 		t.Fatalf("wrote %d bytes %q, want only those read cleanly", n, out.String())
+	}
+}
+
+// countWrites counts the writes it is given.
+type countWrites struct {
+	bytes.Buffer
+	writes int
+}
+
+func (c *countWrites) Write(p []byte) (int, error) {
+	c.writes++
+	return c.Buffer.Write(p)
+}
+
+// TestStreamGathersSmallReads checks that a body read in TLS-record-sized
+// pieces reaches the writer (and the hasher) in chunks of at least
+// streamChunkMin bytes on large buffers and whole small buffers otherwise,
+// verified or not, with every byte in order.
+func TestStreamGathersSmallReads(t *testing.T) {
+	t.Parallel()
+	blob := make([]byte, 3*streamBufferSize+12345)
+	for i := range blob {
+		blob[i] = byte(i * 13)
+	}
+	for _, tc := range []struct {
+		name     string
+		budget   *StreamBudget
+		verified bool
+		chunk    int
+	}{
+		{"large buffers", NewStreamBudget(2 * streamBufferSize), true, streamChunkMin},
+		{"small buffers", nil, true, smallStreamBufferSize},
+		{"large buffers, part of a blob", NewStreamBudget(2 * streamBufferSize), false, streamChunkMin},
+		{"small buffers, part of a blob", nil, false, smallStreamBufferSize},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var body io.Reader = &scriptedBody{script: chunks(blob, 16<<10, io.EOF)}
+			if tc.verified {
+				body = newVerifying(chunks(blob, 16<<10, io.EOF), blob)
+			}
+			var w countWrites
+			n, _, err := Stream(&w, body, tc.budget)
+			if err != nil || n != int64(len(blob)) || !bytes.Equal(w.Bytes(), blob) {
+				t.Fatalf("Stream = %d, %v; wrote %d bytes, want the blob (%d)", n, err, w.Len(), len(blob))
+			}
+			// Until the first write, chunks are not gathered: up to two
+			// small ones (the first is withheld until the second is read).
+			if most := len(blob)/tc.chunk + 3; w.writes > most {
+				t.Errorf("%d writes for %d bytes, want at most %d (chunks of %d bytes)", w.writes, len(blob), most, tc.chunk)
+			}
+		})
+	}
+}
+
+// TestStreamGatheredFailedRead checks that when a read fails while a
+// chunk is being gathered, the bytes of the reads before it are written
+// and those that came with the error are not.
+func TestStreamGatheredFailedRead(t *testing.T) {
+	t.Parallel()
+	errReset := errors.New("connection reset")
+	part := make([]byte, 10+40<<10)
+	for i := range part {
+		part[i] = byte(i * 3)
+	}
+	body := &scriptedBody{script: []read{{data: part[:10]}, {data: part[10 : 10+16<<10]}, {data: part[10+16<<10 : 10+32<<10]}, {data: part[10+32<<10:], err: errReset}}}
+	var out bytes.Buffer
+	n, _, err := Stream(&out, body, NewStreamBudget(1<<30))
+	if !errors.Is(err, errReset) {
+		t.Fatalf("err = %v, want the read error", err)
+	}
+	if want := part[:10+32<<10]; n != int64(len(want)) || !bytes.Equal(out.Bytes(), want) {
+		t.Fatalf("wrote %d bytes, want the %d read cleanly", n, len(want))
 	}
 }

@@ -495,7 +495,12 @@ func (c *Client) open(ctx context.Context, dl deadline, method, repo, path strin
 	// Every body, error bodies included, is dropped when the upstream
 	// stops sending it; cancelling the call's context is what unblocks
 	// the read.
-	resp.Body = &cancelOnClose{ReadCloser: newIdleBody(resp.Body, c.idle, c.name, cancel), cancel: cancel}
+	body := resp.Body
+	if body != http.NoBody {
+		// A HEAD answer, or one without content, has nothing to stall on.
+		body = newIdleBody(body, c.idle, c.name, cancel)
+	}
+	resp.Body = &cancelOnClose{ReadCloser: body, cancel: cancel}
 	for _, s := range ok {
 		if resp.StatusCode == s {
 			return resp, nil

@@ -35,11 +35,8 @@ func acceptHeader(accept []string) http.Header {
 	if len(accept) == 0 {
 		accept = defaultAccept
 	}
-	h := http.Header{}
-	for _, a := range accept {
-		h.Add("Accept", a)
-	}
-	return h
+	// One value per entry, as Add would make them, in one allocation.
+	return http.Header{"Accept": append([]string(nil), accept...)}
 }
 
 // Resolve finds the digest of ref (tag or digest) with HEAD, falling back to
