@@ -46,8 +46,12 @@ var lineageLevels = []struct {
 
 // lineageResult is the lineage phase's measurements.
 type lineageResult struct {
-	chains     int
-	cold       cell // first GET of each root: four verifications
+	chains int
+	cold   cell // first GET of each root: four verifications
+	// single is the first GET of a signed corpus with no provenance: one
+	// cold verification, in the same Portcullis, the unit cold is
+	// compared with.
+	single     cell
 	depsCached cell // first GET of a root whose dependencies are verified
 	cached     cell // repeated GETs of verified roots
 	// denied is the 403 message of a chain whose corpus is unsigned.
@@ -102,12 +106,16 @@ func (b *bench) lineage(ctx context.Context) error {
 	// Roots whose provenance names a base model of an already pushed
 	// chain: once that chain is verified, only the root itself is new.
 	reroots := make([]name.Digest, n)
+	singles := make([]name.Digest, n)
 	for i := range n {
 		d, err := pushLevel(ctx, host, 0, fmt.Sprintf("r%d", i), signer, true, &chains[i][1])
 		if err != nil {
 			return fmt.Errorf("push lineage root: %w", err)
 		}
 		reroots[i] = d
+		if singles[i], err = pushLevel(ctx, host, len(lineageLevels)-1, fmt.Sprintf("single%d", i), signer, true, nil); err != nil {
+			return fmt.Errorf("push single subject: %w", err)
+		}
 	}
 
 	pc, err := startLineagePortcullis(ctx, b.client, b.pcBin, b.dir, "portcullis-lineage", b.direct.url(), signer.PublicKeyPEM())
@@ -148,6 +156,15 @@ func (b *bench) lineage(ctx context.Context) error {
 	}
 	if res.cold = get(roots, n); !res.cold.ok() {
 		return fmt.Errorf("lineage: cold GET: %d errors, first: %s", res.cold.errors, res.cold.firstErr)
+	}
+
+	logf("lineage: cold GETs of %d single subjects", n)
+	one := make([]string, n)
+	for i, d := range singles {
+		one[i] = manifestURL(t, d)
+	}
+	if res.single = get(one, n); !res.single.ok() {
+		return fmt.Errorf("lineage: cold GET of a single subject: %d errors, first: %s", res.single.errors, res.single.firstErr)
 	}
 
 	logf("lineage: cold roots over verified dependencies")

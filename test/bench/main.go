@@ -51,6 +51,12 @@ var (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == floorCommand {
+		os.Exit(serveFloor(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == relayCommand {
+		os.Exit(serveRelay(os.Args[2:]))
+	}
 	quick := flag.Bool("quick", false, "smaller request counts; skip the 1 GiB blob")
 	out := flag.String("out", "", "also write the markdown report to `FILE`")
 	pcBin := flag.String("portcullis", "", "portcullis binary to run (default: build ./cmd/portcullis)")
@@ -163,6 +169,18 @@ func run(ctx context.Context, sz sizes, quick bool, pcBin string, sel phaseSet, 
 
 	if sel.has(phaseLineage) {
 		if err := b.lineage(ctx); err != nil {
+			return res, err
+		}
+	}
+
+	if sel.has(phaseShared) {
+		if err := b.shared(ctx); err != nil {
+			return res, err
+		}
+	}
+
+	if sel.has(phaseBlobHerd) {
+		if err := b.blobHerd(ctx); err != nil {
 			return res, err
 		}
 	}
@@ -346,12 +364,29 @@ func (b *bench) manifests(ctx context.Context) error {
 		}
 	}
 
+	floor, err := startFloor(ctx, client, b.dir, direct, small)
+	if err != nil {
+		return err
+	}
+	if err := b.compareFloor(ctx, floor, urls); err != nil {
+		return err
+	}
+	floor.proc.Stop()
+
 	// HEAD by tag: resolved at the upstream on every request. The bare
 	// relay shows what the extra hop alone costs.
 	tagURL := func(t *target) []string {
 		return []string{t.url() + "/v2/bench/small/manifests/img-0"}
 	}
 	headTargets := slices.Insert(slices.Clone(targets), len(targets)-1, b.relay)
+	// The same relay as a process of its own, like Portcullis: the
+	// in-process one shares the client's scheduler, which no proxy can.
+	relayProc, err := startRelay(ctx, client, b.dir, direct.url())
+	if err != nil {
+		return err
+	}
+	defer relayProc.proc.Stop()
+	headTargets = slices.Insert(headTargets, len(headTargets)-1, relayProc)
 	for _, conc := range []int{1, 16} {
 		n := sz.headTag[conc]
 		logf("HEAD by tag, %s", clients(conc))
@@ -388,7 +423,7 @@ func blobURL(t *target, repo string, l *fileLayer) string {
 }
 
 func (b *bench) blobs(ctx context.Context) error {
-	client, res, sz, direct, distProxy, pc := b.client, b.res, b.sz, b.direct, b.distProxy, b.pc
+	client, res, sz, distProxy, pc := b.client, b.res, b.sz, b.distProxy, b.pc
 	big, bigDigest, huge, hugeDigest := b.big, b.bigDigest, b.huge, b.hugeDigest
 	res.blobMiB = sz.bigMiB
 	// Blob gating: Portcullis serves the layer only once a manifest that
@@ -397,13 +432,6 @@ func (b *bench) blobs(ctx context.Context) error {
 		return fmt.Errorf("allow the big image: %w", err)
 	}
 	repo := bigDigest.Context().RepositoryStr()
-	type series struct {
-		t    *target
-		note string
-		runs []float64
-		cpu  time.Duration // server process CPU over all runs
-	}
-	all := []*series{{t: direct}}
 	if distProxy != nil {
 		// The first pull through distribution fills its cache; it is
 		// reported separately from the warm pulls.
@@ -415,60 +443,11 @@ func (b *bench) blobs(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		res.blobs = append(res.blobs, blobRow{target: distProxy.name, note: "first pull, cold", mbps: v, runs: []float64{v}})
-		all = append(all, &series{t: distProxy, note: "warm"})
+		res.blobs = append(res.blobs, blobRow{target: distProxy.name, note: "first pull, cold", mode: clientDiscard, mbps: v, runs: []float64{v}})
 	}
-	all = append(all, &series{t: b.relay}, &series{t: &pc.target, note: "gated, digest checked"})
-	// Rounds interleave the targets so background load on a shared machine
-	// spreads over all of them.
-	for round := range sz.blobRuns {
-		for _, s := range all {
-			logf("blob: %s, run %d", s.t.name, round+1)
-			var (
-				v   float64
-				err error
-			)
-			c := s.t.measure(func() cell {
-				v, err = pullBlob(ctx, client, blobURL(s.t, repo, big), big.size)
-				return cell{requests: 1}
-			})
-			if err != nil {
-				return err
-			}
-			s.runs = append(s.runs, v)
-			s.cpu += c.cpu
-		}
+	if err := b.blobThroughput(ctx, repo); err != nil {
+		return err
 	}
-	var base float64
-	for _, s := range all {
-		m := median(s.runs)
-		if s.t == direct {
-			base = m
-		}
-		var perGiB time.Duration
-		if s.cpu > 0 {
-			perGiB = time.Duration(float64(s.cpu) / (float64(big.size*int64(len(s.runs))) / (1 << 30)))
-		}
-		res.blobs = append(res.blobs, blobRow{target: s.t.name, note: s.note, mbps: m, runs: s.runs, ratio: ratio(m, base), cpuPerGiB: perGiB})
-	}
-	// Reorder so the direct row is first, then the proxies.
-	relayName := b.relay.name
-	slices.SortStableFunc(res.blobs, func(x, y blobRow) int {
-		rank := func(r blobRow) int {
-			switch {
-			case r.target == direct.name:
-				return 0
-			case r.note == "first pull, cold":
-				return 1
-			case distProxy != nil && r.target == distProxy.name:
-				return 2
-			case r.target == relayName:
-				return 3
-			}
-			return 4
-		}
-		return rank(x) - rank(y)
-	})
 
 	// Memory while streaming: the huge blob if there is one, else the big.
 	l, d := huge, hugeDigest
@@ -590,14 +569,7 @@ func evaluate(r *results) []goal {
 			})
 		}
 	}
-	for _, b := range r.blobs {
-		if b.target == "portcullis" {
-			gs = append(gs, goal{
-				name:     fmt.Sprintf("blob throughput vs direct (%d MiB)", r.blobMiB),
-				measured: fmtRatio(b.ratio), want: "≥ 0.95×", pass: b.ratio >= 0.95,
-			})
-		}
-	}
+	gs = append(gs, blobGoals(r)...)
 	if r.rss != nil {
 		want := "< 64 MiB"
 		gs = append(gs, goal{
@@ -625,5 +597,7 @@ func evaluate(r *results) []goal {
 			measured: fmtMiB(r.verdictHeap), want: "≤ 32 MiB", pass: r.verdictHeap <= 32<<20,
 		})
 	}
+	gs = append(gs, warmGoals(r)...)
+	gs = append(gs, sharedGoals(r)...)
 	return append(gs, r.attacks.goals()...)
 }

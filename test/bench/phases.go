@@ -16,9 +16,11 @@ const (
 	phaseBomb      = "bomb"      // evidence bomb and predicate bomb
 	phaseFlood     = "flood"     // abandoned requests against a tarpit upstream
 	phaseStall     = "stall"     // clients that never read an allowed blob
+	phaseShared    = "shared"    // replicas on one redis-server: L2 against L1, herds
+	phaseBlobHerd  = "blobherd"  // many clients pulling one large blob through a cold proxy
 )
 
-var phaseNames = []string{phaseManifests, phaseBlobs, phaseHerd, phaseLineage, phaseInProcess, phaseBomb, phaseFlood, phaseStall}
+var phaseNames = []string{phaseManifests, phaseBlobs, phaseHerd, phaseLineage, phaseInProcess, phaseBomb, phaseFlood, phaseStall, phaseShared, phaseBlobHerd}
 
 // phaseSet is the phases to run; nil means all of them.
 type phaseSet map[string]bool

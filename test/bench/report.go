@@ -23,12 +23,17 @@ type row struct {
 type blobRow struct {
 	target string
 	note   string
+	mode   string  // client mode: clientDiscard or clientSHA256
 	mbps   float64 // median of the runs
 	runs   []float64
-	ratio  float64
-	// cpuPerGiB is the serving process's CPU per GiB streamed; 0 when it
-	// runs in process.
-	cpuPerGiB time.Duration
+	ratio  float64 // vs direct with the same client
+	// vsRelay and vsFloor compare with go-relay (same client) and one
+	// core's SHA-256.
+	vsRelay, vsFloor float64
+	// cpuPerGiB is the serving process's CPU per GiB streamed, sysPerGiB
+	// its system part; 0 when it runs in process. chainPerGiB adds the
+	// client's and the upstream's.
+	cpuPerGiB, sysPerGiB, chainPerGiB time.Duration
 }
 
 type rssResult struct {
@@ -57,12 +62,16 @@ type results struct {
 	env         []string
 	notes       []string
 	getDigest   []row
+	floor       []floorRow // warm GET by digest, Portcullis against the floor
 	cold        []row
 	headTag     []row
 	blobs       []blobRow
 	blobMiB     int64
+	shaFloor    []float64 // MiB/s of SHA-256 on one core, per blob round
+	shaFloorCPU []float64 // the same per second of the thread's CPU
 	rss         *rssResult
 	herd        *herdResult
+	shared      *sharedResult
 	lineage     *lineageResult
 	verify      []verifyCost
 	verdictHeap int64
@@ -169,6 +178,7 @@ func (r *results) markdown() string {
 		p("Server CPU/req is the user+system CPU of the serving process alone (from /proc/<pid>/stat, all threads), not of its upstream; it varies less than latency on a shared machine.")
 		p("")
 	}
+	r.floorMarkdown(p)
 	if len(r.headTag) > 0 {
 		p("### Manifest HEAD by tag")
 		p("")
@@ -184,26 +194,7 @@ func (r *results) markdown() string {
 		p("go-relay is `net/http/httputil.ReverseProxy` in front of the direct registry, checking nothing: the cost of the extra hop alone, which any proxy that asks the upstream on every request pays. It runs inside the bench, so it has no server CPU of its own.")
 		p("")
 	}
-	if len(r.blobs) > 0 {
-		p("### Blob throughput (%d MiB layer, one client)", r.blobMiB)
-		p("")
-		p("| target | MB/s (median) | runs | ratio | server CPU per GiB |")
-		p("|---|---:|---|---:|---:|")
-		for _, br := range r.blobs {
-			runs := make([]string, len(br.runs))
-			for i, v := range br.runs {
-				runs[i] = fmt.Sprintf("%.0f", v)
-			}
-			t := br.target
-			if br.note != "" {
-				t += " (" + br.note + ")"
-			}
-			p("| %s | %.0f | %s | %s | %s |", t, br.mbps, strings.Join(runs, ", "), fmtRatio(br.ratio), harness.Duration(br.cpuPerGiB))
-		}
-		p("")
-		p("MB/s here is MiB/s (2^20 bytes per second).")
-		p("")
-	}
+	r.blobMarkdown(p)
 
 	if r.rss != nil {
 		p("### Portcullis memory while streaming a %d MiB blob", r.rss.blobMiB)
@@ -252,6 +243,8 @@ func (r *results) markdown() string {
 		}
 	}
 
+	r.sharedMarkdown(p)
+
 	if l := r.lineage; l != nil {
 		p("### Lineage (depth-3 chain)")
 		p("")
@@ -266,6 +259,7 @@ func (r *results) markdown() string {
 			c    cell
 		}{
 			{"cold: whole chain verified", l.cold},
+			{"cold: one subject, no lineage", l.single},
 			{"cold root, dependencies already verified", l.depsCached},
 			{"cached: root already verified", l.cached},
 		} {
@@ -284,6 +278,11 @@ func (r *results) markdown() string {
 		if l.cold.ok() && l.cached.ok() {
 			p("Cold ÷ cached: p50 %s, p99 %s, server CPU/req %s.", fmtRatio(ratio(float64(l.cold.p50), float64(l.cached.p50))),
 				fmtRatio(ratio(float64(l.cold.p99), float64(l.cached.p99))), fmtRatio(ratio(float64(l.cold.cpu), float64(l.cached.cpu))))
+			p("")
+		}
+		if l.cold.ok() && l.single.ok() {
+			p("Cold chain ÷ one cold verification: p50 %s, server CPU/req %s.", fmtRatio(ratio(float64(l.cold.p50), float64(l.single.p50))),
+				fmtRatio(ratio(float64(l.cold.cpu), float64(l.single.cpu))))
 			p("")
 		}
 		if l.denied != "" {

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestBlobGoals(t *testing.T) {
+	t.Parallel()
+	rows := func(pcDiscard, relayDiscard, pcHashRatio float64) []blobRow {
+		return []blobRow{
+			{target: "direct", mode: clientDiscard, mbps: 2000, ratio: 1},
+			{target: "go-relay (no checks)", mode: clientDiscard, mbps: relayDiscard},
+			{target: "portcullis", note: "first pull, digest checked", mode: clientDiscard, mbps: pcDiscard},
+			{target: "portcullis-baseline", mode: clientSHA256, ratio: 2},
+			{target: "portcullis", note: "first pull, digest checked", mode: clientSHA256, ratio: pcHashRatio},
+		}
+	}
+	for _, tc := range []struct {
+		name        string
+		r           results
+		discard     string // measured, "" when the goal must be absent
+		discardPass bool
+		hashRatio   string
+		hashPass    bool
+		goalsCount  int
+	}{
+		// The relay is the slower reference: 900 of 1000.
+		{name: "relay bound", r: results{blobs: rows(900, 1000, 0.96), shaFloor: []float64{1200, 1300, 1250}},
+			discard: "0.90×", discardPass: true, hashRatio: "0.96×", hashPass: true, goalsCount: 2},
+		// The floor (median 1000) is the slower: 850 of 1000 misses.
+		{name: "floor bound", r: results{blobs: rows(850, 1400, 0.5), shaFloor: []float64{900, 1000, 1100}},
+			discard: "0.85×", hashRatio: "0.50×", goalsCount: 2},
+		{name: "no floor measured", r: results{blobs: rows(900, 1000, 0.96)},
+			hashRatio: "0.96×", hashPass: true, goalsCount: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			gs := blobGoals(&tc.r)
+			if len(gs) != tc.goalsCount {
+				t.Fatalf("%d goals, want %d: %+v", len(gs), tc.goalsCount, gs)
+			}
+			i := 0
+			if tc.discard != "" {
+				if gs[0].measured != tc.discard || gs[0].pass != tc.discardPass {
+					t.Errorf("discarding client goal = %+v, want %s pass=%v", gs[0], tc.discard, tc.discardPass)
+				}
+				i = 1
+			}
+			// The hashing client is compared with direct, never with the
+			// baseline row that precedes it.
+			if g := gs[i]; g.measured != tc.hashRatio || g.pass != tc.hashPass {
+				t.Errorf("hashing client goal = %+v, want %s pass=%v", g, tc.hashRatio, tc.hashPass)
+			}
+		})
+	}
+}
+
+func TestPullBlobAsChecksDigest(t *testing.T) {
+	t.Parallel()
+	blob := []byte(strings.Repeat("layer", 100_000))
+	sum := sha256.Sum256(blob)
+	want := hex.EncodeToString(sum[:])
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body := blob
+		if r.URL.Path == "/tampered" {
+			body = append([]byte("L"), blob[1:]...)
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(srv.Close)
+	ctx := context.Background()
+	for _, mode := range clientModes {
+		if _, err := pullBlobAs(ctx, srv.Client(), srv.URL+"/blob", int64(len(blob)), want, mode); err != nil {
+			t.Errorf("%s client: %v", mode, err)
+		}
+	}
+	if _, err := pullBlobAs(ctx, srv.Client(), srv.URL+"/tampered", int64(len(blob)), want, clientSHA256); err == nil || !strings.Contains(err.Error(), "digest") {
+		t.Errorf("hashing client took a tampered blob: err = %v", err)
+	}
+	if _, err := pullBlobAs(ctx, srv.Client(), srv.URL+"/blob", int64(len(blob))+1, want, clientSHA256); err == nil {
+		t.Error("hashing client took a blob of the wrong length")
+	}
+}
+
+func TestHashFloor(t *testing.T) {
+	t.Parallel()
+	if wall, perCPU := hashFloor(8 << 20); wall <= 0 || perCPU < 0 {
+		t.Fatalf("hashFloor = %v, %v MiB/s", wall, perCPU)
+	}
+}
