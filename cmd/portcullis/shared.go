@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -44,6 +45,21 @@ func withShared(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (o
 		stop()
 		return nil, nil, err
 	}
+	// The local manifest cache given by serve is replaced by one with
+	// Redis behind it: a verdict read from Redis then comes with its
+	// manifest's bytes, not an upstream fetch of them.
+	localManifests, err := cache.NewManifests(int64(cfg.Cache.ManifestMiB) << 20)
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	manifests, err := shared.NewManifests(localManifests, rdb, guard, shared.ManifestsOptions{
+		KeyPrefix: rc.KeyPrefix, TTL: max(cfg.Cache.AllowTTL.D(), time.Minute), MaxValueBytes: int(rc.MaxValueBytes),
+	})
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
 	gating, err := shared.NewGating(rdb, rc.KeyPrefix, guard)
 	if err != nil {
 		stop()
@@ -69,6 +85,7 @@ func withShared(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (o
 	}
 	return append(extra,
 		proxy.WithVerdictCache(verdicts),
+		proxy.WithManifestCache(manifests),
 		proxy.WithSharedState(gating),
 		proxy.WithBroadcast(bus),
 		proxy.WithSharedFlight(leases),
