@@ -34,7 +34,7 @@ fi
 export HOME="$work/home" DOCKER_CONFIG="$work/home/.docker" COSIGN_PASSWORD="" TUF_ROOT="$work/tuf"
 mkdir -p "$HOME"
 [ -x "$PORTCULLIS" ] || { echo "no portcullis binary at $PORTCULLIS (make build)" >&2; rm -rf "$work"; exit 2; }
-for tool in docker-registry redis-server redis-cli crane cosign2 cosign3 curl python3 go; do
+for tool in docker-registry redis-server redis-cli crane oras cosign2 cosign3 curl python3 go; do
   command -v "$tool" >/dev/null || { echo "no $tool (test/e2e/install.sh)" >&2; rm -rf "$work"; exit 2; }
 done
 cp "$PORTCULLIS" "$work/portcullis" && PORTCULLIS=$work/portcullis
@@ -130,6 +130,24 @@ for k in "${signed[@]}"; do
     spawn must "cosign2 sign $k" cosign2 sign --key v2.key --tlog-upload=false -y "$DIST/e2e/scale/$k@${D[$k]}"
   fi
 done
+# model KEY REPO: a ModelPack-shaped model (two weight files) pushed with
+# oras to REPO:v1.
+model() {
+  local k=$1 repo=$2 dir=$work/payload/$1
+  mkdir -p "$dir"
+  head -c 1048576 /dev/urandom > "$dir/weights-1.safetensors"
+  head -c 1048576 /dev/urandom > "$dir/weights-2.safetensors"
+  printf '{"descriptor":{"name":"%s"},"config":{"format":"safetensors"},"modelfs":{"type":"layers","diffIds":[]}}' "$k-$RUN" > "$dir/.config.json"
+  D[$k]=$(cd "$dir" && oras push --plain-http --format go-template='{{.digest}}' "$DIST/$repo:v1" \
+    --artifact-type application/vnd.cncf.model.manifest.v1+json \
+    --config .config.json:application/vnd.cncf.model.config.v1+json \
+    weights-1.safetensors:application/vnd.cncf.model.weight.v1.raw \
+    weights-2.safetensors:application/vnd.cncf.model.weight.v1.raw 2>"$work/out") || { show "$work/out" >&2; die "oras push $repo failed"; }
+  [[ ${D[$k]} == sha256:* ]] || die "oras push $repo printed no digest: ${D[$k]}"
+}
+model model e2e/scale/model
+model umodel e2e/scale/umodel
+spawn must "cosign2 sign model" cosign2 sign --key v2.key --tlog-upload=false -y "$DIST/e2e/scale/model@${D[model]}"
 spawn must "go build test/e2e/rr" bash -c "cd '$root' && go build -o '$work/rr' ./test/e2e/rr"
 spawn must "go build test/e2e/load" bash -c "cd '$root' && go build -o '$work/load' ./test/e2e/load"
 join
@@ -301,9 +319,44 @@ TOML
     else
       grep -Eq '403|[Ff]orbidden|DENIED' "$work/out" && ok "ctr pull of the unsigned image: 403" || { bad "ctr pull of the unsigned image failed without 403"; show "$work/out" 3; }
     fi
+    # A model is not an image: containerd fetches its content (as a
+    # model volume or a loader on the node does) rather than unpacking it.
+    if "${CTR[@]}" content fetch --plain-http --hosts-dir "$work/certs.d" "$RR/e2e/scale/model:v1" >"$work/out" 2>&1; then
+      held=$("${CTR[@]}" content ls -q)
+      missing=0
+      for f in weights-1.safetensors weights-2.safetensors; do
+        grep -Fxq "sha256:$(sha "$work/payload/model/$f")" <<< "$held" || missing=$((missing+1))
+      done
+      [ "$missing" = 0 ] && "${CTR[@]}" images ls | has -F "${D[model]}" &&
+        ok "ctr content fetch of a signed model over three replicas: the pushed manifest and weights" ||
+        bad "ctr content fetch of the model: $missing weight(s) missing or another digest"
+    else bad "ctr content fetch of a signed model over three replicas"; show "$work/out" 5; fi
+    if "${CTR[@]}" content fetch --plain-http --hosts-dir "$work/certs.d" "$RR/e2e/scale/umodel:v1" >"$work/out" 2>&1; then
+      bad "ctr content fetch of the unsigned model succeeded"
+    else
+      grep -Eq '403|[Ff]orbidden|DENIED' "$work/out" && ok "ctr content fetch of the unsigned model: 403" || { bad "ctr fetch of the unsigned model failed without 403"; show "$work/out" 3; }
+    fi
   else
     bad "containerd did not start: $(tail -3 "$work/ctrd.log")"
   fi
+fi
+
+phase "oras pulls models through the round-robin front"
+rm -rf "$work/mpull" && mkdir -p "$work/mpull"
+if oras pull --plain-http -o "$work/mpull" "$RR/e2e/scale/model:v1" >"$work/out" 2>&1; then
+  same=0
+  for f in weights-1.safetensors weights-2.safetensors; do
+    cmp -s "$work/mpull/$f" "$work/payload/model/$f" && same=$((same+1))
+  done
+  [ "$same" = 2 ] && ok "oras pull of a signed model over three replicas: both weight files as pushed" || bad "oras pull of the model: $same of 2 weight files as pushed"
+else bad "oras pull of a signed model over three replicas"; show "$work/out" 5; fi
+rm -rf "$work/mpull" && mkdir -p "$work/mpull"
+if oras pull --plain-http -o "$work/mpull" "$RR/e2e/scale/umodel:v1" >"$work/out" 2>&1; then
+  bad "oras pull of the unsigned model succeeded"
+else
+  n=$(find "$work/mpull" -type f | wc -l)
+  grep -Eiq '403|forbidden|denied' "$work/out" && has -F 'no signatures found' "$work/out" && [ "$n" = 0 ] && ok "oras pull of the unsigned model: denied (no signatures found), no file written" ||
+    { bad "oras pull of the unsigned model: $n files, output:"; show "$work/out" 3; }
 fi
 
 phase "a layer from one replica right after another served its manifest"
