@@ -24,6 +24,12 @@ type aheadFetcher struct {
 	f              verify.Fetcher
 }
 
+// localManifestCache is a ManifestCache with a second level elsewhere
+// (shared state) that can be asked for this process's copy alone.
+type localManifestCache interface {
+	GetLocal(digest string) (verify.Manifest, bool)
+}
+
 // readEvidenceAhead starts reading the evidence of digest in mr's
 // upstream and repository while its manifest is fetched: a cold
 // verification is mostly round trips to the upstream, and the first of
@@ -38,7 +44,13 @@ func (p *Proxy) readEvidenceAhead(ctx context.Context, mr manifestReq, digest v1
 		return ctx, func() {}
 	}
 	if mc := p.opts.manifests; mc != nil {
-		if m, ok := mc.Get(digest.String()); ok && m.Digest == digest {
+		get := mc.Get
+		if l, ok := mc.(localManifestCache); ok {
+			// A probe, not a fetch: a shared cache's Redis is asked once,
+			// by the manifest fetch that follows.
+			get = l.GetLocal
+		}
+		if m, ok := get(digest.String()); ok && m.Digest == digest {
 			// The manifest is in hand: there is no round trip to overlap.
 			return ctx, func() {}
 		}

@@ -133,6 +133,12 @@ func (m *Manifests) Get(digest string) (verify.Manifest, bool) {
 	return got, true
 }
 
+// GetLocal is Get from this replica's cache alone, without Redis: for a
+// caller that only wants to know whether the bytes are in hand.
+func (m *Manifests) GetLocal(digest string) (verify.Manifest, bool) {
+	return m.l1.Get(digest)
+}
+
 func (m *Manifests) decode(raw []byte, want v1.Hash) (verify.Manifest, error) {
 	if len(raw) > m.maxValue {
 		return verify.Manifest{}, fmt.Errorf("value over %d bytes", m.maxValue)

@@ -71,12 +71,15 @@ func TestManifestsShared(t *testing.T) {
 	if ttl := mr.TTL(key); ttl <= 0 || ttl > time.Minute {
 		t.Errorf("TTL %v, want up to a minute", ttl)
 	}
+	if _, ok := b.GetLocal(m.Digest.String()); ok {
+		t.Fatal("B's local cache has bytes only A added")
+	}
 	got, ok := b.Get(m.Digest.String())
 	if !ok || string(got.Bytes) != string(m.Bytes) || got.MediaType != m.MediaType || got.Digest != m.Digest {
 		t.Fatalf("B got %v %+v", ok, got)
 	}
 	mr.Del(key)
-	if _, ok := b.Get(m.Digest.String()); !ok {
+	if _, ok := b.GetLocal(m.Digest.String()); !ok {
 		t.Error("B did not keep the bytes it read")
 	}
 }

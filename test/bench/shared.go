@@ -196,32 +196,8 @@ func startRedis(ctx context.Context, bin, dir string) (addr, password string, er
 // startSharedReplica is startPortcullis with the shared section added to
 // the bench configuration.
 func startSharedReplica(ctx context.Context, client *http.Client, bin, dir, name string, pub []byte, upstream, sharedYAML string) (*portcullis, error) {
-	cfg := defaultConfig(upstream)
-	cfgDir := filepath.Join(dir, name)
-	if err := os.MkdirAll(cfgDir, 0o700); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(cfgDir, "cosign.pub"), pub, 0o600); err != nil {
-		return nil, err
-	}
-	var err error
-	if cfg.Port, err = harness.FreePort(); err != nil {
-		return nil, err
-	}
-	if cfg.AdminPort, err = harness.FreePort(); err != nil {
-		return nil, err
-	}
-	cfgPath := filepath.Join(cfgDir, "portcullis.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg.YAML()+sharedYAML), 0o600); err != nil {
-		return nil, err
-	}
-	p, err := harness.Start(teardown, dir, name, bin, "serve", "--config", cfgPath)
+	pc, err := startPortcullisYAML(ctx, client, bin, dir, name, pub, upstream, sharedYAML)
 	if err != nil {
-		return nil, err
-	}
-	pc := &portcullis{target: target{name: name, host: fmt.Sprintf("127.0.0.1:%d", cfg.Port), proc: p}, admin: fmt.Sprintf("127.0.0.1:%d", cfg.AdminPort)}
-	if err := p.WaitReady(ctx, client, "http://"+pc.admin+"/readyz", cfg.AdminPort, cfg.Port); err != nil {
-		p.Stop()
 		return nil, err
 	}
 	// The bench logs at warn, so the start line saying shared state is on
@@ -233,8 +209,8 @@ func startSharedReplica(ctx context.Context, client *http.Client, bin, dir, name
 			return pc, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			p.Stop()
-			return nil, fmt.Errorf("%s does not use Redis (portcullis_shared_up %v, %v): %s", name, up, err, p.LogTail())
+			pc.proc.Stop()
+			return nil, fmt.Errorf("%s does not use Redis (portcullis_shared_up %v, %v): %s", name, up, err, pc.proc.LogTail())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
