@@ -114,9 +114,12 @@ type manifestDecision struct {
 	bytesChecked bool             // they are known to hash to the digest
 	parsed       *parsedManifest  // set once the bytes have been checked and parsed
 
-	verdict   verify.Verdict
-	source    verdictSource
-	coveredBy string // the index whose verdict this is, for sourceCoverage
+	verdict verify.Verdict
+	source  verdictSource
+	// sharedVerdict says the cached verdict was read from the shared
+	// state: the replica that decided it has written through what it opens.
+	sharedVerdict bool
+	coveredBy     string // the index whose verdict this is, for sourceCoverage
 	// evidenceOf is the digest this manifest is evidence of, for
 	// sourceEvidence.
 	evidenceOf string
@@ -269,14 +272,61 @@ func (p *Proxy) cachedVerdict(d *manifestDecision) bool {
 	if vc == nil {
 		return false
 	}
-	v, ok := vc.Get(d.key)
+	v, ok, shared := p.lookupVerdict(d)
 	if !ok {
 		p.metrics.verdictMiss.Inc()
 		return false
 	}
 	p.metrics.verdictHit.Inc()
-	d.verdict, d.source = v, sourceCache
+	d.verdict, d.source, d.sharedVerdict = v, sourceCache, shared
 	return true
+}
+
+// localVerdicts and localManifests are implemented by caches that can be
+// asked without waiting on the shared state behind them.
+type localVerdicts interface {
+	GetLocal(key string) (verify.Verdict, bool)
+}
+
+type localManifests interface {
+	GetLocal(digest string) (verify.Manifest, bool)
+}
+
+// lookupVerdict reads d's verdict. When this replica's memory misses and
+// the verdict has to come from the shared state, the manifest bytes a
+// served answer needs are asked for at the same time rather than after
+// it: a warm pull of a digest another replica decided then waits on one
+// Redis round trip, not two. shared says the verdict came from there.
+func (p *Proxy) lookupVerdict(d *manifestDecision) (v verify.Verdict, ok, shared bool) {
+	vc := p.opts.verdicts
+	lv, lvOK := vc.(localVerdicts)
+	if p.shared == nil || !lvOK {
+		v, ok = vc.Get(d.key)
+		return v, ok, false
+	}
+	if v, ok = lv.GetLocal(d.key); ok {
+		return v, true, false
+	}
+	lm, lmOK := p.opts.manifests.(localManifests)
+	if !lmOK || d.manifest != nil || d.desc.Digest.Algorithm != "sha256" {
+		v, ok = vc.Get(d.key)
+		return v, ok, ok
+	}
+	if _, have := lm.GetLocal(d.digest); have {
+		v, ok = vc.Get(d.key)
+		return v, ok, ok
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Get keeps what it finds in this replica's manifest cache,
+		// where loadBytes takes it from; on a miss the bytes are fetched
+		// upstream as usual.
+		p.opts.manifests.Get(d.digest)
+	}()
+	v, ok = vc.Get(d.key)
+	<-done
+	return v, ok, ok
 }
 
 // verifyManifest has d decided by the Verifier, shared with every

@@ -147,6 +147,23 @@ func (sh *sharing) write(key string, write func(context.Context) error) {
 	}
 }
 
+// writeFor writes through for d: before d is served (write), unless d's
+// verdict came from the shared state. The replica that decided it wrote
+// through what the manifest opens before serving it, so another replica
+// already finds those entries; this write only refreshes them and need
+// not cost the client a round trip.
+func (sh *sharing) writeFor(d *manifestDecision, write func(context.Context) error) {
+	if !d.sharedVerdict {
+		sh.write(d.key, write)
+		return
+	}
+	sh.writes.Add(1)
+	go func() {
+		defer sh.writes.Done()
+		sh.write(d.key, write)
+	}()
+}
+
 // shareServed writes through what a served manifest opened, at most once
 // per quarter gating TTL per manifest. Denied manifests never get here.
 func (p *Proxy) shareServed(d *manifestDecision) {
@@ -181,7 +198,7 @@ func (p *Proxy) shareServed(d *manifestDecision) {
 			children = append(children, verdictKey(d.fingerprint, u, repo, c))
 		}
 		parent := d.digest
-		sh.write(d.key, func(ctx context.Context) error { return sh.s.RecordCoverage(ctx, children, parent, v, until) })
+		sh.writeFor(d, func(ctx context.Context) error { return sh.s.RecordCoverage(ctx, children, parent, v, until) })
 		return
 	}
 	blobs := make(map[string]int64, len(pm.layers)+1)
@@ -190,7 +207,7 @@ func (p *Proxy) shareServed(d *manifestDecision) {
 		blobs[blobKey(u, repo, l.digest)] = l.size
 	}
 	until := p.blobs.now().Add(blobAllowTTL)
-	sh.write(d.key, func(ctx context.Context) error { return sh.s.RecordBlobs(ctx, blobs, until) })
+	sh.writeFor(d, func(ctx context.Context) error { return sh.s.RecordBlobs(ctx, blobs, until) })
 }
 
 // coverageEnd is when coverage by an index allowed by v ends: the coverage

@@ -150,6 +150,23 @@ func (c *Verdicts) Get(key string) (verify.Verdict, bool) {
 	return v, true
 }
 
+// GetLocal is Get from this replica's memory alone (its own verdicts and
+// the copies it read from Redis), without asking Redis: the proxy uses it
+// to know, before it waits on Redis, whether it will.
+func (c *Verdicts) GetLocal(key string) (verify.Verdict, bool) {
+	if v, ok := c.l1.Get(key); ok {
+		return v, true
+	}
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.remote.Get(key)
+	if !ok || !now.Before(r.expires) {
+		return verify.Verdict{}, false
+	}
+	return r.v, true
+}
+
 // GetShared returns the verdict for key as Redis holds it for every
 // replica, ignoring this replica's own copies: refresh-ahead uses it to
 // see that another replica decided the digest again since. It keeps no

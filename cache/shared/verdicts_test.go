@@ -463,3 +463,31 @@ func mustL1F(f *testing.F) *cache.Verdicts {
 	}
 	return l1
 }
+
+// TestVerdictGetLocalNeverAsksRedis: GetLocal answers from this replica's
+// own verdicts and the copies it read, never from Redis, and a copy it
+// read stops answering when it expires.
+func TestVerdictGetLocalNeverAsksRedis(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	clk := &clock{t: time.Now()}
+	a, b := newReplica(t, mr, clk), newReplica(t, mr, clk)
+	a.Add("k1", allowed("prod", dig1))
+	if _, ok := a.GetLocal("k1"); !ok {
+		t.Fatal("own verdict is not local")
+	}
+	if _, ok := b.GetLocal("k1"); ok {
+		t.Fatal("GetLocal answered from Redis")
+	}
+	if _, ok := b.Get("k1"); !ok {
+		t.Fatal("Get missed the shared verdict")
+	}
+	mr.Close()
+	if got, ok := b.GetLocal("k1"); !ok || got.Digest != dig1 {
+		t.Fatalf("the copy read from Redis is not local: %+v, %v", got, ok)
+	}
+	clk.add(testAllowTTL + time.Second)
+	if _, ok := b.GetLocal("k1"); ok {
+		t.Error("an expired copy still answers")
+	}
+}

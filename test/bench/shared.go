@@ -311,7 +311,7 @@ func (r *results) sharedMarkdown(p func(string, ...any)) {
 		p("%s, loopback, password, no persistence. Every replica's upstream is a counting reverse proxy in front of the direct registry.", sr.redisVersion)
 		p("")
 	}
-	p("Warm GET by digest, %d distinct signed digests, one client. Replica A verifies each (cold); replica B, which has never seen them, then gets each twice: the first time its own verdict cache misses and the verdict and the manifest bytes are read from Redis (L2, two round trips, plus the write-through of its blob entries); the second time both come from its memory (L1).", sr.digests)
+	p("Warm GET by digest, %d distinct signed digests, one client. Replica A verifies each (cold); replica B, which has never seen them, then gets each twice: the first time its own verdict cache misses and the verdict and the manifest bytes are read from Redis (L2: both asked at once, one round trip; the write-through of its blob entries follows the answer); the second time both come from its memory (L1).", sr.digests)
 	p("")
 	p("| GET by digest | requests | errors | p50 | p99 | req/s | p50 ÷ L1 | server CPU/req |")
 	p("|---|---:|---:|---:|---:|---:|---:|---:|")
