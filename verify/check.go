@@ -94,6 +94,9 @@ func (a *compiledAuthority) verifySigner(ev *evidence, art sgverify.ArtifactPoli
 	if a.keyless != nil {
 		return a.checkKeyless(ev, art, now)
 	}
+	if a.notation != nil {
+		return Signer{}, signerRef{}, nil, fmt.Errorf("not a Notary Project signature; authority %q accepts only those", a.name)
+	}
 	signer, k, err := a.checkKey(ev, art)
 	if err != nil {
 		return Signer{}, signerRef{}, nil, err

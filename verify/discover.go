@@ -51,9 +51,10 @@ type evidence struct {
 	source string
 	// where names the place it was read from when that is not the
 	// subject's own repository.
-	where  string
-	bundle *bundle.Bundle
-	legacy *legacySignature
+	where    string
+	bundle   *bundle.Bundle
+	legacy   *legacySignature
+	notation *notationSignature
 	// statement is the in-toto statement of a DSSE envelope (a bundle's or
 	// a legacy attestation's), parsed once, strictly, from exactly the
 	// payload bytes the envelope signature covers, and only after that
@@ -328,6 +329,9 @@ func (r *run) openReferrer(ctx context.Context, desc v1.Descriptor) (*evidence, 
 	if err != nil {
 		ev.err = fmt.Errorf("malformed referrer manifest: %w", err)
 		return ev, nil
+	}
+	if nev, ok, err := r.openNotation(ctx, ev, man); ok {
+		return nev, err
 	}
 	layer := bundleLayer(man)
 	if layer == nil {

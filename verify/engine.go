@@ -106,9 +106,10 @@ type compiledBoundary struct {
 }
 
 type compiledAuthority struct {
-	name    string
-	keys    []*compiledKey
-	keyless *compiledKeyless
+	name     string
+	keys     []*compiledKey
+	keyless  *compiledKeyless
+	notation *compiledNotation
 }
 
 type compiledKey struct {
@@ -225,6 +226,9 @@ func compileBoundary(b *Boundary) (*compiledBoundary, error) {
 	if err := checkSharedKeys(cb.authorities); err != nil {
 		return nil, err
 	}
+	if err := refuseNotationRules(b); err != nil {
+		return nil, err
+	}
 	var err error
 	if cb.rules, err = compileRules(b, cb.authorities); err != nil {
 		return nil, err
@@ -253,6 +257,9 @@ func checkSharedKeys(auths []*compiledAuthority) error {
 }
 
 func compileAuthority(a *Authority) (*compiledAuthority, error) {
+	if a.Notation != nil {
+		return compileNotation(a)
+	}
 	if (a.Key == nil) == (a.Keyless == nil) {
 		return nil, errors.New("exactly one of key and keyless must be set")
 	}
@@ -383,6 +390,7 @@ func policyHash(p Policy, o options) string {
 		Tlog, TS, SCT      int
 		SkipSCT            bool
 		Root               []string
+		Notation           any `json:",omitempty"`
 	}
 	type boundary struct {
 		Name, Upstream, Mode string
@@ -409,6 +417,7 @@ func policyHash(p Policy, o options) string {
 				ca.Tlog, ca.TS, ca.SCT, ca.SkipSCT = kl.TlogThreshold, kl.TimestampThreshold, kl.SCTThreshold, kl.InsecureSkipSCT
 				ca.Root = trustedMaterialIDs(kl.TrustedRoot)
 			}
+			ca.Notation = notationHash(a.Notation)
 			cb.Authorities = append(cb.Authorities, ca)
 		}
 		bs = append(bs, cb)
@@ -697,6 +706,8 @@ func (cb *compiledBoundary) count(t *tally, ev *evidence, s Subject, now time.Ti
 		if ev.statement != nil {
 			res := ev.result(a, now)
 			signer, ref, err = res.signer, res.ref, res.err
+		} else if ev.notation != nil || a.notation != nil {
+			signer, ref, err = a.checkNotation(ev, s)
 		} else {
 			signer, ref, err = a.check(ev, s, now)
 		}

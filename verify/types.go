@@ -183,12 +183,13 @@ type Boundary struct {
 	Problems               []string
 }
 
-// Authority is a named signer the boundary accepts: exactly one of Key or
-// Keyless is set.
+// Authority is a named signer the boundary accepts: exactly one of Key,
+// Keyless or Notation is set.
 type Authority struct {
-	Name    string
-	Key     *KeyAuthority
-	Keyless *KeylessAuthority
+	Name     string
+	Key      *KeyAuthority
+	Keyless  *KeylessAuthority
+	Notation *NotationAuthority
 }
 
 // KeyAuthority accepts signatures made with any of a set of public keys.

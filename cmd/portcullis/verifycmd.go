@@ -74,7 +74,7 @@ func printVerdict(w io.Writer, ref string, v verify.Verdict) {
 	fmt.Fprintf(w, "%s\n  digest:   %s\n  boundary: %s (mode %s)\n  verdict:  %s\n", ref, v.Digest, orDefault(v.Boundary, "(none)"), orDefault(string(v.Mode), "enforce"), decision)
 	for _, s := range v.Signers {
 		who := s.Key
-		if s.Kind == "keyless" {
+		if s.Kind == "keyless" || s.Kind == "notation" {
 			who = s.Identity + " (issuer " + s.Issuer + ")"
 		}
 		fmt.Fprintf(w, "  signed:   authority %q, %s %s via %s\n", s.Authority, s.Kind, who, s.Evidence)
