@@ -58,6 +58,7 @@ const (
 var AlertEvents = []string{
 	"deny", "would-deny", "fail-closed", "drift", "revocation-hit", "reload-failed",
 	"watch-absent", "watch-stale", "watch-changed", "watch-unreachable",
+	"trusted-root-refresh-failed", "trusted-root-unavailable",
 }
 
 func (a *Alert) applyDefaults() {

@@ -18,6 +18,13 @@ const (
 	EventWatchStale       EventKind = "watch-stale"
 	EventWatchChanged     EventKind = "watch-changed"
 	EventWatchUnreachable EventKind = "watch-unreachable"
+	// EventTrustedRootRefreshFailed: a refresh of a trusted root kept
+	// through TUF failed; the last good root is kept until its metadata
+	// expires.
+	EventTrustedRootRefreshFailed EventKind = "trusted-root-refresh-failed"
+	// EventTrustedRootUnavailable: a trust entry has no usable root (none
+	// fetched, or expired); its keyless authorities deny everything.
+	EventTrustedRootUnavailable EventKind = "trusted-root-unavailable"
 )
 
 // Event is one alertable occurrence. Decision is set for events about a

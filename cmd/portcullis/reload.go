@@ -289,6 +289,9 @@ func restartFileHashes(cfg *config.Config) map[string]string {
 		if t.TrustedRoot != "" {
 			live[cfg.Resolve(t.TrustedRoot)] = true
 		}
+		if t.TUF != nil {
+			live[cfg.Resolve(t.TUF.Root)] = true
+		}
 	}
 	out := map[string]string{}
 	for _, f := range cfg.WatchedFiles() {
@@ -533,5 +536,6 @@ func startReload(ctx context.Context, cfg *config.Config, fingerprint string, p 
 	r.watch()
 	p.OnPeerReload(func() { r.reload("peer") })
 	go r.run(ctx, h.hup)
+	go refreshTrustedRoots(ctx, r)
 	return nil
 }

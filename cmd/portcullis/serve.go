@@ -141,6 +141,7 @@ func serve(ctx context.Context, cfg *config.Config, eng *verify.Engine, logger *
 	if extra, err = withRevocations(ctx, cfg, logger, extra); err != nil {
 		return err
 	}
+	extra = withTrustedRoots(cfg, logger, extra)
 	p, err := newProxy(cfg, eng, logger, extra...)
 	if err != nil {
 		return err

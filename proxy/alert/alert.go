@@ -73,6 +73,7 @@ var Kinds = []proxy.EventKind{
 	proxy.EventDeny, proxy.EventWouldDeny, proxy.EventFailClosed, proxy.EventDrift,
 	proxy.EventRevocationHit, proxy.EventReloadFailed,
 	proxy.EventWatchAbsent, proxy.EventWatchStale, proxy.EventWatchChanged, proxy.EventWatchUnreachable,
+	proxy.EventTrustedRootRefreshFailed, proxy.EventTrustedRootUnavailable,
 }
 
 // SinkConfig describes one receiver.

@@ -20,16 +20,18 @@ const ceTypePrefix = "dev.portcullis."
 // ceTypes names the CloudEvents type of each kind: decisions under
 // "decision.", the others under their subsystem.
 var ceTypes = map[proxy.EventKind]string{
-	proxy.EventDeny:             "decision.deny",
-	proxy.EventWouldDeny:        "decision.would-deny",
-	proxy.EventFailClosed:       "decision.fail-closed",
-	proxy.EventDrift:            "decision.drift",
-	proxy.EventRevocationHit:    "revocation.hit",
-	proxy.EventReloadFailed:     "reload.failed",
-	proxy.EventWatchAbsent:      "watch.absent",
-	proxy.EventWatchStale:       "watch.stale",
-	proxy.EventWatchChanged:     "watch.changed",
-	proxy.EventWatchUnreachable: "watch.unreachable",
+	proxy.EventDeny:                     "decision.deny",
+	proxy.EventWouldDeny:                "decision.would-deny",
+	proxy.EventFailClosed:               "decision.fail-closed",
+	proxy.EventDrift:                    "decision.drift",
+	proxy.EventRevocationHit:            "revocation.hit",
+	proxy.EventReloadFailed:             "reload.failed",
+	proxy.EventWatchAbsent:              "watch.absent",
+	proxy.EventWatchStale:               "watch.stale",
+	proxy.EventWatchChanged:             "watch.changed",
+	proxy.EventWatchUnreachable:         "watch.unreachable",
+	proxy.EventTrustedRootRefreshFailed: "trusted-root.refresh-failed",
+	proxy.EventTrustedRootUnavailable:   "trusted-root.unavailable",
 }
 
 // CloudEventType is the CloudEvents type an event of kind k is sent as.

@@ -34,7 +34,7 @@ func (l *loader) deployedBoundary(b config.Boundary) (verify.Boundary, error) {
 		if vb, err = l.boundary(b); err != nil {
 			return verify.Boundary{}, err
 		}
-		vb.Problems = problemStrings(b.Stale)
+		vb.Problems = append(vb.Problems, problemStrings(b.Stale)...)
 	}
 	vb.Owner, vb.Version, vb.Source, vb.Order = b.Owner, b.Version, b.Source, b.Order
 	fp, err := l.boundaryFingerprint(b)
@@ -79,6 +79,9 @@ func (l *loader) boundaryFingerprint(b config.Boundary) (string, error) {
 			if f != "" {
 				files[f] = l.files[f]
 			}
+		}
+		if t.TUF != nil {
+			files[t.TUF.Root], files[tufFileKey(t.Name)] = l.files[t.TUF.Root], l.files[tufFileKey(t.Name)]
 		}
 	}
 	evidence := map[string]string{}

@@ -39,6 +39,7 @@ func Policy(cfg *config.Config) (verify.Policy, error) {
 		if err != nil {
 			return verify.Policy{}, fmt.Errorf("boundaries[%d] (%s): %w", i, b.Name, err)
 		}
+		vb.Fingerprint = l.notationFingerprint(b, vb.Fingerprint)
 		p.Boundaries = append(p.Boundaries, vb)
 	}
 	fp, err := fingerprint(cfg, l.files, l.evidenceUpstreams)
@@ -72,9 +73,14 @@ type loader struct {
 	files map[string]string
 	keys  map[string][]verify.NamedKey
 	roots map[string]root.TrustedMaterial
+	// notation holds notation trust entries' certificates (notation.go).
+	notation map[string]*notationTrust
 	// evidenceUpstreams maps each upstream key a signatures or
 	// attestation repository names to the upstream it resolved to.
 	evidenceUpstreams map[string]string
+	// unavailable maps each trust entry whose TUF-kept root cannot be
+	// used now to why.
+	unavailable map[string]tufUnavailable
 }
 
 func (l *loader) read(p string, limit int64) ([]byte, error) {
@@ -97,12 +103,18 @@ func (l *loader) read(p string, limit int64) ([]byte, error) {
 }
 
 func (l *loader) loadTrust(t config.Trust) error {
+	if err := l.loadNotationTrust(t); err != nil {
+		return err
+	}
 	for _, k := range t.Keys {
 		b, err := l.read(k, maxKeyFileBytes)
 		if err != nil {
 			return fmt.Errorf("trust %s: key: %w", t.Name, err)
 		}
 		l.keys[t.Name] = append(l.keys[t.Name], verify.NamedKey{Name: k, PEM: b})
+	}
+	if t.TUF != nil {
+		return l.loadTUF(t)
 	}
 	if t.TrustedRoot != "" {
 		b, err := l.read(t.TrustedRoot, maxRootFileBytes)
@@ -136,6 +148,12 @@ func (l *loader) boundary(b config.Boundary) (verify.Boundary, error) {
 	for _, a := range b.Signatures.Authorities {
 		va := verify.Authority{Name: a.Name}
 		switch {
+		case a.Notation != nil:
+			na, err := l.notationAuthority(a)
+			if err != nil {
+				return verify.Boundary{}, err
+			}
+			va.Notation = na
 		case a.Key != "" && a.Keyless == nil:
 			keys, ok := l.keys[a.Key]
 			if !ok || len(keys) == 0 {
@@ -181,6 +199,7 @@ func (l *loader) boundary(b config.Boundary) (verify.Boundary, error) {
 	if b.Lineage != nil {
 		vb.Lineage = &verify.LineageRule{Depth: b.Lineage.Depth, Require: b.Lineage.Require, Ignore: b.Lineage.Ignore}
 	}
+	l.refuseWithoutRoot(&vb)
 	return vb, nil
 }
 
