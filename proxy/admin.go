@@ -79,8 +79,9 @@ func (r *decisionRing) list() []Decision {
 
 // AdminHandler serves the operational endpoints: /healthz (alive), /readyz
 // (503 while draining), /metrics, /v1/decisions and
-// /v1/decisions/<digest>/summary (see WithSummaries) and /v1/revocations
-// (see Revocations). It is meant for a separate, non-public listener.
+// /v1/decisions/<digest>/summary (see WithSummaries), /v1/revocations
+// (see Revocations) and /v1/verdicts/ (see VerdictAnswer). It is meant for
+// a separate, non-public listener.
 func (p *Proxy) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -111,7 +112,7 @@ func (p *Proxy) AdminHandler() http.Handler {
 		_, _ = w.Write(body)
 	})
 	// Everything but the probes needs an admin token when tokens are set.
-	return p.adminAuth(mux)
+	return p.adminAuth(p.verdictRoutes(mux))
 }
 
 // SetDraining makes /readyz fail so load balancers stop sending new

@@ -191,8 +191,9 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 }
 
 func newRouter(upstreams []Upstream, o options) (*router, error) {
-	rt := &router{byKey: map[string]*upstreamEntry{}}
+	rt := &router{byKey: map[string]*upstreamEntry{}, byHost: map[string]*upstreamEntry{}}
 	var listing []string
+	hosts := map[string]int{}
 	for _, u := range upstreams {
 		if u.Name == "" {
 			return nil, errors.New("upstream with empty name")
@@ -232,6 +233,10 @@ func newRouter(upstreams []Upstream, o options) (*router, error) {
 				e.dockerHub = true
 			}
 		}
+		if h := registryHost(u.URL); h != "" {
+			hosts[h]++
+			rt.byHost[h] = e
+		}
 		if u.Insecure {
 			o.logger.Warn("upstream is insecure: plain HTTP or unverified TLS", zap.String("upstream", u.Name), zap.String("url", u.URL))
 		}
@@ -246,6 +251,13 @@ func newRouter(upstreams []Upstream, o options) (*router, error) {
 		}
 	}
 	rt.listing = strings.Join(listing, ", ")
+	for h, n := range hosts {
+		if n > 1 {
+			// Two upstreams at one address (say, with different
+			// credentials): the address alone does not say which.
+			delete(rt.byHost, h)
+		}
+	}
 	if o.defaultUpstream != "" {
 		def := rt.byKey[strings.ToLower(o.defaultUpstream)]
 		if def == nil {
@@ -492,4 +504,21 @@ func (s *statusRecorder) statusCode() int {
 		return http.StatusOK
 	}
 	return s.status
+}
+
+// registryHost is the host[:port] an image name uses for the registry at
+// rawURL: lower case, without the scheme's default port.
+func registryHost(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	h := strings.ToLower(u.Host)
+	switch {
+	case u.Scheme == "https" && strings.HasSuffix(h, ":443"):
+		h = strings.TrimSuffix(h, ":443")
+	case u.Scheme == "http" && strings.HasSuffix(h, ":80"):
+		h = strings.TrimSuffix(h, ":80")
+	}
+	return h
 }

@@ -216,7 +216,11 @@ type manifestGetter interface {
 // router maps ?ns= values and path prefixes to upstreams. Keys are lookup
 // keys only: an unknown one is refused, never dialled.
 type router struct {
-	byKey   map[string]*upstreamEntry
+	byKey map[string]*upstreamEntry
+	// byHost maps the registry host[:port] of each upstream's URL to it,
+	// for callers that name images by registry address (the verdict API);
+	// an address two upstreams share maps to neither.
+	byHost  map[string]*upstreamEntry
 	def     *upstreamEntry
 	listing string // "docker.io (aliases …), ghcr.io" for messages
 }

@@ -22,6 +22,8 @@ Usage:
                                              print an example config, or write it with the files it names
   portcullis mirror-config containerd|crio --proxy URL REGISTRY...
                                              client configuration that makes the proxy final (no fallback)
+  portcullis node-verifier -name REF -digest DIGEST ...
+                                             containerd image verifier: asks the proxy for the digest's verdict
   portcullis token hash < TOKEN              digest of a client or admin token for a token file
   portcullis token htpasswd USER < PASSWORD  bcrypt htpasswd line for clients.htpasswd
   portcullis version                         version, commit and Go version
@@ -152,6 +154,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runConfig(args[1:], stdout, stderr)
 	case "token":
 		return runToken(args[1:], os.Stdin, stdout, stderr)
+	case "node-verifier":
+		return runNodeVerifier(args[1:], stdout, stderr)
 	case "mirror-config":
 		if err := mirrorconfig.Run(args[1:], stdout, stderr); err != nil {
 			fmt.Fprintln(stderr, "portcullis mirror-config:", err)

@@ -3,7 +3,8 @@
 # skopeo, containerd and redis-server, and pinned Go builds of crane, oras, regctl, cosign
 # v2 (legacy .sig/.att) and cosign v3 (sigstore bundles), plus olareg (a
 # registry with the referrers API) and the OCI distribution-spec
-# conformance suite. Idempotent: a tool already at the pinned
+# conformance suite, and containerd 2.x (containerd2, ctr2) built from its
+# module. Idempotent: a tool already at the pinned
 # version is not rebuilt. Binaries go to $E2E_BIN (default /usr/local/e2e/bin).
 set -euo pipefail
 E2E_BIN=${E2E_BIN:-/usr/local/e2e/bin}
@@ -56,6 +57,19 @@ conformance() {
   ln -sf "$dir/conformance" "$E2E_BIN/oci-conformance"
 }
 
+# containerd2: containerd and ctr 2.x built from their module, for the
+# node verifier (nodeverifier.sh), as containerd2 and ctr2 next to Debian's
+# containerd 1.6. no_btrfs: the btrfs snapshotter needs C headers.
+containerd2() {
+  local v=v2.4.2 dir="$E2E_BIN/.gobin/containerd_v2.4.2"
+  if [ ! -x "$dir/containerd" ] || [ ! -x "$dir/ctr" ]; then
+    phase "build containerd $v (containerd, ctr)"
+    GOBIN="$dir" go install -tags no_btrfs "github.com/containerd/containerd/v2/cmd/containerd@$v" "github.com/containerd/containerd/v2/cmd/ctr@$v"
+  fi
+  ln -sf "$dir/containerd" "$E2E_BIN/containerd2"
+  ln -sf "$dir/ctr" "$E2E_BIN/ctr2"
+}
+
 case "${1:-all}" in
   apt) apt_tools ;;
   clients)
@@ -66,12 +80,14 @@ case "${1:-all}" in
   cosign3) goinst cosign3 github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3 ;;
   cosign2) goinst cosign2 github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5 ;;
   conformance) conformance ;;
+  containerd2) containerd2 ;;
   all)
     apt_tools
     "$0" clients
     "$0" cosign2
     "$0" cosign3
-    "$0" conformance ;;
-  *) echo "usage: $0 [apt|clients|cosign2|cosign3|conformance|all]" >&2; exit 2 ;;
+    "$0" conformance
+    "$0" containerd2 ;;
+  *) echo "usage: $0 [apt|clients|cosign2|cosign3|conformance|containerd2|all]" >&2; exit 2 ;;
 esac
 phase "done ${1:-all}"

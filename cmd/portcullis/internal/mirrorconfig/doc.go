@@ -17,6 +17,10 @@
 //     rewritten to a location on the proxy (path-prefix routing,
 //     proxy/<registry>/<repository>) and no mirror is listed, so the real
 //     registry is never contacted.
+//   - containerd 2.x image verifier (ContainerdVerifier): for pulls that no
+//     mirror file covers, a config.toml fragment for the bindir verifier
+//     plugin, the wrapper script it runs and the settings of
+//     "portcullis node-verifier", which asks the proxy's admin API.
 //
 // The generator trusts only its arguments and validates them strictly: the
 // proxy must be an http or https URL with nothing but a host and port, and

@@ -12,6 +12,7 @@ import (
 
 const usage = `Usage:
   portcullis mirror-config containerd --proxy URL [--out DIR] [--ca FILE] REGISTRY...
+  portcullis mirror-config containerd --verifier ADMIN_URL [--verifier-...] [--proxy URL REGISTRY...]
   portcullis mirror-config crio --proxy URL [--out FILE] REGISTRY[=ALIAS]...
 
 Generates client configuration that sends every pull from the given
@@ -35,6 +36,22 @@ Flags:
                printing
   --ca FILE    containerd only: path on the node of the CA certificate that
                signed an https proxy's certificate
+
+containerd 2.x image verifier (printed, also with --out; --proxy and
+registries are then optional):
+  --verifier ADMIN_URL       the proxy's admin listener as nodes reach it; prints
+                             the config.toml fragment for the image verifier
+                             plugin, the wrapper script for its bin_dir and the
+                             settings of "portcullis node-verifier"
+  --verifier-token-file FILE admin token on the node (default
+                             /etc/portcullis/node-verifier.token; "-" for none)
+  --verifier-ca FILE         CA of an https admin listener, on the node
+  --verifier-timeout DUR     containerd's per_verifier_timeout (default 10s)
+  --verifier-bin-dir DIR     containerd's bin_dir (default
+                             /opt/containerd/image-verifier/bin)
+  --portcullis-bin FILE      portcullis on the node (default /usr/local/bin/portcullis)
+  --verifier-config FILE     the verifier's settings file on the node (default
+                             /etc/portcullis/node-verifier.yaml)
 
 Example:
   portcullis mirror-config containerd --proxy https://portcullis.internal:5000 \
@@ -68,6 +85,14 @@ func Run(args []string, stdout, stderr io.Writer) error {
 	proxyURL := fs.String("proxy", "", "")
 	out := fs.String("out", "", "")
 	ca := fs.String("ca", "", "")
+	var vo VerifierOptions
+	fs.StringVar(&vo.AdminURL, "verifier", "", "")
+	fs.StringVar(&vo.TokenFile, "verifier-token-file", "", "")
+	fs.StringVar(&vo.CAFile, "verifier-ca", "", "")
+	fs.DurationVar(&vo.Timeout, "verifier-timeout", 0, "")
+	fs.StringVar(&vo.BinDir, "verifier-bin-dir", "", "")
+	fs.StringVar(&vo.Binary, "portcullis-bin", "", "")
+	fs.StringVar(&vo.ConfigPath, "verifier-config", "", "")
 	registries, err := parseInterspersed(fs, args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stdout, usage)
@@ -77,18 +102,40 @@ func Run(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, usage)
 		return err
 	}
-	if *proxyURL == "" {
+	verifierOnly := runtime == "containerd" && vo.AdminURL != "" && *proxyURL == "" && len(registries) == 0
+	if *proxyURL == "" && !verifierOnly {
 		return errors.New("--proxy is required")
 	}
 
 	switch runtime {
 	case "containerd":
-		files, err := ContainerdWith(*proxyURL, registries, ContainerdOptions{CA: *ca})
-		if err != nil {
-			return err
+		var verifier map[string][]byte
+		if vo.AdminURL != "" {
+			if verifier, err = ContainerdVerifier(vo); err != nil {
+				return err
+			}
 		}
-		return emitContainerd(files, *out, stdout)
+		if !verifierOnly {
+			files, err := ContainerdWith(*proxyURL, registries, ContainerdOptions{CA: *ca})
+			if err != nil {
+				return err
+			}
+			if err := emitContainerd(files, *out, stdout); err != nil {
+				return err
+			}
+			if verifier != nil && *out == "" {
+				fmt.Fprintln(stdout)
+			}
+		}
+		if verifier == nil {
+			return nil
+		}
+		// These belong outside the hosts directory: they are printed.
+		return emitContainerd(verifier, "", stdout)
 	default:
+		if vo.AdminURL != "" {
+			return errors.New("--verifier applies to containerd only")
+		}
 		if *ca != "" {
 			return errors.New("--ca applies to containerd only; CRI-O reads CA certificates from /etc/containers/certs.d")
 		}

@@ -97,6 +97,9 @@ func parseValue(t *testing.T, v string) any {
 	switch {
 	case v == "true" || v == "false":
 		return v == "true"
+	case v != "" && len(v) < 10 && strings.Trim(v, "0123456789") == "":
+		n, _ := strconv.Atoi(v)
+		return n
 	case strings.HasPrefix(v, `"`):
 		s, err := strconv.Unquote(v)
 		if err != nil {
