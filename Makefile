@@ -64,7 +64,9 @@ soak:
 ## e2e: the real-tool suite (registry, cosign, crane, skopeo, oras, regctl, containerd),
 ## then the OCI conformance comparison, then client authentication (auth.sh), then three
 ## replicas sharing a real redis-server (scale.sh), then real models (a 2 GiB ModelPack
-## model, a KitOps ModelKit) through oras and containerd, timed (models.sh); all run, all must pass
+## model, a KitOps ModelKit) through oras and containerd, timed (models.sh), then images signed
+## with cosign and Notary Project signatures through crane and containerd (notation.sh), then a containerd 2.x
+## whose image verifier asks the proxy (nodeverifier.sh); all run, all must pass
 e2e-install:
 	./test/e2e/install.sh all
 
@@ -75,6 +77,8 @@ e2e: build
 	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/auth.sh || rc=1; \
 	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/scale.sh || rc=1; \
 	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/models.sh || rc=1; \
+	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/notation.sh || rc=1; \
+	PATH=$(E2E_BIN):$$PATH PORTCULLIS=$(CURDIR)/$(BIN) ./test/e2e/nodeverifier.sh || rc=1; \
 	exit $$rc
 
 ## conformance: the OCI distribution-spec conformance suite (read-only) against the

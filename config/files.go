@@ -95,6 +95,19 @@ func (c *Config) eachFile(visit func(path, p string)) {
 			check(indexPath(joinPath(p, "keys"), j), k)
 		}
 		check(joinPath(p, "trusted_root"), t.TrustedRoot)
+		if t.TUF != nil {
+			check(joinPath(p, "trusted_root.tuf.root"), t.TUF.Root)
+		}
+		if n := t.Notation; n != nil {
+			for _, st := range []struct {
+				name  string
+				files []string
+			}{{"ca", n.CA}, {"signing_authority", n.SigningAuthority}, {"tsa", n.TSA}} {
+				for j, f := range st.files {
+					check(indexPath(joinPath(p, "notation."+st.name), j), f)
+				}
+			}
+		}
 	}
 }
 

@@ -107,9 +107,18 @@ type Auth struct {
 
 // Trust is named trust material: public keys or a sigstore trusted root.
 type Trust struct {
-	Name        string   `yaml:"name"`
-	Keys        []string `yaml:"keys"`
-	TrustedRoot string   `yaml:"trusted_root"`
+	Name string   `yaml:"name"`
+	Keys []string `yaml:"keys"`
+	// RootSource is trusted_root as written: a file, or {tuf: ...}.
+	// Validation copies it into TrustedRoot or TUF.
+	RootSource TrustedRootSource `yaml:"trusted_root,omitempty" json:"-"`
+	// TrustedRoot is a trusted_root.json file.
+	TrustedRoot string `yaml:"-"`
+	// TUF keeps the trusted root fresh through a TUF repository.
+	TUF *TUF `yaml:"-" json:",omitempty"`
+	// Notation is X.509 trust material of Notary Project signatures
+	// (notation.go).
+	Notation *NotationTrust `yaml:"notation" json:",omitempty"`
 }
 
 // Boundary is one trust boundary; the first whose match fits wins.
@@ -169,6 +178,8 @@ type Authority struct {
 	Name    string   `yaml:"name"`
 	Key     string   `yaml:"key"` // name of a Trust entry with keys
 	Keyless *Keyless `yaml:"keyless"`
+	// Notation accepts Notary Project signatures (notation.go).
+	Notation *NotationAuthority `yaml:"notation" json:",omitempty"`
 }
 
 // Keyless is a Fulcio certificate identity under a trusted root.

@@ -303,11 +303,17 @@ func (c *Config) validateTrust(r *reporter) map[string]*Trust {
 		} else {
 			byName[t.Name] = t
 		}
+		t.resolveRootSource()
 		switch {
-		case len(t.Keys) > 0 && t.TrustedRoot != "":
+		case t.Notation != nil:
+			c.validateNotationTrust(r, p, t)
+		case len(t.Keys) > 0 && t.HasTrustedRoot():
 			r.addf(p, "set exactly one of keys and trusted_root, not both")
-		case len(t.Keys) == 0 && t.TrustedRoot == "":
+		case len(t.Keys) == 0 && !t.HasTrustedRoot():
 			r.addf(p, "set exactly one of keys and trusted_root")
+		}
+		if t.TUF != nil {
+			validateTUF(r, p, t.TUF)
 		}
 		for j, k := range t.Keys {
 			if strings.TrimSpace(k) == "" {
@@ -365,6 +371,8 @@ func validateBoundary(r *reporter, p string, b *Boundary, upstreams map[string]*
 			auths[a.Name] = true
 		}
 		switch {
+		case a.Notation != nil:
+			validateNotationAuthority(r, ap, a, trust)
 		case a.Key != "" && a.Keyless != nil:
 			r.addf(ap, "set exactly one of key and keyless, not both")
 		case a.Key == "" && a.Keyless == nil:
@@ -383,6 +391,7 @@ func validateBoundary(r *reporter, p string, b *Boundary, upstreams map[string]*
 		r.addf(joinPath(sp, "threshold"), "must be between 1 and the number of authorities (%d), not %d", n, b.Signatures.Threshold)
 	}
 	validateEvidenceRepository(r, sp, b.Signatures.Repository, b.Signatures.RepositoryStripPrefix, upstreams)
+	validateNotationRules(r, p, b)
 
 	anames := map[string]bool{}
 	for i := range b.Attestations {
@@ -524,7 +533,7 @@ func validateKeyless(r *reporter, p string, k *Keyless, trust map[string]*Trust)
 		r.addf(joinPath(p, "trust"), "is required")
 	} else if t, ok := trust[k.Trust]; !ok {
 		r.addf(joinPath(p, "trust"), "no trust entry is named %q", k.Trust)
-	} else if t.TrustedRoot == "" {
+	} else if !t.HasTrustedRoot() {
 		r.addf(joinPath(p, "trust"), "trust entry %q has no trusted_root", k.Trust)
 	}
 	pair := func(exact, exactKey, re, reKey string) {
