@@ -292,11 +292,19 @@ type localManifests interface {
 	GetLocal(digest string) (verify.Manifest, bool)
 }
 
+// alongVerdicts is implemented by a shared verdict cache that reads a
+// manifest's verdict and bytes in one round trip, keeping the bytes in
+// the manifest cache.
+type alongVerdicts interface {
+	GetAlong(key, digest string) (verify.Verdict, bool)
+}
+
 // lookupVerdict reads d's verdict. When this replica's memory misses and
 // the verdict has to come from the shared state, the manifest bytes a
-// served answer needs are asked for at the same time rather than after
-// it: a warm pull of a digest another replica decided then waits on one
-// Redis round trip, not two. shared says the verdict came from there.
+// served answer needs are asked for with it (in one pipeline where the
+// cache can, else at the same time) rather than after it: a warm pull of
+// a digest another replica decided then waits on one Redis round trip,
+// not two. shared says the verdict came from there.
 func (p *Proxy) lookupVerdict(d *manifestDecision) (v verify.Verdict, ok, shared bool) {
 	vc := p.opts.verdicts
 	lv, lvOK := vc.(localVerdicts)
@@ -306,6 +314,10 @@ func (p *Proxy) lookupVerdict(d *manifestDecision) (v verify.Verdict, ok, shared
 	}
 	if v, ok = lv.GetLocal(d.key); ok {
 		return v, true, false
+	}
+	if av, ok := vc.(alongVerdicts); ok && d.manifest == nil {
+		v, ok = av.GetAlong(d.key, d.digest)
+		return v, ok, ok
 	}
 	lm, lmOK := p.opts.manifests.(localManifests)
 	if !lmOK || d.manifest != nil || d.desc.Digest.Algorithm != "sha256" {

@@ -8,6 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+	"go.uber.org/zap"
+
+	"github.com/portcullis-oci/portcullis/cache"
+	"github.com/portcullis-oci/portcullis/cache/shared"
 	"github.com/portcullis-oci/portcullis/verify"
 )
 
@@ -192,5 +197,87 @@ func TestSharedWriteThroughWaitsOnlyForOwnVerdicts(t *testing.T) {
 	p.shared.writes.Wait()
 	if sh.recorded.Load() == 0 {
 		t.Error("shared verdict: nothing written through after the answer")
+	}
+}
+
+// fullSharedReplica is a replica with the shared verdict, manifest and
+// gating caches on mr, wired as the command wires them.
+func fullSharedReplica(t *testing.T, mr *miniredis.Miniredis, regURL string, pol verify.Policy) (*Proxy, *engineSpy, *spy) {
+	t.Helper()
+	c, err := shared.NewClient(shared.ClientOptions{Addr: mr.Addr(), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	g := shared.NewGuard(zap.NewNop(), nil, 5*time.Second)
+	l1, _ := cache.NewVerdicts(100, 10*time.Minute, time.Minute)
+	vs, err := shared.NewVerdicts(l1, c, g, shared.VerdictsOptions{KeyPrefix: sharedPrefix, AllowTTL: 10 * time.Minute, DenyTTL: time.Minute, Size: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lm, _ := cache.NewManifests(1 << 20)
+	ms, err := shared.NewManifests(lm, c, g, shared.ManifestsOptions{KeyPrefix: sharedPrefix, TTL: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vs.ReadBytesWith(ms); err != nil {
+		t.Fatal(err)
+	}
+	gt, err := shared.NewGating(c, sharedPrefix, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng := newEngineSpy(t, pol)
+	p, up := newTestProxy(t, regURL, eng, WithSharedState(gt), WithVerdictCache(vs), WithManifestCache(ms))
+	return p, eng, up
+}
+
+// TestSharedVerdictReadAlongWithBytes: with the real shared caches, a
+// replica that never saw a digest serves it from the verdict and bytes
+// another replica stored, without verifying or fetching the manifest, and
+// its layers then open on a third replica; an unsigned digest stays denied.
+func TestSharedVerdictReadAlongWithBytes(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	reg := newRegistry(t)
+	pol, sign := acmePolicy(verify.ModeEnforce, t)
+	img := reg.pushImage(t, "acme/app", "v1")
+	sign(reg, "acme/app", img.digest)
+	unsigned := reg.pushImage(t, "acme/app", "v2")
+
+	a, _, _ := fullSharedReplica(t, mr, reg.srv.URL, pol)
+	for _, d := range []string{img.digest.String(), unsigned.digest.String()} {
+		do(a, http.MethodGet, manifestPath("acme/app", d))
+	}
+	a.shared.writes.Wait()
+	key := sharedPrefix + "v1:manifest:" + img.digest.String()
+	for deadline := time.Now().Add(5 * time.Second); !mr.Exists(key); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("manifest bytes never written to Redis")
+		}
+	}
+
+	b, eng, up := fullSharedReplica(t, mr, reg.srv.URL, pol)
+	w := do(b, http.MethodGet, manifestPath("acme/app", img.digest.String()))
+	if w.Code != http.StatusOK || !sameBytes(w.Body.Bytes(), img.digest) {
+		t.Fatalf("B: GET by digest = %d", w.Code)
+	}
+	if n := eng.callsFor(img.digest); n != 0 {
+		t.Errorf("B verified %d times, want 0", n)
+	}
+	if reqs := up.since(0); len(reqs) != 0 {
+		t.Errorf("B asked the upstream: %v", reqs)
+	}
+	if w := do(b, http.MethodGet, manifestPath("acme/app", unsigned.digest.String())); w.Code != http.StatusForbidden {
+		t.Errorf("B: unsigned digest = %d, want 403", w.Code)
+	}
+	b.shared.writes.Wait()
+
+	c, _, _ := fullSharedReplica(t, mr, reg.srv.URL, pol)
+	if w := do(c, http.MethodGet, blobPath("acme/app", img.layers[0])); w.Code != http.StatusOK {
+		t.Errorf("C: layer of the served image = %d", w.Code)
+	}
+	if w := do(c, http.MethodGet, blobPath("acme/app", unsigned.layers[0])); w.Code != http.StatusForbidden {
+		t.Errorf("C: layer of the unsigned image = %d, want 403", w.Code)
 	}
 }

@@ -52,6 +52,9 @@ type Verdicts struct {
 
 	mu     sync.Mutex
 	remote *simplelru.LRU[string, remoteVerdict]
+	// along is where GetAlong keeps the manifest bytes it reads; nil
+	// without ReadBytesWith.
+	along *Manifests
 }
 
 type remoteVerdict struct {
@@ -144,9 +147,7 @@ func (c *Verdicts) Get(key string) (verify.Verdict, bool) {
 	if !ok {
 		return verify.Verdict{}, false
 	}
-	c.mu.Lock()
-	c.remote.Add(key, remoteVerdict{v: v, expires: expires})
-	c.mu.Unlock()
+	c.keepRemote(key, v, expires)
 	return v, true
 }
 

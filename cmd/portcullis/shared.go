@@ -60,6 +60,10 @@ func withShared(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (o
 		stop()
 		return nil, nil, err
 	}
+	if err := verdicts.ReadBytesWith(manifests); err != nil {
+		stop()
+		return nil, nil, err
+	}
 	gating, err := shared.NewGating(rdb, rc.KeyPrefix, guard)
 	if err != nil {
 		stop()
