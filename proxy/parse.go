@@ -169,6 +169,18 @@ func checkDescriptor(d descriptorJSON) (v1.Hash, error) {
 // checkJSONShape requires b to be exactly one JSON object whose objects
 // have no duplicate keys and whose well-known keys are spelled exactly.
 func checkJSONShape(b []byte) error {
+	if validJSON(b) {
+		if err := checkShapeFast(b); !errors.Is(err, errShapeSlow) {
+			return err
+		}
+	}
+	return checkShapeTokens(b)
+}
+
+// checkShapeTokens is checkJSONShape by encoding/json's tokens: the
+// reference the fast walk must agree with, and the walk for documents it
+// leaves alone (invalid JSON, keys with escapes).
+func checkShapeTokens(b []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	tok, err := dec.Token()
@@ -207,7 +219,7 @@ func walkObject(dec *json.Decoder, depth int, freeKeys bool) error {
 		}
 		seen[k] = true
 		if !freeKeys {
-			if want, known := knownFields[strings.ToLower(k)]; known && want != k {
+			if want, known := knownSpelling(k); known && want != k {
 				return fmt.Errorf("key %q must be spelled %q", truncate(k, 64), want)
 			}
 		}
