@@ -97,6 +97,8 @@ type sharing struct {
 	notBefore atomic.Int64
 	// undecidedLog keeps undecided blob requests to a log line a minute.
 	undecidedLog logGate
+	// pending gathers refreshes of blob entries (see refreshLater).
+	pending pendingRefresh
 }
 
 // revoked makes the shared blob entries recorded until now suspect and
@@ -164,6 +166,64 @@ func (sh *sharing) writeFor(d *manifestDecision, write func(context.Context) err
 	}()
 }
 
+// refreshBatchDelay is how long the refreshes of blob entries served on
+// verdicts read from the shared state are gathered before they are
+// written, in one round trip: a rollout's pulls then cost Redis one write
+// per replica every few milliseconds, not one per pull, and the pulls do
+// not queue behind them.
+const refreshBatchDelay = 5 * time.Millisecond
+
+// pendingRefresh gathers the blob entries refreshLater is given.
+type pendingRefresh struct {
+	mu    sync.Mutex
+	blobs map[string]int64
+	until time.Time // the earliest of those given
+	keys  []string  // the verdict keys they were served for
+}
+
+// refreshLater has blobs written with the next batch (see
+// refreshBatchDelay). The replica that decided key's verdict wrote them
+// before serving it, so the write only refreshes them.
+func (sh *sharing) refreshLater(key string, blobs map[string]int64, until time.Time) {
+	pr := &sh.pending
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	if pr.blobs == nil {
+		pr.blobs, pr.until = make(map[string]int64, len(blobs)), until
+		sh.writes.Add(1)
+		time.AfterFunc(refreshBatchDelay, sh.flushRefresh)
+	}
+	for k, v := range blobs {
+		pr.blobs[k] = v
+	}
+	if until.Before(pr.until) {
+		pr.until = until
+	}
+	pr.keys = append(pr.keys, key)
+}
+
+func (sh *sharing) flushRefresh() {
+	defer sh.writes.Done()
+	pr := &sh.pending
+	pr.mu.Lock()
+	blobs, until, keys := pr.blobs, pr.until, pr.keys
+	pr.blobs, pr.keys = nil, nil
+	pr.mu.Unlock()
+	ok := false
+	select {
+	case sh.slots <- struct{}{}:
+		ok = sh.s.RecordBlobs(context.Background(), blobs, until) == nil
+		<-sh.slots
+	default:
+	}
+	if !ok {
+		// Written again on the next pull of each.
+		for _, k := range keys {
+			sh.recorded.c.Remove(k)
+		}
+	}
+}
+
 // shareServed writes through what a served manifest opened, at most once
 // per quarter gating TTL per manifest. Denied manifests never get here.
 func (p *Proxy) shareServed(d *manifestDecision) {
@@ -207,7 +267,11 @@ func (p *Proxy) shareServed(d *manifestDecision) {
 		blobs[blobKey(u, repo, l.digest)] = l.size
 	}
 	until := p.blobs.now().Add(blobAllowTTL)
-	sh.writeFor(d, func(ctx context.Context) error { return sh.s.RecordBlobs(ctx, blobs, until) })
+	if d.sharedVerdict {
+		sh.refreshLater(d.key, blobs, until)
+		return
+	}
+	sh.write(d.key, func(ctx context.Context) error { return sh.s.RecordBlobs(ctx, blobs, until) })
 }
 
 // coverageEnd is when coverage by an index allowed by v ends: the coverage
