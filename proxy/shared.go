@@ -97,8 +97,10 @@ type sharing struct {
 	notBefore atomic.Int64
 	// undecidedLog keeps undecided blob requests to a log line a minute.
 	undecidedLog logGate
-	// pending gathers refreshes of blob entries (see refreshLater).
-	pending pendingRefresh
+	// pending gathers refreshes of blob entries (see refreshLater);
+	// batchDelay, when set (tests), replaces refreshBatchDelay.
+	pending    pendingRefresh
+	batchDelay time.Duration
 }
 
 // revoked makes the shared blob entries recorded until now suspect and
@@ -191,7 +193,11 @@ func (sh *sharing) refreshLater(key string, blobs map[string]int64, until time.T
 	if pr.blobs == nil {
 		pr.blobs, pr.until = make(map[string]int64, len(blobs)), until
 		sh.writes.Add(1)
-		time.AfterFunc(refreshBatchDelay, sh.flushRefresh)
+		delay := refreshBatchDelay
+		if sh.batchDelay > 0 {
+			delay = sh.batchDelay
+		}
+		time.AfterFunc(delay, sh.flushRefresh)
 	}
 	for k, v := range blobs {
 		pr.blobs[k] = v

@@ -281,3 +281,90 @@ func TestSharedVerdictReadAlongWithBytes(t *testing.T) {
 		t.Errorf("C: layer of the unsigned image = %d, want 403", w.Code)
 	}
 }
+
+// countingShared counts the blob writes and fails them while fail is set.
+type countingShared struct {
+	fakeShared
+	mu    sync.Mutex
+	calls int
+	blobs map[string]int64
+	fail  bool
+}
+
+func (c *countingShared) RecordBlobs(_ context.Context, blobs map[string]int64, _ time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls++
+	if c.fail {
+		return context.DeadlineExceeded
+	}
+	if c.blobs == nil {
+		c.blobs = map[string]int64{}
+	}
+	for k, v := range blobs {
+		c.blobs[k] = v
+	}
+	return nil
+}
+
+func (c *countingShared) state() (int, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls, len(c.blobs)
+}
+
+// TestSharedRefreshesBatched: manifests served on verdicts read from the
+// shared state refresh their blob entries in one write together; a batch
+// that fails is written again on the next pull of each manifest.
+func TestSharedRefreshesBatched(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	pol, sign := acmePolicy(verify.ModeEnforce, t)
+	one := reg.pushImage(t, "acme/app", "v1")
+	sign(reg, "acme/app", one.digest)
+	two := reg.pushImage(t, "acme/app", "v2")
+	sign(reg, "acme/app", two.digest)
+	verdicts, manifests := decidedElsewhere(t, reg, pol, "acme/app", "v1")
+	v2, m2 := decidedElsewhere(t, reg, pol, "acme/app", "v2")
+	for k, v := range v2 {
+		verdicts[k] = v
+	}
+	for k, v := range m2 {
+		manifests[k] = v
+	}
+
+	asked := make(chan struct{})
+	vc := &twoLevelVerdicts{mapVerdicts: newMapVerdicts(), remote: verdicts, bytesAsked: asked, waitForOverlap: time.Millisecond}
+	mc := &twoLevelManifests{mapManifests: newMapManifests(), remote: manifests, asked: asked}
+	sh := &countingShared{fail: true}
+	p, _ := newTestProxy(t, reg.srv.URL, newEngineSpy(t, pol), WithSharedState(sh), WithVerdictCache(vc), WithManifestCache(mc))
+	p.shared.batchDelay = time.Second
+	get := func() {
+		for _, img := range []pushed{one, two} {
+			if w := do(p, http.MethodGet, manifestPath("acme/app", img.digest.String())); w.Code != http.StatusOK {
+				t.Fatalf("GET %s = %d", img.digest, w.Code)
+			}
+		}
+		p.shared.writes.Wait()
+	}
+
+	get()
+	if calls, _ := sh.state(); calls != 1 {
+		t.Fatalf("%d writes for two manifests served together, want 1", calls)
+	}
+	// The failed batch is written again on the next pulls, as one.
+	sh.mu.Lock()
+	sh.fail = false
+	sh.mu.Unlock()
+	get()
+	calls, n := sh.state()
+	want := len(one.layers) + len(two.layers) + 2
+	if calls != 2 || n != want {
+		t.Fatalf("after a failed batch: %d writes of %d blob entries, want 2 writes of %d", calls, n, want)
+	}
+	// Written: the next pulls write nothing.
+	get()
+	if calls, _ := sh.state(); calls != 2 {
+		t.Errorf("%d writes after a successful batch, want 2", calls)
+	}
+}
