@@ -28,6 +28,7 @@ import (
 
 	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
 	"github.com/portcullis-oci/portcullis/test/fixtures"
+	"github.com/portcullis-oci/portcullis/verify"
 )
 
 const mediaTypeSPDX = "application/spdx+json"
@@ -574,5 +575,38 @@ func TestReferrersRequestParts(t *testing.T) {
 	d := sha([]byte("x"))
 	if got := fallbackTag(d); got != "sha256-"+d.Hex {
 		t.Errorf("fallbackTag(%s) = %q", d, got)
+	}
+}
+
+// TestReferrersAbsentSkipsTheRequest: against an upstream without the
+// referrers API, only the first cold verification asks for referrers;
+// later ones go straight to the fallback tag, and still allow what the
+// fallback index lists and deny what it does not.
+func TestReferrersAbsentSkipsTheRequest(t *testing.T) {
+	t.Parallel()
+	reg, front := registryWithoutReferrers(t, nil)
+	k := newKey(t)
+	pol := verify.Policy{Boundaries: []verify.Boundary{acmeBoundary("images", verify.ModeEnforce, k)}}
+	var signed []pushed
+	for _, tag := range []string{"v1", "v2", "v3"} {
+		img := reg.pushImage(t, "acme/app", tag)
+		if _, err := fixtures.AttachBundle(context.Background(), reg.ref(t, "acme/app", img.digest), k,
+			fixtures.BundleSpec{Placement: fixtures.PlaceReferrer | fixtures.PlaceFallback}); err != nil {
+			t.Fatal(err)
+		}
+		signed = append(signed, img)
+	}
+	unsigned := reg.pushImage(t, "acme/app", "v4")
+	p, _ := newTestProxy(t, front.srv.URL, newEngineSpy(t, pol))
+	for _, img := range signed {
+		if w := do(p, http.MethodGet, manifestPath("acme/app", img.digest.String())); w.Code != http.StatusOK {
+			t.Fatalf("signed %s = %d %s", img.digest, w.Code, w.Body)
+		}
+	}
+	if w := do(p, http.MethodGet, manifestPath("acme/app", unsigned.digest.String())); w.Code != http.StatusForbidden {
+		t.Fatalf("unsigned = %d", w.Code)
+	}
+	if n := len(front.referrerQueries()); n != 1 {
+		t.Errorf("the upstream without the referrers API was asked for referrers %d times, want 1", n)
 	}
 }

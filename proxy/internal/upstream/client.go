@@ -113,6 +113,10 @@ type Client struct {
 	transports *repoCache
 	setup      singleflight.Group
 	propagator propagation.TextMapPropagator // nil: no trace context is sent
+	// referrersAbsent (Unix ns) is until when the upstream is taken to
+	// lack the referrers API (see ReferrersPage); 0: ask it.
+	referrersAbsent atomic.Int64
+	now             func() time.Time // nil: time.Now (tests set it)
 }
 
 var _ verify.Fetcher = (*Client)(nil)

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -267,6 +268,15 @@ type ReferrersPage struct {
 	Links []string
 }
 
+// ReferrersAbsentFor is how long an upstream that answered a referrers
+// request as a registry without the API does (a 404 that is not a
+// registry error, such as distribution 2.8's "404 page not found") is
+// not asked again: its referrers requests then fail at once with
+// verify.ErrNoReferrersAPI, sparing every cold verification one request
+// (the fallback tag is read either way). A registry that gains the API is
+// asked again after this long.
+const ReferrersAbsentFor = 5 * time.Minute
+
 // ReferrersPage reads one page of the referrers of digest as Referrers
 // does, with query (artifactType, page tokens) forwarded upstream. A 404
 // wraps verify.ErrNoReferrersAPI.
@@ -274,11 +284,26 @@ func (c *Client) ReferrersPage(ctx context.Context, repo string, digest v1.Hash,
 	if _, _, err := c.checkArgs(repo, digest.String()); err != nil {
 		return ReferrersPage{}, err
 	}
+	now := time.Now
+	if c.now != nil {
+		now = c.now
+	}
+	if until := c.referrersAbsent.Load(); until != 0 && now().UnixNano() < until {
+		return ReferrersPage{}, fmt.Errorf("upstream %s: %w (it answered without one lately)", c.name, verify.ErrNoReferrersAPI)
+	}
 	hdr := http.Header{"Accept": {string(types.OCIImageIndex)}}
 	resp, err := c.open(ctx, wholeCall, http.MethodGet, repo, "referrers/"+digest.String(), query, hdr, http.StatusOK)
 	if err != nil {
 		var ue *Error
 		if errors.As(err, &ue) && ue.Status == http.StatusNotFound {
+			// A registry with the API never answers 404 (OCI
+			// distribution spec); one without it answers its own "no
+			// such route". A 404 that is a registry error (NAME_UNKNOWN
+			// from a registry bending the spec) says nothing of the
+			// other repositories, so only the first is remembered.
+			if code, _, _ := ue.firstDiagnostic(); code == "" {
+				c.referrersAbsent.Store(now().Add(ReferrersAbsentFor).UnixNano())
+			}
 			// The *Error is not wrapped: it would also match
 			// verify.ErrNotFound, which is not what this means.
 			return ReferrersPage{}, fmt.Errorf("upstream %s: %w (%s)", c.name, verify.ErrNoReferrersAPI, ue.Error())

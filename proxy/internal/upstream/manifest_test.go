@@ -10,7 +10,9 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -455,6 +457,67 @@ func TestReferrersBadUpstreams(t *testing.T) {
 			}
 			if tc.status == http.StatusBadGateway && !IsTransient(err) {
 				t.Error("5xx must be transient")
+			}
+		})
+	}
+}
+
+// TestReferrersAbsentRemembered: an upstream whose referrers route does
+// not exist (a plain 404, as distribution 2.8 answers) is not asked again
+// for ReferrersAbsentFor, and is asked once that has passed; a 404 that is
+// a registry error (NAME_UNKNOWN for one repository) is not remembered,
+// and neither is a 5xx.
+func TestReferrersAbsentRemembered(t *testing.T) {
+	t.Parallel()
+	d := sha256Hash([]byte("subject"))
+	for _, tc := range []struct {
+		name     string
+		status   int
+		body     string
+		remember bool
+	}{
+		{"route missing", http.StatusNotFound, "404 page not found\n", true},
+		{"registry error", http.StatusNotFound, `{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}`, false},
+		{"server error", http.StatusBadGateway, "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var asked atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/v2/" {
+					return
+				}
+				asked.Add(1)
+				if strings.HasPrefix(tc.body, "{") {
+					w.Header().Set("Content-Type", "application/json")
+				}
+				w.WriteHeader(tc.status)
+				_, _ = w.Write([]byte(tc.body))
+			}))
+			t.Cleanup(srv.Close)
+			c := newTestClient(t, Config{URL: srv.URL, Insecure: true})
+			now := time.Now()
+			c.now = func() time.Time { return now }
+			for i := range 3 {
+				_, err := c.Referrers(context.Background(), "app", d)
+				if err == nil {
+					t.Fatalf("call %d accepted", i)
+				}
+				if tc.status == http.StatusNotFound && !errors.Is(err, verify.ErrNoReferrersAPI) {
+					t.Fatalf("call %d: err = %v, want ErrNoReferrersAPI", i, err)
+				}
+			}
+			want := int64(3)
+			if tc.remember {
+				want = 1
+			}
+			if n := asked.Load(); n != want {
+				t.Fatalf("asked %d times in 3 calls, want %d", n, want)
+			}
+			now = now.Add(ReferrersAbsentFor + time.Second)
+			_, _ = c.Referrers(context.Background(), "other/repo", d)
+			if n := asked.Load(); n != want+1 {
+				t.Errorf("asked %d times after the window, want %d", n, want+1)
 			}
 		})
 	}
