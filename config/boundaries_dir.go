@@ -269,21 +269,11 @@ func standIn(file string, parsed *Boundary, known bool, problems []Problem) Boun
 }
 
 func readLimited(file string) ([]byte, error) {
-	f, err := os.Open(file)
+	data, err := ReadLimited(file, MaxFileSize)
+	if err != nil && !errors.Is(err, errTooLarge) {
+		return nil, err
+	}
 	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil {
-		return nil, err
-	} else if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", file)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > MaxFileSize {
 		return nil, fmt.Errorf("file is larger than %d bytes", MaxFileSize)
 	}
 	return data, nil

@@ -1,7 +1,9 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -125,4 +127,31 @@ func readable(p string) error {
 		return fmt.Errorf("%s is not a regular file", p)
 	}
 	return nil
+}
+
+var errTooLarge = errors.New("file too large")
+
+// ReadLimited reads the regular file at path, refusing one larger than
+// limit bytes without reading more than limit+1: every file the process
+// reads on its own (trust material, revocation lists, cached metadata) is
+// bounded, whatever is put there.
+func ReadLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes: %w", path, limit, errTooLarge)
+	}
+	return b, nil
 }

@@ -101,3 +101,21 @@ clients: {anonymous: true}
 		}
 	}
 }
+
+func TestReadLimited(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	if err := os.WriteFile(p, []byte("12345"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := ReadLimited(p, 5); err != nil || string(b) != "12345" {
+		t.Fatalf("at the limit: %q, %v", b, err)
+	}
+	if _, err := ReadLimited(p, 4); err == nil || !strings.Contains(err.Error(), "larger than 4 bytes") {
+		t.Fatalf("over the limit: %v", err)
+	}
+	if _, err := ReadLimited(dir, 1<<20); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("a directory: %v", err)
+	}
+}

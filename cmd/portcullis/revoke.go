@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -74,7 +73,7 @@ func withRevocations(ctx context.Context, cfg *config.Config, logger *zap.Logger
 // absent file is an empty list, one that does not parse stops the start:
 // revocations are never silently dropped.
 func readRevocationState(path string, maxEntries int) ([]proxy.Revocation, error) {
-	b, err := readLimited(path, int64(maxEntries)*4<<10)
+	b, err := config.ReadLimited(path, int64(maxEntries)*4<<10)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -113,22 +112,6 @@ func writeRevocationState(path string, list []proxy.Revocation) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
-}
-
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
-	}
-	return b, nil
 }
 
 // revocationWatcher keeps the file entries of a revocation list in step
@@ -171,7 +154,7 @@ func newRevocationWatcher(path string, maxEntries int, revs *proxy.Revocations, 
 // gone, unreadable or invalid leaves the list in force as it was:
 // revocations are lifted by editing the file, never by breaking it.
 func (w *revocationWatcher) load() error {
-	b, err := readLimited(w.path, int64(w.max)*2<<10)
+	b, err := config.ReadLimited(w.path, int64(w.max)*2<<10)
 	if err != nil {
 		return err
 	}

@@ -7,11 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"regexp"
 	"strings"
 	"unicode"
 
+	"github.com/portcullis-oci/portcullis/config"
 	"github.com/portcullis-oci/portcullis/proxy"
 )
 
@@ -187,7 +187,7 @@ func ask(ctx context.Context, cfg *Config, q question, stdout, stderr io.Writer)
 		}
 	}
 	if cfg.CAFile != "" {
-		if roots, err = readLimited(cfg.CAFile, maxCABytes); err != nil {
+		if roots, err = config.ReadLimited(cfg.CAFile, maxCABytes); err != nil {
 			return reject(stdout, ExitUsage, "ca_file: %v", err)
 		}
 	}
@@ -237,22 +237,6 @@ func ask(ctx context.Context, cfg *Config, q question, stdout, stderr io.Writer)
 	default:
 		return reject(stdout, ExitReject, "inconsistent answer from the Portcullis admin API: status %d, decision %q", status, clean(a.Decision, 20))
 	}
-}
-
-func readLimited(path string, n int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, n+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > n {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, n)
-	}
-	return b, nil
 }
 
 func reject(stdout io.Writer, code int, format string, args ...any) int {

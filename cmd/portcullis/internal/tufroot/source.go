@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -23,6 +22,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata/trustedmetadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
+	"github.com/portcullis-oci/portcullis/config"
 	"github.com/portcullis-oci/portcullis/proxy/tuffetch"
 )
 
@@ -279,7 +279,7 @@ func (s *Source) loadCache(now time.Time) (*State, error) {
 	tm.RefTime = now
 	rootJSON := s.spec.Root
 	for v := tm.Root.Signed.Version + 1; v < tm.Root.Signed.Version+maxRootRotations; v++ {
-		b, err := readLimited(filepath.Join(s.rootsDir(), strconv.FormatInt(v, 10)+".root.json"), maxRootBytes)
+		b, err := config.ReadLimited(filepath.Join(s.rootsDir(), strconv.FormatInt(v, 10)+".root.json"), maxRootBytes)
 		if errors.Is(err, fs.ErrNotExist) {
 			break
 		}
@@ -304,7 +304,7 @@ func (s *Source) loadCache(now time.Time) (*State, error) {
 		}},
 	}
 	for _, st := range steps {
-		b, err := readLimited(filepath.Join(s.spec.CacheDir, st.role+".json"), st.limit)
+		b, err := config.ReadLimited(filepath.Join(s.spec.CacheDir, st.role+".json"), st.limit)
 		if err != nil {
 			return nil, fmt.Errorf("cached %s: %w", st.role, err)
 		}
@@ -320,7 +320,7 @@ func (s *Source) loadCache(now time.Time) (*State, error) {
 		return nil, fmt.Errorf("%s is listed with %d bytes, more than the %d allowed", Target, ti.Length, MaxTargetBytes)
 	}
 	// go-tuf keeps a target under its path, escaped.
-	b, err := readLimited(filepath.Join(s.targetsDir(), url.PathEscape(Target)), ti.Length)
+	b, err := config.ReadLimited(filepath.Join(s.targetsDir(), url.PathEscape(Target)), ti.Length)
 	if err != nil {
 		return nil, fmt.Errorf("cached %s: %w", Target, err)
 	}
@@ -461,22 +461,6 @@ func cutRootVersion(base string) (int64, bool) {
 	}
 	v, err := strconv.ParseInt(base[:len(base)-len(suffix)], 10, 64)
 	return v, err == nil && v > 0
-}
-
-func readLimited(p string, limit int64) ([]byte, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", p, limit)
-	}
-	return b, nil
 }
 
 func writeFile(p string, b []byte) error {
