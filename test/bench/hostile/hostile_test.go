@@ -59,7 +59,9 @@ func TestTarpitFlood(t *testing.T) {
 	if res.Requests != 20 || res.Abandoned != 20 || len(res.Answered) != 0 {
 		t.Fatalf("flood = %+v", res)
 	}
-	if tp.Total() != 20 || tp.Peak() < 1 {
+	// A request abandoned before its connection was accepted never
+	// reaches the tarpit (a loaded machine), so only the bounds hold.
+	if tp.Total() < 1 || tp.Total() > 20 || tp.Peak() < 1 {
 		t.Errorf("tarpit saw %d requests, peak %d", tp.Total(), tp.Peak())
 	}
 	deadline := time.Now().Add(10 * time.Second)
