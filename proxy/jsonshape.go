@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -14,8 +13,7 @@ import (
 // one key to it, and K (Kelvin) is k), so that is how a key is compared.
 func knownSpelling(k string) (string, bool) {
 	if isASCII(k) {
-		want, ok := knownFields[lowerASCII(k)]
-		return want, ok
+		return knownASCII([]byte(k))
 	}
 	for _, want := range knownFields {
 		if strings.EqualFold(k, want) {
@@ -32,15 +30,6 @@ func isASCII(s string) bool {
 		}
 	}
 	return true
-}
-
-func lowerASCII(s string) string {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; 'A' <= c && c <= 'Z' {
-			return strings.ToLower(s)
-		}
-	}
-	return s
 }
 
 // plainKey says a raw key is its own decoded form: printable ASCII
@@ -200,6 +189,3 @@ func (s *shapeScan) value(depth int, freeKeys bool) error {
 	}
 	return nil
 }
-
-// validJSON guards the fast walk, which relies on valid input.
-func validJSON(b []byte) bool { return json.Valid(b) }

@@ -282,63 +282,30 @@ func (p *Proxy) cachedVerdict(d *manifestDecision) bool {
 	return true
 }
 
-// localVerdicts and localManifests are implemented by caches that can be
-// asked without waiting on the shared state behind them.
-type localVerdicts interface {
-	GetLocal(key string) (verify.Verdict, bool)
-}
-
-type localManifests interface {
-	GetLocal(digest string) (verify.Manifest, bool)
-}
-
-// alongVerdicts is implemented by a shared verdict cache that reads a
-// manifest's verdict and bytes in one round trip, keeping the bytes in
-// the manifest cache.
+// alongVerdicts is a verdict cache with a shared state behind it
+// (cache/shared.Verdicts). On a miss in this replica's memory GetAlong
+// reads the verdict and the manifest bytes under digest ("" for none) in
+// one round trip, keeping the bytes in the manifest cache, where
+// loadBytes finds them; shared says the verdict came from the shared
+// state.
 type alongVerdicts interface {
-	GetAlong(key, digest string) (verify.Verdict, bool)
+	GetAlong(key, digest string) (v verify.Verdict, ok, shared bool)
 }
 
-// lookupVerdict reads d's verdict. When this replica's memory misses and
-// the verdict has to come from the shared state, the manifest bytes a
-// served answer needs are asked for with it (in one pipeline where the
-// cache can, else at the same time) rather than after it: a warm pull of
-// a digest another replica decided then waits on one Redis round trip,
-// not two. shared says the verdict came from there.
-func (p *Proxy) lookupVerdict(d *manifestDecision) (v verify.Verdict, ok, shared bool) {
+// lookupVerdict reads d's verdict. A warm pull of a digest another
+// replica decided thus waits on one Redis round trip, not two: the bytes
+// a served answer needs come with the verdict.
+func (p *Proxy) lookupVerdict(d *manifestDecision) (verify.Verdict, bool, bool) {
 	vc := p.opts.verdicts
-	lv, lvOK := vc.(localVerdicts)
-	if p.shared == nil || !lvOK {
-		v, ok = vc.Get(d.key)
-		return v, ok, false
+	if sv, ok := vc.(alongVerdicts); ok {
+		digest := ""
+		if d.manifest == nil {
+			digest = d.digest
+		}
+		return sv.GetAlong(d.key, digest)
 	}
-	if v, ok = lv.GetLocal(d.key); ok {
-		return v, true, false
-	}
-	if av, ok := vc.(alongVerdicts); ok && d.manifest == nil {
-		v, ok = av.GetAlong(d.key, d.digest)
-		return v, ok, ok
-	}
-	lm, lmOK := p.opts.manifests.(localManifests)
-	if !lmOK || d.manifest != nil || d.desc.Digest.Algorithm != "sha256" {
-		v, ok = vc.Get(d.key)
-		return v, ok, ok
-	}
-	if _, have := lm.GetLocal(d.digest); have {
-		v, ok = vc.Get(d.key)
-		return v, ok, ok
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// Get keeps what it finds in this replica's manifest cache,
-		// where loadBytes takes it from; on a miss the bytes are fetched
-		// upstream as usual.
-		p.opts.manifests.Get(d.digest)
-	}()
-	v, ok = vc.Get(d.key)
-	<-done
-	return v, ok, ok
+	v, ok := vc.Get(d.key)
+	return v, ok, false
 }
 
 // verifyManifest has d decided by the Verifier, shared with every

@@ -169,7 +169,8 @@ func checkDescriptor(d descriptorJSON) (v1.Hash, error) {
 // checkJSONShape requires b to be exactly one JSON object whose objects
 // have no duplicate keys and whose well-known keys are spelled exactly.
 func checkJSONShape(b []byte) error {
-	if validJSON(b) {
+	// The one-pass walk relies on valid input.
+	if json.Valid(b) {
 		if err := checkShapeFast(b); !errors.Is(err, errShapeSlow) {
 			return err
 		}

@@ -17,60 +17,34 @@ import (
 )
 
 // twoLevelVerdicts stands for the shared verdict cache: local holds this
-// replica's memory, remote what another replica stored. Get on a local
-// miss waits (up to a bound) for the manifest bytes to be asked for, and
-// records whether they were asked for while it waited.
+// replica's memory, remote what another replica stored; GetAlong copies
+// the remote manifest bytes into manifests, as the shared cache does.
 type twoLevelVerdicts struct {
 	*mapVerdicts
-	remote         map[string]verify.Verdict
-	bytesAsked     <-chan struct{}
-	overlapped     atomic.Bool
-	remoteLookups  atomic.Int64
-	waitForOverlap time.Duration
+	remote      map[string]verify.Verdict
+	manifests   *mapManifests
+	remoteBytes map[string]verify.Manifest
+	alongWith   []string // the digests GetAlong was asked for
 }
 
-func (c *twoLevelVerdicts) GetLocal(k string) (verify.Verdict, bool) {
+func (c *twoLevelVerdicts) GetAlong(k, digest string) (verify.Verdict, bool, bool) {
 	c.mapVerdicts.mu.Lock()
-	defer c.mapVerdicts.mu.Unlock()
 	v, ok := c.mapVerdicts.m[k]
-	return v, ok
-}
-
-func (c *twoLevelVerdicts) Get(k string) (verify.Verdict, bool) {
-	if v, ok := c.GetLocal(k); ok {
-		return v, true
-	}
-	c.remoteLookups.Add(1)
-	select {
-	case <-c.bytesAsked:
-		c.overlapped.Store(true)
-	case <-time.After(c.waitForOverlap):
-	}
-	v, ok := c.remote[k]
-	return v, ok
-}
-
-// twoLevelManifests stands for the shared manifest cache: remote bytes
-// are copied into local by Get, as the shared cache does.
-type twoLevelManifests struct {
-	*mapManifests
-	remote map[string]verify.Manifest
-	asked  chan struct{}
-	once   sync.Once
-}
-
-func (c *twoLevelManifests) GetLocal(d string) (verify.Manifest, bool) { return c.mapManifests.Get(d) }
-
-func (c *twoLevelManifests) Get(d string) (verify.Manifest, bool) {
-	if m, ok := c.mapManifests.Get(d); ok {
-		return m, true
-	}
-	c.once.Do(func() { close(c.asked) })
-	m, ok := c.remote[d]
+	c.alongWith = append(c.alongWith, digest)
+	c.mapVerdicts.mu.Unlock()
 	if ok {
-		c.mapManifests.Add(m)
+		return v, true, false
 	}
-	return m, ok
+	if m, have := c.remoteBytes[digest]; have && digest != "" {
+		c.manifests.Add(m)
+	}
+	v, ok = c.remote[k]
+	return v, ok, ok
+}
+
+func newTwoLevel(verdicts map[string]verify.Verdict, manifests map[string]verify.Manifest) (*twoLevelVerdicts, *mapManifests) {
+	mc := newMapManifests()
+	return &twoLevelVerdicts{mapVerdicts: newMapVerdicts(), remote: verdicts, manifests: mc, remoteBytes: manifests}, mc
 }
 
 // blockingShared holds every write until release is closed.
@@ -98,11 +72,11 @@ func decidedElsewhere(t *testing.T, reg *upstreamRegistry, pol verify.Policy, re
 	return vc.m, mc.m
 }
 
-// TestSharedVerdictAsksForBytesAtOnce: a warm GET by digest whose verdict
-// this replica does not hold asks the shared state for the verdict and the
-// manifest bytes at the same time, and serves from them without verifying
-// or asking the upstream for the manifest.
-func TestSharedVerdictAsksForBytesAtOnce(t *testing.T) {
+// TestSharedVerdictBringsItsBytes: a warm GET by digest whose verdict
+// this replica does not hold asks the shared state for the verdict with
+// the manifest bytes, and serves from them without verifying or asking
+// the upstream for the manifest.
+func TestSharedVerdictBringsItsBytes(t *testing.T) {
 	t.Parallel()
 	reg := newRegistry(t)
 	pol, sign := acmePolicy(verify.ModeEnforce, t)
@@ -110,9 +84,7 @@ func TestSharedVerdictAsksForBytesAtOnce(t *testing.T) {
 	sign(reg, "acme/app", img.digest)
 	verdicts, manifests := decidedElsewhere(t, reg, pol, "acme/app", "v1")
 
-	asked := make(chan struct{})
-	vc := &twoLevelVerdicts{mapVerdicts: newMapVerdicts(), remote: verdicts, bytesAsked: asked, waitForOverlap: 5 * time.Second}
-	mc := &twoLevelManifests{mapManifests: newMapManifests(), remote: manifests, asked: asked}
+	vc, mc := newTwoLevel(verdicts, manifests)
 	eng := newEngineSpy(t, pol)
 	sh := &blockingShared{release: make(chan struct{})}
 	close(sh.release)
@@ -122,8 +94,8 @@ func TestSharedVerdictAsksForBytesAtOnce(t *testing.T) {
 	if w.Code != http.StatusOK || !sameBytes(w.Body.Bytes(), img.digest) {
 		t.Fatalf("GET by digest = %d (bytes match: %v)", w.Code, sameBytes(w.Body.Bytes(), img.digest))
 	}
-	if !vc.overlapped.Load() {
-		t.Error("the manifest bytes were not asked for while the shared verdict was read")
+	if len(vc.alongWith) != 1 || vc.alongWith[0] != img.digest.String() {
+		t.Errorf("GetAlong asked for %q, want the manifest's digest once", vc.alongWith)
 	}
 	if n := eng.callsFor(img.digest); n != 0 {
 		t.Errorf("verified %d times, want 0", n)
@@ -178,9 +150,7 @@ func TestSharedWriteThroughWaitsOnlyForOwnVerdicts(t *testing.T) {
 	}
 
 	// Read from the shared state: served while the write is still held.
-	asked := make(chan struct{})
-	vc := &twoLevelVerdicts{mapVerdicts: newMapVerdicts(), remote: verdicts, bytesAsked: asked, waitForOverlap: time.Second}
-	mc := &twoLevelManifests{mapManifests: newMapManifests(), remote: manifests, asked: asked}
+	vc, mc := newTwoLevel(verdicts, manifests)
 	sh, p, code := serve(vc, mc)
 	select {
 	case c := <-code:
@@ -333,9 +303,7 @@ func TestSharedRefreshesBatched(t *testing.T) {
 		manifests[k] = v
 	}
 
-	asked := make(chan struct{})
-	vc := &twoLevelVerdicts{mapVerdicts: newMapVerdicts(), remote: verdicts, bytesAsked: asked, waitForOverlap: time.Millisecond}
-	mc := &twoLevelManifests{mapManifests: newMapManifests(), remote: manifests, asked: asked}
+	vc, mc := newTwoLevel(verdicts, manifests)
 	sh := &countingShared{fail: true}
 	p, _ := newTestProxy(t, reg.srv.URL, newEngineSpy(t, pol), WithSharedState(sh), WithVerdictCache(vc), WithManifestCache(mc))
 	p.shared.batchDelay = time.Second

@@ -27,18 +27,22 @@ func (c *Verdicts) ReadBytesWith(m *Manifests) error {
 // that decode and hash to digest are kept in the local cache of the
 // Manifests given to ReadBytesWith, where the caller's next Get finds
 // them; anything else about them is ignored here and, as in Get, reported
-// as invalid. The verdict is read and refused exactly as Get does.
-func (c *Verdicts) GetAlong(key, digest string) (verify.Verdict, bool) {
-	m := c.along
+// as invalid. The verdict is read and refused exactly as Get does. With
+// digest "" (bytes in hand), or bytes already held here, only the verdict
+// is read. shared says the verdict came from Redis.
+func (c *Verdicts) GetAlong(key, digest string) (v verify.Verdict, ok, shared bool) {
 	if v, ok := c.GetLocal(key); ok {
-		return v, true
+		return v, true, false
 	}
+	m := c.along
 	want, err := v1.NewHash(digest)
 	if m == nil || err != nil || want.Algorithm != "sha256" {
-		return c.Get(key)
+		v, ok = c.Get(key)
+		return v, ok, ok
 	}
-	if _, ok := m.GetLocal(digest); ok {
-		return c.Get(key)
+	if _, have := m.GetLocal(digest); have {
+		v, ok = c.Get(key)
+		return v, ok, ok
 	}
 	now := c.now()
 	var vcmd, mcmd *redis.StringCmd
@@ -53,7 +57,7 @@ func (c *Verdicts) GetAlong(key, digest string) (verify.Verdict, bool) {
 		return err
 	})
 	if err != nil {
-		return verify.Verdict{}, false
+		return verify.Verdict{}, false, false
 	}
 	if raw := []byte(mcmd.Val()); len(raw) > 0 {
 		if got, derr := m.decode(raw, want); derr != nil {
@@ -64,18 +68,18 @@ func (c *Verdicts) GetAlong(key, digest string) (verify.Verdict, bool) {
 	}
 	raw := []byte(vcmd.Val())
 	if len(raw) == 0 {
-		return verify.Verdict{}, false
+		return verify.Verdict{}, false, false
 	}
 	v, expires, err := c.decode(key, raw, now)
 	if err != nil {
 		c.guard.Invalid("verdict_get", key, err)
-		return verify.Verdict{}, false
+		return verify.Verdict{}, false, false
 	}
 	if !now.Before(expires) {
-		return verify.Verdict{}, false
+		return verify.Verdict{}, false, false
 	}
 	c.keepRemote(key, v, expires)
-	return v, true
+	return v, true, true
 }
 
 // keepRemote keeps a verdict read from Redis for the lifetime it has left.

@@ -67,9 +67,9 @@ func TestGetAlong(t *testing.T) {
 	a.m.Add(m)
 	awaitKey(t, mr, "p:v1:manifest:"+d)
 
-	got, ok := b.v.GetAlong("k1", d)
-	if !ok || !got.Allowed || got.Digest != d {
-		t.Fatalf("GetAlong = %+v, %v", got, ok)
+	got, ok, shared := b.v.GetAlong("k1", d)
+	if !ok || !shared || !got.Allowed || got.Digest != d {
+		t.Fatalf("GetAlong = %+v, %v, shared %v", got, ok, shared)
 	}
 	if lm, ok := b.m.GetLocal(d); !ok || string(lm.Bytes) != string(m.Bytes) {
 		t.Fatal("the manifest bytes read along were not kept locally")
@@ -77,13 +77,16 @@ func TestGetAlong(t *testing.T) {
 	if _, ok := b.v.GetLocal("k1"); !ok {
 		t.Error("the verdict read along was not kept locally")
 	}
+	if _, ok, shared := b.v.GetAlong("k1", d); !ok || shared {
+		t.Errorf("second read: ok %v, shared %v; want a local hit", ok, shared)
+	}
 
 	// Bytes of another manifest under the digest: the verdict still
 	// answers, the bytes are refused and counted.
 	c := newAlongReplica(t, mr, clk)
 	other := testManifest("planted")
 	_ = mr.Set("p:v1:manifest:"+d, fmt.Sprintf(`{"v":1,"mt":%q,"b":%q}`, types.OCIManifestSchema1, base64.StdEncoding.EncodeToString(other.Bytes)))
-	if _, ok := c.v.GetAlong("k1", d); !ok {
+	if _, ok, _ := c.v.GetAlong("k1", d); !ok {
 		t.Fatal("verdict missed next to planted bytes")
 	}
 	if _, ok := c.m.GetLocal(d); ok {
@@ -96,19 +99,24 @@ func TestGetAlong(t *testing.T) {
 	// A verdict stored for another key is refused as Get refuses it.
 	raw, _ := mr.Get("p:v1:verdict:k1")
 	_ = mr.Set("p:v1:verdict:k2", raw)
-	if v, ok := newAlongReplica(t, mr, clk).v.GetAlong("k2", d); ok {
+	if v, ok, _ := newAlongReplica(t, mr, clk).v.GetAlong("k2", d); ok {
 		t.Fatalf("verdict of k1 served for k2: %+v", v)
 	}
 
+	// Bytes in hand (no digest): the verdict alone, still from Redis.
+	if v, ok, shared := newAlongReplica(t, mr, clk).v.GetAlong("k1", ""); !ok || !shared || v.Digest != d {
+		t.Fatalf("verdict alone: %+v, %v, shared %v", v, ok, shared)
+	}
+
 	// Nothing stored: a miss.
-	if _, ok := newAlongReplica(t, mr, clk).v.GetAlong("k3", d); ok {
+	if _, ok, _ := newAlongReplica(t, mr, clk).v.GetAlong("k3", d); ok {
 		t.Fatal("hit for a key never stored")
 	}
 
 	// Redis down: a miss, not an error turned into an answer.
 	e := newAlongReplica(t, mr, clk)
 	mr.Close()
-	if _, ok := e.v.GetAlong("k1", d); ok {
+	if _, ok, _ := e.v.GetAlong("k1", d); ok {
 		t.Fatal("hit with Redis down")
 	}
 }
