@@ -155,16 +155,7 @@ has -F "only bcrypt" "$work/out" && ok "  ... and says why" || { bad "  ... with
 must "portcullis config check" "$PORTCULLIS" config check portcullis.yaml
 
 "$PORTCULLIS" serve --config portcullis.yaml >"$work/portcullis.log" 2>&1 & pc_pid=$!; pids+=($pc_pid)
-logged_addr() { sed -n "s/.*\"msg\":\"$1\".*\"listen\":\"\([^\"]*\)\".*/\1/p" "$work/portcullis.log" | head -1; }
-for _ in $(seq 200); do
-  PROXY=$(logged_addr serving) ADMIN=$(logged_addr admin)
-  [ -n "$PROXY" ] && [ -n "$ADMIN" ] && break
-  kill -0 "$pc_pid" 2>/dev/null || break
-  sleep 0.05
-done
-[ -n "$PROXY" ] && [ -n "$ADMIN" ] || { show "$work/portcullis.log" 20 >&2; die "portcullis did not log its addresses"; }
-owns_port "$pc_pid" "${PROXY##*:}" && owns_port "$pc_pid" "${ADMIN##*:}" || die "portcullis PID $pc_pid does not hold $PROXY and $ADMIN"
-for _ in $(seq 100); do curl -fsS -o /dev/null "http://$ADMIN/readyz" 2>/dev/null && break; sleep 0.1; done
+await_portcullis "$pc_pid" "$work/portcullis.log" || die "portcullis did not start"
 echo "  proxy https://$PROXY, admin $ADMIN (pid $pc_pid)"
 TEAM=$PROXY/e2e/team/app:v1 PRIVATE=$PROXY/e2e/private/app:v1
 
@@ -235,25 +226,14 @@ phase "containerd"
 if ! command -v containerd >/dev/null || ! command -v ctr >/dev/null; then
   bad "containerd not installed"
 else
-  mkdir -p "$work/ctrd" "$work/certs.d/$PROXY"
-  cat > "$work/ctrd/config.toml" <<TOML
-version = 2
-root = "$work/ctrd/root"
-state = "$work/ctrd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$work/ctrd/containerd.sock"
-TOML
+  mkdir -p "$work/certs.d/$PROXY"
   cat > "$work/certs.d/$PROXY/hosts.toml" <<TOML
 server = "https://$PROXY"
 [host."https://$PROXY"]
   capabilities = ["pull", "resolve"]
   ca = "$work/server-ca.pem"
 TOML
-  containerd --config "$work/ctrd/config.toml" >"$work/ctrd.log" 2>&1 & pids+=($!)
-  for _ in $(seq 100); do [ -S "$work/ctrd/containerd.sock" ] && break; sleep 0.1; done
-  CTR=(ctr --address "$work/ctrd/containerd.sock")
-  if "${CTR[@]}" version >/dev/null 2>&1; then
+  if start_containerd "$work/ctrd"; then
     expect "ctr pull without credentials: 401" 401 "${CTR[@]}" images pull --hosts-dir "$work/certs.d" "$TEAM"
     expect "ctr pull --user with a wrong password: 401" 401 "${CTR[@]}" images pull --hosts-dir "$work/certs.d" --user "alice:wrong" "$TEAM"
     expect "ctr pull --user" ok "${CTR[@]}" images pull --hosts-dir "$work/certs.d" --user "alice:$ALICE_PW" "$TEAM"

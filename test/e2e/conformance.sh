@@ -50,7 +50,6 @@ trap cleanup EXIT
 
 phase() { printf '\n[conformance] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '\n[conformance] ABORT: %s\n' "$*" >&2; exit 1; }
-wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 # must WHAT CMD...: a setup step; its failure ends the run.
 must() {
   local what=$1; shift
@@ -156,17 +155,7 @@ log: {level: info}
 YML
 must "portcullis config check" "$PORTCULLIS" config check "$work/portcullis.yaml"
 "$PORTCULLIS" serve --config "$work/portcullis.yaml" >"$work/portcullis.log" 2>&1 & pc_pid=$!; pids+=($pc_pid)
-logged_addr() { sed -n "s/.*\"msg\":\"$1\".*\"listen\":\"\([^\"]*\)\".*/\1/p" "$work/portcullis.log" | head -1; }
-PROXY="" ADMIN=""
-for _ in $(seq 200); do
-  PROXY=$(logged_addr serving) ADMIN=$(logged_addr admin)
-  [ -n "$PROXY" ] && [ -n "$ADMIN" ] && break
-  kill -0 "$pc_pid" 2>/dev/null || break
-  sleep 0.05
-done
-[ -n "$PROXY" ] && [ -n "$ADMIN" ] || { show "$work/portcullis.log" 20 >&2; die "portcullis did not log its addresses"; }
-owns_port "$pc_pid" "${PROXY##*:}" && owns_port "$pc_pid" "${ADMIN##*:}" || die "portcullis PID $pc_pid does not hold $PROXY and $ADMIN"
-wait_http "http://$ADMIN/readyz" || { show "$work/portcullis.log" 20 >&2; die "portcullis not ready"; }
+await_portcullis "$pc_pid" "$work/portcullis.log" || die "portcullis did not start"
 echo "  proxy $PROXY, admin $ADMIN (pid $pc_pid)"
 
 # suite REGISTRY REPO DATA OUT FILTER: one run of the suite, read-only

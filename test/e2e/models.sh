@@ -69,7 +69,6 @@ ok()   { passed=$((passed+1)); printf '  ok    %s\n' "$*"; }
 bad()  { failed=$((failed+1)); printf '  FAIL  %s\n' "$*"; }
 phase() { printf '\n[models] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
 die()  { printf '\n[models] ABORT: %s\n' "$*" >&2; exit 1; }
-wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 must() {
   local what=$1; shift
   "$@" >"$work/must.$BASHPID.out" 2>&1 || { show "$work/must.$BASHPID.out" 10 >&2; die "$what failed"; }
@@ -105,19 +104,7 @@ marker=$(cd "$work" && oras push --plain-http --format go-template='{{.digest}}'
 [ "$(oras resolve --plain-http "$DIST/models/marker-$RUN:v1" 2>/dev/null)" = "$marker" ] || die "the registry at $DIST does not answer this run's marker"
 [ -e "$work/dist/docker/registry/v2/repositories/models/marker-$RUN/_manifests/tags/v1" ] || die "the marker is not in $work/dist"
 
-mkdir -p "$work/ctrd"
-cat > "$work/ctrd/config.toml" <<TOML
-version = 2
-root = "$work/ctrd/root"
-state = "$work/ctrd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$work/ctrd/containerd.sock"
-TOML
-containerd --config "$work/ctrd/config.toml" >"$work/ctrd.log" 2>&1 & pids+=($!)
-for _ in $(seq 100); do [ -S "$work/ctrd/containerd.sock" ] && break; sleep 0.1; done
-CTR=(ctr --address "$work/ctrd/containerd.sock")
-"${CTR[@]}" version >/dev/null 2>&1 || die "containerd did not start: $(tail -3 "$work/ctrd.log")"
+start_containerd "$work/ctrd" || die "containerd did not start: $(tail -3 "$work/ctrd.log")"
 echo "  dist $DIST (pid $dist_pid), containerd $work/ctrd/containerd.sock"
 
 phase "building models ($MODEL_MIB MiB ModelPack in $MODEL_LAYERS layers, $KIT_MIB MiB KitOps ModelKit)"
@@ -293,16 +280,7 @@ start_portcullis() {
   stop_portcullis
   PC_LOG=$work/portcullis-$1.log PROXY="" ADMIN=""
   "$PORTCULLIS" serve --config "$2" >"$PC_LOG" 2>&1 & pc_pid=$!; pids+=($pc_pid)
-  logged_addr() { sed -n "s/.*\"msg\":\"$1\".*\"listen\":\"\([^\"]*\)\".*/\1/p" "$PC_LOG" | head -1; }
-  for _ in $(seq 200); do
-    PROXY=$(logged_addr serving) ADMIN=$(logged_addr admin)
-    [ -n "$PROXY" ] && [ -n "$ADMIN" ] && break
-    kill -0 "$pc_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  [ -n "$PROXY" ] && [ -n "$ADMIN" ] || { show "$PC_LOG" 20 >&2; die "portcullis did not log its addresses"; }
-  owns_port "$pc_pid" "${PROXY##*:}" && owns_port "$pc_pid" "${ADMIN##*:}" || die "portcullis PID $pc_pid does not hold $PROXY and $ADMIN"
-  wait_http "http://$ADMIN/readyz" || { show "$PC_LOG" 20 >&2; die "portcullis not ready"; }
+  await_portcullis "$pc_pid" "$PC_LOG" || die "portcullis did not start"
   curl -fsS "http://$PROXY/v2/$ALIAS/models/marker-$RUN/tags/list" 2>/dev/null | has '"v1"' ||
     die "the proxy at $PROXY does not route $ALIAS to this run's registry"
   rm -rf "$work/certs.d"

@@ -45,7 +45,6 @@ ok()   { passed=$((passed+1)); printf '  ok    %s\n' "$*"; }
 bad()  { failed=$((failed+1)); printf '  FAIL  %s\n' "$*"; }
 phase() { printf '\n[nodeverifier] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
 die()  { printf '\n[nodeverifier] ABORT: %s\n' "$*" >&2; exit 1; }
-wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; return 1; }
 must() {
   local what=$1; shift
   if ! "$@" >"$work/must.out" 2>&1; then show "$work/must.out" 10 >&2; die "$what failed"; fi
@@ -104,16 +103,7 @@ log: {level: info}
 YML
 must "portcullis config check" "$PORTCULLIS" config check "$work/portcullis.yaml"
 "$PORTCULLIS" serve --config "$work/portcullis.yaml" >"$work/portcullis.log" 2>&1 & pc_pid=$!; pids+=("$pc_pid")
-logged_addr() { sed -n "s/.*\"msg\":\"$1\".*\"listen\":\"\([^\"]*\)\".*/\1/p" "$work/portcullis.log" | head -1; }
-for _ in $(seq 200); do
-  PROXY=$(logged_addr serving) ADMIN=$(logged_addr admin)
-  [ -n "$PROXY" ] && [ -n "$ADMIN" ] && break
-  kill -0 "$pc_pid" 2>/dev/null || break
-  sleep 0.05
-done
-[ -n "$PROXY" ] && [ -n "$ADMIN" ] || { show "$work/portcullis.log" 20 >&2; die "portcullis did not log its addresses"; }
-owns_port "$pc_pid" "${ADMIN##*:}" || die "portcullis PID $pc_pid does not hold $ADMIN"
-wait_http "http://$ADMIN/readyz" || die "portcullis not ready"
+await_portcullis "$pc_pid" "$work/portcullis.log" || die "portcullis did not start"
 echo "  proxy $PROXY, admin $ADMIN (pid $pc_pid)"
 
 # The verdict API itself: authenticated, strict, never on the public port.

@@ -55,7 +55,6 @@ ok()   { passed=$((passed+1)); printf '  ok    %s\n' "$*"; }
 bad()  { failed=$((failed+1)); printf '  FAIL  %s\n' "$*"; }
 phase() { printf '\n[e2e] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
 die()  { printf '\n[e2e] ABORT: %s\n' "$*" >&2; exit 1; }
-wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; return 1; }
 sha() { sha256sum "${1:--}" | cut -d' ' -f1; }
 
 # must WHAT CMD...: a setup step; its failure ends the suite.
@@ -313,16 +312,7 @@ must "portcullis config check" "$PORTCULLIS" config check "$work/portcullis.yaml
 "$PORTCULLIS" serve --config "$work/portcullis.yaml" >"$work/portcullis.log" 2>&1 & pc_pid=$!; pids+=($pc_pid)
 # The bound addresses are read from the process's own log, then checked
 # against the sockets it holds.
-logged_addr() { sed -n "s/.*\"msg\":\"$1\".*\"listen\":\"\([^\"]*\)\".*/\1/p" "$work/portcullis.log" | head -1; }
-for _ in $(seq 200); do
-  PROXY=$(logged_addr serving) ADMIN=$(logged_addr admin)
-  [ -n "$PROXY" ] && [ -n "$ADMIN" ] && break
-  kill -0 "$pc_pid" 2>/dev/null || break
-  sleep 0.05
-done
-[ -n "$PROXY" ] && [ -n "$ADMIN" ] || { show "$work/portcullis.log" 20 >&2; die "portcullis did not log its addresses"; }
-owns_port "$pc_pid" "${PROXY##*:}" && owns_port "$pc_pid" "${ADMIN##*:}" || die "portcullis PID $pc_pid does not hold $PROXY and $ADMIN"
-wait_http "http://$ADMIN/readyz" || { show "$work/portcullis.log" 20 >&2; die "portcullis not ready"; }
+await_portcullis "$pc_pid" "$work/portcullis.log" || die "portcullis did not start"
 # Only this run's proxy knows the alias; tags pass through unverified.
 curl -fsS "http://$PROXY/v2/$DIST_ALIAS/e2e/marker-$RUN/tags/list" 2>/dev/null | has '"v1"' || die "the proxy at $PROXY does not route $DIST_ALIAS to this run's registry"
 echo "  proxy $PROXY, admin $ADMIN (pid $pc_pid)"
@@ -467,19 +457,7 @@ expect_denied "regctl: unsigned denied ($R_UNSIGNED)" "$R_UNSIGNED" regctl manif
 
 phase "containerd"
 must "portcullis mirror-config containerd" "$PORTCULLIS" mirror-config containerd --proxy "http://$PROXY" --out "$work/certs.d" "$DIST" "$OLA"
-mkdir -p "$work/ctrd"
-cat > "$work/ctrd/config.toml" <<TOML
-version = 2
-root = "$work/ctrd/root"
-state = "$work/ctrd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$work/ctrd/containerd.sock"
-TOML
-containerd --config "$work/ctrd/config.toml" >"$work/ctrd.log" 2>&1 & pids+=($!)
-for _ in $(seq 100); do [ -S "$work/ctrd/containerd.sock" ] && break; sleep 0.1; done
-CTR=(ctr --address "$work/ctrd/containerd.sock")
-"${CTR[@]}" version >/dev/null 2>&1 || die "containerd did not start: $(tail -3 "$work/ctrd.log")"
+start_containerd "$work/ctrd" || die "containerd did not start: $(tail -3 "$work/ctrd.log")"
 # audit_denied DIGEST WANT: the proxy's audit log has a deny event for
 # DIGEST whose reasons contain WANT.
 audit_denied() {

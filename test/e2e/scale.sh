@@ -56,7 +56,6 @@ must() {
   local what=$1; shift
   "$@" >"$work/must.$BASHPID.out" 2>&1 || { show "$work/must.$BASHPID.out" 10 >&2; die "$what failed"; }
 }
-wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 phase "registry (run $RUN)"
 cat > "$work/dist.yml" <<YML
@@ -212,7 +211,6 @@ log: {level: info}
 YML
 must "portcullis config check" "$PORTCULLIS" config check "$work/portcullis.yaml"
 declare -a PROXY ADMIN PCPID PLOG
-logged_addr() { sed -n "s/.*\"msg\":\"$1\".*\"listen\":\"\([^\"]*\)\".*/\1/p" "$2" | head -1; }
 # start_replica I: starts replica I (again: new ports, a new log).
 start_replica() {
   local i=$1
@@ -292,24 +290,13 @@ phase "containerd through the round-robin front"
 if ! command -v containerd >/dev/null || ! command -v ctr >/dev/null; then
   bad "containerd not installed"
 else
-  mkdir -p "$work/ctrd" "$work/certs.d/$RR"
-  cat > "$work/ctrd/config.toml" <<TOML
-version = 2
-root = "$work/ctrd/root"
-state = "$work/ctrd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$work/ctrd/containerd.sock"
-TOML
+  mkdir -p "$work/certs.d/$RR"
   cat > "$work/certs.d/$RR/hosts.toml" <<TOML
 server = "http://$RR"
 [host."http://$RR"]
   capabilities = ["pull", "resolve"]
 TOML
-  containerd --config "$work/ctrd/config.toml" >"$work/ctrd.log" 2>&1 & pids+=($!)
-  for _ in $(seq 100); do [ -S "$work/ctrd/containerd.sock" ] && break; sleep 0.1; done
-  CTR=(ctr --address "$work/ctrd/containerd.sock")
-  if "${CTR[@]}" version >/dev/null 2>&1; then
+  if start_containerd "$work/ctrd"; then
     if "${CTR[@]}" images pull --plain-http --hosts-dir "$work/certs.d" "$RR/e2e/scale/ctrd:v1" >"$work/out" 2>&1; then
       "${CTR[@]}" images ls | grep -F "$RR/e2e/scale/ctrd:v1" | has -F "${D[ctrd]}" &&
         ok "ctr pull over three replicas: containerd stored the pushed digest" || bad "ctr pull over three replicas: containerd's digest differs"
