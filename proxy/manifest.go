@@ -621,6 +621,7 @@ func (p *Proxy) evaluate(ctx context.Context, mr manifestReq, m verify.Manifest)
 	// client, found by name in the router: never dialled by name.
 	subject.Fetchers = p.router
 	subject.Revoked = p.signerRevocations()
+	subject.RegistryNames = mr.u.registryNames
 	p.metrics.verifications.Inc()
 	vctx, span := p.startVerify(ctx, mr, m.Digest)
 	v, err := mr.v.Verify(withVerifier(vctx, mr.v), subject, evidenceFetcher(vctx, mr, m.Digest))

@@ -236,6 +236,16 @@ func newRouter(upstreams []Upstream, o options) (*router, error) {
 		if h := registryHost(u.URL); h != "" {
 			hosts[h]++
 			rt.byHost[h] = e
+			e.registryNames = append(e.registryNames, h)
+		}
+		if e.dockerHub {
+			// What go-containerregistry, and so cosign, names Docker Hub.
+			e.registryNames = append(e.registryNames, "index.docker.io")
+		}
+		for _, k := range e.keys {
+			if !slices.Contains(e.registryNames, k) {
+				e.registryNames = append(e.registryNames, k)
+			}
 		}
 		if u.Insecure {
 			o.logger.Warn("upstream is insecure: plain HTTP or unverified TLS", zap.String("upstream", u.Name), zap.String("url", u.URL))

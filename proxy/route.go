@@ -200,7 +200,11 @@ type upstreamEntry struct {
 	name      string
 	keys      []string // Name, then aliases, de-duplicated
 	dockerHub bool     // library/ is implied for single-component names
-	client    *upstream.Client
+	// registryNames are the names a signer may have called this registry
+	// by: its URL's host, Docker Hub's canonical one, its keys. They only
+	// help predict evidence bytes (verify.Subject.RegistryNames).
+	registryNames []string
+	client        *upstream.Client
 	// manifests is where manifest bytes are fetched by digest: client,
 	// except in tests that need an upstream client breaking its promise
 	// of checked bytes.

@@ -426,6 +426,21 @@ func (r *run) readBlob(ctx context.Context, h v1.Hash, declared, limit int64, wh
 
 // checkDigest re-checks content against its digest even though the Fetcher
 // promises to: the evidence's meaning depends on it.
+// knownBlob charges bytes the run already has (a layer predicted and
+// checked against its digest) like a read of them: the same limit and the
+// same budget, so predicting a layer never lets a run see more than
+// reading it would. It answers nil when b is nil or over a limit; the
+// layer is then read, and refused, as always.
+func (r *run) knownBlob(b []byte, limit int64) []byte {
+	if b == nil || int64(len(b)) > limit || r.budget.admit(int64(len(b))) != nil {
+		return nil
+	}
+	if r.budget.charge(int64(len(b))) != nil {
+		return nil
+	}
+	return b
+}
+
 func checkDigest(b []byte, h v1.Hash) error {
 	sum := sha256.Sum256(b)
 	if hex.EncodeToString(sum[:]) != h.Hex {

@@ -38,6 +38,13 @@ type Subject struct {
 	// Revoked names signers that no longer count for anyone (see
 	// SignerRevocations); nil revokes none.
 	Revoked SignerRevocations
+
+	// RegistryNames are names a signer may have addressed the subject's
+	// registry by (the upstream's host, its name and aliases). They only
+	// let a cosign simplesigning payload be predicted instead of read
+	// (see predictSimpleSigning): a prediction counts only when it hashes
+	// to the layer's digest, so no name here can change a verdict.
+	RegistryNames []string
 }
 
 // LineageContext is where a subject sits in a lineage walk.
