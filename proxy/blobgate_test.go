@@ -5,7 +5,9 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/portcullis-oci/portcullis/test/fixtures"
@@ -272,4 +274,52 @@ func TestBlobGatingOffRecordsNothing(t *testing.T) {
 	if got := p.decisions.list(); len(got) != 0 {
 		t.Errorf("a blob served with gating off was recorded: %+v", got)
 	}
+}
+
+// A warm pull does not add its manifest's blobs again while they are all
+// still open; once any entry is gone (evicted, removed, expired) the next
+// pull opens them again, so a served manifest's blobs are never denied.
+func TestWarmPullReopensBlobsItLost(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	k := newKey(t)
+	img := reg.pushImage(t, "acme/app", "v1")
+	reg.sign(t, "acme/app", img.digest, k)
+	eng := newEngineSpy(t, verify.Policy{Boundaries: []verify.Boundary{acmeBoundary("images", verify.ModeEnforce, k)}})
+	p, _ := newTestProxy(t, reg.srv.URL, eng)
+	now := time.Now()
+	var mu sync.Mutex
+	p.blobs.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	get := func(step string) {
+		t.Helper()
+		if w := do(p, http.MethodGet, manifestPath("acme/app", img.digest.String())); w.Code != http.StatusOK {
+			t.Fatalf("%s: manifest = %d", step, w.Code)
+		}
+		if w := do(p, http.MethodGet, blobPath("acme/app", img.layers[0])); w.Code != http.StatusOK {
+			t.Fatalf("%s: layer = %d: %s", step, w.Code, w.Body)
+		}
+	}
+	get("first pull")
+	added := p.blobs.c.Len()
+	get("warm pull")
+
+	// Another manifest's blob evicted: this one's entries are still there,
+	// but the count moved, so they are added again anyway.
+	p.blobs.c.Remove(blobKey("docker.io", "acme/app", img.layers[0]))
+	if w := do(p, http.MethodGet, blobPath("acme/app", img.layers[0])); w.Code != http.StatusForbidden {
+		t.Fatalf("removed layer = %d, want 403", w.Code)
+	}
+	get("after a removal")
+	if p.blobs.c.Len() != added {
+		t.Fatalf("%d blob entries, want %d", p.blobs.c.Len(), added)
+	}
+
+	// Past the blobs' TTL every entry has expired; the next pull opens them.
+	mu.Lock()
+	now = now.Add(blobAllowTTL + time.Second)
+	mu.Unlock()
+	if w := do(p, http.MethodGet, blobPath("acme/app", img.layers[0])); w.Code != http.StatusForbidden {
+		t.Fatalf("expired layer = %d, want 403", w.Code)
+	}
+	get("after expiry")
 }

@@ -693,10 +693,19 @@ func (p *Proxy) remember(d *manifestDecision) {
 		}
 		return
 	}
+	removed := p.blobs.removed.Load()
+	if d.key != "" {
+		if n, ok := p.blobsKept.get(d.key); ok && n == removed {
+			return
+		}
+	}
 	p.blobs.add(blobKey(u, repo, pm.config.digest), pm.config.size)
 	for _, l := range pm.layers {
 		p.blobs.add(blobKey(u, repo, l.digest), l.size)
 	}
+	// Counted before adding: adds that evict anything, these included,
+	// make the next pull add them again.
+	p.blobsKept.add(d.key, removed)
 }
 
 // cover lets the children an index lists be served on its verdict. Only an

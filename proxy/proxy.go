@@ -67,6 +67,11 @@ type Proxy struct {
 	// blobs holds the blobs referenced by manifests served per repository,
 	// with the size their descriptor declares.
 	blobs *ttlCache[string, int64]
+	// blobsKept maps the verdict key of a served image to the count of
+	// blobs entries removed when its blobs were last added: while that
+	// count holds and the entry is fresh, its blobs are all still open and
+	// a warm pull need not add them again.
+	blobsKept *ttlCache[string, uint64]
 	// shared shares blobs and coverage with other replicas; nil without.
 	shared *sharing
 	// tags caches tag→descriptor when a tag TTL is configured.
@@ -122,9 +127,14 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		tracer:   o.tracer(),
 		coverage: newTTLCache[string, coverEntry](coverageSize, o.coverageTTL),
 		blobs:    newTTLCache[string, int64](blobAllowSize, blobAllowTTL),
-		streams:  newStreamTable(),
-		evidence: newTTLCache[string, v1.Hash](evidenceMemorySize, evidenceMemoryTTL),
+		// Half the blobs' TTL: an entry added when this one was is
+		// still fresh for at least as long again.
+		blobsKept: newTTLCache[string, uint64](blobAllowSize, blobAllowTTL/2),
+		streams:   newStreamTable(),
+		evidence:  newTTLCache[string, v1.Hash](evidenceMemorySize, evidenceMemoryTTL),
 	}
+	// The blobs' clock, which tests may replace, is the one both expire by.
+	p.blobsKept.now = func() time.Time { return p.blobs.now() }
 	p.verifier.Store(&verifierCell{v: v})
 	p.clientAuth.Store(o.clientAuth)
 	adminTokens := o.adminTokens

@@ -72,21 +72,18 @@ type apiRequest struct {
 // up or dialled before it succeeds.
 func parseAPIPath(r *http.Request) (apiRequest, *Error) {
 	raw := r.URL.EscapedPath()
-	decoded, err := url.PathUnescape(raw)
-	if err != nil {
-		return apiRequest{}, errorf(http.StatusBadRequest, CodeNameInvalid, "invalid path encoding")
-	}
-	// Traversal and empty segments are refused in both forms so that no
-	// layer below (or an upstream that decodes differently) can be tricked.
-	for _, p := range []string{raw, decoded, r.URL.Path} {
-		if strings.Contains(p, "..") || strings.Contains(p, "//") || strings.Contains(strings.ToLower(p), "%2e") ||
-			strings.Contains(strings.ToLower(p), "%2f") || strings.ContainsAny(p, "\\\x00") {
-			return apiRequest{}, errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name")
-		}
-	}
-	if raw != decoded {
+	if strings.IndexByte(raw, '%') >= 0 || raw != r.URL.Path {
 		// Registry paths never need escaping; an escaped one is an attempt
-		// to make two parsers disagree.
+		// to make two parsers disagree. Without a '%' the path is its own
+		// decoded form, so the checks below see every form at once.
+		if _, err := url.PathUnescape(raw); err != nil {
+			return apiRequest{}, errorf(http.StatusBadRequest, CodeNameInvalid, "invalid path encoding")
+		}
+		return apiRequest{}, errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name")
+	}
+	// Traversal and empty segments are refused so that no layer below (or
+	// an upstream that decodes differently) can be tricked.
+	if strings.Contains(raw, "..") || strings.Contains(raw, "//") || strings.ContainsAny(raw, "\\\x00") {
 		return apiRequest{}, errorf(http.StatusBadRequest, CodeNameInvalid, "invalid repository name")
 	}
 	if raw == "/v2" || raw == "/v2/" {

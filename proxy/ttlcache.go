@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -14,6 +15,9 @@ type ttlCache[K comparable, V any] struct {
 	ttl time.Duration
 	// now is the clock; tests replace it before first use.
 	now func() time.Time
+	// removed counts entries evicted or removed, so that a caller can
+	// tell that what it added earlier is all still there.
+	removed atomic.Uint64
 }
 
 type ttlEntry[V any] struct {
@@ -22,12 +26,14 @@ type ttlEntry[V any] struct {
 }
 
 func newTTLCache[K comparable, V any](size int, ttl time.Duration) *ttlCache[K, V] {
-	c, err := lru.New[K, ttlEntry[V]](size)
+	t := &ttlCache[K, V]{ttl: ttl, now: time.Now}
+	c, err := lru.NewWithEvict[K, ttlEntry[V]](size, func(K, ttlEntry[V]) { t.removed.Add(1) })
 	if err != nil {
 		// Only a non-positive size fails; sizes are constants.
 		panic(err)
 	}
-	return &ttlCache[K, V]{c: c, ttl: ttl, now: time.Now}
+	t.c = c
+	return t
 }
 
 func (t *ttlCache[K, V]) add(k K, v V) {
