@@ -241,11 +241,49 @@ type clientConn struct {
 	// blockedSince is when the write in progress last made progress
 	// (unix nanoseconds), 0 when no write is in progress.
 	blockedSince atomic.Int64
+	// writeDeadline is the write deadline set on Conn (unix nanoseconds),
+	// 0 for none.
+	writeDeadline atomic.Int64
+}
+
+// SetWriteDeadline and SetDeadline keep writeDeadline true whoever sets
+// the deadline (net/http may).
+func (c *clientConn) SetWriteDeadline(t time.Time) error {
+	c.writeDeadline.Store(deadlineNanos(t))
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *clientConn) SetDeadline(t time.Time) error {
+	c.writeDeadline.Store(deadlineNanos(t))
+	return c.Conn.SetDeadline(t)
+}
+
+func deadlineNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// renewWriteDeadline sets the deadline of a write that wants one at
+// deadline, unless the one already set ends at most there and at least
+// halfway from now to there: then it is kept. Setting a deadline adds a
+// runtime timer, which can wake the thread waiting in the network poller:
+// once per response on a warm connection, that was most of what a small
+// answer cost beyond net/http's own. A write that a kept deadline cuts off
+// early loops like one cut off at a tick, with a deadline of its own.
+func (c *clientConn) renewWriteDeadline(now, deadline time.Time) error {
+	cur, want := c.writeDeadline.Load(), deadline.UnixNano()
+	if cur != 0 && cur <= want && cur >= now.UnixNano()+(want-now.UnixNano())/2 {
+		return nil
+	}
+	return c.SetWriteDeadline(deadline)
 }
 
 func (c *clientConn) Write(b []byte) (int, error) {
 	total := 0
-	last := time.Now()
+	now := time.Now()
+	last := now
 	c.blockedSince.Store(last.UnixNano())
 	defer c.blockedSince.Store(0)
 	for {
@@ -254,9 +292,9 @@ func (c *clientConn) Write(b []byte) (int, error) {
 		// interrupts it: every tick, or at the idle timeout.
 		deadline := last.Add(c.l.idle)
 		if c.l.tick > 0 {
-			deadline = minTime(deadline, time.Now().Add(c.l.tick))
+			deadline = minTime(deadline, now.Add(c.l.tick))
 		}
-		if err := c.Conn.SetWriteDeadline(deadline); err != nil {
+		if err := c.renewWriteDeadline(now, deadline); err != nil {
 			return total, err
 		}
 		n, err := c.Conn.Write(b[total:])
@@ -265,7 +303,7 @@ func (c *clientConn) Write(b []byte) (int, error) {
 		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return total, err
 		}
-		now := time.Now()
+		now = time.Now()
 		if n > 0 {
 			// The client took part of it: a new deadline for the rest.
 			last = now
@@ -305,7 +343,7 @@ func (c *clientConn) ReadFrom(r io.Reader) (int64, error) {
 		if c.l.tick > 0 {
 			deadline = minTime(deadline, time.Now().Add(c.l.tick))
 		}
-		if err := c.Conn.SetWriteDeadline(deadline); err != nil {
+		if err := c.SetWriteDeadline(deadline); err != nil {
 			return total, err
 		}
 		chunk := int64(sendfileChunk)

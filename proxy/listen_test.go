@@ -174,6 +174,69 @@ func TestClientConnIdleDeadline(t *testing.T) {
 	})
 }
 
+// A write keeps a deadline set by an earlier one while it ends no later
+// than its own and at least halfway there, and a write that a kept
+// deadline interrupts is still given its whole idle timeout.
+func TestClientConnKeepsWriteDeadline(t *testing.T) {
+	t.Parallel()
+	const idle = time.Minute
+	synctest.Test(t, func(t *testing.T) {
+		m, err := newMetrics(prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		server, client := net.Pipe()
+		defer client.Close()
+		l := newClientListener(nil, 1, idle, m, zap.NewNop())
+		l.slots <- struct{}{}
+		c := &clientConn{Conn: server, l: l}
+		small := make([]byte, 512)
+		write := func() {
+			t.Helper()
+			go func() { _, _ = io.ReadFull(client, make([]byte, len(small))) }()
+			if n, err := c.Write(small); err != nil || n != len(small) {
+				t.Fatalf("Write = %d, %v", n, err)
+			}
+		}
+		write()
+		first := c.writeDeadline.Load()
+		if want := time.Now().Add(idle).UnixNano(); first != want {
+			t.Fatalf("deadline %d, want %d", first, want)
+		}
+		time.Sleep(idle/2 - time.Second)
+		write()
+		if c.writeDeadline.Load() != first {
+			t.Fatal("a deadline still more than halfway away was set again")
+		}
+		// Someone (net/http) clears it: the next write sets its own.
+		if err := c.SetWriteDeadline(time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		write()
+		if got, want := c.writeDeadline.Load(), time.Now().Add(idle).UnixNano(); got != want {
+			t.Fatalf("after a clear, deadline %d, want %d", got, want)
+		}
+		second := c.writeDeadline.Load()
+		time.Sleep(idle/2 + time.Second)
+		write()
+		if c.writeDeadline.Load() == second {
+			t.Fatal("a deadline less than halfway away was kept")
+		}
+
+		// Kept, then a client that takes nothing: cut after the whole
+		// idle timeout from the write's start, not at the kept deadline.
+		time.Sleep(time.Second)
+		start := time.Now()
+		n, err := c.Write(make([]byte, 64<<10))
+		if !errors.Is(err, os.ErrDeadlineExceeded) || n != 0 {
+			t.Fatalf("Write to a client that reads nothing = %d, %v", n, err)
+		}
+		if d := time.Since(start); d != idle {
+			t.Errorf("cut after %v, want %v", d, idle)
+		}
+	})
+}
+
 func counterOf(c prometheus.Counter) float64 {
 	var m dto.Metric
 	if err := c.Write(&m); err != nil {
