@@ -198,7 +198,16 @@ func (p *Proxy) serveBlobShared(w http.ResponseWriter, r *http.Request, u *upstr
 	w.Header().Set("Content-Length", strconv.FormatInt(fl.size, 10))
 	w.WriteHeader(http.StatusOK)
 	cw := &clientWriter{w: w}
-	n, err := fl.readTo(r.Context(), rd, cw)
+	var n int64
+	var err error
+	if src, rf := fl.fileReader(r), forFile(w).(io.ReaderFrom); src != nil && rf != nil {
+		n, err = fl.sendTo(r.Context(), rd, src, rf, cw)
+	} else {
+		if src != nil {
+			_ = src.Close()
+		}
+		n, err = fl.readTo(r.Context(), rd, cw)
+	}
 	p.metrics.blobBytes.Add(float64(n))
 	if err == nil {
 		if fl.file != nil {
@@ -616,6 +625,79 @@ func (s *memorySink) Write(b []byte) (int, error) {
 // already holds its two free chunks.
 func (f *blobFetches) tryAcquireUnlessMin(held int64) bool {
 	return held >= 2*shareChunk && f.tryAcquire(shareChunk)
+}
+
+// blobFileOpener is a cache file being written that can be opened again
+// for one reader (cache/blobs.Writer).
+type blobFileOpener interface {
+	OpenReader() (*os.File, error)
+}
+
+// fileReader opens the fetch's cache file for r when r's answer can be
+// sent from it with sendfile(2): a plain-HTTP connection (the listener's
+// clientConn sends files that way; TLS cannot) and a file that can be
+// opened again. Otherwise it returns nil and the reader copies through a
+// buffer, as a reader of a memory fetch does.
+func (fl *blobFlight) fileReader(r *http.Request) *os.File {
+	o, ok := fl.file.(blobFileOpener)
+	if !ok || r.TLS != nil {
+		return nil
+	}
+	f, err := o.OpenReader()
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// sendTo is readTo for a reader of the cache file that sends what the
+// fetch has written with w's ReadFrom, so net/http passes the file to the
+// connection's ReadFrom and the kernel copies it: the many readers of a
+// herd cost no copy through user space each. f is the reader's own handle
+// on the file; sendTo closes it.
+func (fl *blobFlight) sendTo(ctx context.Context, rd *flightReader, f *os.File, w io.ReaderFrom, cw *clientWriter) (int64, error) {
+	defer f.Close()
+	var sent int64
+	for {
+		fl.mu.Lock()
+		if rd.pos == fl.size {
+			fl.mu.Unlock()
+			return sent, nil
+		}
+		if n := fl.written - rd.pos; n > 0 {
+			fl.mu.Unlock()
+			m, err := w.ReadFrom(&io.LimitedReader{R: f, N: n})
+			sent += m
+			fl.mu.Lock()
+			rd.pos += m
+			fl.mu.Unlock()
+			if err == nil && m < n {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil {
+				if cw.err == nil {
+					cw.err = err
+				}
+				return sent, err
+			}
+			continue
+		}
+		if fl.finished {
+			err := fl.err
+			fl.mu.Unlock()
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return sent, err
+		}
+		ch := fl.changed
+		fl.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return sent, ctx.Err()
+		}
+	}
 }
 
 // readTo copies the blob to w as the fetch produces it. It returns nil

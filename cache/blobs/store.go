@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -422,6 +423,26 @@ func (w *Writer) Write(b []byte) (int, error) {
 
 // ReadAt reads the file as written so far.
 func (w *Writer) ReadAt(b []byte, off int64) (int, error) { return w.f.ReadAt(b, off) }
+
+// OpenReader opens the file as written so far for one reader, with an
+// offset of its own, so that the reader can hand it to sendfile(2). It is
+// opened through /proc/self/fd, which still names the file once it has
+// been renamed into place or removed; where there is no /proc it fails and
+// the reader uses ReadAt.
+func (w *Writer) OpenReader() (*os.File, error) {
+	rc, err := w.f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var f *os.File
+	cerr := rc.Control(func(fd uintptr) {
+		f, err = os.Open("/proc/self/fd/" + strconv.FormatUint(uint64(fd), 10))
+	})
+	if cerr != nil {
+		return nil, cerr
+	}
+	return f, err
+}
 
 // Commit makes the file the cached blob: the caller has checked its bytes
 // against the digest. The file must hold exactly the reserved size. It is
