@@ -51,7 +51,11 @@ type lineageResult struct {
 	// single is the first GET of a signed corpus with no provenance: one
 	// cold verification, in the same Portcullis, the unit cold is
 	// compared with.
-	single     cell
+	single cell
+	// attested is the first GET of a signed model with provenance under
+	// a boundary that requires the provenance but follows no lineage: one
+	// cold verification of a subject like the chain's upper three.
+	attested   cell
 	depsCached cell // first GET of a root whose dependencies are verified
 	cached     cell // repeated GETs of verified roots
 	// denied is the 403 message of a chain whose corpus is unsigned.
@@ -107,6 +111,7 @@ func (b *bench) lineage(ctx context.Context) error {
 	// chain: once that chain is verified, only the root itself is new.
 	reroots := make([]name.Digest, n)
 	singles := make([]name.Digest, n)
+	attested := make([]name.Digest, n)
 	for i := range n {
 		d, err := pushLevel(ctx, host, 0, fmt.Sprintf("r%d", i), signer, true, &chains[i][1])
 		if err != nil {
@@ -115,6 +120,9 @@ func (b *bench) lineage(ctx context.Context) error {
 		reroots[i] = d
 		if singles[i], err = pushLevel(ctx, host, len(lineageLevels)-1, fmt.Sprintf("single%d", i), signer, true, nil); err != nil {
 			return fmt.Errorf("push single subject: %w", err)
+		}
+		if attested[i], err = pushSubject(ctx, host, attestedRepo, false, lineageLevels[1].depName, fmt.Sprintf("attested%d", i), signer, true, &chains[i][1]); err != nil {
+			return fmt.Errorf("push attested subject: %w", err)
 		}
 	}
 
@@ -165,6 +173,15 @@ func (b *bench) lineage(ctx context.Context) error {
 	}
 	if res.single = get(one, n); !res.single.ok() {
 		return fmt.Errorf("lineage: cold GET of a single subject: %d errors, first: %s", res.single.errors, res.single.firstErr)
+	}
+
+	logf("lineage: cold GETs of %d subjects with provenance, no lineage", n)
+	att := make([]string, n)
+	for i, d := range attested {
+		att[i] = manifestURL(t, d)
+	}
+	if res.attested = get(att, n); !res.attested.ok() {
+		return fmt.Errorf("lineage: cold GET of a subject with provenance: %d errors, first: %s", res.attested.errors, res.attested.firstErr)
 	}
 
 	logf("lineage: cold roots over verified dependencies")
@@ -218,13 +235,27 @@ func pushChain(ctx context.Context, host, id string, s *fixtures.KeySigner, sign
 // through the lineage alias.
 func pushLevel(ctx context.Context, host string, lvl int, id string, s *fixtures.KeySigner, sign bool, dep *name.Digest) (name.Digest, error) {
 	l := lineageLevels[lvl]
-	ref, err := name.ParseReference(host+"/"+l.repo+":"+id, name.Insecure)
+	depName := ""
+	if lvl+1 < len(lineageLevels) {
+		depName = lineageLevels[lvl+1].depName
+	}
+	return pushSubject(ctx, host, l.repo, l.dataset, depName, id, s, sign, dep)
+}
+
+// attestedRepo holds subjects signed and attested like a chain's models,
+// under a boundary that requires their provenance and follows none of it.
+const attestedRepo = "lineage/attested"
+
+// pushSubject pushes one model or dataset to repo, signed when sign is
+// set, with provenance naming dep (as depName) when dep is set.
+func pushSubject(ctx context.Context, host, repo string, dataset bool, depName, id string, s *fixtures.KeySigner, sign bool, dep *name.Digest) (name.Digest, error) {
+	ref, err := name.ParseReference(host+"/"+repo+":"+id, name.Insecure)
 	if err != nil {
 		return name.Digest{}, err
 	}
-	files := map[string][]byte{"data.bin": fmt.Appendf(nil, "%s %s", l.repo, id)}
+	files := map[string][]byte{"data.bin": fmt.Appendf(nil, "%s %s", repo, id)}
 	var d name.Digest
-	if l.dataset {
+	if dataset {
 		d, err = fixtures.PushDataset(ctx, ref, files)
 	} else {
 		d, err = fixtures.PushModel(ctx, ref, files, "")
@@ -243,7 +274,7 @@ func pushLevel(ctx context.Context, host string, lvl int, id string, s *fixtures
 	}
 	built := time.Now().Add(-time.Hour)
 	prov := fixtures.SLSAProvenanceV1(lineageBuilder, []fixtures.ResourceDescriptor{{
-		Name: lineageLevels[lvl+1].depName,
+		Name: depName,
 		URI:  "oci://" + lineageAlias + "/" + dep.Context().RepositoryStr() + "@" + dep.DigestStr(),
 	}}, built.Add(-time.Hour), built)
 	// The fallback tag as well as the subject field: distribution 2.8 has
@@ -343,6 +374,8 @@ func lineageConfig(upstream string) harness.Config {
 	return benchConfig(upstream, []string{lineageAlias}, harness.Boundary{
 		Name: "lineage", Upstream: "origin", Repositories: []string{"lineage/model", "lineage/base", "lineage/dataset"},
 		Provenance: true, LineageDepth: 3,
+	}, harness.Boundary{
+		Name: "attested", Upstream: "origin", Repositories: []string{attestedRepo}, Provenance: true,
 	})
 }
 

@@ -22,8 +22,14 @@ func TestLineageConfig(t *testing.T) {
 	if len(cfg.Upstreams) != 1 || !slices.Contains(cfg.Upstreams[0].Aliases, lineageAlias) {
 		t.Errorf("upstreams = %+v, want one with alias %q", cfg.Upstreams, lineageAlias)
 	}
-	if len(cfg.Boundaries) != 2 {
-		t.Fatalf("got %d boundaries, want 2", len(cfg.Boundaries))
+	if len(cfg.Boundaries) != 3 {
+		t.Fatalf("got %d boundaries, want 3", len(cfg.Boundaries))
+	}
+	// The attested subjects' boundary requires provenance and follows
+	// none of it: they are the like-for-like unit of a chain's levels.
+	ab := cfg.Boundaries[1]
+	if ab.Lineage != nil || len(ab.Attestations) != 1 || !slices.Equal(ab.Match.Repositories, []string{attestedRepo}) {
+		t.Errorf("attested boundary = %+v, want provenance on %s and no lineage", ab, attestedRepo)
 	}
 	lb := cfg.Boundaries[0]
 	if lb.Lineage == nil || lb.Lineage.Depth != 3 || !slices.Equal(lb.Lineage.Require, []string{"*"}) {
