@@ -181,10 +181,23 @@ func (r *Revocations) received(kind, replica string, entries [][]byte, fingerpri
 	if len(list) == 0 {
 		return
 	}
+	stored := sh.storedNow()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	api := slices.Clone(r.api)
 	for _, e := range list {
+		if stored != nil {
+			// Messages can arrive out of order (a cluster publishes each
+			// from whichever node it reaches), so the record decides: the
+			// sender wrote it before it sent. A revocation lifted and
+			// added again must not end lifted here because the lift
+			// arrived last, nor one added and lifted end in force.
+			if _, ok := stored[e.ID]; ok != (kind == broadcastAdd) {
+				sh.log.Info("revocation message out of date: the recorded list has changed since",
+					zap.String("replica", replica), zap.String("kind", kind), zap.String("id", e.ID))
+				continue
+			}
+		}
 		api = slices.DeleteFunc(api, func(x Revocation) bool { return x.ID == e.ID })
 		switch kind {
 		case broadcastAdd:
@@ -202,6 +215,24 @@ func (r *Revocations) received(kind, replica string, entries [][]byte, fingerpri
 	sh.log.Info("revocations changed by another replica", zap.String("replica", replica), zap.String("kind", kind), zap.Int("entries", len(list)))
 	r.setAPI(api)
 }
+
+// storedNow is the recorded list's ids, to check a message against; nil
+// when it cannot be read, and the message then applies as it says (the
+// next resynchronisation corrects what it got wrong).
+func (sh *revShare) storedNow() map[string][]byte {
+	ctx, cancel := context.WithTimeout(context.Background(), storedReadTimeout)
+	defer cancel()
+	raw, err := sh.b.Revocations(ctx)
+	if err != nil {
+		sh.log.Warn("revocation message applied as sent: the recorded list could not be read", zap.Error(err))
+		return nil
+	}
+	return raw
+}
+
+// storedReadTimeout bounds the read of the recorded list that each
+// revocation message from another replica is checked against.
+const storedReadTimeout = 2 * time.Second
 
 // setAPI puts api in force and persists it. Callers hold mu.
 func (r *Revocations) setAPI(api []Revocation) {

@@ -183,8 +183,58 @@ func (e *busEnv) publish(t *testing.T, replica, kind, entries string) {
 	e.mr.Publish(busChannel, `{"v":1,"kind":"`+kind+`","replica":"`+replica+`","entries":[`+entries+`],"time":"2026-01-02T03:04:05Z"}`)
 }
 
+// store records digest's revocation the way a replica does before it
+// publishes the message: replicas check messages against the record.
+func (e *busEnv) store(t *testing.T, digest, entryJSON string) {
+	t.Helper()
+	id := "digest:" + digest
+	sum := sha256.Sum256([]byte(id))
+	e.mr.HSet(sharedPrefix+"v1:revocations", id, `{"v":1,"k":"`+hex.EncodeToString(sum[:])+`","e":`+entryJSON+`}`)
+}
+
 func entry(digest string) string {
 	return `{"digest":"` + digest + `","reason":"r","by":"mallory","time":"2026-01-02T03:04:05Z"}`
+}
+
+// TestBroadcastOutOfOrder: messages of one change that arrive in another
+// order than they were sent (a cluster delivers each from the node it was
+// published on) leave every replica with the recorded list. A revocation
+// lifted and added again stays in force however its messages arrive, and
+// one added and lifted stays lifted.
+func TestBroadcastOutOfOrder(t *testing.T) {
+	t.Parallel()
+	e := newBusEnv(t)
+	d := e.img.digest.String()
+	id := "digest:" + d
+
+	// Lifted, then added again: recorded in force; the lift arrives last.
+	e.store(t, d, entry(d))
+	e.publish(t, "C", "revocation-add", entry(d))
+	e.publish(t, "C", "revocation-remove", entry(d))
+	marker := "sha256:" + strings.Repeat("12", 32)
+	e.store(t, marker, entry(marker))
+	e.publish(t, "C", "revocation-add", entry(marker))
+	eventually(t, 2*time.Second, "B applied the messages", func() bool { return hasRevocation(e.b.p, "digest:"+marker) })
+	if !hasRevocation(e.b.p, id) {
+		t.Fatal("a lift that arrived after the revocation added again lifted it")
+	}
+	if code := e.pull(e.b); code != http.StatusForbidden {
+		t.Fatalf("pull on B of the digest revoked again = %d, want 403", code)
+	}
+
+	// Added, then lifted: recorded lifted; the addition arrives last.
+	e.mr.HDel(sharedPrefix+"v1:revocations", id)
+	e.publish(t, "C", "revocation-remove", entry(d))
+	e.publish(t, "C", "revocation-add", entry(d))
+	e.mr.HDel(sharedPrefix+"v1:revocations", "digest:"+marker)
+	e.publish(t, "C", "revocation-remove", entry(marker))
+	eventually(t, 2*time.Second, "B applied the messages", func() bool { return !hasRevocation(e.b.p, "digest:"+marker) })
+	if hasRevocation(e.b.p, id) {
+		t.Fatal("an addition that arrived after its lift put it in force")
+	}
+	if code := e.pull(e.b); code != http.StatusOK {
+		t.Fatalf("pull on B of the lifted digest = %d, want 200", code)
+	}
 }
 
 // TestBroadcastMalformedDropped: messages that do not parse, or carry an
@@ -199,6 +249,7 @@ func TestBroadcastMalformedDropped(t *testing.T) {
 	e.publish(t, "C", "revocation-add", entry(strings.ToUpper(d)))
 	e.mr.Publish(busChannel, `{"v":2,"kind":"revocation-add","replica":"C","entries":[`+entry(d)+`],"time":"2026-01-02T03:04:05Z"}`)
 	other := "sha256:" + strings.Repeat("cd", 32)
+	e.store(t, other, entry(other))
 	e.publish(t, "C", "revocation-add", entry(other))
 	eventually(t, 2*time.Second, "the valid message applied on B", func() bool { return hasRevocation(e.b.p, "digest:"+other) })
 	if hasRevocation(e.b.p, "digest:"+d) {
@@ -218,8 +269,10 @@ func TestBroadcastOwnMessageIgnored(t *testing.T) {
 	t.Parallel()
 	e := newBusEnv(t)
 	d := e.img.digest.String()
+	e.store(t, d, entry(d))
 	e.publish(t, "A", "revocation-add", entry(d))
 	other := "sha256:" + strings.Repeat("ef", 32)
+	e.store(t, other, entry(other))
 	e.publish(t, "C", "revocation-add", entry(other))
 	eventually(t, 2*time.Second, "the later message applied on A", func() bool { return hasRevocation(e.a.p, "digest:"+other) })
 	if hasRevocation(e.a.p, "digest:"+d) {
