@@ -31,7 +31,11 @@
 // subject digest: the simplesigning docker-manifest-digest, a subject of
 // the in-toto statement, or the message signature digest. The signed
 // docker-reference is not compared, because it names whatever registry
-// host was used at signing time.
+// host was used at signing time. A simplesigning layer may be predicted
+// instead of read (Subject.RegistryNames): the payload cosign writes for
+// the subject under each name is used only when it has the layer's
+// declared size and hashes to its digest, which is what a read of the
+// layer by digest must return, and it is charged to the budget as a read.
 //
 // A DSSE envelope's in-toto statement is parsed once, strictly, from
 // exactly the payload bytes its signature covers, and only after that
