@@ -659,43 +659,23 @@ func (fl *blobFlight) sendTo(ctx context.Context, rd *flightReader, f *os.File, 
 	defer f.Close()
 	var sent int64
 	for {
-		fl.mu.Lock()
-		if rd.pos == fl.size {
-			fl.mu.Unlock()
-			return sent, nil
-		}
-		if n := fl.written - rd.pos; n > 0 {
-			fl.mu.Unlock()
-			m, err := w.ReadFrom(&io.LimitedReader{R: f, N: n})
-			sent += m
-			fl.mu.Lock()
-			rd.pos += m
-			fl.mu.Unlock()
-			if err == nil && m < n {
-				err = io.ErrUnexpectedEOF
-			}
-			if err != nil {
-				if cw.err == nil {
-					cw.err = err
-				}
-				return sent, err
-			}
-			continue
-		}
-		if fl.finished {
-			err := fl.err
-			fl.mu.Unlock()
-			if err == nil {
-				err = io.ErrUnexpectedEOF
-			}
+		n, err := fl.wait(ctx, rd)
+		if err != nil || n == 0 {
 			return sent, err
 		}
-		ch := fl.changed
+		m, err := w.ReadFrom(&io.LimitedReader{R: f, N: n})
+		sent += m
+		fl.mu.Lock()
+		rd.pos += m
 		fl.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return sent, ctx.Err()
+		if err == nil && m < n {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			if cw.err == nil {
+				cw.err = err
+			}
+			return sent, err
 		}
 	}
 }
@@ -712,63 +692,73 @@ func (fl *blobFlight) readTo(ctx context.Context, rd *flightReader, w io.Writer)
 	}
 	var sent int64
 	for {
-		fl.mu.Lock()
-		if rd.dropped {
-			fl.mu.Unlock()
-			return sent, errDroppedReader
+		n, err := fl.wait(ctx, rd)
+		if err != nil || n == 0 {
+			return sent, err
 		}
-		if rd.pos == fl.size {
-			fl.mu.Unlock()
-			return sent, nil
-		}
-		if rd.pos < fl.written {
-			var data []byte
-			if fl.file != nil {
-				data = buf[:min(int64(len(buf)), fl.written-rd.pos)]
-			} else {
-				i := (rd.pos - fl.base) / shareChunk
-				c := fl.chunks[i]
-				data = c[(rd.pos-fl.base)%shareChunk:]
+		// rd.pos changes only here; the chunk it is in stays until
+		// every reader has passed it.
+		var data []byte
+		if fl.file != nil {
+			data = buf[:min(int64(len(buf)), n)]
+			if k, err := fl.file.ReadAt(data, rd.pos); err != nil && !(err == io.EOF && k == len(data)) {
+				return sent, fmt.Errorf("reading the blob cache file: %w", err)
 			}
-			pos := rd.pos
-			fl.mu.Unlock()
-			if fl.file != nil {
-				n, err := fl.file.ReadAt(data, pos)
-				if err != nil && !(err == io.EOF && n == len(data)) {
-					return sent, fmt.Errorf("reading the blob cache file: %w", err)
-				}
-			}
-			n, err := w.Write(data)
-			sent += int64(n)
-			if err != nil {
-				return sent, err
-			}
+		} else {
 			fl.mu.Lock()
-			rd.pos += int64(n)
-			if fl.file == nil {
-				fl.freeLocked()
-				select {
-				case fl.space <- struct{}{}:
-				default:
-				}
-			}
+			c := fl.chunks[(rd.pos-fl.base)/shareChunk]
+			data = c[(rd.pos-fl.base)%shareChunk:]
 			fl.mu.Unlock()
-			continue
 		}
-		if fl.finished {
+		k, err := w.Write(data)
+		sent += int64(k)
+		if err != nil {
+			return sent, err
+		}
+		fl.mu.Lock()
+		rd.pos += int64(k)
+		if fl.file == nil {
+			fl.freeLocked()
+			select {
+			case fl.space <- struct{}{}:
+			default:
+			}
+		}
+		fl.mu.Unlock()
+	}
+}
+
+// wait blocks until rd can go on: it returns how many bytes past rd.pos
+// the fetch has released, or 0 and nil once rd has them all. The fetch's
+// failure, rd dropped for being too slow and ctx ending are errors.
+func (fl *blobFlight) wait(ctx context.Context, rd *flightReader) (int64, error) {
+	for {
+		fl.mu.Lock()
+		switch {
+		case rd.dropped:
+			fl.mu.Unlock()
+			return 0, errDroppedReader
+		case rd.pos == fl.size:
+			fl.mu.Unlock()
+			return 0, nil
+		case rd.pos < fl.written:
+			n := fl.written - rd.pos
+			fl.mu.Unlock()
+			return n, nil
+		case fl.finished:
 			err := fl.err
 			fl.mu.Unlock()
 			if err == nil {
 				err = io.ErrUnexpectedEOF
 			}
-			return sent, err
+			return 0, err
 		}
 		ch := fl.changed
 		fl.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return sent, ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
 }

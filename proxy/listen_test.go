@@ -98,16 +98,7 @@ func rawRequest(t testing.TB, c net.Conn, target string, headers ...string) {
 func TestClientConnIdleDeadline(t *testing.T) {
 	t.Parallel()
 	const idle = time.Minute
-	newConn := func(t *testing.T) (*clientConn, net.Conn, *metrics) {
-		m, err := newMetrics(prometheus.NewRegistry())
-		if err != nil {
-			t.Fatal(err)
-		}
-		server, client := net.Pipe()
-		l := newClientListener(nil, 1, idle, m, zap.NewNop())
-		l.slots <- struct{}{}
-		return &clientConn{Conn: server, l: l}, client, m
-	}
+	newConn := func(t *testing.T) (*clientConn, net.Conn, *metrics) { return pipeConn(t, idle) }
 	payload := make([]byte, 64<<10)
 
 	t.Run("stalled", func(t *testing.T) {
@@ -181,15 +172,8 @@ func TestClientConnKeepsWriteDeadline(t *testing.T) {
 	t.Parallel()
 	const idle = time.Minute
 	synctest.Test(t, func(t *testing.T) {
-		m, err := newMetrics(prometheus.NewRegistry())
-		if err != nil {
-			t.Fatal(err)
-		}
-		server, client := net.Pipe()
+		c, client, _ := pipeConn(t, idle)
 		defer client.Close()
-		l := newClientListener(nil, 1, idle, m, zap.NewNop())
-		l.slots <- struct{}{}
-		c := &clientConn{Conn: server, l: l}
 		small := make([]byte, 512)
 		write := func() {
 			t.Helper()
@@ -235,6 +219,20 @@ func TestClientConnKeepsWriteDeadline(t *testing.T) {
 			t.Errorf("cut after %v, want %v", d, idle)
 		}
 	})
+}
+
+// pipeConn is a clientConn under a listener with one slot and the idle
+// timeout idle, over an in-memory pipe whose other end is client.
+func pipeConn(t *testing.T, idle time.Duration) (c *clientConn, client net.Conn, m *metrics) {
+	t.Helper()
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, client := net.Pipe()
+	l := newClientListener(nil, 1, idle, m, zap.NewNop())
+	l.slots <- struct{}{}
+	return &clientConn{Conn: server, l: l}, client, m
 }
 
 func counterOf(c prometheus.Counter) float64 {

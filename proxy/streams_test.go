@@ -24,7 +24,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -173,16 +172,9 @@ func TestStreamTableAdmit(t *testing.T) {
 func TestClientConnStalledFor(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		m, err := newMetrics(prometheus.NewRegistry())
-		if err != nil {
-			t.Fatal(err)
-		}
-		server, client := net.Pipe()
+		c, client, _ := pipeConn(t, time.Hour)
 		defer client.Close()
-		l := newClientListener(nil, 1, time.Hour, m, zap.NewNop())
-		l.tick = progressTick(time.Second)
-		l.slots <- struct{}{}
-		c := &clientConn{Conn: server, l: l}
+		c.l.tick = progressTick(time.Second)
 		if d := c.stalledFor(time.Now()); d != 0 {
 			t.Fatalf("stalled for %v with no write", d)
 		}
@@ -212,8 +204,8 @@ func TestClientConnStalledFor(t *testing.T) {
 				most = max(most, c.stalledFor(time.Now()))
 			}
 		}
-		if most > l.tick+100*time.Millisecond {
-			t.Fatalf("a client reading every 100ms seen stalled for %v (tick %v)", most, l.tick)
+		if most > c.l.tick+100*time.Millisecond {
+			t.Fatalf("a client reading every 100ms seen stalled for %v (tick %v)", most, c.l.tick)
 		}
 
 		if !c.drop() {
