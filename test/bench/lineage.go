@@ -156,41 +156,33 @@ func (b *bench) lineage(ctx context.Context) error {
 	for i, c := range chains {
 		roots[i] = manifestURL(t, c.root())
 	}
-	logf("lineage: cold GETs of %d roots", n)
 	get := func(urls []string, requests int) cell {
 		return t.measure(func() cell {
 			return runLoad(ctx, b.client, probe{method: http.MethodGet, urls: urls, want: http.StatusOK}, requests, 1)
 		})
 	}
-	if res.cold = get(roots, n); !res.cold.ok() {
-		return fmt.Errorf("lineage: cold GET: %d errors, first: %s", res.cold.errors, res.cold.firstErr)
+	urlsOf := func(ds []name.Digest) []string {
+		urls := make([]string, len(ds))
+		for i, d := range ds {
+			urls[i] = manifestURL(t, d)
+		}
+		return urls
 	}
-
-	logf("lineage: cold GETs of %d single subjects", n)
-	one := make([]string, n)
-	for i, d := range singles {
-		one[i] = manifestURL(t, d)
-	}
-	if res.single = get(one, n); !res.single.ok() {
-		return fmt.Errorf("lineage: cold GET of a single subject: %d errors, first: %s", res.single.errors, res.single.firstErr)
-	}
-
-	logf("lineage: cold GETs of %d subjects with provenance, no lineage", n)
-	att := make([]string, n)
-	for i, d := range attested {
-		att[i] = manifestURL(t, d)
-	}
-	if res.attested = get(att, n); !res.attested.ok() {
-		return fmt.Errorf("lineage: cold GET of a subject with provenance: %d errors, first: %s", res.attested.errors, res.attested.firstErr)
-	}
-
-	logf("lineage: cold roots over verified dependencies")
-	re := make([]string, n)
-	for i, d := range reroots {
-		re[i] = manifestURL(t, d)
-	}
-	if res.depsCached = get(re, n); !res.depsCached.ok() {
-		return fmt.Errorf("lineage: GET with verified dependencies: %d errors, first: %s", res.depsCached.errors, res.depsCached.firstErr)
+	// Each row is the first GET of n subjects of its kind, in order.
+	for _, row := range []struct {
+		what string
+		urls []string
+		c    *cell
+	}{
+		{"roots (whole chains)", roots, &res.cold},
+		{"single subjects", urlsOf(singles), &res.single},
+		{"subjects with provenance, no lineage", urlsOf(attested), &res.attested},
+		{"roots over verified dependencies", urlsOf(reroots), &res.depsCached},
+	} {
+		logf("lineage: cold GETs of %d %s", n, row.what)
+		if *row.c = get(row.urls, n); !row.c.ok() {
+			return fmt.Errorf("lineage: cold GET of %s: %d errors, first: %s", row.what, row.c.errors, row.c.firstErr)
+		}
 	}
 
 	logf("lineage: cached GETs")
