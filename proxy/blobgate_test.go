@@ -314,6 +314,16 @@ func TestWarmPullReopensBlobsItLost(t *testing.T) {
 		t.Fatalf("%d blob entries, want %d", p.blobs.c.Len(), added)
 	}
 
+	// Once the memo of the last add has lapsed, a pull adds them again,
+	// so an entry opened by any pull has most of its TTL left.
+	mu.Lock()
+	now = now.Add(blobAllowTTL/10 + time.Second)
+	mu.Unlock()
+	get("after the memo lapsed")
+	if e, ok := p.blobs.c.Peek(blobKey("docker.io", "acme/app", img.layers[0])); !ok || e.expires.Sub(now) != blobAllowTTL {
+		t.Fatalf("after a pull past the memo, the layer's entry expires in %v, want %v", e.expires.Sub(now), blobAllowTTL)
+	}
+
 	// Past the blobs' TTL every entry has expired; the next pull opens them.
 	mu.Lock()
 	now = now.Add(blobAllowTTL + time.Second)

@@ -705,7 +705,9 @@ func (p *Proxy) remember(d *manifestDecision) {
 	}
 	// Counted before adding: adds that evict anything, these included,
 	// make the next pull add them again.
-	p.blobsKept.add(d.key, removed)
+	if d.key != "" {
+		p.blobsKept.add(d.key, removed)
+	}
 }
 
 // cover lets the children an index lists be served on its verdict. Only an

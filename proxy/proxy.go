@@ -69,8 +69,8 @@ type Proxy struct {
 	blobs *ttlCache[string, int64]
 	// blobsKept maps the verdict key of a served image to the count of
 	// blobs entries removed when its blobs were last added: while that
-	// count holds and the entry is fresh, its blobs are all still open and
-	// a warm pull need not add them again.
+	// count holds and the entry is fresh, its blobs are all still open
+	// for most of their TTL and a warm pull need not add them again.
 	blobsKept *ttlCache[string, uint64]
 	// shared shares blobs and coverage with other replicas; nil without.
 	shared *sharing
@@ -127,9 +127,10 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		tracer:   o.tracer(),
 		coverage: newTTLCache[string, coverEntry](coverageSize, o.coverageTTL),
 		blobs:    newTTLCache[string, int64](blobAllowSize, blobAllowTTL),
-		// Half the blobs' TTL: an entry added when this one was is
-		// still fresh for at least as long again.
-		blobsKept: newTTLCache[string, uint64](blobAllowSize, blobAllowTTL/2),
+		// A tenth of the blobs' TTL: a pull that skips adding them
+		// leaves its blobs open for at least nine tenths of it, and each
+		// served image's blobs are added again at most once a minute.
+		blobsKept: newTTLCache[string, uint64](blobAllowSize, blobAllowTTL/10),
 		streams:   newStreamTable(),
 		evidence:  newTTLCache[string, v1.Hash](evidenceMemorySize, evidenceMemoryTTL),
 	}
