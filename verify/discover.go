@@ -424,8 +424,6 @@ func (r *run) readBlob(ctx context.Context, h v1.Hash, declared, limit int64, wh
 	return raw, nil
 }
 
-// checkDigest re-checks content against its digest even though the Fetcher
-// promises to: the evidence's meaning depends on it.
 // knownBlob charges bytes the run already has (a layer predicted and
 // checked against its digest) like a read of them: the same limit and the
 // same budget, so predicting a layer never lets a run see more than
@@ -441,6 +439,8 @@ func (r *run) knownBlob(b []byte, limit int64) []byte {
 	return b
 }
 
+// checkDigest re-checks content against its digest even though the Fetcher
+// promises to: the evidence's meaning depends on it.
 func checkDigest(b []byte, h v1.Hash) error {
 	sum := sha256.Sum256(b)
 	if hex.EncodeToString(sum[:]) != h.Hex {
