@@ -110,29 +110,22 @@ func (b *bench) blobThroughput(ctx context.Context, repo string) error {
 		targets = append(targets, &pc.target)
 	}
 	// A Portcullis with the verified blob cache, warmed by one pull: what
-	// every later pull of a model's weights costs.
-	cached, err := startPortcullisYAML(ctx, client, b.pcBin, b.dir, "portcullis-cache", b.pub, direct.url(),
-		fmt.Sprintf("blob_cache: {dir: %q, max_gib: %d, min_free_gib: 0}\n", filepath.Join(b.dir, "throughput-cache"), big.size>>30+2))
-	if err != nil {
-		return fmt.Errorf("portcullis-cache: %w", err)
+	// every later pull of a model's weights costs; the baseline build's
+	// too when there is one.
+	cachedBins := []extra{{b.pcBin, "portcullis-cache", direct.url()}}
+	if *baselineBin != "" {
+		cachedBins = append(cachedBins, extra{*baselineBin, "portcullis-baseline-cache", direct.url()})
 	}
-	defer cached.proc.Stop()
-	if err := do(ctx, client, http.MethodGet, manifestURL(&cached.target, b.bigDigest), http.StatusOK); err != nil {
-		return fmt.Errorf("allow the big image on portcullis-cache: %w", err)
-	}
-	if _, err := pullBlobAs(ctx, client, blobURL(&cached.target, repo, big), big.size, big.digest.Hex, clientSHA256); err != nil {
-		return fmt.Errorf("fill portcullis-cache: %w", err)
-	}
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if n, _ := scrapeOr0(ctx, client, cached.metricsURL(), "portcullis_blob_cache_files"); n >= 1 {
-			break
+	cachedTargets := map[*target]bool{}
+	for _, e := range cachedBins {
+		cached, err := b.startCached(ctx, e.bin, e.name, repo)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			return errors.New("portcullis-cache: the blob never entered the cache")
-		}
-		time.Sleep(50 * time.Millisecond)
+		defer cached.proc.Stop()
+		targets = append(targets, &cached.target)
+		cachedTargets[&cached.target] = true
 	}
-	targets = append(targets, &cached.target)
 	var all []*throughputSeries
 	for _, mode := range clientModes {
 		for _, t := range targets {
@@ -141,7 +134,7 @@ func (b *bench) blobThroughput(ctx context.Context, repo string) error {
 			case t == distProxy:
 				s.note = "warm"
 			case t == b.relay:
-			case t == &cached.target:
+			case cachedTargets[t]:
 				s.note = "warm, from the blob cache"
 			case strings.HasSuffix(t.name, "-tls"):
 				s.note = "first pull, digest checked, TLS upstream"
@@ -229,6 +222,35 @@ func startTLSFront(upstream string) (string, error) {
 	srv.StartTLS()
 	teardown.Add(srv.Close)
 	return srv.URL, nil
+}
+
+// startCached starts a Portcullis with the verified blob cache and warms
+// it with one pull of the big layer.
+func (b *bench) startCached(ctx context.Context, bin, name, repo string) (*portcullis, error) {
+	client, big := b.client, b.big
+	cached, err := startPortcullisYAML(ctx, client, bin, b.dir, name, b.pub, b.direct.url(),
+		fmt.Sprintf("blob_cache: {dir: %q, max_gib: %d, min_free_gib: 0}\n", filepath.Join(b.dir, name+"-blobs"), big.size>>30+2))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := do(ctx, client, http.MethodGet, manifestURL(&cached.target, b.bigDigest), http.StatusOK); err != nil {
+		cached.proc.Stop()
+		return nil, fmt.Errorf("allow the big image on %s: %w", name, err)
+	}
+	if _, err := pullBlobAs(ctx, client, blobURL(&cached.target, repo, big), big.size, big.digest.Hex, clientSHA256); err != nil {
+		cached.proc.Stop()
+		return nil, fmt.Errorf("fill %s: %w", name, err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if n, _ := scrapeOr0(ctx, client, cached.metricsURL(), "portcullis_blob_cache_files"); n >= 1 {
+			return cached, nil
+		}
+		if time.Now().After(deadline) {
+			cached.proc.Stop()
+			return nil, fmt.Errorf("%s: the blob never entered the cache", name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // pullBlobAs GETs a blob and reads it as the client mode does: discarding
