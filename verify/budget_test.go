@@ -641,3 +641,60 @@ func TestFingerprintCoversEvidenceLimits(t *testing.T) {
 		t.Errorf("Fingerprint() = %q, want the policy's", got)
 	}
 }
+
+// The manifest limit is inclusive: a signature manifest of exactly the
+// limit is read and verified, one byte over it is refused unread.
+func TestSignatureManifestAtTheLimit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	if err := fixtures.AttachLegacySignature(ctx, e.subject, e.key, fixtures.Tamper{}); err != nil {
+		t.Fatal(err)
+	}
+	f := e.reg.Fetcher()
+	sig, err := f.Manifest(ctx, "acme/app", "sha256-"+e.subject.DigestStr()[len("sha256:"):]+".sig")
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := int64(len(sig.Bytes))
+	for _, tc := range []struct {
+		limit int64
+		allow bool
+	}{{size, true}, {size - 1, false}} {
+		limits := verify.EvidenceLimits{TotalBytes: 1 << 20, SignatureBytes: tc.limit, AttestationBytes: tc.limit, PredicateDepth: 8}
+		v := mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key)), verify.WithEvidenceLimits(limits)), e.subj(t), f)
+		if tc.allow {
+			wantAllowed(t, v, "key", verify.FormatCosignLegacy)
+			continue
+		}
+		wantDenied(t, v, fmt.Sprintf("malformed signature manifest: %d bytes exceed the limit of %d bytes", size, tc.limit))
+	}
+}
+
+// The same inclusive limit holds for the fallback index read by tag.
+func TestFallbackIndexAtTheLimit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	if _, err := fixtures.AttachBundle(ctx, e.subject, e.key, fixtures.BundleSpec{Placement: fixtures.PlaceFallback}); err != nil {
+		t.Fatal(err)
+	}
+	f := fixtures.NoReferrersAPI(e.reg.Fetcher())
+	idx, err := f.Manifest(ctx, "acme/app", "sha256-"+e.subject.DigestStr()[len("sha256:"):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := int64(len(idx.Bytes))
+	over := fmt.Sprintf("malformed fallback index: %d bytes exceed the limit", size)
+	for _, tc := range []struct {
+		limit   int64
+		refused bool
+	}{{size, false}, {size - 1, true}} {
+		limits := verify.EvidenceLimits{TotalBytes: 1 << 20, SignatureBytes: tc.limit, AttestationBytes: tc.limit, PredicateDepth: 8}
+		v := mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key)), verify.WithEvidenceLimits(limits)), e.subj(t), f)
+		refused := strings.Contains(strings.Join(v.Reasons, "\n"), over)
+		if refused != tc.refused {
+			t.Errorf("limit %d for an index of %d bytes: refused = %v, want %v (reasons %q)", tc.limit, size, refused, tc.refused, v.Reasons)
+		}
+	}
+}
