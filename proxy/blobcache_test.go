@@ -525,6 +525,86 @@ func TestBlobShareDropsStalledReader(t *testing.T) {
 	}
 }
 
+// The memory chunks of a shared fetch are recycled for later fetches, but
+// never one a dropped reader may still be sending from: the stalled
+// client, once it reads again, gets only bytes of its own blob, while
+// another blob streams through recycled chunks meanwhile.
+func TestBlobShareRecycledChunksNeverReachADroppedReader(t *testing.T) {
+	t.Parallel()
+	const grace = 200 * time.Millisecond
+	blobA, blobB := testBlob(16<<20, 4), testBlob(16<<20, 9)
+	dA, dB := sha(blobA), sha(blobB)
+	release := make(chan struct{})
+	var getsA atomic.Int64
+	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/blobs/"+dA.String()):
+			if r.Method == http.MethodGet {
+				getsA.Add(1)
+				select {
+				case <-release:
+				case <-r.Context().Done():
+					return
+				}
+			}
+			withLength(blobA)(w, r)
+		case strings.HasSuffix(r.URL.Path, "/blobs/"+dB.String()):
+			withLength(blobB)(w, r)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	})
+	p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithClientStallGrace(grace), WithBlobShare(1<<20, 8<<20))
+	addr := startServe(t, p, ServeConfig{})
+	stalled := dialSmallWindow(t, addr)
+	rawRequest(t, stalled, blobPath("acme/app", dA))
+	awaitCond(t, "the stalled pull to start the fetch", func() bool { return getsA.Load() == 1 })
+	done := make(chan struct{})
+	var bodies [][]byte
+	var errs []error
+	go func() {
+		bodies, errs = blobHerd(1, "http://"+addr+blobPath("acme/app", dA))
+		close(done)
+	}()
+	awaitCond(t, "the second pull to join", func() bool {
+		return metricNow(t, p, "portcullis_blob_shared_joins_total") == 1
+	})
+	close(release)
+	<-done
+	if errs[0] != nil || !bytes.Equal(bodies[0], blobA) {
+		t.Fatalf("reader behind a stalled one: %v", errs[0])
+	}
+	if v := metricNow(t, p, "portcullis_blob_shared_dropped_total"); v != 1 {
+		t.Fatalf("dropped = %v, want 1", v)
+	}
+	// Blob B now streams through chunks from the pool, twice over.
+	for range 2 {
+		bodies, errs = blobHerd(2, "http://"+addr+blobPath("acme/app", dB))
+		for i := range bodies {
+			if errs[i] != nil || !bytes.Equal(bodies[i], blobB) {
+				t.Fatalf("blob B, reader %d: %v", i, errs[i])
+			}
+		}
+	}
+	_ = stalled.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got, _ := io.ReadAll(stalled)
+	head, body, ok := bytes.Cut(got, []byte("\r\n\r\n"))
+	if !ok || !bytes.HasPrefix(head, []byte("HTTP/1.1 200")) {
+		t.Fatalf("stalled client got %q", truncateBytes(got, 200))
+	}
+	if len(body) >= len(blobA) {
+		t.Fatalf("the dropped client got all %d bytes", len(body))
+	}
+	for i := range body {
+		if body[i] != blobA[i] {
+			t.Fatalf("the dropped client got a wrong byte at offset %d of %d received", i, len(body))
+		}
+	}
+}
+
+func truncateBytes(b []byte, n int) []byte { return b[:min(len(b), n)] }
+
 // gatedCommitCache holds every Commit until gate is closed.
 type gatedCommitCache struct {
 	testBlobCache

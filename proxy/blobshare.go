@@ -39,6 +39,11 @@ const fileReadBuffer = 256 << 10
 
 var fileReadPool = sync.Pool{New: func() any { b := make([]byte, fileReadBuffer); return &b }}
 
+// shareChunkPool recycles the memory chunks of shared fetches: a first
+// pull streams hundreds of MiB through them, and a fresh chunk each time
+// costs zeroing, page faults and a GC cycle every few dozen MiB.
+var shareChunkPool = sync.Pool{New: func() any { b := make([]byte, 0, shareChunk); return &b }}
+
 // blobFetchOptions are set by WithBlobCache and WithBlobShare.
 type blobFetchOptions struct {
 	cache  BlobCache
@@ -281,6 +286,10 @@ type blobFlight struct {
 	waitMin   int64
 	waitSince time.Time
 	closed    bool
+	// dropping counts readers dropped for being slow that have not left
+	// yet: one may still be sending from a chunk it held when dropped, so
+	// chunks freed meanwhile are left to the GC, not recycled.
+	dropping int
 }
 
 type flightReader struct {
@@ -323,6 +332,9 @@ func (f *blobFetches) leave(fl *blobFlight, rd *flightReader) {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	delete(fl.readers, rd)
+	if rd.dropped {
+		fl.dropping--
+	}
 	if len(fl.readers) > 0 {
 		fl.freeLocked()
 		select {
@@ -525,15 +537,28 @@ func (fl *blobFlight) freeLocked() {
 		}
 		fl.f.used.Add(-int64(cap(c)))
 		fl.base += int64(len(c))
+		fl.recycleLocked(c)
 		fl.chunks[0] = nil
 		fl.chunks = fl.chunks[1:]
 	}
 	if fl.finished && len(fl.readers) == 0 {
 		for _, c := range fl.chunks {
 			fl.f.used.Add(-int64(cap(c)))
+			fl.recycleLocked(c)
 		}
 		fl.chunks = nil
 	}
+}
+
+// recycleLocked returns a freed chunk to the pool unless a dropped reader
+// may still be sending from it. Every other reader is past it: a reader
+// moves its position only once its write from the chunk has returned.
+func (fl *blobFlight) recycleLocked(c []byte) {
+	if fl.dropping > 0 || cap(c) != shareChunk {
+		return
+	}
+	c = c[:0]
+	shareChunkPool.Put(&c)
 }
 
 // fileSink writes the fetch to its cache file and publishes each write.
@@ -575,7 +600,7 @@ func (s *memorySink) Write(b []byte) (int, error) {
 				if held < 2*shareChunk {
 					f.used.Add(shareChunk)
 				}
-				tail = make([]byte, 0, shareChunk)
+				tail = (*shareChunkPool.Get().(*[]byte))[:0]
 				fl.chunks = append(fl.chunks, tail)
 				fl.waitSince = time.Time{}
 			}
@@ -589,6 +614,7 @@ func (s *memorySink) Write(b []byte) (int, error) {
 					if rd.pos == m {
 						rd.dropped = true
 						delete(fl.readers, rd)
+						fl.dropping++
 						f.dropped.Inc()
 					}
 				}
