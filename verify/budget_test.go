@@ -652,17 +652,12 @@ func TestSignatureManifestAtTheLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := e.reg.Fetcher()
-	sig, err := f.Manifest(ctx, "acme/app", "sha256-"+e.subject.DigestStr()[len("sha256:"):]+".sig")
-	if err != nil {
-		t.Fatal(err)
-	}
-	size := int64(len(sig.Bytes))
+	size := tagSize(t, f, e, ".sig")
 	for _, tc := range []struct {
 		limit int64
 		allow bool
 	}{{size, true}, {size - 1, false}} {
-		limits := verify.EvidenceLimits{TotalBytes: 1 << 20, SignatureBytes: tc.limit, AttestationBytes: tc.limit, PredicateDepth: 8}
-		v := mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key)), verify.WithEvidenceLimits(limits)), e.subj(t), f)
+		v := verifyUnderManifestLimit(t, e, f, tc.limit)
 		if tc.allow {
 			wantAllowed(t, v, "key", verify.FormatCosignLegacy)
 			continue
@@ -680,21 +675,34 @@ func TestFallbackIndexAtTheLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := fixtures.NoReferrersAPI(e.reg.Fetcher())
-	idx, err := f.Manifest(ctx, "acme/app", "sha256-"+e.subject.DigestStr()[len("sha256:"):])
-	if err != nil {
-		t.Fatal(err)
-	}
-	size := int64(len(idx.Bytes))
+	size := tagSize(t, f, e, "")
 	over := fmt.Sprintf("malformed fallback index: %d bytes exceed the limit", size)
 	for _, tc := range []struct {
 		limit   int64
 		refused bool
 	}{{size, false}, {size - 1, true}} {
-		limits := verify.EvidenceLimits{TotalBytes: 1 << 20, SignatureBytes: tc.limit, AttestationBytes: tc.limit, PredicateDepth: 8}
-		v := mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key)), verify.WithEvidenceLimits(limits)), e.subj(t), f)
+		v := verifyUnderManifestLimit(t, e, f, tc.limit)
 		refused := strings.Contains(strings.Join(v.Reasons, "\n"), over)
 		if refused != tc.refused {
 			t.Errorf("limit %d for an index of %d bytes: refused = %v, want %v (reasons %q)", tc.limit, size, refused, tc.refused, v.Reasons)
 		}
 	}
+}
+
+// tagSize is the size of the manifest tagged sha256-<subject hex><suffix>.
+func tagSize(t *testing.T, f verify.Fetcher, e *env, suffix string) int64 {
+	t.Helper()
+	m, err := f.Manifest(context.Background(), "acme/app", "sha256-"+e.subject.DigestStr()[len("sha256:"):]+suffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int64(len(m.Bytes))
+}
+
+// verifyUnderManifestLimit verifies e's subject with every evidence item,
+// manifests included, limited to limit bytes.
+func verifyUnderManifestLimit(t *testing.T, e *env, f verify.Fetcher, limit int64) verify.Verdict {
+	t.Helper()
+	limits := verify.EvidenceLimits{TotalBytes: 1 << 20, SignatureBytes: limit, AttestationBytes: limit, PredicateDepth: 8}
+	return mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key)), verify.WithEvidenceLimits(limits)), e.subj(t), f)
 }
