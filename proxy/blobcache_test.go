@@ -603,6 +603,37 @@ func TestBlobShareRecycledChunksNeverReachADroppedReader(t *testing.T) {
 	}
 }
 
+// The memory budget of shared fetches (blob_share.max_bytes) is a hard
+// bound past a fetch's two free chunks: a fetch whose only reader takes
+// nothing grows to exactly what the budget allows and no further, and
+// gives it all back once the reader has gone.
+func TestBlobShareMemoryBudget(t *testing.T) {
+	t.Parallel()
+	blob := testBlob(16<<20, 5)
+	d := sha(blob)
+	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/blobs/"+d.String()) {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		withLength(blob)(w, r)
+	})
+	// Three chunks: the two every fetch may hold, and one from the budget.
+	const budget = 3 * shareChunk
+	p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithClientStallGrace(time.Minute), WithBlobShare(8<<20, budget))
+	addr := startServe(t, p, ServeConfig{})
+	held := func() float64 { return metricNow(t, p, "portcullis_blob_shared_buffer_bytes") }
+	stalled := dialSmallWindow(t, addr)
+	rawRequest(t, stalled, blobPath("acme/app", d))
+	awaitCond(t, "the fetch to fill the budget", func() bool { return held() == budget })
+	time.Sleep(300 * time.Millisecond)
+	if h := held(); h != budget {
+		t.Fatalf("a fetch behind a stalled reader holds %v bytes, want the budget of %d", h, budget)
+	}
+	_ = stalled.Close()
+	awaitCond(t, "the buffers to be given back", func() bool { return held() == 0 })
+}
+
 func truncateBytes(b []byte, n int) []byte { return b[:min(len(b), n)] }
 
 // gatedCommitCache holds every Commit until gate is closed.
@@ -676,4 +707,20 @@ func TestBlobCacheCommitOutlivesReaders(t *testing.T) {
 		}
 		return ok
 	})
+}
+
+// Zero turns sharing (buffer) or the budget (memory) down to nothing and
+// is a valid setting; only a negative one is refused.
+func TestBlobShareOptionBounds(t *testing.T) {
+	t.Parallel()
+	up := []Upstream{{Name: "r", URL: "https://r.example"}}
+	for _, tc := range []struct {
+		buffer, memory int64
+		ok             bool
+	}{{0, 0, true}, {1 << 20, 0, true}, {0, 1 << 20, true}, {-1, 0, false}, {0, -1, false}} {
+		_, err := New(up, allowAll(), WithBlobShare(tc.buffer, tc.memory))
+		if (err == nil) != tc.ok {
+			t.Errorf("WithBlobShare(%d, %d): error %v, want ok = %v", tc.buffer, tc.memory, err, tc.ok)
+		}
+	}
 }
