@@ -724,3 +724,28 @@ func TestBlobShareOptionBounds(t *testing.T) {
 		}
 	}
 }
+
+// An upstream that answers a shared fetch's plain GET with anything but a
+// 200 (here a 304 nobody asked for) has its answer refused by name and
+// counted; no client gets a body.
+func TestBlobShareRefusesUnaskedStatus(t *testing.T) {
+	t.Parallel()
+	blob := testBlob(1<<20, 6)
+	d := sha(blob)
+	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+d.String()) {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		w.WriteHeader(http.StatusNotFound)
+	})
+	p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobShare(1<<20, 8<<20))
+	w := do(p, http.MethodGet, blobPath("acme/app", d))
+	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "answered 304 for a blob") {
+		t.Fatalf("GET = %d %q, want 502 naming the 304", w.Code, w.Body.String())
+	}
+	want := `portcullis_upstream_errors_total{kind="status_other",upstream="docker.io"} 1`
+	if w := do(p.AdminHandler(), http.MethodGet, "/metrics"); !strings.Contains(w.Body.String(), want) {
+		t.Errorf("/metrics lacks %q", want)
+	}
+}
