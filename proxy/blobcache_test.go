@@ -591,7 +591,7 @@ func TestBlobShareRecycledChunksNeverReachADroppedReader(t *testing.T) {
 	got, _ := io.ReadAll(stalled)
 	head, body, ok := bytes.Cut(got, []byte("\r\n\r\n"))
 	if !ok || !bytes.HasPrefix(head, []byte("HTTP/1.1 200")) {
-		t.Fatalf("stalled client got %q", truncateBytes(got, 200))
+		t.Fatalf("stalled client got %q", got[:min(len(got), 200)])
 	}
 	if len(body) >= len(blobA) {
 		t.Fatalf("the dropped client got all %d bytes", len(body))
@@ -633,8 +633,6 @@ func TestBlobShareMemoryBudget(t *testing.T) {
 	_ = stalled.Close()
 	awaitCond(t, "the buffers to be given back", func() bool { return held() == 0 })
 }
-
-func truncateBytes(b []byte, n int) []byte { return b[:min(len(b), n)] }
 
 // gatedCommitCache holds every Commit until gate is closed.
 type gatedCommitCache struct {

@@ -554,7 +554,7 @@ func (fl *blobFlight) freeLocked() {
 // may still be sending from it. Every other reader is past it: a reader
 // moves its position only once its write from the chunk has returned.
 func (fl *blobFlight) recycleLocked(c []byte) {
-	if fl.dropping > 0 || cap(c) != shareChunk {
+	if fl.dropping > 0 {
 		return
 	}
 	c = c[:0]

@@ -112,13 +112,13 @@ func (b *bench) blobThroughput(ctx context.Context, repo string) error {
 	// A Portcullis with the verified blob cache, warmed by one pull: what
 	// every later pull of a model's weights costs; the baseline build's
 	// too when there is one.
-	cachedBins := []extra{{b.pcBin, "portcullis-cache", direct.url()}}
+	cachedBins := [][2]string{{b.pcBin, "portcullis-cache"}}
 	if *baselineBin != "" {
-		cachedBins = append(cachedBins, extra{*baselineBin, "portcullis-baseline-cache", direct.url()})
+		cachedBins = append(cachedBins, [2]string{*baselineBin, "portcullis-baseline-cache"})
 	}
 	cachedTargets := map[*target]bool{}
 	for _, e := range cachedBins {
-		cached, err := b.startCached(ctx, e.bin, e.name, repo)
+		cached, err := b.startCached(ctx, e[0], e[1], repo)
 		if err != nil {
 			return err
 		}
@@ -226,19 +226,22 @@ func startTLSFront(upstream string) (string, error) {
 
 // startCached starts a Portcullis with the verified blob cache and warms
 // it with one pull of the big layer.
-func (b *bench) startCached(ctx context.Context, bin, name, repo string) (*portcullis, error) {
+func (b *bench) startCached(ctx context.Context, bin, name, repo string) (_ *portcullis, err error) {
 	client, big := b.client, b.big
 	cached, err := startPortcullisYAML(ctx, client, bin, b.dir, name, b.pub, b.direct.url(),
 		fmt.Sprintf("blob_cache: {dir: %q, max_gib: %d, min_free_gib: 0}\n", filepath.Join(b.dir, name+"-blobs"), big.size>>30+2))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	defer func() {
+		if err != nil {
+			cached.proc.Stop()
+		}
+	}()
 	if err := do(ctx, client, http.MethodGet, manifestURL(&cached.target, b.bigDigest), http.StatusOK); err != nil {
-		cached.proc.Stop()
 		return nil, fmt.Errorf("allow the big image on %s: %w", name, err)
 	}
 	if _, err := pullBlobAs(ctx, client, blobURL(&cached.target, repo, big), big.size, big.digest.Hex, clientSHA256); err != nil {
-		cached.proc.Stop()
 		return nil, fmt.Errorf("fill %s: %w", name, err)
 	}
 	for deadline := time.Now().Add(30 * time.Second); ; {
@@ -246,7 +249,6 @@ func (b *bench) startCached(ctx context.Context, bin, name, repo string) (*portc
 			return cached, nil
 		}
 		if time.Now().After(deadline) {
-			cached.proc.Stop()
 			return nil, fmt.Errorf("%s: the blob never entered the cache", name)
 		}
 		time.Sleep(50 * time.Millisecond)
