@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,17 +69,24 @@ func blobHerdParamsFrom(sz sizes) (blobHerdParams, error) {
 
 // blobHerdRun is one measured pull of the blob by n clients at once.
 type blobHerdRun struct {
-	mode       string
-	clients    int
-	ok         int
-	firstErr   string
-	upstream   int64 // upstream GETs of the blob
-	last       time.Duration
-	rssGrowth  int64
-	joins      float64
-	cacheHits  float64
-	afterWarm  int64 // upstream GETs of a pull after the herd (cache: 0)
-	warmPull   time.Duration
+	mode      string
+	clients   int
+	ok        int
+	firstErr  string
+	upstream  int64 // upstream GETs of the blob
+	last      time.Duration
+	rssGrowth int64
+	joins     float64
+	cacheHits float64
+	afterWarm int64 // upstream GETs of a pull after the herd (cache: 0)
+	warmPull  time.Duration
+	// proxyCPU and clientCPU are what the herd cost Portcullis and the
+	// bench process (the clients, and the throttled upstream in front of
+	// the registry), from /proc/<pid>/stat.
+	proxyCPU, clientCPU time.Duration
+	// warmHerd is the last client of the same herd once the blob is in
+	// the cache (cache mode only).
+	warmHerd   time.Duration
 	targetsMet bool
 	cacheStats []string
 }
@@ -153,6 +161,20 @@ func (b *bench) blobHerd(ctx context.Context) error {
 		line := fmt.Sprintf("blobherd %s: %d/%d clients got the blob (first error %q); upstream GETs %d; last client %s (%.2f× one pull); RSS growth %d MiB; joins %v; warm pull %s with %d upstream GETs; targets %s",
 			r.mode, r.ok, r.clients, r.firstErr, r.upstream, r.last.Round(time.Millisecond), float64(r.last)/float64(single.last),
 			r.rssGrowth>>20, r.joins, r.warmPull.Round(time.Millisecond), r.afterWarm, verdict)
+		if r.last > 0 {
+			// Both share this machine's cores: what the herd would take if
+			// Portcullis had them to itself, its clients elsewhere as a
+			// fleet's are.
+			cores := float64(runtime.NumCPU())
+			line += fmt.Sprintf("; CPU Portcullis %s, clients %s (%.0f%% and %.0f%% of %d cores): Portcullis alone needs %s (%.2f× one pull)",
+				r.proxyCPU.Round(10*time.Millisecond), r.clientCPU.Round(10*time.Millisecond),
+				100*r.proxyCPU.Seconds()/(cores*r.last.Seconds()), 100*r.clientCPU.Seconds()/(cores*r.last.Seconds()), runtime.NumCPU(),
+				(r.proxyCPU / time.Duration(cores)).Round(time.Millisecond), r.proxyCPU.Seconds()/cores/single.last.Seconds())
+		}
+		if r.warmHerd > 0 {
+			line += fmt.Sprintf("; the same herd from the warm cache %s (%.2f× one pull; the first herd %.2f× it)",
+				r.warmHerd.Round(time.Millisecond), float64(r.warmHerd)/float64(single.last), float64(r.last)/float64(r.warmHerd))
+		}
 		if len(r.cacheStats) > 0 {
 			line += "; " + strings.Join(r.cacheStats, ", ")
 		}
@@ -190,39 +212,14 @@ func runBlobHerd(ctx context.Context, pc *portcullis, up *throttledUpstream, blo
 		}
 	}()
 	up.blobGets.Store(0)
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		gate = make(chan struct{})
-	)
-	// Each client has its own connection, as each node of a fleet does.
-	start := time.Now()
-	var last time.Duration
-	for range clients {
-		wg.Add(1)
-		go func() {
-			defer teardown.Guard()
-			defer wg.Done()
-			c := &http.Client{Transport: harness.NewTransport(1)}
-			defer c.CloseIdleConnections()
-			<-gate
-			err := pullAndCheck(ctx, c, blobURL, size, want)
-			mu.Lock()
-			defer mu.Unlock()
-			last = max(last, time.Since(start))
-			if err == nil {
-				r.ok++
-			} else if r.firstErr == "" {
-				r.firstErr = err.Error()
-			}
-		}()
-	}
-	start = time.Now()
-	close(gate)
-	wg.Wait()
+	pc0, _ := procCPU(pc.proc.Pid())
+	cl0, _ := procCPU(os.Getpid())
+	r.ok, r.firstErr, r.last = fireHerd(ctx, blobURL, size, want, clients)
+	pc1, _ := procCPU(pc.proc.Pid())
+	cl1, _ := procCPU(os.Getpid())
+	r.proxyCPU, r.clientCPU = pc1-pc0, cl1-cl0
 	close(stopSampling)
 	<-sampled
-	r.last = last
 	r.upstream = up.blobGets.Load()
 	r.rssGrowth = max(peak.Load()-base.RSS, 0)
 	r.joins, _ = scrapeOr0(ctx, newClient(), pc.metricsURL(), "portcullis_blob_shared_joins_total")
@@ -237,6 +234,17 @@ func runBlobHerd(ctx context.Context, pc *portcullis, up *throttledUpstream, blo
 	c.CloseIdleConnections()
 	r.warmPull = time.Since(t0)
 	r.afterWarm = up.blobGets.Load()
+	if mode == "cache" {
+		// The same herd again, now that every byte is on disk: what fanning
+		// the blob out costs this machine when no client waits for the
+		// upstream, the floor the first herd's last client is held to.
+		ok, ferr, last := fireHerd(ctx, blobURL, size, want, clients)
+		if ok != clients && r.firstErr == "" {
+			r.firstErr = "warm herd: " + ferr
+		}
+		r.warmHerd = last
+		r.afterWarm += up.blobGets.Load()
+	}
 	r.cacheHits, _ = scrapeOr0(ctx, newClient(), pc.metricsURL(), "portcullis_blob_cache_hits_total")
 	if mode == "cache" {
 		for _, m := range []string{`portcullis_blob_shared_fetches_total{mode="cache"}`, "portcullis_blob_cache_files",
@@ -249,6 +257,41 @@ func runBlobHerd(ctx context.Context, pc *portcullis, up *throttledUpstream, blo
 		}
 	}
 	return r, nil
+}
+
+// fireHerd starts clients GETs of url at once, each on its own
+// connection as each node of a fleet has, checks every body, and returns
+// how many were right, the first error and when the last one finished.
+func fireHerd(ctx context.Context, url string, size int64, want uint32, clients int) (ok int, firstErr string, last time.Duration) {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		gate  = make(chan struct{})
+		start time.Time
+	)
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer teardown.Guard()
+			defer wg.Done()
+			c := &http.Client{Transport: harness.NewTransport(1)}
+			defer c.CloseIdleConnections()
+			<-gate
+			err := pullAndCheck(ctx, c, url, size, want)
+			mu.Lock()
+			defer mu.Unlock()
+			last = max(last, time.Since(start))
+			if err == nil {
+				ok++
+			} else if firstErr == "" {
+				firstErr = err.Error()
+			}
+		}()
+	}
+	start = time.Now()
+	close(gate)
+	wg.Wait()
+	return ok, firstErr, last
 }
 
 // pullAndCheck reads the whole blob and compares its length and CRC-32C
