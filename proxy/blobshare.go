@@ -102,7 +102,7 @@ func newBlobFetches(p *Proxy, o blobFetchOptions, reg prometheus.Registerer) (*b
 	f.misses = prometheus.NewCounter(prometheus.CounterOpts{Name: "portcullis_blob_cache_misses_total",
 		Help: "Blob requests allowed by blob gating that the blob cache did not hold."})
 	f.cacheErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portcullis_blob_cache_errors_total",
-		Help: "Blob cache failures by operation (create, commit); the blob is still served."}, []string{"op"})
+		Help: "Blob cache failures by operation (create, write, commit); the blob is still served."}, []string{"op"})
 	f.fetches = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portcullis_blob_shared_fetches_total",
 		Help: "Upstream blob fetches shared by concurrent pulls, by where their bytes go (cache: a file in the blob cache; memory: a bounded buffer)."}, []string{"mode"})
 	f.joins = prometheus.NewCounter(prometheus.CounterOpts{Name: "portcullis_blob_shared_joins_total",
@@ -118,7 +118,7 @@ func newBlobFetches(p *Proxy, o blobFetchOptions, reg prometheus.Registerer) (*b
 			return nil, err
 		}
 	}
-	for _, op := range []string{"create", "commit"} {
+	for _, op := range []string{"create", "write", "commit"} {
 		f.cacheErrors.WithLabelValues(op)
 	}
 	for _, m := range []string{"cache", "memory"} {
@@ -290,6 +290,12 @@ type blobFlight struct {
 	// yet: one may still be sending from a chunk it held when dropped, so
 	// chunks freed meanwhile are left to the GC, not recycled.
 	dropping int
+	// fileFailed: a write to the cache file failed. The file holds bytes
+	// [0, fileEnd), which its readers still read from it; the rest goes
+	// to memory chunks from base = fileEnd, as for a fetch without a
+	// cache, and the file is never committed.
+	fileFailed bool
+	fileEnd    int64
 }
 
 type flightReader struct {
@@ -399,14 +405,17 @@ func (f *blobFetches) run(ctx context.Context, fl *blobFlight, u *upstreamEntry,
 
 	var sink io.Writer = &memorySink{fl: fl, ctx: ctx}
 	if fl.file != nil {
-		sink = &fileSink{fl: fl}
+		sink = &fileSink{fl: fl, ctx: ctx, upstream: u.name, digest: digest}
 	}
 	n, limited, err := upstream.Stream(sink, resp.Body, p.opts.streamBudget.StreamBudget)
 	if limited {
 		p.metrics.streamBufLimited.Inc()
 	}
 	if fl.file != nil {
-		if err == nil {
+		fl.mu.Lock()
+		failed := fl.fileFailed
+		fl.mu.Unlock()
+		if err == nil && !failed {
 			if cerr := fl.file.Commit(); cerr != nil {
 				// The readers have their verified bytes either way.
 				f.cacheErrors.WithLabelValues("commit").Inc()
@@ -562,15 +571,44 @@ func (fl *blobFlight) recycleLocked(c []byte) {
 }
 
 // fileSink writes the fetch to its cache file and publishes each write.
-type fileSink struct{ fl *blobFlight }
+// When the file cannot take a write (a full or failing disk), the rest
+// of the fetch goes to memory: a broken cache costs the blob its place
+// in the cache, never its pulls.
+type fileSink struct {
+	fl  *blobFlight
+	ctx context.Context
+	mem *memorySink
+	// upstream and digest name the blob in the log line.
+	upstream string
+	digest   v1.Hash
+}
 
 func (s *fileSink) Write(b []byte) (int, error) {
-	n, err := s.fl.file.Write(b)
-	s.fl.mu.Lock()
-	s.fl.written += int64(n)
-	s.fl.broadcastLocked()
-	s.fl.mu.Unlock()
-	return n, err
+	if s.mem != nil {
+		return s.mem.Write(b)
+	}
+	fl := s.fl
+	n, err := fl.file.Write(b)
+	fl.mu.Lock()
+	fl.written += int64(n)
+	end := fl.written
+	if err != nil {
+		fl.fileFailed, fl.fileEnd, fl.base = true, end, end
+	}
+	fl.broadcastLocked()
+	fl.mu.Unlock()
+	if err == nil {
+		return n, nil
+	}
+	// The file's readers keep their handles on it; removing its name now
+	// gives its reservation back to the cache.
+	fl.file.Abort()
+	fl.f.cacheErrors.WithLabelValues("write").Inc()
+	fl.f.logCacheError("blob cache: cannot write a blob; it is served from memory without caching it",
+		zap.String("upstream", s.upstream), zap.String("digest", s.digest.String()), zap.Int64("bytes_in_file", end), zap.Error(err))
+	s.mem = &memorySink{fl: fl, ctx: s.ctx}
+	m, err := s.mem.Write(b[n:])
+	return n + m, err
 }
 
 // memorySink appends the fetch to the flight's chunks. When the fastest
@@ -685,15 +723,18 @@ func (fl *blobFlight) sendTo(ctx context.Context, rd *flightReader, f *os.File, 
 	defer f.Close()
 	var sent int64
 	for {
-		n, err := fl.wait(ctx, rd)
+		n, fromFile, err := fl.wait(ctx, rd)
 		if err != nil || n == 0 {
 			return sent, err
 		}
+		if !fromFile {
+			// The file failed; the rest is in memory.
+			m, err := fl.readTo(ctx, rd, cw)
+			return sent + m, err
+		}
 		m, err := w.ReadFrom(&io.LimitedReader{R: f, N: n})
 		sent += m
-		fl.mu.Lock()
-		rd.pos += m
-		fl.mu.Unlock()
+		fl.advance(rd, m)
 		if err == nil && m < n {
 			err = io.ErrUnexpectedEOF
 		}
@@ -718,14 +759,14 @@ func (fl *blobFlight) readTo(ctx context.Context, rd *flightReader, w io.Writer)
 	}
 	var sent int64
 	for {
-		n, err := fl.wait(ctx, rd)
+		n, fromFile, err := fl.wait(ctx, rd)
 		if err != nil || n == 0 {
 			return sent, err
 		}
 		// rd.pos changes only here; the chunk it is in stays until
 		// every reader has passed it.
 		var data []byte
-		if fl.file != nil {
+		if fromFile {
 			data = buf[:min(int64(len(buf)), n)]
 			if k, err := fl.file.ReadAt(data, rd.pos); err != nil && !(err == io.EOF && k == len(data)) {
 				return sent, fmt.Errorf("reading the blob cache file: %w", err)
@@ -741,50 +782,62 @@ func (fl *blobFlight) readTo(ctx context.Context, rd *flightReader, w io.Writer)
 		if err != nil {
 			return sent, err
 		}
-		fl.mu.Lock()
-		rd.pos += int64(k)
-		if fl.file == nil {
-			fl.freeLocked()
-			select {
-			case fl.space <- struct{}{}:
-			default:
-			}
-		}
-		fl.mu.Unlock()
+		fl.advance(rd, int64(k))
 	}
 }
 
 // wait blocks until rd can go on: it returns how many bytes past rd.pos
-// the fetch has released, or 0 and nil once rd has them all. The fetch's
-// failure, rd dropped for being too slow and ctx ending are errors.
-func (fl *blobFlight) wait(ctx context.Context, rd *flightReader) (int64, error) {
+// the fetch has released and whether they are to be read from the cache
+// file (else from the memory chunks), or 0 and nil once rd has them all.
+// The fetch's failure, rd dropped for being too slow and ctx ending are
+// errors.
+func (fl *blobFlight) wait(ctx context.Context, rd *flightReader) (n int64, fromFile bool, err error) {
 	for {
 		fl.mu.Lock()
 		switch {
 		case rd.dropped:
 			fl.mu.Unlock()
-			return 0, errDroppedReader
+			return 0, false, errDroppedReader
 		case rd.pos == fl.size:
 			fl.mu.Unlock()
-			return 0, nil
+			return 0, false, nil
 		case rd.pos < fl.written:
 			n := fl.written - rd.pos
+			fromFile := fl.file != nil && (!fl.fileFailed || rd.pos < fl.fileEnd)
+			if fromFile && fl.fileFailed {
+				n = min(n, fl.fileEnd-rd.pos)
+			}
 			fl.mu.Unlock()
-			return n, nil
+			return n, fromFile, nil
 		case fl.finished:
 			err := fl.err
 			fl.mu.Unlock()
 			if err == nil {
 				err = io.ErrUnexpectedEOF
 			}
-			return 0, err
+			return 0, false, err
 		}
 		ch := fl.changed
 		fl.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, false, ctx.Err()
+		}
+	}
+}
+
+// advance moves rd past k bytes it has sent. Where the fetch is in
+// memory chunks, that may free a chunk and let a waiting writer go on.
+func (fl *blobFlight) advance(rd *flightReader, k int64) {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	rd.pos += k
+	if fl.file == nil || fl.fileFailed {
+		fl.freeLocked()
+		select {
+		case fl.space <- struct{}{}:
+		default:
 		}
 	}
 }
