@@ -145,3 +145,47 @@ func TestBlobCacheWriteFailureServesFromMemory(t *testing.T) {
 		})
 	}
 }
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(ents)
+}
+
+// Every pull of a blob being cached opens the file for itself (to send
+// it with sendfile where the connection allows) and must close it: a
+// descriptor left behind per pull is how a busy proxy runs out of them.
+func TestBlobCacheReadersCloseTheirFiles(t *testing.T) {
+	const n = 24
+	blobs := blobBehaviours{}
+	var digests []v1.Hash
+	for i := range n {
+		b := testBlob(64<<10+i, byte(i))
+		d := sha(b)
+		blobs[d.String()] = withLength(b)
+		digests = append(digests, d)
+	}
+	up := fakeUpstream(t, blobs.serve)
+	bc := newTestBlobCache(t, t.TempDir())
+	p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc))
+	// One pull first, so that connections and the cache's own files are
+	// open before counting.
+	if w := do(p, http.MethodGet, blobPath("acme/app", digests[0])); w.Code != http.StatusOK {
+		t.Fatalf("GET = %d", w.Code)
+	}
+	before := openFDs(t)
+	for _, d := range digests[1:] {
+		// Each pull is a new fetch, read from its growing file.
+		w := do(p, http.MethodGet, blobPath("acme/app", d))
+		if w.Code != http.StatusOK || sha(w.Body.Bytes()) != d {
+			t.Fatalf("GET %s = %d", d, w.Code)
+		}
+	}
+	if after := openFDs(t); after-before > 4 {
+		t.Errorf("%d descriptors open after %d pulls, %d before", after, n-1, before)
+	}
+}

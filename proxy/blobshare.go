@@ -205,12 +205,14 @@ func (p *Proxy) serveBlobShared(w http.ResponseWriter, r *http.Request, u *upstr
 	cw := &clientWriter{w: w}
 	var n int64
 	var err error
-	if src, rf := fl.fileReader(r), forFile(w).(io.ReaderFrom); src != nil && rf != nil {
+	var src *os.File
+	rf, _ := forFile(w).(io.ReaderFrom)
+	if rf != nil {
+		src = fl.fileReader(r)
+	}
+	if src != nil {
 		n, err = fl.sendTo(r.Context(), rd, src, rf, cw)
 	} else {
-		if src != nil {
-			_ = src.Close()
-		}
 		n, err = fl.readTo(r.Context(), rd, cw)
 	}
 	p.metrics.blobBytes.Add(float64(n))
