@@ -16,6 +16,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
 	"github.com/portcullis-oci/portcullis/verify"
 )
 
@@ -95,7 +96,16 @@ type spy struct {
 	rt   http.RoundTripper
 }
 
-func newSpy() *spy { return &spy{rt: http.DefaultTransport.(*http.Transport).Clone()} }
+// newSpy keeps as many idle connections per host as the upstream
+// client's own transport does (net/http's default is two): a cold
+// verification reads several things at once, and with two idle
+// connections kept the others would be redialled every time, which
+// handler benchmarks would then measure and production never pays.
+func newSpy() *spy {
+	rt := http.DefaultTransport.(*http.Transport).Clone()
+	rt.MaxIdleConnsPerHost = upstream.DefaultMaxConns
+	return &spy{rt: rt}
+}
 
 func (s *spy) RoundTrip(r *http.Request) (*http.Response, error) {
 	s.mu.Lock()
