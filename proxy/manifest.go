@@ -629,6 +629,12 @@ func (p *Proxy) evaluate(ctx context.Context, mr manifestReq, m verify.Manifest)
 	if err != nil {
 		return verify.Verdict{}, err
 	}
+	if n := v.Reads.PredictedLayers; n > 0 {
+		p.metrics.signatureLayers.WithLabelValues("hit").Add(float64(n))
+	}
+	if n := v.Reads.UnpredictedLayers; n > 0 {
+		p.metrics.signatureLayers.WithLabelValues("miss").Add(float64(n))
+	}
 	if v.Digest == "" {
 		v.Digest = m.Digest.String()
 	} else if v.Digest != m.Digest.String() {

@@ -33,6 +33,7 @@ type metrics struct {
 	streamsEvicted     prometheus.Counter
 	streamBufLimited   prometheus.Counter
 	limitExceeded      *prometheus.CounterVec
+	signatureLayers    *prometheus.CounterVec
 	referrers          *prometheus.CounterVec
 	authFailures       *prometheus.CounterVec
 
@@ -203,6 +204,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "portcullis_limit_exceeded_total",
 			Help: "Verifications denied because a limit on the evidence they may read was reached, by limit (evidence_bytes, evidence_items).",
 		}, []string{"limit"}),
+		signatureLayers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_signature_layer_predictions_total",
+			Help: "cosign simple-signing layers of .sig tags that verifications opened, by whether their payload was predicted from the upstream's names (hit: no upstream request for it) or not (miss: read from the upstream; signed under a name the upstream's aliases do not list, or with annotations).",
+		}, []string{"result"}),
 		streamBufLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portcullis_stream_buffer_budget_exhausted_total",
 			Help: "Blob streams that ran, at least partly, on small buffers because the stream buffer budget was in use.",
@@ -221,7 +226,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.blobBytes, m.verdictCache, m.verifications, m.drift, m.refreshes, m.revocationHits, m.lineageDeps,
 		m.verifyRunning, m.verifyQueued, m.verifyRejected,
 		m.clientConns, m.clientConnsLimited, m.clientStalled, m.sendfileBytes, m.streamsEvicted, m.streamBufLimited, m.limitExceeded,
-		m.referrers, m.authFailures,
+		m.signatureLayers, m.referrers, m.authFailures,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, errors.Join(errors.New("failed to register metrics"), err)
@@ -248,6 +253,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.verdictMiss = m.verdictCache.WithLabelValues("miss")
 	for _, r := range []string{"allow", "deny", "error", "cancelled"} {
 		m.lineageDeps.WithLabelValues(r)
+	}
+	for _, s := range []string{"hit", "miss"} {
+		m.signatureLayers.WithLabelValues(s)
 	}
 	m.verifyRejected.WithLabelValues(rejectQueueFull)
 	m.verifyRejected.WithLabelValues(rejectQueueTimeout)

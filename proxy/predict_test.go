@@ -9,6 +9,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/portcullis-oci/portcullis/test/fixtures"
 	"github.com/portcullis-oci/portcullis/verify"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // A cold verification of a digest `cosign sign` signed under the
@@ -62,6 +63,12 @@ func TestColdLegacyVerificationPredictsTheSignatureLayer(t *testing.T) {
 			}
 			if blobs != tc.blobReads {
 				t.Errorf("%d blob reads upstream, want %d: %q", blobs, tc.blobReads, s.since(0))
+			}
+			// Operators see how often prediction spares the read.
+			for result, want := range map[string]int{"hit": 1 - tc.blobReads, "miss": tc.blobReads} {
+				if got := testutil.ToFloat64(p.metrics.signatureLayers.WithLabelValues(result)); got != float64(want) {
+					t.Errorf("portcullis_signature_layer_predictions_total{result=%q} = %v, want %d", result, got, want)
+				}
 			}
 		})
 	}

@@ -537,6 +537,7 @@ func (e *Engine) Verify(ctx context.Context, s Subject, f Fetcher) (Verdict, err
 	if err := ctx.Err(); err != nil {
 		return Verdict{}, err
 	}
+	v.Reads = r.reads
 	t := r.tally
 	v.Signers = t.signers
 	reasons := append(t.reasons, r.notes...)

@@ -188,7 +188,13 @@ func (r *run) openLayers(ctx context.Context, m Manifest, c cosignLayers) error 
 		ev := &evidence{format: c.format, source: fmt.Sprintf("%s[%d]", c.source, i)}
 		var raw []byte
 		if c.predict != nil {
-			raw = r.knownBlob(c.predict(l), c.maxBytes)
+			predicted := c.predict(l)
+			if predicted != nil {
+				r.reads.PredictedLayers++
+			} else {
+				r.reads.UnpredictedLayers++
+			}
+			raw = r.knownBlob(predicted, c.maxBytes)
 		}
 		if raw == nil {
 			raw, err = r.readBlob(ctx, l.Digest, l.Size, c.maxBytes, c.what+" layer")

@@ -85,8 +85,11 @@ func TestPredictedPayloadDecidesAsARead(t *testing.T) {
 		reads     int
 		reasonHas string
 		limit     bool
+		// predicted: the layer matched a prediction (whether or not
+		// anything then let it count).
+		predicted int
 	}{
-		{name: "predicted", allowed: true, reads: 0, setup: func(t *testing.T, f *fixtures.MemoryFetcher, s verify.Subject) v1.Hash {
+		{name: "predicted", allowed: true, reads: 0, predicted: 1, setup: func(t *testing.T, f *fixtures.MemoryFetcher, s verify.Subject) v1.Hash {
 			p := fixtures.SimpleSigningPayload("registry.example/"+s.Repository, s.Digest)
 			return legacySig(t, f, s, k, p, int64(len(p)), true)
 		}},
@@ -106,7 +109,7 @@ func TestPredictedPayloadDecidesAsARead(t *testing.T) {
 			p := []byte(strings.Replace(string(fixtures.SimpleSigningPayload("registry.example/"+s.Repository, s.Digest)), `"optional":null`, `"optional":{"build":"42"}`, 1))
 			return legacySig(t, f, s, k, p, int64(len(p)), true)
 		}},
-		{name: "predicted bytes signed by an untrusted key", allowed: false, reads: 0, reasonHas: "does not verify with any key", setup: func(t *testing.T, f *fixtures.MemoryFetcher, s verify.Subject) v1.Hash {
+		{name: "predicted bytes signed by an untrusted key", allowed: false, reads: 0, predicted: 1, reasonHas: "does not verify with any key", setup: func(t *testing.T, f *fixtures.MemoryFetcher, s verify.Subject) v1.Hash {
 			p := fixtures.SimpleSigningPayload("registry.example/"+s.Repository, s.Digest)
 			return legacySig(t, f, s, other, p, int64(len(p)), true)
 		}},
@@ -138,6 +141,12 @@ func TestPredictedPayloadDecidesAsARead(t *testing.T) {
 			}
 			if n := f.BlobReads(h); n != tc.reads {
 				t.Errorf("signature layer read %d times, want %d", n, tc.reads)
+			}
+			if hit := v.Reads.PredictedLayers; hit != tc.predicted {
+				t.Errorf("%d layers predicted, want %d", hit, tc.predicted)
+			}
+			if hit, miss := v.Reads.PredictedLayers, v.Reads.UnpredictedLayers; !tc.limit && hit+miss != 1 {
+				t.Errorf("%d layers predicted and %d not, for one layer opened", hit, miss)
 			}
 			if tc.limit && v.Limit == "" {
 				t.Errorf("no limit named: %v", v.Reasons)

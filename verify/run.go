@@ -44,6 +44,8 @@ type run struct {
 	// limit names the limit that left evidence unread while a decision
 	// still needed it; a denial then carries it in Verdict.Limit.
 	limit string
+	// reads counts how simple-signing layers were obtained.
+	reads EvidenceReads
 }
 
 func (e *Engine) newRun(cb *compiledBoundary, s Subject, f Fetcher, now time.Time) *run {

@@ -317,6 +317,22 @@ type Verdict struct {
 	// was denied (LimitEvidenceBytes, LimitEvidenceItems); empty when no
 	// limit had a part in the denial.
 	Limit string `json:"limit,omitempty"`
+	// Reads says how this verification got its evidence, for the
+	// caller's metrics: it decides nothing and is neither cached nor
+	// shown.
+	Reads EvidenceReads `json:"-"`
+}
+
+// EvidenceReads counts how one verification got the cosign
+// simple-signing layers of its .sig tags (see Subject.RegistryNames).
+type EvidenceReads struct {
+	// PredictedLayers matched a payload predicted from the subject's
+	// registry names: their bytes needed no request to the upstream.
+	PredictedLayers int
+	// UnpredictedLayers matched no prediction and are read from the
+	// upstream: signed under a name the subject's registry names do not
+	// list, or with annotations.
+	UnpredictedLayers int
 }
 
 // AttestationResult is the attestation that satisfied one rule.
