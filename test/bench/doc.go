@@ -17,6 +17,12 @@
 //   - a thundering herd on one unverified digest, with the upstream requests
 //     counted by a spy reverse proxy, to show one verification and one fetch
 //     of each piece of evidence;
+//   - blobherd: a hundred clients pulling one large blob at once through a
+//     cold Portcullis, without the blob cache and with it, the upstream
+//     throttled to stand for a remote registry: upstream fetches of the
+//     blob, the last client's time against one pull alone, RSS growth, the
+//     CPU Portcullis and the clients (this process) spent, and the same herd
+//     again from the warm cache, which nothing holds back;
 //   - lineage: the first and the cached pull of a model whose depth-3
 //     provenance chain (model, base model, dataset, corpus) must verify,
 //     and the engine's CPU for one whole walk;
