@@ -235,6 +235,26 @@ func blobHerd(n int, target string) ([][]byte, []error) {
 	return bodies, errs
 }
 
+// joinedHerd starts n concurrent pulls of target, waits until they all
+// share one fetch of p's, lets the upstream answer (release) and returns
+// what each client got.
+func joinedHerd(t *testing.T, p *Proxy, n int, target string, release chan struct{}) ([][]byte, []error) {
+	t.Helper()
+	done := make(chan struct{})
+	var bodies [][]byte
+	var errs []error
+	go func() {
+		bodies, errs = blobHerd(n, target)
+		close(done)
+	}()
+	awaitCond(t, "every pull to join the fetch", func() bool {
+		return metricNow(t, p, "portcullis_blob_shared_joins_total") == float64(n-1)
+	})
+	close(release)
+	<-done
+	return bodies, errs
+}
+
 // holdUpstream serves the blob digest d through behave, after every GET
 // waits for release; gets counts the GETs.
 func holdUpstream(t *testing.T, d v1.Hash, release <-chan struct{}, gets *atomic.Int64, behave func(call int64) func(http.ResponseWriter, *http.Request)) string {
@@ -279,18 +299,7 @@ func TestBlobHerdSharesOneFetch(t *testing.T) {
 			front := httptest.NewServer(p)
 			t.Cleanup(front.Close)
 			const n = 20
-			done := make(chan struct{})
-			var bodies [][]byte
-			var errs []error
-			go func() {
-				bodies, errs = blobHerd(n, front.URL+blobPath("acme/app", d))
-				close(done)
-			}()
-			awaitCond(t, "every pull to join the fetch", func() bool {
-				return metricNow(t, p, "portcullis_blob_shared_joins_total") == n-1
-			})
-			close(release)
-			<-done
+			bodies, errs := joinedHerd(t, p, n, front.URL+blobPath("acme/app", d), release)
 			for i := range n {
 				if errs[i] != nil || !bytes.Equal(bodies[i], blob) {
 					t.Fatalf("client %d: %v, right bytes %v", i, errs[i], bytes.Equal(bodies[i], blob))

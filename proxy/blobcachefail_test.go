@@ -98,18 +98,7 @@ func TestBlobCacheWriteFailureServesFromMemory(t *testing.T) {
 			front := httptest.NewServer(p)
 			t.Cleanup(front.Close)
 			const n = 6
-			done := make(chan struct{})
-			var bodies [][]byte
-			var errs []error
-			go func() {
-				bodies, errs = blobHerd(n, front.URL+blobPath("acme/app", d))
-				close(done)
-			}()
-			awaitCond(t, "every pull to join the fetch", func() bool {
-				return metricNow(t, p, "portcullis_blob_shared_joins_total") == n-1
-			})
-			close(release)
-			<-done
+			bodies, errs := joinedHerd(t, p, n, front.URL+blobPath("acme/app", d), release)
 			if failures.Load() != 1 {
 				t.Fatalf("the cache file failed %d times, want once", failures.Load())
 			}
