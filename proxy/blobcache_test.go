@@ -365,18 +365,7 @@ func TestBlobHerdBadUpstreamAbortsEveryReader(t *testing.T) {
 			front := httptest.NewServer(p)
 			t.Cleanup(front.Close)
 			const n = 8
-			done := make(chan struct{})
-			var bodies [][]byte
-			var errs []error
-			go func() {
-				bodies, errs = blobHerd(n, front.URL+blobPath("acme/app", d))
-				close(done)
-			}()
-			awaitCond(t, "every pull to join the fetch", func() bool {
-				return metricNow(t, p, "portcullis_blob_shared_joins_total") == n-1
-			})
-			close(release)
-			<-done
+			bodies, errs := joinedHerd(t, p, n, front.URL+blobPath("acme/app", d), release)
 			for i := range n {
 				if errs[i] == nil {
 					t.Errorf("client %d read %d bytes without an error", i, len(bodies[i]))
