@@ -16,7 +16,9 @@
 #     and warm (the second: the verdict cached), each timed next to the same
 #     pull from the registry directly, interleaved so both see the same
 #     load; every byte written is checked against the pushed digests;
-#   - with the verified blob cache (blob_cache) when this build accepts it;
+#   - with the verified blob cache (blob_cache) when this build accepts it,
+#     and with one that cannot take the model (the proxy's files capped at
+#     64 MiB with prlimit, as on a full disk): the pull must still succeed;
 #   - denied: an unsigned model, a signed model without provenance, and
 #     the signed model's tag moved to a manifest with one weight layer
 #     swapped after signing (a new digest, so unsigned), for oras and ctr,
@@ -270,6 +272,8 @@ must "portcullis config check" "$PORTCULLIS" config check "$work/portcullis.yaml
 # one (empty verdict cache), checks it holds the ports it logs, and points
 # containerd's hosts.toml at it.
 pc_pid="" PROXY="" ADMIN="" PC_LOG=""
+# PC_WRAP is a command the proxy is started under (prlimit, below).
+PC_WRAP=()
 stop_portcullis() {
   [ -n "$pc_pid" ] || return 0
   kill -TERM "$pc_pid" 2>/dev/null
@@ -279,7 +283,7 @@ stop_portcullis() {
 start_portcullis() {
   stop_portcullis
   PC_LOG=$work/portcullis-$1.log PROXY="" ADMIN=""
-  "$PORTCULLIS" serve --config "$2" >"$PC_LOG" 2>&1 & pc_pid=$!; pids+=($pc_pid)
+  "${PC_WRAP[@]}" "$PORTCULLIS" serve --config "$2" >"$PC_LOG" 2>&1 & pc_pid=$!; pids+=($pc_pid)
   await_portcullis "$pc_pid" "$PC_LOG" || die "portcullis did not start"
   curl -fsS "http://$PROXY/v2/$ALIAS/models/marker-$RUN/tags/list" 2>/dev/null | has '"v1"' ||
     die "the proxy at $PROXY does not route $ALIAS to this run's registry"
@@ -427,6 +431,36 @@ if "$PORTCULLIS" config check "$work/portcullis-cache.yaml" >"$work/out" 2>&1; t
   if [ "${cached:-0}" -ge "$MODEL_MIB" ]; then ok "the blob cache holds the model's layers (${cached} MiB)"
   else bad "the blob cache holds ${cached:-0} MiB after pulling the $MODEL_MIB MiB model"; fi
   rm -rf "$work/blob-cache"
+  # A cache disk that cannot take the model: every file the proxy writes
+  # is capped (RLIMIT_FSIZE) at 64 MiB, below one weight layer, so each
+  # cache file fails mid-write as on a full disk. The pull must still get
+  # every byte, and nothing may be cached.
+  if command -v prlimit >/dev/null; then
+    PC_WRAP=(prlimit --fsize=$((64 << 20)))
+    start_portcullis cache-broken "$work/portcullis-cache.yaml"
+    PC_WRAP=()
+    if oras_pull mp-cache-broken "$work/pull" "$P/$LLM:v1"; then
+      if out=$(files_ok "$work/pull" llm 2>&1); then ok "a blob cache that cannot be written still serves the model (oras pull, ${T[mp-cache-broken]}s): the pushed files"
+      else bad "oras pull with a blob cache that cannot be written: $out"; fi
+    else bad "oras pull with a blob cache that cannot be written"; show "$work/out" 3; fi
+    werr=$(curl -fsS "http://$ADMIN/metrics" | awk '$1 == "portcullis_blob_cache_errors_total{op=\"write\"}" { print $2 }')
+    if [ "${werr:-0}" -ge 1 ] 2>/dev/null; then ok "the failed cache writes are counted (portcullis_blob_cache_errors_total{op=\"write\"} $werr)"
+    else bad "no failed cache write counted (portcullis_blob_cache_errors_total{op=\"write\"} ${werr:-absent})"; fi
+    # The small layers fit and are cached; no weight layer may be, and no
+    # partial file may be left.
+    cached_big=0
+    while read -r dg size _; do
+      [ "$size" -gt $((64 << 20)) ] || continue
+      [ -z "$(find "$work/blob-cache" -type f -name "${dg#sha256:}" 2>/dev/null)" ] || cached_big=$((cached_big + 1))
+    done < <(layers llm)
+    partial=$(find "$work/blob-cache/tmp" -type f 2>/dev/null | wc -l)
+    if [ "$cached_big" -eq 0 ] && [ "$partial" -eq 0 ]; then ok "no weight layer was cached from a failed file, and no partial file is left"
+    else bad "$cached_big weight layers cached from failed files, $partial partial files left"; fi
+    stop_portcullis
+    rm -rf "$work/blob-cache" "$work/pull"
+  else
+    echo "  no prlimit: the blob cache that cannot be written is not checked"
+  fi
 else
   echo "  this build does not accept blob_cache (config check: $(grep -m1 blob_cache "$work/out" || tail -1 "$work/out")): not measured"
 fi
