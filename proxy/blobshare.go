@@ -765,8 +765,9 @@ func (fl *blobFlight) readTo(ctx context.Context, rd *flightReader, w io.Writer)
 		if err != nil || n == 0 {
 			return sent, err
 		}
-		// rd.pos changes only here; the chunk it is in stays until
-		// every reader has passed it.
+		// rd.pos moves only once a write from it has returned
+		// (advance); the chunk it is in stays until every reader has
+		// passed it.
 		var data []byte
 		if fromFile {
 			data = buf[:min(int64(len(buf)), n)]
