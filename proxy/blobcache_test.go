@@ -217,7 +217,10 @@ func blobHerd(n int, target string) ([][]byte, []error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := &http.Client{Transport: &http.Transport{}}
+			// A pull stuck on a fetch or a reader that never ends fails
+			// within a minute instead of holding the test (and the
+			// server's Close) until the package's timeout.
+			c := &http.Client{Transport: &http.Transport{}, Timeout: time.Minute}
 			defer c.CloseIdleConnections()
 			resp, err := c.Get(target)
 			if err != nil {
