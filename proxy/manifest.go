@@ -635,6 +635,12 @@ func (p *Proxy) evaluate(ctx context.Context, mr manifestReq, m verify.Manifest)
 	if n := v.Reads.UnpredictedLayers; n > 0 {
 		p.metrics.signatureLayers.WithLabelValues("miss").Add(float64(n))
 	}
+	if n := v.Reads.SavedTags; n > 0 {
+		p.metrics.evidenceTags.WithLabelValues("saved").Add(float64(n))
+	}
+	if n := v.Reads.MissedTags; n > 0 {
+		p.metrics.evidenceTags.WithLabelValues("missed").Add(float64(n))
+	}
 	if v.Digest == "" {
 		v.Digest = m.Digest.String()
 	} else if v.Digest != m.Digest.String() {

@@ -34,6 +34,7 @@ type metrics struct {
 	streamBufLimited   prometheus.Counter
 	limitExceeded      *prometheus.CounterVec
 	signatureLayers    *prometheus.CounterVec
+	evidenceTags       *prometheus.CounterVec
 	referrers          *prometheus.CounterVec
 	authFailures       *prometheus.CounterVec
 
@@ -208,6 +209,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "portcullis_signature_layer_predictions_total",
 			Help: "cosign simple-signing layers of .sig tags that verifications opened, by whether their payload was predicted from the upstream's names (hit: no upstream request for it) or not (miss: read from the upstream; signed under a name the upstream's aliases do not list, or with annotations).",
 		}, []string{"result"}),
+		evidenceTags: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_evidence_tag_predictions_total",
+			Help: "cosign .sig and .att tags not read ahead because the last verification in their repository did not need them, by whether this one did not either (saved: one upstream request fewer) or did (missed: read one round trip later).",
+		}, []string{"result"}),
 		streamBufLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portcullis_stream_buffer_budget_exhausted_total",
 			Help: "Blob streams that ran, at least partly, on small buffers because the stream buffer budget was in use.",
@@ -226,7 +231,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.blobBytes, m.verdictCache, m.verifications, m.drift, m.refreshes, m.revocationHits, m.lineageDeps,
 		m.verifyRunning, m.verifyQueued, m.verifyRejected,
 		m.clientConns, m.clientConnsLimited, m.clientStalled, m.sendfileBytes, m.streamsEvicted, m.streamBufLimited, m.limitExceeded,
-		m.signatureLayers, m.referrers, m.authFailures,
+		m.signatureLayers, m.evidenceTags, m.referrers, m.authFailures,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, errors.Join(errors.New("failed to register metrics"), err)
@@ -256,6 +261,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, s := range []string{"hit", "miss"} {
 		m.signatureLayers.WithLabelValues(s)
+	}
+	for _, s := range []string{"saved", "missed"} {
+		m.evidenceTags.WithLabelValues(s)
 	}
 	m.verifyRejected.WithLabelValues(rejectQueueFull)
 	m.verifyRejected.WithLabelValues(rejectQueueTimeout)

@@ -152,11 +152,19 @@ func (r *run) read(ctx context.Context) error {
 // readAt reads the evidence about the subject's digest kept in r.at:
 // referrers, the fallback tag index and the cosign tags, all in that one
 // repository.
-func (r *run) readAt(ctx context.Context) error {
+func (r *run) readAt(ctx context.Context) (err error) {
 	s, at := r.s, r.at
 	fallbackTag := "sha256-" + s.Digest.Hex
+	// needed collects the cosign tags this run reads here, remembered
+	// once the place is read through (tagMemory).
+	var needed tagNeed
 	if r.ahead != nil {
 		r.ahead.place(at)
+		defer func() {
+			if err == nil {
+				r.tagsRead(at, needed)
+			}
+		}()
 	}
 
 	var descs []v1.Descriptor
@@ -222,6 +230,7 @@ func (r *run) readAt(ctx context.Context) error {
 
 	sigTag := fallbackTag + ".sig"
 	if r.needSignatures() {
+		needed |= needSig
 		at.checked = append(at.checked, sigTag)
 		m, ok, err := r.readTag(ctx, sigTag)
 		if err != nil {
@@ -237,12 +246,29 @@ func (r *run) readAt(ctx context.Context) error {
 	if !r.needAttestations() {
 		return nil
 	}
+	needed |= needAtt
 	attTag := fallbackTag + ".att"
 	m, ok, err = r.readTag(ctx, attTag)
 	if err != nil || !ok {
 		return err
 	}
 	return r.openAttestations(ctx, m)
+}
+
+// tagsRead remembers which cosign tags the run needed at l, and counts
+// what the tags place left out for l saved or cost.
+func (r *run) tagsRead(l *location, needed tagNeed) {
+	r.e.tags.record(l.upstream, l.repo, needed)
+	skipped := r.ahead.skipped[l]
+	for _, t := range []tagNeed{needSig, needAtt} {
+		switch {
+		case skipped&t == 0:
+		case needed&t != 0:
+			r.reads.MissedTags++
+		default:
+			r.reads.SavedTags++
+		}
+	}
 }
 
 // manifestLimit bounds one evidence manifest, which may hold either kind

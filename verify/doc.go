@@ -117,7 +117,10 @@
 // fixed few per place, EvidenceFanout in flight, their declared sizes
 // reserved next to what the run has spent. What a place lists (referrers,
 // a tag's layers) is never read ahead: which of it the run opens depends
-// on what came before.
+// on what came before. The one state an Engine keeps between Verify calls
+// serves only this: which cosign tags the last run at each place needed
+// (tagmemory.go), so tags a repository never uses are not read ahead. It
+// can cost a run a round trip, never change what it reads or decides.
 //
 // The dependencies of one subject are verified concurrently, at most
 // WithLineageConcurrency at once, and reported in the provenance's order.

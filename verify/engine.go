@@ -41,6 +41,9 @@ type Engine struct {
 	fingerprint        string
 	// scoped computes the per-repository fingerprints (FingerprintFor).
 	scoped *scopedFingerprints
+	// tags remembers which cosign tags each place needed (tagmemory.go);
+	// nil when evidence is read in order.
+	tags *tagMemory
 }
 
 // Option configures an Engine.
@@ -174,6 +177,9 @@ func New(p Policy, opts ...Option) (*Engine, error) {
 		e.fingerprint = policyHash(p, o)
 	}
 	e.scoped = newScopedFingerprints(p, o)
+	if !o.inOrder {
+		e.tags = newTagMemory()
+	}
 	return e, nil
 }
 

@@ -42,6 +42,10 @@ type readAhead struct {
 
 	mu      sync.Mutex
 	pending map[aheadKey]*aheadRead
+	// skipped holds, per place, the tags place left out because the
+	// place did not need them last time (tagMemory). Only the run's own
+	// goroutine touches it.
+	skipped map[*location]tagNeed
 }
 
 type aheadKind uint8
@@ -171,10 +175,24 @@ func (ra *readAhead) place(l *location) {
 		})
 	}
 	tag(fallback)
+	var want tagNeed
 	if r.needSignatures() {
-		tag(fallback + ".sig")
+		want |= needSig
 	}
 	if r.needAttestations() {
+		want |= needAtt
+	}
+	if skip := r.e.tags.skip(l.upstream, l.repo, want); skip != 0 {
+		if ra.skipped == nil {
+			ra.skipped = map[*location]tagNeed{}
+		}
+		ra.skipped[l] = skip
+		want &^= skip
+	}
+	if want&needSig != 0 {
+		tag(fallback + ".sig")
+	}
+	if want&needAtt != 0 {
 		tag(fallback + ".att")
 	}
 }
@@ -234,7 +252,8 @@ func (af *aheadFetcher) Blob(ctx context.Context, repo string, digest v1.Hash, l
 // its coordinates, while the caller fetches its manifest, which Verify
 // needs first (its artifact type picks the boundary): the referrers, the
 // fallback tag and the .sig tag, and the .att tag when a boundary may ask
-// for attestations, all in the subject's own repository. It does so only
+// for attestations, all in the subject's own repository; a .sig or .att
+// tag the last verification there did not need is left out. It does so only
 // when some boundary may match the subject and every one that may reads
 // its signatures there; otherwise it returns f. The Fetcher it returns
 // answers each of those reads once, from what was fetched, when Verify's
@@ -257,8 +276,16 @@ func (e *Engine) ReadAhead(ctx context.Context, upstream, repo string, digest v1
 		p.idx, p.err = f.Referrers(ctx, repo, digest)
 	})
 	fallback := "sha256-" + digest.Hex
-	tags := []string{fallback, fallback + ".sig"}
+	want := needSig
 	if att {
+		want |= needAtt
+	}
+	want &^= e.tags.skip(upstream, repo, want)
+	tags := []string{fallback}
+	if want&needSig != 0 {
+		tags = append(tags, fallback+".sig")
+	}
+	if want&needAtt != 0 {
 		tags = append(tags, fallback+".att")
 	}
 	for _, tag := range tags {

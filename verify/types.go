@@ -324,7 +324,9 @@ type Verdict struct {
 }
 
 // EvidenceReads counts how one verification got the cosign
-// simple-signing layers of its .sig tags (see Subject.RegistryNames).
+// simple-signing layers of its .sig tags (see Subject.RegistryNames) and
+// what leaving out cosign tags its places did not need last time saved
+// or cost.
 type EvidenceReads struct {
 	// PredictedLayers matched a payload predicted from the subject's
 	// registry names: their bytes needed no request to the upstream.
@@ -333,6 +335,13 @@ type EvidenceReads struct {
 	// upstream: signed under a name the subject's registry names do not
 	// list, or with annotations.
 	UnpredictedLayers int
+	// SavedTags are .sig and .att tags not read ahead because the last
+	// verification at their place did not need them, and not needed this
+	// time either: upstream requests saved.
+	SavedTags int
+	// MissedTags were left out the same way but needed after all: each
+	// was read one round trip later than it would have been.
+	MissedTags int
 }
 
 // AttestationResult is the attestation that satisfied one rule.

@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/portcullis-oci/portcullis/test/fixtures"
+	"github.com/portcullis-oci/portcullis/verify"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// Cold pulls from a repository signed with sigstore bundles stop asking
+// the upstream for .sig tags that are never there once one verification
+// there did without: the next cold pull makes no request for its .sig
+// tag. An image in that repository signed the legacy way is still
+// allowed, its .sig tag read one round trip later, and operators see both
+// in portcullis_evidence_tag_predictions_total.
+func TestColdPullsLeaveOutTagsTheRepositoryDoesNotUse(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	reg := newRegistry(t)
+	k := newKey(t)
+	var bundled []pushed
+	for _, tag := range []string{"v1", "v2"} {
+		img := reg.pushImage(t, "acme/app", tag)
+		if _, err := fixtures.AttachBundle(ctx, reg.ref(t, "acme/app", img.digest), k, fixtures.BundleSpec{}); err != nil {
+			t.Fatal(err)
+		}
+		bundled = append(bundled, img)
+	}
+	legacy := reg.pushImage(t, "acme/app", "v3")
+	if err := fixtures.AttachLegacySignature(ctx, reg.ref(t, "acme/app", legacy.digest), k, fixtures.Tamper{}); err != nil {
+		t.Fatal(err)
+	}
+	eng, err := verify.New(verify.Policy{Boundaries: []verify.Boundary{{
+		Name: "all", Upstream: "*", Repositories: []string{"**"}, Mode: verify.ModeEnforce, Threshold: 1,
+		Authorities: []verify.Authority{keyAuthority("release", k)},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, s := newTestProxy(t, reg.srv.URL, eng)
+	pull := func(img pushed) []string {
+		t.Helper()
+		n := s.count()
+		if w := do(p, http.MethodGet, "/v2/docker.io/acme/app/manifests/"+img.digest.String()); w.Code != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", img.digest, w.Code, w.Body)
+		}
+		var sig []string
+		for _, r := range s.since(n) {
+			if strings.HasSuffix(r, "/manifests/sha256-"+img.digest.Hex+".sig") {
+				sig = append(sig, r)
+			}
+		}
+		return sig
+	}
+	pull(bundled[0])
+	if sig := pull(bundled[1]); len(sig) != 0 {
+		t.Errorf("second cold pull in a bundle-signed repository asked for its .sig tag: %q", sig)
+	}
+	if sig := pull(legacy); len(sig) != 1 {
+		t.Errorf("legacy-signed image: .sig tag asked for %d times, want 1", len(sig))
+	}
+	for result, want := range map[string]float64{"saved": 1, "missed": 1} {
+		if got := testutil.ToFloat64(p.metrics.evidenceTags.WithLabelValues(result)); got != want {
+			t.Errorf("portcullis_evidence_tag_predictions_total{result=%q} = %v, want %v", result, got, want)
+		}
+	}
+}
