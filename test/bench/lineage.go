@@ -60,6 +60,10 @@ type lineageResult struct {
 	cached     cell // repeated GETs of verified roots
 	// denied is the 403 message of a chain whose corpus is unsigned.
 	denied string
+	// tagsSaved and tagsMissed are the lineage Portcullis's
+	// portcullis_evidence_tag_predictions_total after the cold rows: .sig
+	// and .att tags not read ahead, and of those the ones read after all.
+	tagsSaved, tagsMissed float64
 	// walkCPU and walkWall are the in-process engine's cost of one whole
 	// walk (four verifications, evidence in memory, no verdict cache),
 	// averaged over walkN walks.
@@ -182,6 +186,15 @@ func (b *bench) lineage(ctx context.Context) error {
 		logf("lineage: cold GETs of %d %s", n, row.what)
 		if *row.c = get(row.urls, n); !row.c.ok() {
 			return fmt.Errorf("lineage: cold GET of %s: %d errors, first: %s", row.what, row.c.errors, row.c.firstErr)
+		}
+	}
+
+	for _, m := range []struct {
+		result string
+		v      *float64
+	}{{"saved", &res.tagsSaved}, {"missed", &res.tagsMissed}} {
+		if *m.v, err = scrapeOr0(ctx, b.client, pc.metricsURL(), `portcullis_evidence_tag_predictions_total{result="`+m.result+`"}`); err != nil {
+			return fmt.Errorf("lineage: %w", err)
 		}
 	}
 
