@@ -112,6 +112,20 @@ func keyAuthority(authority string, k *fixtures.KeySigner) verify.Authority {
 	}}
 }
 
+// keyEngine is a real engine with one enforcing boundary over every
+// repository of every upstream that requires a signature by k.
+func keyEngine(t testing.TB, k *fixtures.KeySigner) *verify.Engine {
+	t.Helper()
+	eng, err := verify.New(verify.Policy{Boundaries: []verify.Boundary{{
+		Name: "all", Upstream: "*", Repositories: []string{"**"}, Mode: verify.ModeEnforce, Threshold: 1,
+		Authorities: []verify.Authority{keyAuthority("release", k)},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eng
+}
+
 // provenanceRule requires a SLSA v1 provenance signed by authority.
 func provenanceRule(authority string) verify.AttestationRule {
 	return verify.AttestationRule{Name: "provenance", PredicateType: fixtures.PredicateSLSAProvenanceV1, Authorities: []string{authority}}

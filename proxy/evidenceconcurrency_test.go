@@ -120,13 +120,7 @@ func TestColdDiscoveryIsConcurrent(t *testing.T) {
 	}
 	unsigned := reg.pushImage(t, "acme/app", "v2")
 	up := newSlowUpstream(t, reg.srv.URL, delay)
-	eng, err := verify.New(verify.Policy{Boundaries: []verify.Boundary{{
-		Name: "all", Upstream: "*", Repositories: []string{"**"}, Mode: verify.ModeEnforce, Threshold: 1,
-		Authorities: []verify.Authority{keyAuthority("release", k)},
-	}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng := keyEngine(t, k)
 	p, _ := newTestProxy(t, up.srv.URL, eng)
 
 	// What is not signed is still denied, naming every place looked at.
@@ -274,13 +268,7 @@ func BenchmarkColdManifest(b *testing.B) {
 	if err := fixtures.AttachLegacySignature(context.Background(), reg.ref(b, "acme/app", img.digest), k, fixtures.Tamper{}); err != nil {
 		b.Fatal(err)
 	}
-	eng, err := verify.New(verify.Policy{Boundaries: []verify.Boundary{{
-		Name: "all", Upstream: "*", Repositories: []string{"**"}, Mode: verify.ModeEnforce, Threshold: 1,
-		Authorities: []verify.Authority{keyAuthority("release", k)},
-	}}})
-	if err != nil {
-		b.Fatal(err)
-	}
+	eng := keyEngine(b, k)
 	p, _ := newTestProxy(b, reg.srv.URL, eng)
 	target := "/v2/docker.io/acme/app/manifests/" + img.digest.String()
 	b.ReportAllocs()

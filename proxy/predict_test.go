@@ -8,7 +8,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/portcullis-oci/portcullis/test/fixtures"
-	"github.com/portcullis-oci/portcullis/verify"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -40,13 +39,7 @@ func TestColdLegacyVerificationPredictsTheSignatureLayer(t *testing.T) {
 			if err := fixtures.AttachLegacySignature(ctx, reg.ref(t, "acme/app", img.digest), k, tc.tamper); err != nil {
 				t.Fatal(err)
 			}
-			eng, err := verify.New(verify.Policy{Boundaries: []verify.Boundary{{
-				Name: "all", Upstream: "*", Repositories: []string{"**"}, Mode: verify.ModeEnforce, Threshold: 1,
-				Authorities: []verify.Authority{keyAuthority("release", k)},
-			}}})
-			if err != nil {
-				t.Fatal(err)
-			}
+			eng := keyEngine(t, k)
 			p, s := newTestProxy(t, reg.srv.URL, eng)
 			w := do(p, http.MethodGet, "/v2/docker.io/acme/app/manifests/"+img.digest.String())
 			if w.Code != tc.want {

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/portcullis-oci/portcullis/test/fixtures"
-	"github.com/portcullis-oci/portcullis/verify"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -34,13 +33,7 @@ func TestColdPullsLeaveOutTagsTheRepositoryDoesNotUse(t *testing.T) {
 	if err := fixtures.AttachLegacySignature(ctx, reg.ref(t, "acme/app", legacy.digest), k, fixtures.Tamper{}); err != nil {
 		t.Fatal(err)
 	}
-	eng, err := verify.New(verify.Policy{Boundaries: []verify.Boundary{{
-		Name: "all", Upstream: "*", Repositories: []string{"**"}, Mode: verify.ModeEnforce, Threshold: 1,
-		Authorities: []verify.Authority{keyAuthority("release", k)},
-	}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng := keyEngine(t, k)
 	p, s := newTestProxy(t, reg.srv.URL, eng)
 	pull := func(img pushed) []string {
 		t.Helper()
