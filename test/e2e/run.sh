@@ -74,12 +74,12 @@ must() {
 # and the layer's contents in payload/KEY/.
 declare -A D
 image() {
-  local k=$1 reg=$2 repo=$3 out
+  local k=$1 reg=$2 repo=$3 tag=${4:-v1} out
   mkdir -p "$work/payload/$k"
   head -c 4096 /dev/urandom > "$work/payload/$k/blob.bin"
   tar -C "$work/payload/$k" -cf "$work/payload/$k.tar" blob.bin
-  must "crane append $reg/$repo" crane append --oci-empty-base -f "$work/payload/$k.tar" -t "$reg/$repo:v1"
-  out=$(crane mutate --set-platform linux/amd64 "$reg/$repo:v1" 2>"$work/must.out") || { show "$work/must.out"; die "crane mutate $reg/$repo failed"; }
+  must "crane append $reg/$repo" crane append --oci-empty-base -f "$work/payload/$k.tar" -t "$reg/$repo:$tag"
+  out=$(crane mutate --set-platform linux/amd64 "$reg/$repo:$tag" 2>"$work/must.out") || { show "$work/must.out"; die "crane mutate $reg/$repo failed"; }
   D[$k]=${out##*@}
   [[ ${D[$k]} == sha256:* ]] || die "crane mutate $reg/$repo printed no digest: $out"
 }
@@ -151,6 +151,11 @@ image dist_rogue "$DIST" e2e/rogue
 # legacy .sig and a bundle), which must count once.
 image pair_both "$OLA" e2e/pairs/both
 image pair_one "$OLA" e2e/pairs/one-key
+# Two images of one repository signed with bundles only, pulled nowhere
+# else: reading ahead learns from the first that the repository has no
+# use for .sig and .att tags.
+image bundled_a "$OLA" e2e/bundled a
+image bundled_b "$OLA" e2e/bundled b
 join
 sign2 v2.key "$DIST/e2e/signed-v2@${D[dist_v2]}"
 sign3 v3.key "$DIST/e2e/signed-v3@${D[dist_v3]}"
@@ -159,6 +164,7 @@ sign2 v2.key "$OLA/e2e/signed-v2@${D[ola_v2]}"
 sign2 rogue.key "$DIST/e2e/rogue@${D[dist_rogue]}"
 sign2 v2.key "$OLA/e2e/pairs/both@${D[pair_both]}"; sign3 v3.key "$OLA/e2e/pairs/both@${D[pair_both]}"
 sign2 v3.key "$OLA/e2e/pairs/one-key@${D[pair_one]}"; sign3 v3.key "$OLA/e2e/pairs/one-key@${D[pair_one]}"
+sign3 v3.key "$OLA/e2e/bundled@${D[bundled_a]}"; sign3 v3.key "$OLA/e2e/bundled@${D[bundled_b]}"
 
 # Models and datasets as CNCF ModelPack artifacts pushed with oras; the
 # model's SLSA provenance (cosign attest) names its training data by digest.
@@ -692,6 +698,15 @@ if curl -fsS "http://$ADMIN/v1/decisions/${D[ola_v3]}/summary" | python3 -c 'imp
 else bad "/v1/decisions/<digest>/summary"; fi
 
 phase "observability"
+metric() { curl -fsS "http://$ADMIN/metrics" | awk -v s="$1" '$1 == s { v = int($2) } END { print v + 0 }'; }
+saved='portcullis_evidence_tag_predictions_total{result="saved"}'
+saved0=$(metric "$saved")
+for k in bundled_a bundled_b; do
+  crane manifest "$P_OLA/e2e/bundled@${D[$k]}" > /dev/null 2>"$work/out" || show "$work/out" 3
+done
+if [ "$(metric "$saved")" -gt "$saved0" ]; then
+  ok "a second cold pull in a bundle-signed repository skips its .sig tag ($saved)"
+else bad "no .sig or .att tag left out of reading ahead after a bundle-signed pull in the same repository"; fi
 if curl -fsS "http://$ADMIN/metrics" | grep -E '^portcullis_decisions_total\{.*decision="deny".*\} [1-9]' >/dev/null; then ok "denials are counted in /metrics"; else bad "no deny count in /metrics"; fi
 if curl -fsS "http://$ADMIN/v1/decisions" | python3 -c 'import json,sys; sys.exit(not any(d.get("digest") == sys.argv[1] and d.get("decision") == "deny" for d in json.load(sys.stdin)["decisions"]))' "${D[dist_unsigned]}"; then ok "/v1/decisions lists the unsigned denial"; else bad "/v1/decisions has no denial of ${D[dist_unsigned]}"; fi
 
