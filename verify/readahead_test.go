@@ -217,3 +217,77 @@ func TestLineageConcurrentMatchesOneAtATime(t *testing.T) {
 		})
 	}
 }
+
+// What is read before the manifest is in follows the boundaries that may
+// match the subject: nothing where none does, where one refuses, or where
+// one keeps its signatures in another repository (reads in the subject's
+// own one would never be taken); the .att tag only where one of them may
+// ask for attestations. A boundary without artifact types decides for
+// every subject it covers, so boundaries after it do not count.
+func TestReadAheadPlan(t *testing.T) {
+	t.Parallel()
+	k := newKey(t)
+	auth := keyAuthority("release", k)
+	b := func(name string, mut func(*verify.Boundary)) verify.Boundary {
+		bd := verify.Boundary{Name: name, Upstream: "*", Repositories: []string{"acme/**"}, Mode: verify.ModeEnforce,
+			Threshold: 1, Authorities: []verify.Authority{auth}}
+		if mut != nil {
+			mut(&bd)
+		}
+		return bd
+	}
+	withRules := func(bd *verify.Boundary) { bd.Attestations = provRule(nil) }
+	withLineage := func(bd *verify.Boundary) { bd.Lineage = &verify.LineageRule{Depth: 1} }
+	models := func(bd *verify.Boundary) {
+		bd.ArtifactTypes = []string{"application/vnd.cncf.model.manifest.v1+json"}
+	}
+	tests := []struct {
+		name       string
+		boundaries []verify.Boundary
+		ahead, att bool
+	}{
+		{name: "signatures only", boundaries: []verify.Boundary{b("all", nil)}, ahead: true},
+		{name: "attestation rules", boundaries: []verify.Boundary{b("all", withRules)}, ahead: true, att: true},
+		{name: "lineage", boundaries: []verify.Boundary{b("all", withLineage)}, ahead: true, att: true},
+		{name: "no boundary covers it", boundaries: []verify.Boundary{b("other", func(bd *verify.Boundary) { bd.Repositories = []string{"other/**"} })}},
+		{name: "refused", boundaries: []verify.Boundary{b("all", func(bd *verify.Boundary) { bd.Refused = "could not be loaded" })}},
+		{name: "signatures kept elsewhere", boundaries: []verify.Boundary{b("all", func(bd *verify.Boundary) {
+			bd.SignatureRepository = elsewhere("src", "src/{repository}", "")
+		})}},
+		{name: "models boundary with rules before a plain one", boundaries: []verify.Boundary{b("models", func(bd *verify.Boundary) { models(bd); withRules(bd) }), b("all", nil)}, ahead: true, att: true},
+		{name: "a plain one before one with rules", boundaries: []verify.Boundary{b("all", nil), b("later", withRules)}, ahead: true},
+		{name: "models boundary kept elsewhere before a plain one", boundaries: []verify.Boundary{b("models", func(bd *verify.Boundary) {
+			models(bd)
+			bd.SignatureRepository = elsewhere("src", "src/{repository}", "")
+		}), b("all", nil)}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := engine(t, verify.Policy{Boundaries: tc.boundaries, InsecureAllowUnmatched: true})
+			s := memSubject(t)
+			f := fixtures.NewMemoryFetcher()
+			af, stop := e.ReadAhead(context.Background(), s.Upstream, s.Repository, s.Digest, f)
+			defer stop()
+			if got := af != verify.Fetcher(f); got != tc.ahead {
+				t.Fatalf("read ahead: %v, want %v", got, tc.ahead)
+			}
+			if !tc.ahead {
+				return
+			}
+			// The tags are begun together; once .sig and the fallback tag
+			// were asked for, .att was too if it was going to be.
+			deadline := time.Now().Add(2 * time.Second)
+			for time.Now().Before(deadline) && (f.Reads(sigTag(s)) == 0 || f.Reads("sha256-"+s.Digest.Hex) == 0 || (tc.att && f.Reads(attTag(s)) == 0)) {
+				time.Sleep(2 * time.Millisecond)
+			}
+			time.Sleep(20 * time.Millisecond)
+			if n := f.Reads(sigTag(s)); n != 1 {
+				t.Errorf(".sig tag read ahead %d times, want 1", n)
+			}
+			if got := f.Reads(attTag(s)) == 1; got != tc.att {
+				t.Errorf(".att tag read ahead: %v, want %v", got, tc.att)
+			}
+		})
+	}
+}
