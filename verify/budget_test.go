@@ -1,6 +1,7 @@
 package verify_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -687,6 +688,81 @@ func TestFallbackIndexAtTheLimit(t *testing.T) {
 			t.Errorf("limit %d for an index of %d bytes: refused = %v, want %v (reasons %q)", tc.limit, size, refused, tc.refused, v.Reasons)
 		}
 	}
+}
+
+// The same inclusive limits hold for a referrer: its manifest (as listed
+// and as read, for a listing that understates it) and its bundle layer
+// are read at exactly the limit and refused one byte over it.
+func TestReferrerAtTheLimit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	if _, err := fixtures.AttachBundle(ctx, e.subject, e.key, fixtures.BundleSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	f := e.reg.Fetcher()
+	s := e.subj(t)
+	idx, err := f.Referrers(ctx, "acme/app", s.Digest)
+	if err != nil || len(idx.Manifests) != 1 {
+		t.Fatalf("referrers: %v, %v", idx, err)
+	}
+	desc := idx.Manifests[0]
+	m, err := f.Manifest(ctx, "acme/app", desc.Digest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	man, err := v1.ParseManifest(bytes.NewReader(m.Bytes))
+	if err != nil || len(man.Layers) != 1 {
+		t.Fatalf("referrer manifest: %v, %v", man, err)
+	}
+	manifestSize, bundleSize := desc.Size, man.Layers[0].Size
+	if bundleSize >= manifestSize {
+		t.Fatalf("bundle of %d bytes is not smaller than its manifest of %d: the limits below test nothing", bundleSize, manifestSize)
+	}
+	understated := understatedReferrers{Fetcher: f}
+	// The manifest limit is the larger item limit; a DSSE bundle's is the
+	// attestation limit.
+	manifestOver := fmt.Sprintf("referrer manifest of %d bytes exceeds the limit of %d bytes", manifestSize, manifestSize-1)
+	for _, tc := range []struct {
+		name     string
+		f        verify.Fetcher
+		sig, att int64
+		reason   string // empty: allowed
+	}{
+		{name: "manifest at the limit", f: f, sig: manifestSize, att: bundleSize},
+		{name: "manifest over the limit", f: f, sig: manifestSize - 1, att: bundleSize, reason: manifestOver},
+		{name: "understated manifest at the limit", f: understated, sig: manifestSize, att: bundleSize},
+		{name: "understated manifest over the limit", f: understated, sig: manifestSize - 1, att: bundleSize, reason: manifestOver},
+		{name: "bundle over the limit", f: f, sig: manifestSize, att: bundleSize - 1, reason: fmt.Sprintf("bundle of %d bytes exceeds the limit of %d bytes", bundleSize, bundleSize-1)},
+	} {
+		limits := verify.EvidenceLimits{TotalBytes: 1 << 20, SignatureBytes: tc.sig, AttestationBytes: tc.att, PredicateDepth: 8}
+		v := mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key)), verify.WithEvidenceLimits(limits)), s, tc.f)
+		if tc.reason == "" {
+			if !v.Allowed {
+				t.Errorf("%s: denied: %q", tc.name, v.Reasons)
+			}
+			continue
+		}
+		if v.Allowed || !strings.Contains(strings.Join(v.Reasons, "\n"), tc.reason) {
+			t.Errorf("%s: allowed %v, reasons %q; want denied for %q", tc.name, v.Allowed, v.Reasons, tc.reason)
+		}
+	}
+}
+
+// understatedReferrers lists every referrer one byte smaller than it is.
+type understatedReferrers struct{ verify.Fetcher }
+
+func (u understatedReferrers) Referrers(ctx context.Context, repo string, d v1.Hash) (*v1.IndexManifest, error) {
+	idx, err := u.Fetcher.Referrers(ctx, repo, d)
+	if err != nil || idx == nil {
+		return idx, err
+	}
+	out := *idx
+	out.Manifests = append([]v1.Descriptor(nil), idx.Manifests...)
+	for i := range out.Manifests {
+		out.Manifests[i].Size--
+	}
+	return &out, nil
 }
 
 // tagSize is the size of the manifest tagged sha256-<subject hex><suffix>.
