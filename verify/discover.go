@@ -256,7 +256,7 @@ func (r *run) readAt(ctx context.Context) (err error) {
 }
 
 // tagsRead remembers which cosign tags the run needed at l, and counts
-// what the tags place left out for l saved or cost.
+// what the tags that place left out for l saved or cost.
 func (r *run) tagsRead(l *location, needed tagNeed) {
 	r.e.tags.record(l.upstream, l.repo, needed)
 	skipped := r.ahead.skipped[l]

@@ -42,7 +42,7 @@ type readAhead struct {
 
 	mu      sync.Mutex
 	pending map[aheadKey]*aheadRead
-	// skipped holds, per place, the tags place left out because the
+	// skipped holds, per place, the tags that place left out because the
 	// place did not need them last time (tagMemory). Only the run's own
 	// goroutine touches it.
 	skipped map[*location]tagNeed
