@@ -13,7 +13,8 @@ import (
 // Cold pulls from a repository signed with sigstore bundles stop asking
 // the upstream for .sig tags that are never there once one verification
 // there did without: the next cold pull makes no request for its .sig
-// tag. An image in that repository signed the legacy way is still
+// tag. An unsigned image there is still denied, naming the .sig tag
+// its verification read; one signed the legacy way is still
 // allowed, its .sig tag read one round trip later, and operators see both
 // in portcullis_evidence_tag_predictions_total.
 func TestColdPullsLeaveOutTagsTheRepositoryDoesNotUse(t *testing.T) {
@@ -29,6 +30,7 @@ func TestColdPullsLeaveOutTagsTheRepositoryDoesNotUse(t *testing.T) {
 		}
 		bundled = append(bundled, img)
 	}
+	unsigned := reg.pushImage(t, "acme/app", "unsigned")
 	legacy := reg.pushImage(t, "acme/app", "v3")
 	if err := fixtures.AttachLegacySignature(ctx, reg.ref(t, "acme/app", legacy.digest), k, fixtures.Tamper{}); err != nil {
 		t.Fatal(err)
@@ -53,10 +55,30 @@ func TestColdPullsLeaveOutTagsTheRepositoryDoesNotUse(t *testing.T) {
 	if sig := pull(bundled[1]); len(sig) != 0 {
 		t.Errorf("second cold pull in a bundle-signed repository asked for its .sig tag: %q", sig)
 	}
+	// Nothing left out lets an unsigned image through: its .sig tag is
+	// read by the verification, which denies naming it.
+	n := s.count()
+	w := do(p, http.MethodGet, "/v2/docker.io/acme/app/manifests/"+unsigned.digest.String())
+	if w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "DENIED") || !strings.Contains(w.Body.String(), "sha256-"+unsigned.digest.Hex+".sig") {
+		t.Fatalf("unsigned image: %d %s, want 403 DENIED naming its .sig tag", w.Code, w.Body)
+	}
+	if strings.Contains(w.Body.String(), string(unsigned.raw)) {
+		t.Error("the denial carries the unsigned manifest")
+	}
+	sigReqs := 0
+	for _, r := range s.since(n) {
+		if strings.HasSuffix(r, "/manifests/sha256-"+unsigned.digest.Hex+".sig") {
+			sigReqs++
+		}
+	}
+	if sigReqs != 1 {
+		t.Errorf("unsigned image: .sig tag asked for %d times, want 1", sigReqs)
+	}
+	pull(bundled[0]) // verified again (no verdict cache): .sig unneeded again
 	if sig := pull(legacy); len(sig) != 1 {
 		t.Errorf("legacy-signed image: .sig tag asked for %d times, want 1", len(sig))
 	}
-	for result, want := range map[string]float64{"saved": 1, "missed": 1} {
+	for result, want := range map[string]float64{"saved": 1, "missed": 2} {
 		if got := testutil.ToFloat64(p.metrics.evidenceTags.WithLabelValues(result)); got != want {
 			t.Errorf("portcullis_evidence_tag_predictions_total{result=%q} = %v, want %v", result, got, want)
 		}

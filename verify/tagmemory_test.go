@@ -2,6 +2,7 @@ package verify_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,6 +49,7 @@ func TestTagMemoryLeavesOutTagsTheRepositoryDidNotNeed(t *testing.T) {
 		// saved and missed are Verdict.Reads'; sigReads and attReads,
 		// when not -1, how often this run asked for the tag.
 		saved, missed, sigReads, attReads int
+		denied                            bool
 	}
 	tests := []struct {
 		name  string
@@ -57,6 +59,9 @@ func TestTagMemoryLeavesOutTagsTheRepositoryDidNotNeed(t *testing.T) {
 		{name: "signatures", p: policy(1, keyAuthority("release", k)), steps: []step{
 			{name: "first bundle-signed subject: nothing remembered", evidence: bundle, sigReads: -1, attReads: 0},
 			{name: "second one: .sig left out", evidence: bundle, saved: 1, sigReads: 0, attReads: 0},
+			{name: "an unsigned subject there: denied naming its .sig tag", evidence: func(*fixtures.MemoryFetcher, verify.Subject) {}, denied: true, missed: 1, sigReads: 1, attReads: 0},
+			{name: "the repository needs .sig now", evidence: bundle, sigReads: -1, attReads: 0},
+			{name: "bundle-signed again: .sig left out", evidence: bundle, saved: 1, sigReads: 0, attReads: 0},
 			{name: "a .sig-signed subject there: read by the run", evidence: legacy, missed: 1, sigReads: 1, attReads: 0},
 			{name: "the repository needs .sig again", evidence: bundle, sigReads: -1, attReads: 0},
 			{name: "a bundle-signed subject in another repository", repo: "acme/other", evidence: bundle, sigReads: -1, attReads: 0},
@@ -86,8 +91,11 @@ func TestTagMemoryLeavesOutTagsTheRepositoryDidNotNeed(t *testing.T) {
 				want := mustVerify(t, inOrder, s, f)
 				sig0, att0 := f.Reads(sigTag(s)), f.Reads(attTag(s))
 				got := mustVerify(t, e, s, f)
-				if !got.Allowed {
-					t.Fatalf("%s: denied: %q", st.name, got.Reasons)
+				if got.Allowed == st.denied {
+					t.Fatalf("%s: allowed %v, reasons %q", st.name, got.Allowed, got.Reasons)
+				}
+				if st.denied && !strings.Contains(strings.Join(got.Reasons, "\n"), sigTag(s)) {
+					t.Errorf("%s: denial does not name the .sig tag it read: %q", st.name, got.Reasons)
 				}
 				wantSameVerdict(t, got, want)
 				if got.Reads.SavedTags != st.saved || got.Reads.MissedTags != st.missed {
