@@ -487,7 +487,9 @@ func TestBlobCacheJoinerReadsGrowingFile(t *testing.T) {
 // beyond the stall grace: it is dropped and they finish.
 func TestBlobShareDropsStalledReader(t *testing.T) {
 	t.Parallel()
-	const grace = 200 * time.Millisecond
+	// Long enough that the reading client, paused by the race detector on
+	// a loaded machine, is not taken for a stalled one too.
+	const grace = time.Second
 	blob := testBlob(16<<20, 4)
 	d := sha(blob)
 	release := make(chan struct{})
@@ -532,7 +534,7 @@ func TestBlobShareDropsStalledReader(t *testing.T) {
 // another blob streams through recycled chunks meanwhile.
 func TestBlobShareRecycledChunksNeverReachADroppedReader(t *testing.T) {
 	t.Parallel()
-	const grace = 200 * time.Millisecond
+	const grace = time.Second // see TestBlobShareDropsStalledReader
 	blobA, blobB := testBlob(16<<20, 4), testBlob(16<<20, 9)
 	dA, dB := sha(blobA), sha(blobB)
 	release := make(chan struct{})
