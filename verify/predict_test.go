@@ -76,6 +76,12 @@ func TestPredictedPayloadDecidesAsARead(t *testing.T) {
 	t.Parallel()
 	k, other := newKey(t), newKey(t)
 	small := verify.EvidenceLimits{TotalBytes: 100, SignatureBytes: 64, AttestationBytes: 64, PredicateDepth: 8}
+	// A predicted layer is held to the signature item limit as a read one
+	// is: used at exactly the limit, refused one byte under it.
+	payloadSize := int64(len(fixtures.SimpleSigningPayload("registry.example/acme/app", v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)})))
+	layerLimit := func(n int64) []verify.Option {
+		return []verify.Option{verify.WithEvidenceLimits(verify.EvidenceLimits{TotalBytes: 1 << 20, SignatureBytes: n, AttestationBytes: 64 << 10, PredicateDepth: 8})}
+	}
 	tests := []struct {
 		name string
 		// setup returns the signature layer's digest.
@@ -120,6 +126,14 @@ func TestPredictedPayloadDecidesAsARead(t *testing.T) {
 		{name: "a neighbour's signature under this subject's tag", allowed: false, reads: 1, reasonHas: "is not the subject", setup: func(t *testing.T, f *fixtures.MemoryFetcher, s verify.Subject) v1.Hash {
 			n := memSubject(t)
 			p := fixtures.SimpleSigningPayload("registry.example/"+s.Repository, n.Digest)
+			return legacySig(t, f, s, k, p, int64(len(p)), true)
+		}},
+		{name: "predicted at exactly the layer limit", allowed: true, reads: 0, predicted: 1, opts: layerLimit(payloadSize), setup: func(t *testing.T, f *fixtures.MemoryFetcher, s verify.Subject) v1.Hash {
+			p := fixtures.SimpleSigningPayload("registry.example/"+s.Repository, s.Digest)
+			return legacySig(t, f, s, k, p, int64(len(p)), true)
+		}},
+		{name: "predicted one byte over the layer limit", allowed: false, reads: 0, predicted: 1, reasonHas: "exceeds the limit", opts: layerLimit(payloadSize - 1), setup: func(t *testing.T, f *fixtures.MemoryFetcher, s verify.Subject) v1.Hash {
+			p := fixtures.SimpleSigningPayload("registry.example/"+s.Repository, s.Digest)
 			return legacySig(t, f, s, k, p, int64(len(p)), true)
 		}},
 		{name: "over the evidence budget", allowed: false, reads: 0, limit: true, opts: []verify.Option{verify.WithEvidenceLimits(small)}, setup: func(t *testing.T, f *fixtures.MemoryFetcher, s verify.Subject) v1.Hash {
