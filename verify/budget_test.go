@@ -394,13 +394,22 @@ func TestMessageSignatureBundleLimit(t *testing.T) {
 	if v := mustVerify(t, eng, s, f); !v.Allowed {
 		t.Fatalf("message signature denied: %q", v.Reasons)
 	}
-	// JSON whitespace keeps the bundle valid and makes it large.
-	padded := append([]byte(strings.Repeat(" ", verify.DefaultSignatureBytes)), b...)
+	// JSON whitespace keeps the bundle valid and makes it large. The
+	// limit is inclusive: exactly the limit is read, one byte more is not.
+	pad := func(size int) []byte { return append([]byte(strings.Repeat(" ", size-len(b))), b...) }
 	f = fixtures.NewMemoryFetcher()
-	f.AddReferrer(s.Digest, fixtures.MediaTypeBundleV03, padded, int64(len(padded)), label)
-	v := mustVerify(t, eng, s, f)
-	wantDenied(t, v, fmt.Sprintf("message-signature bundle of %d bytes exceeds the limit of %d bytes", len(padded), verify.DefaultSignatureBytes))
-	wantLimit(t, v, "")
+	f.AddReferrer(s.Digest, fixtures.MediaTypeBundleV03, pad(verify.DefaultSignatureBytes), int64(verify.DefaultSignatureBytes), label)
+	if v := mustVerify(t, eng, s, f); !v.Allowed {
+		t.Fatalf("message signature of exactly the limit denied: %q", v.Reasons)
+	}
+	for _, size := range []int{verify.DefaultSignatureBytes + 1, verify.DefaultSignatureBytes + len(b)} {
+		padded := pad(size)
+		f = fixtures.NewMemoryFetcher()
+		f.AddReferrer(s.Digest, fixtures.MediaTypeBundleV03, padded, int64(len(padded)), label)
+		v := mustVerify(t, eng, s, f)
+		wantDenied(t, v, fmt.Sprintf("message-signature bundle of %d bytes exceeds the limit of %d bytes", len(padded), verify.DefaultSignatureBytes))
+		wantLimit(t, v, "")
+	}
 }
 
 // A descriptor may understate its blob: reading stops at the item limit
