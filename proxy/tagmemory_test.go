@@ -37,12 +37,9 @@ func TestColdPullsLeaveOutTagsTheRepositoryDoesNotUse(t *testing.T) {
 	}
 	eng := keyEngine(t, k)
 	p, s := newTestProxy(t, reg.srv.URL, eng)
-	pull := func(img pushed) []string {
-		t.Helper()
-		n := s.count()
-		if w := do(p, http.MethodGet, "/v2/docker.io/acme/app/manifests/"+img.digest.String()); w.Code != http.StatusOK {
-			t.Fatalf("GET %s: %d %s", img.digest, w.Code, w.Body)
-		}
+	// sigRequests lists the upstream requests since the first n for
+	// img's .sig tag.
+	sigRequests := func(n int, img pushed) []string {
 		var sig []string
 		for _, r := range s.since(n) {
 			if strings.HasSuffix(r, "/manifests/sha256-"+img.digest.Hex+".sig") {
@@ -50,6 +47,14 @@ func TestColdPullsLeaveOutTagsTheRepositoryDoesNotUse(t *testing.T) {
 			}
 		}
 		return sig
+	}
+	pull := func(img pushed) []string {
+		t.Helper()
+		n := s.count()
+		if w := do(p, http.MethodGet, "/v2/docker.io/acme/app/manifests/"+img.digest.String()); w.Code != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", img.digest, w.Code, w.Body)
+		}
+		return sigRequests(n, img)
 	}
 	pull(bundled[0])
 	if sig := pull(bundled[1]); len(sig) != 0 {
@@ -65,14 +70,8 @@ func TestColdPullsLeaveOutTagsTheRepositoryDoesNotUse(t *testing.T) {
 	if strings.Contains(w.Body.String(), string(unsigned.raw)) {
 		t.Error("the denial carries the unsigned manifest")
 	}
-	sigReqs := 0
-	for _, r := range s.since(n) {
-		if strings.HasSuffix(r, "/manifests/sha256-"+unsigned.digest.Hex+".sig") {
-			sigReqs++
-		}
-	}
-	if sigReqs != 1 {
-		t.Errorf("unsigned image: .sig tag asked for %d times, want 1", sigReqs)
+	if sig := sigRequests(n, unsigned); len(sig) != 1 {
+		t.Errorf("unsigned image: .sig tag asked for %d times, want 1", len(sig))
 	}
 	pull(bundled[0]) // verified again (no verdict cache): .sig unneeded again
 	if sig := pull(legacy); len(sig) != 1 {

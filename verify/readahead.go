@@ -165,16 +165,9 @@ func (ra *readAhead) place(l *location) {
 		return
 	}
 	r := ra.r
-	fallback := "sha256-" + r.s.Digest.Hex
 	ra.start(aheadKey{l, aheadReferrers, r.s.Digest.String()}, 0, func(ctx context.Context, p *aheadRead) {
 		p.idx, p.err = af.f.Referrers(ctx, l.repo, r.s.Digest)
 	})
-	tag := func(tag string) {
-		ra.start(aheadKey{l, aheadManifest, tag}, r.manifestLimit(), func(ctx context.Context, p *aheadRead) {
-			p.m, p.err = af.f.Manifest(ctx, l.repo, tag)
-		})
-	}
-	tag(fallback)
 	var want tagNeed
 	if r.needSignatures() {
 		want |= needSig
@@ -189,12 +182,25 @@ func (ra *readAhead) place(l *location) {
 		ra.skipped[l] = skip
 		want &^= skip
 	}
+	for _, tag := range aheadTags(r.s.Digest, want) {
+		ra.start(aheadKey{l, aheadManifest, tag}, r.manifestLimit(), func(ctx context.Context, p *aheadRead) {
+			p.m, p.err = af.f.Manifest(ctx, l.repo, tag)
+		})
+	}
+}
+
+// aheadTags are the tags of digest read ahead: its fallback index always,
+// the cosign tags want names.
+func aheadTags(digest v1.Hash, want tagNeed) []string {
+	fallback := "sha256-" + digest.Hex
+	tags := []string{fallback}
 	if want&needSig != 0 {
-		tag(fallback + ".sig")
+		tags = append(tags, fallback+".sig")
 	}
 	if want&needAtt != 0 {
-		tag(fallback + ".att")
+		tags = append(tags, fallback+".att")
 	}
+	return tags
 }
 
 func isSHA256(h v1.Hash) bool { return h.Algorithm == "sha256" && len(h.Hex) == 64 }
@@ -275,20 +281,12 @@ func (e *Engine) ReadAhead(ctx context.Context, upstream, repo string, digest v1
 	ra.start(aheadKey{l, aheadReferrers, digest.String()}, 0, func(ctx context.Context, p *aheadRead) {
 		p.idx, p.err = f.Referrers(ctx, repo, digest)
 	})
-	fallback := "sha256-" + digest.Hex
 	want := needSig
 	if att {
 		want |= needAtt
 	}
 	want &^= e.tags.skip(upstream, repo, want)
-	tags := []string{fallback}
-	if want&needSig != 0 {
-		tags = append(tags, fallback+".sig")
-	}
-	if want&needAtt != 0 {
-		tags = append(tags, fallback+".att")
-	}
-	for _, tag := range tags {
+	for _, tag := range aheadTags(digest, want) {
 		ra.start(aheadKey{l, aheadManifest, tag}, 0, func(ctx context.Context, p *aheadRead) {
 			p.m, p.err = f.Manifest(ctx, repo, tag)
 		})

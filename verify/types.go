@@ -339,8 +339,9 @@ type EvidenceReads struct {
 	// verification at their place did not need them, and not needed this
 	// time either: upstream requests saved.
 	SavedTags int
-	// MissedTags were left out the same way but needed after all: each
-	// was read one round trip later than it would have been.
+	// MissedTags were left out the same way but needed after all: the
+	// run read each itself when it reached it, at most one round trip
+	// later than reading ahead would have had it.
 	MissedTags int
 }
 
