@@ -791,3 +791,86 @@ func verifyUnderManifestLimit(t *testing.T, e *env, f verify.Fetcher, limit int6
 	limits := verify.EvidenceLimits{TotalBytes: 1 << 20, SignatureBytes: limit, AttestationBytes: limit, PredicateDepth: 8}
 	return mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key)), verify.WithEvidenceLimits(limits)), e.subj(t), f)
 }
+
+// The byte budget is spent at exactly its total: a run whose evidence
+// adds up to the total is decided by it, one whose total is a byte short
+// is denied before the last blob is asked for. A blob is refused on what
+// is left of the budget, not on the total alone.
+func TestEvidenceBudgetAtTheTotal(t *testing.T) {
+	t.Parallel()
+	k := newKey(t)
+	s := memSubject(t)
+	setup := func() (*fixtures.MemoryFetcher, v1.Hash) {
+		f := fixtures.NewMemoryFetcher()
+		addBomb(t, f, s, 1, 4<<10) // read first, signed by no authority
+		return f, addSignature(t, f, s, k, fixtures.PredicateCosignSign, nil)
+	}
+	verifyWith := func(f *fixtures.MemoryFetcher, total int64) verify.Verdict {
+		limits := verify.EvidenceLimits{TotalBytes: total, SignatureBytes: 5 << 10, AttestationBytes: 5 << 10, PredicateDepth: 16}
+		return mustVerify(t, engine(t, policy(1, keyAuthority("release", k)), verify.WithEvidenceLimits(limits)), s, f)
+	}
+
+	f, _ := setup()
+	v := verifyWith(f, 1<<20)
+	if !v.Allowed {
+		t.Fatalf("denied with room to spare: %q", v.Reasons)
+	}
+	total := f.Served() // every byte read is charged, the two manifests and two blobs
+
+	f, sig := setup()
+	if v := verifyWith(f, total); !v.Allowed || v.Limit != "" {
+		t.Fatalf("evidence of exactly the total (%d bytes): %+v", total, v)
+	}
+	if got := f.Served(); got != total {
+		t.Fatalf("served %d bytes, then %d", total, got)
+	}
+
+	f, sig = setup()
+	v = verifyWith(f, total-1)
+	wantDenied(t, v, "evidence budget exceeded")
+	wantDenied(t, v, fmt.Sprintf("limit %s", fmtBytes(total-1)))
+	wantLimit(t, v, verify.LimitEvidenceBytes)
+	if n := f.BlobReads(sig); n != 0 {
+		t.Errorf("signature blob asked for %d times with a byte too few left for it", n)
+	}
+	if got := f.Served(); got >= total {
+		t.Errorf("served %d bytes under a total of %d", got, total-1)
+	}
+}
+
+// fmtBytes prints n as the budget's reasons do below a kibibyte, and in
+// KiB above it.
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// An evidence item limit of one examines exactly one referrer: enough
+// when it is the signature, a denial naming the limit when it is not.
+func TestEvidenceItemLimitOfOne(t *testing.T) {
+	t.Parallel()
+	k := newKey(t)
+	s := memSubject(t)
+	e := engine(t, policy(1, keyAuthority("release", k)), verify.WithMaxEvidence(1))
+
+	f := fixtures.NewMemoryFetcher()
+	addSignature(t, f, s, k, fixtures.PredicateCosignSign, nil)
+	if v := mustVerify(t, e, s, f); !v.Allowed {
+		t.Fatalf("one signature under a limit of one: denied: %q", v.Reasons)
+	}
+
+	f = fixtures.NewMemoryFetcher()
+	addBomb(t, f, s, 1, 1<<10)
+	sig := addSignature(t, f, s, k, fixtures.PredicateCosignSign, nil)
+	v := mustVerify(t, e, s, f)
+	wantDenied(t, v, "evidence limit reached: examined 1 of 2 referrers")
+	wantLimit(t, v, verify.LimitEvidenceItems)
+	if n := f.BlobReads(sig); n != 0 {
+		t.Errorf("the second referrer's bundle was read %d times", n)
+	}
+}

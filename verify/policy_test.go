@@ -229,6 +229,9 @@ func TestNewRefuses(t *testing.T) {
 	if _, err := verify.New(verify.Policy{InsecureAllowUnmatched: true}); err != nil {
 		t.Errorf("an allow-unmatched policy without boundaries is valid: %v", err)
 	}
+	if _, err := verify.New(verify.Policy{Boundaries: []verify.Boundary{good()}}, verify.WithMaxDependencies(1), verify.WithMaxEvidence(1)); err != nil {
+		t.Errorf("limits of 1 are valid: %v", err)
+	}
 }
 
 func TestFingerprint(t *testing.T) {
@@ -363,5 +366,61 @@ func TestSCTRequired(t *testing.T) {
 	strict.Keyless.InsecureSkipSCT = false
 	if engine(t, policy(1, a)).Fingerprint() == engine(t, policy(1, strict)).Fingerprint() {
 		t.Error("fingerprint ignores InsecureSkipSCT")
+	}
+}
+
+// Blob gating asks which mode a repository's blobs are served under
+// before any manifest names them: enforce wins whenever a manifest there
+// could fall in an enforce (or refused) boundary, warn only when a warn
+// boundary catches every manifest first, and a repository no boundary
+// can take is reported as unmatched.
+func TestBlobMode(t *testing.T) {
+	t.Parallel()
+	k, err := fixtures.NewKeySigner("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const model = "application/vnd.cncf.model.manifest.v1+json"
+	b := func(name string, mode verify.Mode, repos string, types ...string) verify.Boundary {
+		return verify.Boundary{Name: name, Upstream: "hub", Repositories: []string{repos}, ArtifactTypes: types,
+			Mode: mode, Threshold: 1, Authorities: []verify.Authority{keyAuthority("release", k)}}
+	}
+	refused := b("broken", verify.ModeWarn, "broken/*")
+	refused.Refused = "boundary file does not parse"
+	e := engine(t, verify.Policy{Boundaries: []verify.Boundary{
+		b("prod", verify.ModeEnforce, "prod/*"),
+		b("canary", verify.ModeWarn, "canary/*"),
+		b("models-trial", verify.ModeWarn, "ml/*", model),
+		b("ml", verify.ModeEnforce, "ml/*"),
+		b("datasets-trial", verify.ModeWarn, "data/*", model),
+		b("data", verify.ModeWarn, "data/*"),
+		b("only-models", verify.ModeWarn, "lab/*", model),
+		refused,
+	}})
+	tests := []struct {
+		repo     string
+		boundary string
+		mode     verify.Mode
+		ok       bool
+	}{
+		{"prod/app", "prod", verify.ModeEnforce, true},
+		{"canary/app", "canary", verify.ModeWarn, true},
+		// A model manifest would be warned about, an image denied.
+		{"ml/llama", "ml", verify.ModeEnforce, true},
+		// Every manifest is warned about; the first warn boundary is named.
+		{"data/corpus", "datasets-trial", verify.ModeWarn, true},
+		// Anything but a model falls past every boundary.
+		{"lab/x", "", verify.ModeEnforce, false},
+		{"broken/app", "broken", verify.ModeEnforce, true},
+		{"other/app", "", verify.ModeEnforce, false},
+	}
+	for _, tc := range tests {
+		name, mode, ok := e.BlobMode("hub", tc.repo)
+		if name != tc.boundary || mode != tc.mode || ok != tc.ok {
+			t.Errorf("BlobMode(hub, %s) = %q, %s, %v; want %q, %s, %v", tc.repo, name, mode, ok, tc.boundary, tc.mode, tc.ok)
+		}
+	}
+	if _, _, ok := e.BlobMode("elsewhere", "prod/app"); ok {
+		t.Error("a boundary of another upstream gated the blob")
 	}
 }

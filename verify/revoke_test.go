@@ -97,4 +97,13 @@ func TestRevokedAttestationSigner(t *testing.T) {
 	if v.Allowed || len(v.Attestations) != 0 {
 		t.Fatalf("attestation by a revoked key: %+v", v)
 	}
+	// The rule says why its attestation did not count: the revocation,
+	// not a missing authority.
+	named := false
+	for _, r := range v.Reasons {
+		named = named || strings.HasPrefix(r, "attestation ") && strings.Contains(r, `of authority "release" is revoked by test: compromised`)
+	}
+	if !named {
+		t.Errorf("no attestation reason names the revocation: %q", v.Reasons)
+	}
 }
