@@ -345,9 +345,23 @@ func TestEvidenceRepositoryAttestations(t *testing.T) {
 		name string
 		// rule is the provenance rule's own repository.
 		rule, sigs *verify.EvidenceRepository
-		want       string
+		// attAt is where the attestation is written: upstream and
+		// repository, b/att/app when empty.
+		attAt [2]string
+		want  string
 	}{
 		{name: "rule repository", rule: elsewhere("b", "att/{repository}", "mirror")},
+		// Places are told apart by upstream and repository together:
+		// neither alone makes two places one.
+		{
+			name: "rule repository: the signatures' repository name on another upstream",
+			sigs: elsewhere("b", "src/{repository}", "mirror"), rule: elsewhere("a", "src/{repository}", "mirror"),
+			attAt: [2]string{"a", "src/app"},
+		},
+		{
+			name: "rule repository: another repository on the signatures' upstream",
+			sigs: elsewhere("b", "src/{repository}", "mirror"), rule: elsewhere("b", "att/{repository}", "mirror"),
+		},
 		{
 			name: "inherited from signatures: attestation not where signatures are",
 			sigs: elsewhere("b", "src/{repository}", "mirror"),
@@ -367,7 +381,11 @@ func TestEvidenceRepositoryAttestations(t *testing.T) {
 			if err := fixtures.AttachLegacySignature(ctx, sigAt, e.key, fixtures.Tamper{}); err != nil {
 				t.Fatal(err)
 			}
-			if err := fixtures.AttachLegacyAttestation(ctx, e.at(t, e.b, "att/app"), e.key, prov); err != nil {
+			attAt := e.at(t, e.b, "att/app")
+			if tc.attAt[0] == "a" {
+				attAt = e.at(t, e.a, tc.attAt[1])
+			}
+			if err := fixtures.AttachLegacyAttestation(ctx, attAt, e.key, prov); err != nil {
 				t.Fatal(err)
 			}
 			p := attPolicy(provRule(func(r *verify.AttestationRule) { r.Repository = tc.rule }), keyAuthority("release", e.key))
@@ -407,6 +425,7 @@ func TestEvidenceRepositoryValidated(t *testing.T) {
 		{name: "uppercase", repo: verify.EvidenceRepository{Upstream: "b", Repository: "Src/{repository}"}, want: "not a repository name"},
 		{name: "bad strip prefix", repo: verify.EvidenceRepository{Upstream: "b", Repository: "src/{repository}", StripPrefix: "mirror/"}, want: "not a repository path"},
 		{name: "rule", repo: verify.EvidenceRepository{Upstream: "b", Repository: "a//b"}, rule: true, want: `boundary "all" attestation "provenance": repository`},
+		{name: "longer than a repository name may be", repo: verify.EvidenceRepository{Upstream: "b", Repository: strings.Repeat("a", 256)}, want: "not a repository name"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -421,6 +440,12 @@ func TestEvidenceRepositoryValidated(t *testing.T) {
 				t.Fatalf("New = %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+	// The distribution specification's longest repository name is one.
+	p := attPolicy(provRule(nil), keyAuthority("release", k))
+	p.Boundaries[0].SignatureRepository = &verify.EvidenceRepository{Upstream: "b", Repository: strings.Repeat("a", 255)}
+	if _, err := verify.New(p); err != nil {
+		t.Errorf("a repository name of 255 characters: %v", err)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/sigstore/sigstore-go/pkg/root"
+
 	"github.com/portcullis-oci/portcullis/test/fixtures"
 	"github.com/portcullis-oci/portcullis/verify"
 )
@@ -160,5 +162,98 @@ func TestFingerprintForWarmAllocations(t *testing.T) {
 	e.FingerprintFor("hub", "a/x")
 	if n := testing.AllocsPerRun(100, func() { e.FingerprintFor("hub", "a/x") }); n != 0 {
 		t.Errorf("allocations per warm FingerprintFor = %v, want 0", n)
+	}
+}
+
+// A boundary for any upstream ("" or "*") can match every repository, so
+// an edit of it changes every repository's fingerprint: verdicts cached
+// under the old one are not served under the new one.
+func TestFingerprintForAnyUpstream(t *testing.T) {
+	t.Parallel()
+	k := newKey(t)
+	for _, upstream := range []string{"", "*"} {
+		p := func(mode verify.Mode) verify.Policy {
+			return verify.Policy{Boundaries: []verify.Boundary{
+				{Name: "pinned", Upstream: "other", Repositories: []string{"**"}, Mode: verify.ModeEnforce, Threshold: 1, Authorities: []verify.Authority{keyAuthority("a", k)}},
+				{Name: "any", Upstream: upstream, Repositories: []string{"**"}, Mode: mode, Threshold: 1, Authorities: []verify.Authority{keyAuthority("a", k)}},
+			}}
+		}
+		before, after := engine(t, p(verify.ModeEnforce)), engine(t, p(verify.ModeWarn))
+		if before.FingerprintFor("hub", "acme/app") == after.FingerprintFor("hub", "acme/app") {
+			t.Errorf("upstream %q: a repository kept its fingerprint across an edit of the boundary that decides it", upstream)
+		}
+	}
+}
+
+// rotatedCA is a trusted root whose certificate and timestamping
+// authorities are another root's, its transparency logs its own.
+type rotatedCA struct {
+	*fixtures.Sigstore
+	other *fixtures.Sigstore
+}
+
+func (r rotatedCA) FulcioCertificateAuthorities() []root.CertificateAuthority {
+	return r.other.FulcioCertificateAuthorities()
+}
+
+type rotatedTSA struct {
+	*fixtures.Sigstore
+	other *fixtures.Sigstore
+}
+
+func (r rotatedTSA) TimestampingAuthorities() []root.TimestampingAuthority {
+	return r.other.TimestampingAuthorities()
+}
+
+// A trusted root that changes only its certificate authority, or only
+// its timestamping authority, changes the fingerprint: a verdict reached
+// under the old authorities is not served under the new ones.
+func TestFingerprintCoversTrustedRootAuthorities(t *testing.T) {
+	t.Parallel()
+	ss1, err := fixtures.NewSigstore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss2, err := fixtures.NewSigstore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := func(tm root.TrustedMaterial) string {
+		a := keylessAuthority("ci", ss1, testIssuer, testSubject)
+		a.Keyless.TrustedRoot = tm
+		return engine(t, policy(1, a)).Fingerprint()
+	}
+	base := fp(ss1)
+	if base != fp(ss1) {
+		t.Fatal("fingerprint not stable")
+	}
+	if fp(rotatedCA{ss1, ss2}) == base {
+		t.Error("a new certificate authority kept the fingerprint")
+	}
+	if fp(rotatedTSA{ss1, ss2}) == base {
+		t.Error("a new timestamping authority kept the fingerprint")
+	}
+}
+
+// A boundary's own fingerprint, when its loader set one, is the one
+// reported; a stand-in for a refused boundary reports another, which
+// also follows the reason it was refused for.
+func TestBoundaryFingerprintReported(t *testing.T) {
+	t.Parallel()
+	p, _ := teamPolicy(t)
+	p.Boundaries[1].Fingerprint = "sha256:from-the-loader"
+	p.Boundaries[2].Fingerprint = "sha256:from-the-loader"
+	p.Boundaries[2].Refused = "does not parse"
+	infos := engine(t, p).Boundaries()
+	if got := infos[1].Fingerprint; got != "sha256:from-the-loader" {
+		t.Errorf("loaded boundary reports fingerprint %q", got)
+	}
+	refused := infos[2].Fingerprint
+	if refused == "sha256:from-the-loader" || !strings.HasPrefix(refused, "sha256:") {
+		t.Errorf("refused boundary reports fingerprint %q", refused)
+	}
+	p.Boundaries[2].Refused = "unknown key"
+	if engine(t, p).Boundaries()[2].Fingerprint == refused {
+		t.Error("a refused boundary's fingerprint ignores why it was refused")
 	}
 }

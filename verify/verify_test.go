@@ -845,3 +845,28 @@ func TestFetcherErrorsFailToDecide(t *testing.T) {
 	}
 	wantDenied(t, v, "no signatures found")
 }
+
+// A signature no authority accepts is refused with every authority's
+// reason, once each, and the threshold reason names no one when no one
+// verified.
+func TestRefusalNamesEveryAuthority(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	stranger, err := fixtures.NewKeySigner("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fixtures.AttachLegacySignature(ctx, e.subject, stranger, fixtures.Tamper{}); err != nil {
+		t.Fatal(err)
+	}
+	k2, err := fixtures.NewKeySigner("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key), keyAuthority("qa", k2))), e.subj(t), e.reg.Fetcher())
+	wantDenied(t, v, `signature does not verify with any key of authority "release"; signature does not verify with any key of authority "qa"`)
+	if last := v.Reasons[len(v.Reasons)-1]; last != "threshold 1 not met: 0 authorities verified" {
+		t.Errorf("last reason = %q", last)
+	}
+}
