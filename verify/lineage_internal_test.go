@@ -36,6 +36,8 @@ func TestParseOCIDependency(t *testing.T) {
 		{uri: "https://huggingface.co/datasets/x", digest: map[string]string{"sha256": hexA}, notOCI: "not an OCI artifact"},
 		{uri: "pkg:docker/alpine@3.20", digest: map[string]string{"sha256": hexA}, notOCI: "not an OCI artifact"},
 		{uri: "", digest: map[string]string{"sha256": hexA}, notOCI: "no registry host"},
+		{uri: "://registry.example/ml/data@sha256:" + hexA, notOCI: "not an OCI artifact"},
+		{uri: "oci://@sha256:" + hexA, notOCI: "no registry host"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.uri, func(t *testing.T) {
@@ -288,4 +290,28 @@ func TestLineageWalkRules(t *testing.T) {
 			t.Errorf("the chain is part of the key: %q != %q", other, k1)
 		}
 	})
+}
+
+// A provenance may list up to maxProvenanceDependencies inputs; one more
+// and it is refused before any is parsed.
+func TestParseDependenciesLimit(t *testing.T) {
+	t.Parallel()
+	list := func(n int) []byte {
+		deps := make([]map[string]any, n)
+		for i := range deps {
+			deps[i] = map[string]any{"uri": "https://example.com/input", "digest": map[string]string{"sha256": hexA}}
+		}
+		b, err := json.Marshal(map[string]any{"buildDefinition": map[string]any{"resolvedDependencies": deps}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	deps, err := parseDependencies(PredicateSLSAProvenanceV1, list(maxProvenanceDependencies))
+	if err != nil || len(deps) != maxProvenanceDependencies {
+		t.Fatalf("%d dependencies: %d parsed, %v", maxProvenanceDependencies, len(deps), err)
+	}
+	if _, err := parseDependencies(PredicateSLSAProvenanceV1, list(maxProvenanceDependencies+1)); err == nil || !strings.Contains(err.Error(), "more than 10000") {
+		t.Fatalf("%d dependencies: %v", maxProvenanceDependencies+1, err)
+	}
 }
