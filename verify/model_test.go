@@ -164,6 +164,8 @@ func TestClassifyManifest(t *testing.T) {
 		{"kitops dataset", manifest(verify.MediaTypeKitOpsManifest, verify.MediaTypeKitOpsConfig, "application/vnd.kitops.modelkit.dataset.v1.tar+gzip"), verify.KindDataset},
 		{"docker model", manifest("", verify.MediaTypeDockerModelConfig, "application/vnd.docker.ai.gguf.v3"), verify.KindModel},
 		{"ollama", manifest("", "application/vnd.docker.container.image.v1+json", "application/vnd.ollama.image.model", "application/vnd.ollama.image.template"), verify.KindModel},
+		{"modelpack layers under another config", manifest("", "application/vnd.oci.empty.v1+json", "application/vnd.cncf.model.weight.v1.raw"), verify.KindModel},
+		{"modelpack dataset layers under another config", manifest("", "application/vnd.oci.empty.v1+json", "application/vnd.cncf.model.dataset.v1.raw"), verify.KindDataset},
 		{"container image", manifest("", "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip"), ""},
 		{"garbage", []byte("{not json"), ""},
 		{"empty", nil, ""},

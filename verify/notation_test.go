@@ -2,9 +2,13 @@ package verify_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"math/big"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -414,6 +418,7 @@ func TestNotationCompile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	root, intermediate := caChain(t)
 	for _, tc := range []struct {
 		name string
 		edit func(b *verify.Boundary)
@@ -426,6 +431,9 @@ func TestNotationCompile(t *testing.T) {
 		{"leaf as root", func(b *verify.Boundary) {
 			b.Authorities[0].Notation.CA[0].PEM = pemCert(leaf.Chain[0])
 		}, "not a CA certificate"},
+		{"intermediate as timestamping root", func(b *verify.Boundary) {
+			b.Authorities[0].Notation.TSA = []verify.NamedCert{{Name: "tsa.pem", PEM: intermediate}}
+		}, "not a self-signed root CA certificate"},
 		{"revocation without validator", func(b *verify.Boundary) { b.Authorities[0].Notation.Revocation = true }, "no revocation validator"},
 		{"attestation rule", func(b *verify.Boundary) {
 			b.Attestations = []verify.AttestationRule{{Name: "prov", PredicateType: "https://slsa.dev/provenance/v1", Authorities: []string{"notary"}}}
@@ -439,6 +447,23 @@ func TestNotationCompile(t *testing.T) {
 				t.Fatalf("New = %v, want %q", err, tc.want)
 			}
 		})
+	}
+
+	// A code-signing store may hold intermediates; a timestamping store
+	// only self-signed roots.
+	for name, edit := range map[string]func(a *verify.NotationAuthority){
+		"intermediate in the code-signing store": func(a *verify.NotationAuthority) {
+			a.CA = append(a.CA, verify.NamedCert{Name: "intermediate.pem", PEM: intermediate})
+		},
+		"root in the timestamping store": func(a *verify.NotationAuthority) {
+			a.TSA = []verify.NamedCert{{Name: "tsa.pem", PEM: root}}
+		},
+	} {
+		p := policy(1, notationAuthority("notary", ca, releaseIdentity))
+		edit(p.Boundaries[0].Authorities[0].Notation)
+		if _, err := verify.New(p); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 
 	// The certificates are part of the fingerprint.
@@ -532,4 +557,33 @@ func TestNotationRevocation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// caChain is a self-signed root CA and an intermediate CA it issued, as
+// PEM.
+func caChain(t *testing.T) (root, intermediate []byte) {
+	t.Helper()
+	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	interKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := func(serial int64, cn string) *x509.Certificate {
+		return &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	}
+	rootTmpl := ca(1, "test root")
+	rootDER, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, &rootKey.PublicKey, rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	interDER, err := x509.CreateCertificate(rand.Reader, ca(2, "test intermediate"), rootTmpl, &interKey.PublicKey, rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootDER}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: interDER})
 }

@@ -28,6 +28,7 @@ func TestBoundaryMatching(t *testing.T) {
 		b("library", "hub", []string{"library/*"}),
 		b("acme-deep", "*", []string{"acme/**/app"}),
 		b("team", "", []string{"team/*/svc-*"}),
+		b("mirror", "mirror", nil), // no repositories: every one
 	}})
 	tests := []struct {
 		upstream, repo, artifactType string
@@ -45,6 +46,7 @@ func TestBoundaryMatching(t *testing.T) {
 		{"any", "acme/a/b/c/app2", "", ""},
 		{"x", "team/blue/svc-api", "", "team"},
 		{"x", "team/blue/api", "", ""},
+		{"mirror", "any/repo/at/all", "", "mirror"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.upstream+"/"+tc.repo+"/"+tc.artifactType, func(t *testing.T) {
