@@ -220,3 +220,29 @@ func TestPredicateName(t *testing.T) {
 		}
 	}
 }
+
+// Two rules on one predicate type are both offered every attestation of
+// it: one attestation may satisfy both, and one that fails either
+// denies.
+func TestRulesSharingAPredicateType(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	spec := fixtures.BundleSpec{PredicateType: verify.PredicateSLSAProvenanceV1, Predicate: provenance(time.Now())}
+	if _, err := fixtures.AttachBundle(ctx, e.subject, e.key, spec); err != nil {
+		t.Fatal(err)
+	}
+	rules := func(second string) []verify.AttestationRule {
+		builder := provRule(func(r *verify.AttestationRule) {
+			r.Name, r.Condition = "builder", `predicate.runDetails.builder.id == "`+testBuilder+`"`
+		})
+		other := provRule(func(r *verify.AttestationRule) { r.Name, r.Condition = "second", second })
+		return append(builder, other...)
+	}
+	v := mustVerify(t, engine(t, attPolicy(rules(`signer.authority == "release"`), keyAuthority("release", e.key))), e.subj(t), e.reg.Fetcher())
+	if !v.Allowed || len(v.Attestations) != 2 {
+		t.Fatalf("one attestation for two rules: %+v", v)
+	}
+	v = mustVerify(t, engine(t, attPolicy(rules(`signer.authority == "qa"`), keyAuthority("release", e.key))), e.subj(t), e.reg.Fetcher())
+	wantDenied(t, v, `attestation rule "second"`)
+}

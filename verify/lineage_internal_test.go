@@ -257,6 +257,8 @@ func TestLineageWalkRules(t *testing.T) {
 			{"below the calling verification", 1, 2, true, 1},
 			{"at the calling verification's depth is lowered", 2, 2, true, 1},
 			{"above the calling verification's depth is lowered", 9, 2, true, 1},
+			{"the last level is verified", 0, 0, false, 0},
+			{"lowered to the last level", 5, 1, true, 0},
 			{"lowered below zero", 3, 0, true, -1},
 			{"depth exhausted", -1, 0, false, -1},
 		} {

@@ -76,6 +76,10 @@ func TestRevokedSignersDoNotCount(t *testing.T) {
 	if v.Allowed || !strings.Contains(strings.Join(v.Reasons, "\n"), "revoked by test: compromised") {
 		t.Fatalf("every signer revoked: %+v", v)
 	}
+	// Each reason names the signer as it was revoked: a key by its id,
+	// a certificate by its identity.
+	wantDenied(t, v, `certificate identity "`+testSubject+`" (issuer "`+testIssuer+`") of authority "ci" is revoked by test: compromised`)
+	wantDenied(t, v, `(sha256 `+keyIDs["release"]+`) of authority "release" is revoked by test: compromised`)
 }
 
 func TestRevokedAttestationSigner(t *testing.T) {
