@@ -1,8 +1,10 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -132,8 +134,9 @@ func TestBoundariesDirBrokenFileRefusedAlone(t *testing.T) {
 // from where it would have been.
 func TestBoundariesDirUnreadableStandIn(t *testing.T) {
 	t.Parallel()
+	// Named to sort last, so that only the order puts its stand-in first.
 	p := writeDir(t, dirMain, map[string]string{
-		"a.yaml":   "name: [unterminated\n",
+		"z.yaml":   "name: [unterminated\n",
 		"b.yaml":   teamFile("team-b", "20", `"b/**"`, "enforce"),
 		"c.yaml":   strings.Replace(teamFile("team-c", "30", `"c/**"`, "enforce"), `repositories: ["c/**"]`, `repositories: ["C//x"]`, 1),
 		"all.yaml": teamFile("catch-all", "90", `"**"`, "warn"),
@@ -142,7 +145,7 @@ func TestBoundariesDirUnreadableStandIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := names(c.Boundaries); got != "file:a.yaml,team-b,team-c,catch-all" {
+	if got := names(c.Boundaries); got != "file:z.yaml,team-b,team-c,catch-all" {
 		t.Fatalf("boundaries = %s", got)
 	}
 	a, cc := c.Boundaries[0], c.Boundaries[2]
@@ -154,6 +157,60 @@ func TestBoundariesDirUnreadableStandIn(t *testing.T) {
 	}
 	if a.Refused[0].Line != 1 {
 		t.Errorf("syntax problem = %+v", a.Refused[0])
+	}
+}
+
+// At one order a broken file's stand-in goes before a loaded file, which
+// is then refused for the order: the broken file's repositories stay
+// denied, never taken by the other file's match.
+func TestBoundariesDirStandInFirstAtItsOrder(t *testing.T) {
+	t.Parallel()
+	broken := strings.Replace(teamFile("team-z", "10", `"z/**"`, "enforce"), "key: k", "key: k, colour: red", 1)
+	p := writeDir(t, dirMain, map[string]string{
+		"a.yaml": teamFile("lenient", "10", `"**"`, "warn"),
+		"z.yaml": broken,
+	})
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Boundaries) != 2 || filepath.Base(c.Boundaries[0].Source) != "z.yaml" || c.Boundaries[0].Refused == nil {
+		t.Fatalf("boundaries = %s, want the broken file's stand-in first", names(c.Boundaries))
+	}
+	second := c.Boundaries[1]
+	if second.Refused == nil || !strings.Contains(second.Refused[0].Error(), "order 10 is already used by") {
+		t.Fatalf("the file sharing the order = %+v", second)
+	}
+}
+
+// Boundary files alone are a configuration; no boundary at all is one
+// only when unmatched subjects are (insecurely) allowed. Past
+// MaxBoundaryFiles a directory is refused whole.
+func TestBoundariesDirCounts(t *testing.T) {
+	t.Parallel()
+	deny := strings.Replace(dirMain, "unmatched: insecure-allow\n", "unmatched: deny\n", 1)
+	if _, err := Load(writeDir(t, deny, map[string]string{"a.yaml": teamFile("team-a", "10", `"a/**"`, "enforce")})); err != nil {
+		t.Errorf("one boundary file and no inline boundary: %v", err)
+	}
+	if _, err := Load(writeDir(t, deny, nil)); err == nil || !strings.Contains(err.Error(), "holds no boundary files and there are no inline boundaries") {
+		t.Errorf("no boundary anywhere: %v", err)
+	}
+	if _, err := Load(writeDir(t, dirMain, nil)); err != nil {
+		t.Errorf("no boundary anywhere, unmatched allowed: %v", err)
+	}
+	files := func(n int) map[string]string {
+		m := map[string]string{}
+		for i := range n {
+			name := fmt.Sprintf("team-%04d", i)
+			m[name+".yaml"] = teamFile(name, strconv.Itoa(i+1), `"`+name+`/**"`, "enforce")
+		}
+		return m
+	}
+	if _, err := Load(writeDir(t, deny, files(MaxBoundaryFiles))); err != nil {
+		t.Errorf("%d boundary files: %v", MaxBoundaryFiles, err)
+	}
+	if _, err := Load(writeDir(t, deny, files(MaxBoundaryFiles+1))); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("holds %d boundary files, more than %d", MaxBoundaryFiles+1, MaxBoundaryFiles)) {
+		t.Errorf("%d boundary files: %v", MaxBoundaryFiles+1, err)
 	}
 }
 

@@ -1,0 +1,72 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// TestLimitEdges holds each bounded setting to its documented range at
+// both ends: the bound itself is accepted, one step past it refused with
+// the setting's key path. (A zero alert queue, timeout or attempt count,
+// or credential cache TTL, means the default.)
+func TestLimitEdges(t *testing.T) {
+	t.Parallel()
+	alert := func(extra string) string {
+		return doc("", "", "", "alerts:\n  - {name: a, type: webhook, url: https://h.example"+extra+"}\n")
+	}
+	clients := func(extra string) string {
+		return doc("", "", "", "clients: {htpasswd: h, access: [{clients: [a]}]"+extra+"}\n")
+	}
+	example := func(extra string) string { return string(Example) + "\n" + extra + "\n" }
+	const tlsOn = "tls: {cert: c.pem, key: k.pem}\n"
+	maxGiB := fmt.Sprint(maxBlobCacheGiB)
+	for _, tc := range []struct {
+		name, yaml string
+		want       string // "" means valid
+	}{
+		{"alert queue 1", alert(", queue: 1"), ""},
+		{"alert queue max", alert(fmt.Sprintf(", queue: %d", maxAlertQueue)), ""},
+		{"alert queue past max", alert(fmt.Sprintf(", queue: %d", maxAlertQueue+1)), "alerts[0].queue"},
+		{"alert timeout max", alert(", timeout: 5m"), ""},
+		{"alert timeout past max", alert(", timeout: 5m1s"), "alerts[0].timeout"},
+		{"alert timeout negative", alert(", timeout: -1s"), "alerts[0].timeout"},
+		{"alert attempts 1", alert(", max_attempts: 1"), ""},
+		{"alert attempts max", alert(fmt.Sprintf(", max_attempts: %d", maxAlertAttempts)), ""},
+		{"alert attempts past max", alert(fmt.Sprintf(", max_attempts: %d", maxAlertAttempts+1)), "alerts[0].max_attempts"},
+		{"alert attempts negative", alert(", max_attempts: -1"), "alerts[0].max_attempts"},
+		{"alert dedup window negative", alert(", dedup_window: -1s"), "alerts[0].dedup_window: must not be negative"},
+		{"header name of every token range", alert(", headers: [{name: azAZ09, env: T}]"), ""},
+		{"header name with a separator", alert(", headers: [{name: \"a:b\", env: T}]"), "is not a header name"},
+
+		{"blob cache max_gib at its maximum", example("blob_cache: {dir: c, max_gib: " + maxGiB + "}"), ""},
+		{"blob cache max_gib past its maximum", example("blob_cache: {dir: c, max_gib: " + fmt.Sprint(maxBlobCacheGiB+1) + "}"), "blob_cache.max_gib"},
+		{"blob cache max_gib 0", example("blob_cache: {dir: c, max_gib: 0}"), "blob_cache.max_gib"},
+		{"blob cache min_free_gib at its maximum", example("blob_cache: {dir: c, max_gib: 1, min_free_gib: " + maxGiB + "}"), ""},
+		{"blob cache min_free_gib past its maximum", example("blob_cache: {dir: c, max_gib: 1, min_free_gib: " + fmt.Sprint(maxBlobCacheGiB+1) + "}"), "blob_cache.min_free_gib"},
+		{"blob share buffer at 1MiB", example("blob_share: {buffer_bytes: 1MiB, max_bytes: 1MiB}"), ""},
+		{"blob share buffer under 1MiB", example("blob_share: {buffer_bytes: 1048575, max_bytes: 1MiB}"), "blob_share.buffer_bytes"},
+		{"blob share max under the buffer", example("blob_share: {buffer_bytes: 2MiB, max_bytes: 2097151}"), "blob_share.max_bytes"},
+
+		{"bcrypt costs at their range", clients(fmt.Sprintf(", bcrypt_min_cost: %d, bcrypt_max_cost: %d", bcryptMinCost, bcryptMaxCost)), ""},
+		{"bcrypt costs equal", clients(", bcrypt_min_cost: 12, bcrypt_max_cost: 12"), ""},
+		{"bcrypt costs both at the top", clients(fmt.Sprintf(", bcrypt_min_cost: %d, bcrypt_max_cost: %d", bcryptMaxCost, bcryptMaxCost)), ""},
+		{"bcrypt costs both at the bottom", clients(fmt.Sprintf(", bcrypt_min_cost: %d, bcrypt_max_cost: %d", bcryptMinCost, bcryptMinCost)), ""},
+		{"bcrypt min cost past the range", clients(fmt.Sprintf(", bcrypt_min_cost: %d", bcryptMaxCost+1)), "clients.bcrypt_min_cost"},
+		{"bcrypt max cost under the range", clients(fmt.Sprintf(", bcrypt_max_cost: %d", bcryptMinCost-1)), "clients.bcrypt_max_cost"},
+		{"bcrypt max cost past the range", clients(fmt.Sprintf(", bcrypt_max_cost: %d", bcryptMaxCost+1)), "clients.bcrypt_max_cost"},
+		{"credential cache ttl at its maximum", clients(", credential_cache_ttl: 1h"), ""},
+		{"credential cache ttl past its maximum", clients(", credential_cache_ttl: 1h0m1s"), "clients.credential_cache_ttl"},
+		{"credential cache ttl negative", clients(", credential_cache_ttl: -1s"), "clients.credential_cache_ttl"},
+		{"password checks 0", clients(", password_checks: 0"), ""},
+		{"certificates naming a DNS name and a URI", doc("", "", "", tlsOn+"clients:\n  mtls: {ca: ca.pem}\n  access: [{certificates: {dns: [a.example], uri: [\"spiffe://x/y\"]}}]\n"), ""},
+	} {
+		_, err := Parse([]byte(tc.yaml), "p.yaml")
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: error %v, want one naming %q", tc.name, err, tc.want)
+		}
+	}
+}
