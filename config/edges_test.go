@@ -59,6 +59,10 @@ func TestLimitEdges(t *testing.T) {
 		{"credential cache ttl past its maximum", clients(", credential_cache_ttl: 1h0m1s"), "clients.credential_cache_ttl"},
 		{"credential cache ttl negative", clients(", credential_cache_ttl: -1s"), "clients.credential_cache_ttl"},
 		{"password checks 0", clients(", password_checks: 0"), ""},
+		{"sentinel master name of 256 bytes", example("shared: {redis: {sentinel: {master: " + strings.Repeat("m", 256) + ", addrs: ['s:1']}}}"), ""},
+		{"sentinel master name of 257 bytes", example("shared: {redis: {sentinel: {master: " + strings.Repeat("m", 257) + ", addrs: ['s:1']}}}"), "shared.redis.sentinel.master"},
+		{"redis key prefix of 128 bytes", example("shared: {redis: {addr: 'r:1', key_prefix: " + strings.Repeat("p", 128) + "}}"), ""},
+		{"redis key prefix of 129 bytes", example("shared: {redis: {addr: 'r:1', key_prefix: " + strings.Repeat("p", 129) + "}}"), "shared.redis.key_prefix"},
 		{"certificates naming a DNS name and a URI", doc("", "", "", tlsOn+"clients:\n  mtls: {ca: ca.pem}\n  access: [{certificates: {dns: [a.example], uri: [\"spiffe://x/y\"]}}]\n"), ""},
 	} {
 		_, err := Parse([]byte(tc.yaml), "p.yaml")
