@@ -63,6 +63,26 @@ func TestLimitEdges(t *testing.T) {
 		{"sentinel master name of 257 bytes", example("shared: {redis: {sentinel: {master: " + strings.Repeat("m", 257) + ", addrs: ['s:1']}}}"), "shared.redis.sentinel.master"},
 		{"redis key prefix of 128 bytes", example("shared: {redis: {addr: 'r:1', key_prefix: " + strings.Repeat("p", 128) + "}}"), ""},
 		{"redis key prefix of 129 bytes", example("shared: {redis: {addr: 'r:1', key_prefix: " + strings.Repeat("p", 129) + "}}"), "shared.redis.key_prefix"},
+		{"redis timeout at its maximum", example("shared: {redis: {addr: 'r:1', timeout: 10s}}"), ""},
+		{"redis timeout past its maximum", example("shared: {redis: {addr: 'r:1', timeout: 10001ms}}"), "shared.redis.timeout"},
+		{"redis values at 1KiB", example("shared: {redis: {addr: 'r:1', max_value_bytes: 1KiB}}"), ""},
+		{"redis values under 1KiB", example("shared: {redis: {addr: 'r:1', max_value_bytes: 1023}}"), "shared.redis.max_value_bytes"},
+		{"redis values at 1MiB", example("shared: {redis: {addr: 'r:1', max_value_bytes: 1MiB}}"), ""},
+		{"redis values past 1MiB", example("shared: {redis: {addr: 'r:1', max_value_bytes: 1048577}}"), "shared.redis.max_value_bytes"},
+		{"redis cluster at its address limit", example("shared: {redis: {cluster: {addrs: [" + addrs(maxSharedAddrs) + "]}}}"), ""},
+		{"redis cluster past its address limit", example("shared: {redis: {cluster: {addrs: [" + addrs(maxSharedAddrs+1) + "]}}}"), "shared.redis.cluster.addrs"},
+
+		{"trace sample ratio 0", example("tracing: {otlp_endpoint: 'https://c.example:4318', sample_ratio: 0}"), ""},
+		{"trace sample ratio 1", example("tracing: {otlp_endpoint: 'https://c.example:4318', sample_ratio: 1}"), ""},
+		{"trace sample ratio past 1", example("tracing: {otlp_endpoint: 'https://c.example:4318', sample_ratio: 1.01}"), "tracing.sample_ratio"},
+		{"trace sample ratio negative", example("tracing: {otlp_endpoint: 'https://c.example:4318', sample_ratio: -0.01}"), "tracing.sample_ratio"},
+		{"trace service name of 255 bytes", example("tracing: {otlp_endpoint: 'https://c.example:4318', service_name: " + strings.Repeat("s", 255) + "}"), ""},
+		{"trace service name of 256 bytes", example("tracing: {otlp_endpoint: 'https://c.example:4318', service_name: " + strings.Repeat("s", 256) + "}"), "tracing.service_name"},
+
+		{"tuf refresh at its minimum", doc("", "  - name: sig\n    trusted_root:\n      tuf: {url: 'https://t.example', root: root.json, refresh: 1m}\n", tufKeyless, ""), ""},
+		{"tuf refresh under its minimum", doc("", "  - name: sig\n    trusted_root:\n      tuf: {url: 'https://t.example', root: root.json, refresh: 59s}\n", tufKeyless, ""), "refresh: must be at least"},
+		{"tuf timeout negative", doc("", "  - name: sig\n    trusted_root:\n      tuf: {url: 'https://t.example', root: root.json, timeout: -1s}\n", tufKeyless, ""), "timeout"},
+
 		{"certificates naming a DNS name and a URI", doc("", "", "", tlsOn+"clients:\n  mtls: {ca: ca.pem}\n  access: [{certificates: {dns: [a.example], uri: [\"spiffe://x/y\"]}}]\n"), ""},
 	} {
 		_, err := Parse([]byte(tc.yaml), "p.yaml")
@@ -73,4 +93,13 @@ func TestLimitEdges(t *testing.T) {
 			t.Errorf("%s: error %v, want one naming %q", tc.name, err, tc.want)
 		}
 	}
+}
+
+// addrs lists n distinct host:port addresses for a YAML flow sequence.
+func addrs(n int) string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("'r%d:6379'", i)
+	}
+	return strings.Join(out, ", ")
 }
