@@ -83,6 +83,11 @@ func TestLimitEdges(t *testing.T) {
 		{"tuf refresh under its minimum", doc("", "  - name: sig\n    trusted_root:\n      tuf: {url: 'https://t.example', root: root.json, refresh: 59s}\n", tufKeyless, ""), "refresh: must be at least"},
 		{"tuf timeout negative", doc("", "  - name: sig\n    trusted_root:\n      tuf: {url: 'https://t.example', root: root.json, timeout: -1s}\n", tufKeyless, ""), "timeout"},
 
+		{"keyless tlog threshold 0", doc("", "", keyless(`trust: root, issuer: "https://i", subject: s, tlog_threshold: 0, timestamp_threshold: 1`), ""), ""},
+		{"keyless timestamp threshold 0", doc("", "", keyless(`trust: root, issuer: "https://i", subject: s, tlog_threshold: 1, timestamp_threshold: 0`), ""), ""},
+		{"keyless tlog threshold negative", doc("", "", keyless(`trust: root, issuer: "https://i", subject: s, tlog_threshold: -1`), ""), "keyless.tlog_threshold: must not be negative"},
+		{"keyless timestamp threshold negative", doc("", "", keyless(`trust: root, issuer: "https://i", subject: s, timestamp_threshold: -1`), ""), "keyless.timestamp_threshold: must not be negative"},
+		{"keyless sct threshold 1", doc("", "", keyless(`trust: root, issuer: "https://i", subject: s, sct_threshold: 1`), ""), ""},
 		{"certificates naming a DNS name and a URI", doc("", "", "", tlsOn+"clients:\n  mtls: {ca: ca.pem}\n  access: [{certificates: {dns: [a.example], uri: [\"spiffe://x/y\"]}}]\n"), ""},
 	} {
 		_, err := Parse([]byte(tc.yaml), "p.yaml")

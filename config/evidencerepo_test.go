@@ -30,6 +30,8 @@ func TestValidateEvidenceRepository(t *testing.T) {
 		{"by name", sigs("      repository: src.example/src/{repository}\n      repository_strip_prefix: mirror/\n"), ""},
 		{"by alias", sigs("      repository: b/{repository}\n"), ""},
 		{"fixed repository", sigs("      repository: b/src/app\n"), ""},
+		{"path of 255 bytes", sigs("      repository: b/" + strings.Repeat("a", 255) + "\n"), ""},
+		{"path of 256 bytes", sigs("      repository: b/" + strings.Repeat("a", 256) + "\n"), "is not a repository path"},
 		{"placeholder inside a component", sigs("      repository: b/sigs-{repository}\n"), ""},
 		{"unknown upstream", sigs("      repository: ghcr.io/src/{repository}\n"),
 			`p.yaml:14: boundaries[0].signatures.repository: "ghcr.io/src/{repository}": no upstream is named or aliased "ghcr.io"`},
