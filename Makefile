@@ -94,7 +94,7 @@ e2e-selfcheck: build
 ## verify/, cache/ and the proxy's decision files, with a score per package.
 ## Slow, so neither part of test nor of CI. MUTATE_PKGS="cache" runs one package.
 GREMLINS_VERSION ?= v0.6.0
-MUTATE_PKGS      ?= verify cache proxy
+MUTATE_PKGS      ?= verify config cache proxy
 MUTATE_WORKERS   ?= 1
 # A mutant's test run may take this many times the unmutated coverage run
 # (gremlins' default of 3 times out good runs on a loaded 2-core machine);
