@@ -88,6 +88,10 @@ func TestLimitEdges(t *testing.T) {
 		{"keyless tlog threshold negative", doc("", "", keyless(`trust: root, issuer: "https://i", subject: s, tlog_threshold: -1`), ""), "keyless.tlog_threshold: must not be negative"},
 		{"keyless timestamp threshold negative", doc("", "", keyless(`trust: root, issuer: "https://i", subject: s, timestamp_threshold: -1`), ""), "keyless.timestamp_threshold: must not be negative"},
 		{"keyless sct threshold 1", doc("", "", keyless(`trust: root, issuer: "https://i", subject: s, sct_threshold: 1`), ""), ""},
+		{"watch stale_after equal to every", doc("", "", "", "watch:\n  - {ref: docker.io/acme/app:v1, every: 10m, stale_after: 10m}\n"), ""},
+		{"header limit at 4KiB", doc("", "", "", "limits: {header_bytes: 4KiB}\n"), ""},
+		{"header limit under 4KiB", doc("", "", "", "limits: {header_bytes: 4095}\n"), "limits.header_bytes"},
+		{"evidence items equal to the total", doc("", "", "", "limits: {evidence_bytes: 4MiB, signature_bytes: 4MiB, attestation_bytes: 4MiB}\n"), ""},
 		{"certificates naming a DNS name and a URI", doc("", "", "", tlsOn+"clients:\n  mtls: {ca: ca.pem}\n  access: [{certificates: {dns: [a.example], uri: [\"spiffe://x/y\"]}}]\n"), ""},
 	} {
 		_, err := Parse([]byte(tc.yaml), "p.yaml")
