@@ -79,6 +79,21 @@ func TestBlobClientDisconnect(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		t.Fatalf("%d goroutines after the disconnect, %d before:\n%s", n, baseline, buf[:runtime.Stack(buf, true)])
 	}
+	// The client left: nothing is held against the upstream.
+	if m := do(p.AdminHandler(), http.MethodGet, "/metrics").Body.String(); !strings.Contains(m, `portcullis_upstream_errors_total{kind="blob_stream",upstream="docker.io"} 0`) {
+		t.Errorf("a client that left was counted as an upstream error:\n%s", grepLines(m, "portcullis_upstream_errors_total"))
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for l := range strings.SplitSeq(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // settledGoroutines waits (bounded) for the goroutine count to drop to
@@ -321,6 +336,13 @@ func TestBlobStreamNoLeftovers(t *testing.T) {
 				t.Fatalf("%d goroutines after the stream, %d before:\n%s", n, baseline, buf[:runtime.Stack(buf, true)])
 			}
 		})
+	}
+	// Each failure is the upstream's, and counted as such.
+	metrics := do(p.AdminHandler(), http.MethodGet, "/metrics").Body.String()
+	for _, kind := range []string{"blob_digest_mismatch", "blob_stream"} {
+		if want := fmt.Sprintf(`portcullis_upstream_errors_total{kind=%q,upstream="docker.io"} 1`, kind); !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
 
