@@ -1,18 +1,12 @@
 package config
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/portcullis-oci/portcullis/test/fixtures"
 )
 
 // A configuration document may be MaxFileSize bytes, read from a file or
@@ -49,37 +43,20 @@ func TestConfigSizeLimit(t *testing.T) {
 	}
 }
 
-// caPEM is a CA certificate: self-signed, or issued by parent.
-func caPEM(t *testing.T, cn string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey, []byte) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	if parent == nil {
-		parent, parentKey = tmpl, k
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &k.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, k, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
-
 // A notation trust store file is checked as the verifier reads it: CA
 // certificates only, self-signed roots only in a timestamping store, at
 // most maxNotationCertBytes, nothing after the last certificate.
 func TestNotationCertFileChecks(t *testing.T) {
 	t.Parallel()
-	root, rootKey, rootPEM := caPEM(t, "root", nil, nil)
-	_, _, interPEM := caPEM(t, "intermediate", root, rootKey)
+	root, err := fixtures.NewNotationCA("root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err := root.Intermediate("intermediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootPEM, interPEM := root.PEM(), inter.PEM()
 	dir := t.TempDir()
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)

@@ -2,13 +2,9 @@ package verify_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -418,7 +414,11 @@ func TestNotationCompile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, intermediate := caChain(t)
+	inter, err := ca.Intermediate("intermediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, intermediate := ca.PEM(), inter.PEM()
 	for _, tc := range []struct {
 		name string
 		edit func(b *verify.Boundary)
@@ -557,33 +557,4 @@ func TestNotationRevocation(t *testing.T) {
 			}
 		})
 	}
-}
-
-// caChain is a self-signed root CA and an intermediate CA it issued, as
-// PEM.
-func caChain(t *testing.T) (root, intermediate []byte) {
-	t.Helper()
-	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	interKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := func(serial int64, cn string) *x509.Certificate {
-		return &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	}
-	rootTmpl := ca(1, "test root")
-	rootDER, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, &rootKey.PublicKey, rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	interDER, err := x509.CreateCertificate(rand.Reader, ca(2, "test intermediate"), rootTmpl, &interKey.PublicKey, rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootDER}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: interDER})
 }
