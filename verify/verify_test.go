@@ -853,18 +853,10 @@ func TestRefusalNamesEveryAuthority(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	e := newEnv(t)
-	stranger, err := fixtures.NewKeySigner("")
-	if err != nil {
+	if err := fixtures.AttachLegacySignature(ctx, e.subject, newKey(t), fixtures.Tamper{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := fixtures.AttachLegacySignature(ctx, e.subject, stranger, fixtures.Tamper{}); err != nil {
-		t.Fatal(err)
-	}
-	k2, err := fixtures.NewKeySigner("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key), keyAuthority("qa", k2))), e.subj(t), e.reg.Fetcher())
+	v := mustVerify(t, engine(t, policy(1, keyAuthority("release", e.key), keyAuthority("qa", newKey(t)))), e.subj(t), e.reg.Fetcher())
 	wantDenied(t, v, `signature does not verify with any key of authority "release"; signature does not verify with any key of authority "qa"`)
 	if last := v.Reasons[len(v.Reasons)-1]; last != "threshold 1 not met: 0 authorities verified" {
 		t.Errorf("last reason = %q", last)
