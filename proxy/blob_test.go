@@ -535,3 +535,33 @@ func TestBlobUntrustedUpstreamAnswers(t *testing.T) {
 		})
 	}
 }
+
+// An empty blob (a layer may be one) is announced as 0 bytes on HEAD and
+// GET alike, so a client never waits for a length it is not told.
+func TestEmptyBlobLength(t *testing.T) {
+	t.Parallel()
+	empty := sha(nil)
+	up := fakeUpstream(t, blobBehaviours{empty.String(): withLength(nil)}.serve)
+	p, err := New([]Upstream{{Name: "docker.io", URL: up.URL, Insecure: true}}, allowAll(), WithBlobGating(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := httptest.NewServer(p)
+	defer front.Close()
+	url := front.URL + "/v2/acme/app/blobs/" + empty.String() + "?ns=docker.io"
+	for _, method := range []string{http.MethodHead, http.MethodGet} {
+		req, err := http.NewRequest(method, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || resp.ContentLength != 0 || len(body) != 0 || resp.Header.Get("Content-Length") != "0" {
+			t.Errorf("%s: %s, Content-Length %q, %d bytes, %v", method, resp.Status, resp.Header.Get("Content-Length"), len(body), err)
+		}
+	}
+}
