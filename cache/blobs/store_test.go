@@ -230,3 +230,77 @@ func TestWriterRefusesWrongLength(t *testing.T) {
 		t.Errorf("temporary files left: %v", entries)
 	}
 }
+
+// The cache is full at exactly MaxBytes and keeps MinFreeBytes free to
+// the byte; space reserved for blobs still being written counts against
+// both, so concurrent first pulls cannot overcommit the disk.
+func TestReservationsAndEdges(t *testing.T) {
+	if _, err := Open(t.TempDir(), Options{}); err == nil {
+		t.Error("a cache of 0 bytes opened")
+	}
+	s := open(t, t.TempDir(), Options{MaxBytes: 100})
+	a := put(t, s, "u", bytes.Repeat([]byte("a"), 60))
+	b := put(t, s, "u", bytes.Repeat([]byte("b"), 40)) // exactly full
+	if _, ok := read(t, s, "u", a); !ok {
+		t.Error("a file evicted by one that fits exactly")
+	}
+	w, err := s.Create("u", digestOf([]byte("whole")), 100) // the whole cache
+	if err != nil {
+		t.Fatalf("a blob of exactly MaxBytes: %v", err)
+	}
+	for _, d := range []v1.Hash{a, b} {
+		if _, ok := read(t, s, "u", d); ok {
+			t.Errorf("%s kept beside a reservation of the whole cache", d)
+		}
+	}
+	// Nothing is left to evict, and the reservation holds the space.
+	if _, err := s.Create("u", digestOf([]byte("more")), 1); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("Create beside a reservation of the whole cache = %v, want ErrNoSpace", err)
+	}
+	w.Abort()
+	w.Close()
+
+	free := int64(1000)
+	s = open(t, t.TempDir(), Options{MaxBytes: 1 << 20, MinFreeBytes: 900,
+		FreeSpace: func(string) (int64, error) { return free, nil }})
+	w, err = s.Create("u", digestOf([]byte("first")), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { w.Abort(); w.Close() }()
+	// 1000 free, 60 reserved, 900 to keep: 40 more fit, 41 do not.
+	if _, err := s.Create("u", digestOf([]byte("over")), 41); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("Create past min free counting the reservation = %v, want ErrNoSpace", err)
+	}
+	w2, err := s.Create("u", digestOf([]byte("fits")), 40)
+	if err != nil {
+		t.Fatalf("Create down to exactly min free: %v", err)
+	}
+	w2.Abort()
+	w2.Close()
+}
+
+// Rebuilt at start, the cache evicts the files written longest ago first.
+func TestRebuildKeepsAge(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{MaxBytes: 100})
+	older := put(t, s, "u", bytes.Repeat([]byte("o"), 40))
+	newer := put(t, s, "u", bytes.Repeat([]byte("n"), 40))
+	path := func(d v1.Hash) string { return s.path(s.key("u", d)) }
+	s.Close()
+	// Written in that order, but within one clock tick: set the times.
+	now := time.Now()
+	for d, at := range map[v1.Hash]time.Time{older: now.Add(-time.Hour), newer: now} {
+		if err := os.Chtimes(path(d), at, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s = open(t, dir, Options{MaxBytes: 100})
+	put(t, s, "u", bytes.Repeat([]byte("x"), 40))
+	if _, ok := read(t, s, "u", older); ok {
+		t.Error("the older file survived")
+	}
+	if _, ok := read(t, s, "u", newer); !ok {
+		t.Error("the newer file was evicted")
+	}
+}
