@@ -420,6 +420,8 @@ func TestBlobCacheJoinerReadsGrowingFile(t *testing.T) {
 	d := sha(blob)
 	half := make(chan struct{})
 	rest := make(chan struct{})
+	var release sync.Once
+	sendRest := func() { release.Do(func() { close(rest) }) }
 	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
 		if r.Method == http.MethodHead {
@@ -431,6 +433,9 @@ func TestBlobCacheJoinerReadsGrowingFile(t *testing.T) {
 		<-rest
 		_, _ = w.Write(blob[len(blob)/2:])
 	})
+	// A failure before the rest is sent must not leave the upstream's
+	// handler waiting, or closing the servers would wait for it.
+	t.Cleanup(sendRest)
 	bc := newTestBlobCache(t, t.TempDir())
 	p, s := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc))
 	front := httptest.NewServer(p)
@@ -453,15 +458,18 @@ func TestBlobCacheJoinerReadsGrowingFile(t *testing.T) {
 	got := make([]byte, 1<<20)
 	readDone := make(chan error, 1)
 	go func() { _, err := io.ReadFull(second.Body, got); readDone <- err }()
+	// The fetch cannot complete while the upstream holds the rest back,
+	// so the deadline only bounds how long a broken build takes to fail;
+	// it is long because the race detector on a loaded machine is slow.
 	select {
 	case err := <-readDone:
 		if err != nil || !bytes.Equal(got, blob[:1<<20]) {
 			t.Fatalf("joiner read: %v", err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Minute):
 		t.Fatal("the joiner waited for the fetch to complete")
 	}
-	close(rest)
+	sendRest()
 	for i, resp := range []*http.Response{first, second} {
 		b, err := io.ReadAll(resp.Body)
 		if i == 1 {
