@@ -817,7 +817,7 @@ func TestEvidenceBudgetAtTheTotal(t *testing.T) {
 	}
 	total := f.Served() // every byte read is charged, the two manifests and two blobs
 
-	f, sig := setup()
+	f, _ = setup()
 	if v := verifyWith(f, total); !v.Allowed || v.Limit != "" {
 		t.Fatalf("evidence of exactly the total (%d bytes): %+v", total, v)
 	}
@@ -825,7 +825,7 @@ func TestEvidenceBudgetAtTheTotal(t *testing.T) {
 		t.Fatalf("served %d bytes, then %d", total, got)
 	}
 
-	f, sig = setup()
+	f, sig := setup()
 	v = verifyWith(f, total-1)
 	wantDenied(t, v, "evidence budget exceeded")
 	wantDenied(t, v, fmt.Sprintf("limit %s", fmtBytes(total-1)))
