@@ -271,6 +271,17 @@ func TestEvidenceMustNotPass(t *testing.T) {
 		}
 	})
 
+	t.Run("a bundle whose tag and subject disagree", func(t *testing.T) {
+		// Evidence by its type, tagged for an unsigned image but naming
+		// the allowed one as its subject: it is evidence of neither.
+		unsigned := reg.pushImage(t, repo, "unsigned-bundle")
+		a := reg.pushArtifact(t, repo, sigTag(unsigned.digest, ".att"), fixtures.MediaTypeBundleV03, fixtures.MediaTypeBundleV03, []byte("{}"), &imgDesc)
+		denied(t, manifestPath(repo, sigTag(unsigned.digest, ".att")), "")
+		if d := lastDecision(t, p, a.digest); d.EvidenceOf != "" {
+			t.Errorf("decision = %+v, want no evidence", d)
+		}
+	})
+
 	t.Run("a fallback index covers none of its children", func(t *testing.T) {
 		unsigned := reg.pushImage(t, repo, "listed")
 		reg.pushRawIndex(t, repo, sigTag(img.digest, ""), reg.describe(t, repo, unsigned.digest))
