@@ -211,7 +211,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"result"}),
 		evidenceTags: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_evidence_tag_predictions_total",
-			Help: "cosign .sig and .att tags not read ahead because the last verification in their repository did not need them, by whether this one did not either (saved: one upstream request fewer) or did (missed: read by the verification itself, at most one round trip later).",
+			Help: "cosign .sig and .att tags not read ahead because the last verification in their repository did not need them, and referrers lists with fallback tags not read ahead because the repository's last verification was decided by its .sig tag alone, by whether this one did not need them either (saved: upstream requests fewer) or did (missed: read by the verification itself, at most one round trip later).",
 		}, []string{"result"}),
 		streamBufLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portcullis_stream_buffer_budget_exhausted_total",

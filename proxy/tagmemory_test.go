@@ -83,3 +83,74 @@ func TestColdPullsLeaveOutTagsTheRepositoryDoesNotUse(t *testing.T) {
 		}
 	}
 }
+
+// Cold pulls from a repository signed with `cosign sign`'s .sig tags ask
+// the upstream for the digest and its .sig tag alone once one
+// verification there was decided by that tag: not its referrers, not its
+// fallback tag. An unsigned image there is still denied naming every
+// place in order, and one signed with a bundle is still allowed, its
+// index read one round trip later; operators see both in
+// portcullis_evidence_tag_predictions_total.
+func TestColdPullsReadTheSigTagFirst(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	reg := newRegistry(t)
+	k := newKey(t)
+	var legacy []pushed
+	for _, tag := range []string{"v1", "v2", "v3"} {
+		img := reg.pushImage(t, "acme/app", tag)
+		if err := fixtures.AttachLegacySignature(ctx, reg.ref(t, "acme/app", img.digest), k, fixtures.Tamper{}); err != nil {
+			t.Fatal(err)
+		}
+		legacy = append(legacy, img)
+	}
+	unsigned := reg.pushImage(t, "acme/app", "unsigned")
+	bundled := reg.pushImage(t, "acme/app", "v4")
+	if _, err := fixtures.AttachBundle(ctx, reg.ref(t, "acme/app", bundled.digest), k, fixtures.BundleSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	p, s := newTestProxy(t, reg.srv.URL, keyEngine(t, k))
+	// indexRequests lists the upstream requests since the first n for
+	// img's referrers or fallback tag.
+	indexRequests := func(n int, img pushed) []string {
+		var idx []string
+		for _, r := range s.since(n) {
+			if strings.HasSuffix(r, "/referrers/"+img.digest.String()) || strings.HasSuffix(r, "/manifests/sha256-"+img.digest.Hex) {
+				idx = append(idx, r)
+			}
+		}
+		return idx
+	}
+	pull := func(img pushed) []string {
+		t.Helper()
+		n := s.count()
+		if w := do(p, http.MethodGet, "/v2/docker.io/acme/app/manifests/"+img.digest.String()); w.Code != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", img.digest, w.Code, w.Body)
+		}
+		return indexRequests(n, img)
+	}
+	if idx := pull(legacy[0]); len(idx) != 2 {
+		t.Errorf("first cold pull: referrers and fallback tag asked for as %q, want once each", idx)
+	}
+	if idx := pull(legacy[1]); len(idx) != 0 {
+		t.Errorf("second cold pull in a .sig-signed repository asked for its index: %q", idx)
+	}
+	n := s.count()
+	w := do(p, http.MethodGet, "/v2/docker.io/acme/app/manifests/"+unsigned.digest.String())
+	places := "(checked referrers, sha256-" + unsigned.digest.Hex + ", sha256-" + unsigned.digest.Hex + ".sig)"
+	if w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "DENIED") || !strings.Contains(w.Body.String(), places) {
+		t.Fatalf("unsigned image: %d %s, want 403 DENIED naming %s", w.Code, w.Body, places)
+	}
+	if idx := indexRequests(n, unsigned); len(idx) != 2 {
+		t.Errorf("unsigned image: referrers and fallback tag asked for as %q, want once each", idx)
+	}
+	pull(legacy[2]) // read in order after the denial, decided by its .sig tag
+	if idx := pull(bundled); len(idx) != 2 {
+		t.Errorf("bundle-signed image: referrers and fallback tag asked for as %q, want once each", idx)
+	}
+	for result, want := range map[string]float64{"saved": 1, "missed": 2} {
+		if got := testutil.ToFloat64(p.metrics.evidenceTags.WithLabelValues(result)); got != want {
+			t.Errorf("portcullis_evidence_tag_predictions_total{result=%q} = %v, want %v", result, got, want)
+		}
+	}
+}

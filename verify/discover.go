@@ -151,12 +151,13 @@ func (r *run) read(ctx context.Context) error {
 
 // readAt reads the evidence about the subject's digest kept in r.at:
 // referrers, the fallback tag index and the cosign tags, all in that one
-// repository.
+// repository, in that order unless the .sig tag is read first
+// (run.sigFirst).
 func (r *run) readAt(ctx context.Context) (err error) {
 	s, at := r.s, r.at
 	fallbackTag := "sha256-" + s.Digest.Hex
-	// needed collects the cosign tags this run reads here, remembered
-	// once the place is read through (tagMemory).
+	// needed collects what this run needs here, remembered once the
+	// place is read through (tagMemory).
 	var needed tagNeed
 	if r.ahead != nil {
 		r.ahead.place(at)
@@ -166,6 +167,24 @@ func (r *run) readAt(ctx context.Context) (err error) {
 			}
 		}()
 	}
+
+	// A place whose .sig tag alone decided its last run has it read
+	// first: when it decides again, the referrers and the fallback tag
+	// are never asked for (tagMemory).
+	sigTag := fallbackTag + ".sig"
+	sigFirst := r.sigFirst(at)
+	if sigFirst {
+		needed |= needSig
+		if err := r.readSig(ctx, sigTag); err != nil {
+			return err
+		}
+		if r.done() {
+			at.checked = append(at.checked, sigTag)
+			return nil
+		}
+	}
+	needed |= needIndex
+	counted := len(r.tally.signers)
 
 	var descs []v1.Descriptor
 	idx, err := at.f.Referrers(ctx, at.repo, s.Digest)
@@ -228,18 +247,22 @@ func (r *run) readAt(ctx context.Context) (err error) {
 		r.leftUnread(LimitEvidenceItems, fmt.Sprintf("evidence limit reached: examined %d of %d referrers", len(descs), listed))
 	}
 
-	sigTag := fallbackTag + ".sig"
-	if r.needSignatures() {
+	switch {
+	case sigFirst:
+		// Named where reading in order would have: a denial's reasons
+		// do not depend on the order.
+		at.checked = append(at.checked, sigTag)
+	case r.needSignatures():
 		needed |= needSig
 		at.checked = append(at.checked, sigTag)
-		m, ok, err := r.readTag(ctx, sigTag)
-		if err != nil {
+		fromIndex := len(r.tally.signers) - counted
+		if err := r.readSig(ctx, sigTag); err != nil {
 			return err
 		}
-		if ok {
-			if err := r.openLegacy(ctx, m); err != nil {
-				return err
-			}
+		if r.done() && fromIndex == 0 {
+			// Decided by the .sig tag alone: the index was read for
+			// nothing, and next time the tag is read first.
+			needed &^= needIndex
 		}
 	}
 
@@ -260,7 +283,7 @@ func (r *run) readAt(ctx context.Context) (err error) {
 func (r *run) tagsRead(l *location, needed tagNeed) {
 	r.e.tags.record(l.upstream, l.repo, needed)
 	skipped := r.ahead.skipped[l]
-	for _, t := range []tagNeed{needSig, needAtt} {
+	for _, t := range []tagNeed{needSig, needAtt, needIndex} {
 		switch {
 		case skipped&t == 0:
 		case needed&t != 0:
@@ -269,6 +292,27 @@ func (r *run) tagsRead(l *location, needed tagNeed) {
 			r.reads.SavedTags++
 		}
 	}
+}
+
+// readSig reads the place's .sig tag and opens its signatures.
+func (r *run) readSig(ctx context.Context, sigTag string) error {
+	m, ok, err := r.readTag(ctx, sigTag)
+	if err != nil || !ok {
+		return err
+	}
+	return r.openLegacy(ctx, m)
+}
+
+// sigFirst says the run reads the .sig tag at l before its referrers and
+// fallback index: it needs signatures alone, and the last run at l was
+// decided by that tag alone. Reading stops once a decision is made, and
+// what counts (distinct authorities meeting the threshold) only grows
+// with what is read, so a .sig tag that decides in this order would have
+// decided in the other too, reached after the index; what differs is
+// which of several valid signers are named, and that evidence listed in
+// the index is not read at all, so neither can it spend the budget.
+func (r *run) sigFirst(l *location) bool {
+	return r.needSignatures() && !r.needAttestations() && r.e.tags.sigFirst(l.upstream, l.repo)
 }
 
 // manifestLimit bounds one evidence manifest, which may hold either kind

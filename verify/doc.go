@@ -119,8 +119,14 @@
 // a tag's layers) is never read ahead: which of it the run opens depends
 // on what came before. The one state an Engine keeps between Verify calls
 // serves only this: which cosign tags the last run at each place needed
-// (tagmemory.go), so tags a repository never uses are not read ahead. It
-// can cost a run a round trip, never change what it reads or decides.
+// (tagmemory.go), so tags a repository never uses are not read ahead, and
+// whether its .sig tag alone decided, so a run that needs only signatures
+// reads that tag first there and, when it decides again, never asks for
+// the index. It can cost a run a round trip. It never changes whether a
+// subject is allowed, except that evidence listed in an index a .sig
+// tag made unnecessary can no longer spend the budget; which of several
+// valid signers an allow names, and which rejected evidence it mentions,
+// may differ.
 //
 // The dependencies of one subject are verified concurrently, at most
 // WithLineageConcurrency at once, and reported in the provenance's order.

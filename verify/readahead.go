@@ -15,7 +15,7 @@ import (
 const EvidenceFanout = 4
 
 // readAhead makes a run's evidence reads concurrently while the run still
-// takes them one by one, in the order it always has. The run asks its
+// takes them one by one, in the order it would without it. The run asks its
 // Fetcher (an aheadFetcher) as before; a read made ahead answers from
 // what was already fetched. So everything the run decides (what it
 // charges to the budget and when it stops, which evidence counts, which
@@ -152,7 +152,8 @@ func (ra *readAhead) take(ctx context.Context, key aheadKey) (*aheadRead, bool, 
 }
 
 // place starts reading a place ahead: its referrers, its fallback tag,
-// and the .sig and .att tags when the run may still need them. What
+// and the .sig and .att tags when the run may still need them; nothing
+// where the run reads the .sig tag first (run.sigFirst). What
 // they list is read by the run alone, one at a time: which referrer it
 // opens depends on what the ones before held, and one it would not open
 // (a bomb listed after a valid signature) must not be read at all; and
@@ -165,10 +166,13 @@ func (ra *readAhead) place(l *location) {
 		return
 	}
 	r := ra.r
-	ra.start(aheadKey{l, aheadReferrers, r.s.Digest.String()}, 0, func(ctx context.Context, p *aheadRead) {
-		p.idx, p.err = af.f.Referrers(ctx, l.repo, r.s.Digest)
-	})
-	var want tagNeed
+	if r.sigFirst(l) {
+		// The run reads the .sig tag first and at once; the index only
+		// if the tag does not decide, so it is not read ahead of that.
+		ra.leaveOut(l, needIndex)
+		return
+	}
+	want := needIndex
 	if r.needSignatures() {
 		want |= needSig
 	}
@@ -176,12 +180,10 @@ func (ra *readAhead) place(l *location) {
 		want |= needAtt
 	}
 	if skip := r.e.tags.skip(l.upstream, l.repo, want); skip != 0 {
-		if ra.skipped == nil {
-			ra.skipped = map[*location]tagNeed{}
-		}
-		ra.skipped[l] = skip
+		ra.leaveOut(l, skip)
 		want &^= skip
 	}
+	ra.startReferrers(l, af.f, r.s.Digest, want)
 	for _, tag := range aheadTags(r.s.Digest, want) {
 		ra.start(aheadKey{l, aheadManifest, tag}, r.manifestLimit(), func(ctx context.Context, p *aheadRead) {
 			p.m, p.err = af.f.Manifest(ctx, l.repo, tag)
@@ -189,11 +191,34 @@ func (ra *readAhead) place(l *location) {
 	}
 }
 
-// aheadTags are the tags of digest read ahead: its fallback index always,
-// the cosign tags want names.
+// leaveOut records the reads the place l leaves out of reading ahead,
+// for tagsRead to count.
+func (ra *readAhead) leaveOut(l *location, skip tagNeed) {
+	if ra.skipped == nil {
+		ra.skipped = map[*location]tagNeed{}
+	}
+	ra.skipped[l] |= skip
+}
+
+// startReferrers reads the referrers list of digest at l ahead when want
+// has the index.
+func (ra *readAhead) startReferrers(l *location, f Fetcher, digest v1.Hash, want tagNeed) {
+	if want&needIndex == 0 {
+		return
+	}
+	ra.start(aheadKey{l, aheadReferrers, digest.String()}, 0, func(ctx context.Context, p *aheadRead) {
+		p.idx, p.err = f.Referrers(ctx, l.repo, digest)
+	})
+}
+
+// aheadTags are the tags of digest read ahead: its fallback index and the
+// cosign tags, as want names them.
 func aheadTags(digest v1.Hash, want tagNeed) []string {
 	fallback := "sha256-" + digest.Hex
-	tags := []string{fallback}
+	var tags []string
+	if want&needIndex != 0 {
+		tags = append(tags, fallback)
+	}
 	if want&needSig != 0 {
 		tags = append(tags, fallback+".sig")
 	}
@@ -259,7 +284,9 @@ func (af *aheadFetcher) Blob(ctx context.Context, repo string, digest v1.Hash, l
 // needs first (its artifact type picks the boundary): the referrers, the
 // fallback tag and the .sig tag, and the .att tag when a boundary may ask
 // for attestations, all in the subject's own repository; a .sig or .att
-// tag the last verification there did not need is left out. It does so only
+// tag the last verification there did not need is left out, and where
+// that verification was decided by the .sig tag alone and no boundary
+// may ask for attestations, only the .sig tag is read. It does so only
 // when some boundary may match the subject and every one that may reads
 // its signatures there; otherwise it returns f. The Fetcher it returns
 // answers each of those reads once, from what was fetched, when Verify's
@@ -278,14 +305,18 @@ func (e *Engine) ReadAhead(ctx context.Context, upstream, repo string, digest v1
 	ra.ctx, ra.cancel = context.WithCancel(ctx)
 	l := &location{upstream: upstream, repo: repo, f: f, own: true}
 	af := &aheadFetcher{ra: ra, loc: l, f: f}
-	ra.start(aheadKey{l, aheadReferrers, digest.String()}, 0, func(ctx context.Context, p *aheadRead) {
-		p.idx, p.err = f.Referrers(ctx, repo, digest)
-	})
-	want := needSig
-	if att {
+	want := needIndex | needSig
+	switch {
+	case !att && e.tags.sigFirst(upstream, repo):
+		// The run will read the .sig tag first (run.sigFirst).
+		want = needSig
+	case att:
 		want |= needAtt
+		fallthrough
+	default:
+		want &^= e.tags.skip(upstream, repo, want)
 	}
-	want &^= e.tags.skip(upstream, repo, want)
+	ra.startReferrers(l, f, digest, want)
 	for _, tag := range aheadTags(digest, want) {
 		ra.start(aheadKey{l, aheadManifest, tag}, 0, func(ctx context.Context, p *aheadRead) {
 			p.m, p.err = f.Manifest(ctx, repo, tag)

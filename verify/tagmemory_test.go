@@ -63,7 +63,10 @@ func TestTagMemoryLeavesOutTagsTheRepositoryDidNotNeed(t *testing.T) {
 			{name: "the repository needs .sig now", evidence: bundle, sigReads: -1, attReads: 0},
 			{name: "bundle-signed again: .sig left out", evidence: bundle, saved: 1, sigReads: 0, attReads: 0},
 			{name: "a .sig-signed subject there: read by the run", evidence: legacy, missed: 1, sigReads: 1, attReads: 0},
-			{name: "the repository needs .sig again", evidence: bundle, sigReads: -1, attReads: 0},
+			// Decided by its .sig tag alone, that subject has the next
+			// one's .sig read first and its index left out of reading
+			// ahead: a bundle-signed subject needs the index after all.
+			{name: "the repository needs .sig again, first", evidence: bundle, missed: 1, sigReads: 1, attReads: 0},
 			{name: "a bundle-signed subject in another repository", repo: "acme/other", evidence: bundle, sigReads: -1, attReads: 0},
 			{name: "and again: .sig left out there now", repo: "acme/other", evidence: bundle, saved: 1, sigReads: 0, attReads: 0},
 			{name: "the same name on another upstream", upstream: "mirror", repo: "acme/other", evidence: bundle, sigReads: -1, attReads: 0},

@@ -62,7 +62,8 @@ type lineageResult struct {
 	denied string
 	// tagsSaved and tagsMissed are the lineage Portcullis's
 	// portcullis_evidence_tag_predictions_total after the cold rows: .sig
-	// and .att tags not read ahead, and of those the ones read after all.
+	// and .att tags, and indexes of repositories whose .sig tags decide,
+	// not read ahead, and of those the ones read after all.
 	tagsSaved, tagsMissed float64
 	// walkCPU and walkWall are the in-process engine's cost of one whole
 	// walk (four verifications, evidence in memory, no verdict cache),

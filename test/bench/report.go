@@ -294,7 +294,7 @@ func (r *results) markdown() string {
 				harness.Duration(time.Duration(apart)), fmtRatio(ratio(float64(l.cold.p50), apart)))
 			p("")
 		}
-		p("Over the cold rows, `.sig` and `.att` tags left out of reading ahead because their repository's last verification did not need them: %.0f saved, %.0f read after all (`portcullis_evidence_tag_predictions_total`).", l.tagsSaved, l.tagsMissed)
+		p("Over the cold rows, `.sig` and `.att` tags (and referrers with fallback tags) left out of reading ahead because their repository's last verification did not need them: %.0f saved, %.0f read after all (`portcullis_evidence_tag_predictions_total`).", l.tagsSaved, l.tagsMissed)
 		p("")
 		if l.denied != "" {
 			p("A chain whose corpus is unsigned is denied at its root, naming the chain: `%s`.", l.denied)
