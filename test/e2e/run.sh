@@ -156,6 +156,11 @@ image pair_one "$OLA" e2e/pairs/one-key
 # use for .sig and .att tags.
 image bundled_a "$OLA" e2e/bundled a
 image bundled_b "$OLA" e2e/bundled b
+# The other way round: two images of one repository signed with cosign v2's
+# .sig tags only; the first teaches that the .sig tag decides there, so
+# the second is read .sig first and its index is not asked for.
+image legacy_a "$OLA" e2e/legacy a
+image legacy_b "$OLA" e2e/legacy b
 join
 sign2 v2.key "$DIST/e2e/signed-v2@${D[dist_v2]}"
 sign3 v3.key "$DIST/e2e/signed-v3@${D[dist_v3]}"
@@ -165,6 +170,7 @@ sign2 rogue.key "$DIST/e2e/rogue@${D[dist_rogue]}"
 sign2 v2.key "$OLA/e2e/pairs/both@${D[pair_both]}"; sign3 v3.key "$OLA/e2e/pairs/both@${D[pair_both]}"
 sign2 v3.key "$OLA/e2e/pairs/one-key@${D[pair_one]}"; sign3 v3.key "$OLA/e2e/pairs/one-key@${D[pair_one]}"
 sign3 v3.key "$OLA/e2e/bundled@${D[bundled_a]}"; sign3 v3.key "$OLA/e2e/bundled@${D[bundled_b]}"
+sign2 v2.key "$OLA/e2e/legacy@${D[legacy_a]}"; sign2 v2.key "$OLA/e2e/legacy@${D[legacy_b]}"
 
 # Models and datasets as CNCF ModelPack artifacts pushed with oras; the
 # model's SLSA provenance (cosign attest) names its training data by digest.
@@ -707,6 +713,16 @@ done
 if [ "$(metric "$saved")" -gt "$saved0" ]; then
   ok "a second cold pull in a bundle-signed repository skips its .sig tag ($saved)"
 else bad "no .sig or .att tag left out of reading ahead after a bundle-signed pull in the same repository"; fi
+missed='portcullis_evidence_tag_predictions_total{result="missed"}'
+saved0=$(metric "$saved"); missed0=$(metric "$missed")
+pulled=0
+for k in legacy_a legacy_b; do
+  crane manifest "$P_OLA/e2e/legacy@${D[$k]}" > "$work/m.$k" 2>"$work/out" && [ "$(sha256sum < "$work/m.$k" | cut -d' ' -f1)" = "${D[$k]#sha256:}" ] \
+    && pulled=$((pulled + 1)) || show "$work/out" 3
+done
+if [ "$pulled" = 2 ] && [ "$(metric "$saved")" -gt "$saved0" ] && [ "$(metric "$missed")" = "$missed0" ]; then
+  ok "a second cold pull in a repository signed with cosign v2 .sig tags reads the tag first and not its index ($saved)"
+else bad "cosign v2 .sig-signed pulls: $pulled of 2 served, nothing left out of reading ahead, or the index read after all"; fi
 if curl -fsS "http://$ADMIN/metrics" | grep -E '^portcullis_decisions_total\{.*decision="deny".*\} [1-9]' >/dev/null; then ok "denials are counted in /metrics"; else bad "no deny count in /metrics"; fi
 if curl -fsS "http://$ADMIN/v1/decisions" | python3 -c 'import json,sys; sys.exit(not any(d.get("digest") == sys.argv[1] and d.get("decision") == "deny" for d in json.load(sys.stdin)["decisions"]))' "${D[dist_unsigned]}"; then ok "/v1/decisions lists the unsigned denial"; else bad "/v1/decisions has no denial of ${D[dist_unsigned]}"; fi
 
