@@ -123,7 +123,8 @@ func TestManifestAnswerHeaders(t *testing.T) {
 
 // A registry that does not answer HEAD on manifests, or answers it without
 // a digest, has its tags resolved by GET: the tag is pulled (and a HEAD by
-// tag answered) with the digest of the bytes it names.
+// tag answered) with the digest of the bytes it names, and those bytes are
+// not fetched a second time by digest.
 func TestTagResolvedByGet(t *testing.T) {
 	t.Parallel()
 	reg := newRegistry(t)
@@ -167,12 +168,18 @@ func TestTagResolvedByGet(t *testing.T) {
 				if method == http.MethodGet && w.Body.String() != string(img.raw) {
 					t.Errorf("GET by tag: the body is not the manifest's bytes")
 				}
-				resolved := false
+				resolved, again := false, false
 				for _, r := range s.since(n) {
 					resolved = resolved || r == "GET /v2/acme/app/manifests/v1"
+					again = again || r == "GET /v2/acme/app/manifests/"+img.digest.String()
 				}
 				if !resolved {
 					t.Errorf("%s by tag: the tag was not resolved by GET: %q", method, s.since(n))
+				}
+				// The bytes that resolved the tag are the ones decided on
+				// and served.
+				if again {
+					t.Errorf("%s by tag: the manifest was fetched again by digest: %q", method, s.since(n))
 				}
 			}
 		})
