@@ -1,7 +1,6 @@
 package verify_test
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -159,32 +158,16 @@ func TestSigTagFirstBeforeTheManifest(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			e := engine(t, tc.p)
-			for i := range 2 {
-				s := memSubject(t)
-				f := fixtures.NewMemoryFetcher()
-				legacySigned(t, f, s, k)
-				af, stop := e.ReadAhead(context.Background(), s.Upstream, s.Repository, s.Digest, f)
-				v := mustVerify(t, e, s, af)
-				if i == 0 {
-					stop()
-					continue
-				}
-				// A read begun ahead finishes soon on an in-memory
-				// fetcher; give one the time to show before it is
-				// cancelled.
-				deadline := time.Now().Add(200 * time.Millisecond)
-				for time.Now().Before(deadline) && f.Reads(fallbackTag(s))+f.Listings() < 2 {
-					time.Sleep(5 * time.Millisecond)
-				}
-				stop()
-				if !v.Allowed {
-					t.Fatalf("denied: %q", v.Reasons)
-				}
-				tags, lists := f.Reads(fallbackTag(s)), f.Listings()
-				if want := map[bool]int{true: 1}[tc.index]; tags != want || lists != want {
-					t.Errorf("fallback tag asked for %d times and referrers %d; want %d each", tags, lists, want)
-				}
+			v, f, s := readAheadTwice(t, engine(t, tc.p), func(f *fixtures.MemoryFetcher, s verify.Subject) { legacySigned(t, f, s, k) },
+				func(f *fixtures.MemoryFetcher, s verify.Subject) bool {
+					return f.Reads(fallbackTag(s))+f.Listings() >= 2
+				})
+			if !v.Allowed {
+				t.Fatalf("denied: %q", v.Reasons)
+			}
+			tags, lists := f.Reads(fallbackTag(s)), f.Listings()
+			if want := map[bool]int{true: 1}[tc.index]; tags != want || lists != want {
+				t.Errorf("fallback tag asked for %d times and referrers %d; want %d each", tags, lists, want)
 			}
 		})
 	}

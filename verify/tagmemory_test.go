@@ -124,29 +124,44 @@ func TestTagMemoryAppliesBeforeTheManifest(t *testing.T) {
 	t.Parallel()
 	k := newKey(t)
 	e := engine(t, attPolicy(provRule(func(r *verify.AttestationRule) { r.Select = verify.SelectAny }), keyAuthority("release", k)))
-	for i := range 2 {
-		s := memSubject(t)
-		f := fixtures.NewMemoryFetcher()
+	v, f, s := readAheadTwice(t, e, func(f *fixtures.MemoryFetcher, s verify.Subject) {
 		addSignature(t, f, s, k, fixtures.PredicateCosignSign, nil)
 		addSignature(t, f, s, k, verify.PredicateSLSAProvenanceV1, provenance(time.Now()))
+	}, func(f *fixtures.MemoryFetcher, s verify.Subject) bool {
+		return f.Reads(sigTag(s))+f.Reads(attTag(s)) > 0
+	})
+	if !v.Allowed {
+		t.Fatalf("denied: %q", v.Reasons)
+	}
+	if n, m := f.Reads(sigTag(s)), f.Reads(attTag(s)); n+m != 0 {
+		t.Errorf(".sig asked for %d times and .att %d times ahead of a repository that needed neither last time", n, m)
+	}
+}
+
+// readAheadTwice verifies two subjects of one repository through
+// Engine.ReadAhead, each with the evidence add gives it, and returns the
+// second's verdict, fetcher and subject once its reads ahead are stopped.
+// A read begun ahead finishes soon on an in-memory fetcher: the second's
+// are given up to 200ms to show (shown) before they are cancelled.
+func readAheadTwice(t *testing.T, e *verify.Engine, add func(*fixtures.MemoryFetcher, verify.Subject), shown func(*fixtures.MemoryFetcher, verify.Subject) bool) (verify.Verdict, *fixtures.MemoryFetcher, verify.Subject) {
+	t.Helper()
+	var (
+		v verify.Verdict
+		f *fixtures.MemoryFetcher
+		s verify.Subject
+	)
+	for i := range 2 {
+		s = memSubject(t)
+		f = fixtures.NewMemoryFetcher()
+		add(f, s)
 		af, stop := e.ReadAhead(context.Background(), s.Upstream, s.Repository, s.Digest, f)
-		v := mustVerify(t, e, s, af)
-		if i == 0 {
-			stop()
-			continue
-		}
-		// A read begun ahead finishes soon on an in-memory fetcher;
-		// give one the time to show before it is cancelled.
-		deadline := time.Now().Add(200 * time.Millisecond)
-		for time.Now().Before(deadline) && f.Reads(sigTag(s))+f.Reads(attTag(s)) == 0 {
-			time.Sleep(5 * time.Millisecond)
+		v = mustVerify(t, e, s, af)
+		if i == 1 {
+			for deadline := time.Now().Add(200 * time.Millisecond); time.Now().Before(deadline) && !shown(f, s); {
+				time.Sleep(5 * time.Millisecond)
+			}
 		}
 		stop()
-		if !v.Allowed {
-			t.Fatalf("denied: %q", v.Reasons)
-		}
-		if n, m := f.Reads(sigTag(s)), f.Reads(attTag(s)); n+m != 0 {
-			t.Errorf(".sig asked for %d times and .att %d times ahead of a repository that needed neither last time", n, m)
-		}
 	}
+	return v, f, s
 }
