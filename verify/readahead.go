@@ -306,14 +306,13 @@ func (e *Engine) ReadAhead(ctx context.Context, upstream, repo string, digest v1
 	l := &location{upstream: upstream, repo: repo, f: f, own: true}
 	af := &aheadFetcher{ra: ra, loc: l, f: f}
 	want := needIndex | needSig
-	switch {
-	case !att && e.tags.sigFirst(upstream, repo):
+	if att {
+		want |= needAtt
+	}
+	if !att && e.tags.sigFirst(upstream, repo) {
 		// The run will read the .sig tag first (run.sigFirst).
 		want = needSig
-	case att:
-		want |= needAtt
-		fallthrough
-	default:
+	} else {
 		want &^= e.tags.skip(upstream, repo, want)
 	}
 	ra.startReferrers(l, f, digest, want)
