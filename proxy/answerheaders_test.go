@@ -25,17 +25,12 @@ func TestManifestAnswerHeaders(t *testing.T) {
 	img := reg.pushImage(t, "acme/app", "v1")
 	other := reg.pushImage(t, "acme/app", "v2")
 	third := reg.pushImage(t, "acme/app", "v3")
-	target, err := url.Parse(reg.srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp := httputil.NewSingleHostReverseProxy(target)
+	rp := relayTo(t, reg, nil)
 	// The upstream sends the third image as application/json.
-	plain := httputil.NewSingleHostReverseProxy(target)
-	plain.ModifyResponse = func(resp *http.Response) error {
+	plain := relayTo(t, reg, func(resp *http.Response) error {
 		resp.Header.Set("Content-Type", "application/json")
 		return nil
-	}
+	})
 	// zero makes the upstream answer a manifest HEAD with Content-Length: 0.
 	var zero atomic.Bool
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -129,18 +124,13 @@ func TestTagResolvedByGet(t *testing.T) {
 	t.Parallel()
 	reg := newRegistry(t)
 	img := reg.pushImage(t, "acme/app", "v1")
-	target, err := url.Parse(reg.srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp := httputil.NewSingleHostReverseProxy(target)
-	noDigest := httputil.NewSingleHostReverseProxy(target)
-	noDigest.ModifyResponse = func(resp *http.Response) error {
+	rp := relayTo(t, reg, nil)
+	noDigest := relayTo(t, reg, func(resp *http.Response) error {
 		if resp.Request.Method == http.MethodHead {
 			resp.Header.Del("Docker-Content-Digest")
 		}
 		return nil
-	}
+	})
 	for _, tc := range []struct {
 		name string
 		head http.HandlerFunc
@@ -184,4 +174,17 @@ func TestTagResolvedByGet(t *testing.T) {
 			}
 		})
 	}
+}
+
+// relayTo relays requests to reg, its answers changed by modify when it
+// is not nil.
+func relayTo(t *testing.T, reg *upstreamRegistry, modify func(*http.Response) error) *httputil.ReverseProxy {
+	t.Helper()
+	target, err := url.Parse(reg.srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ModifyResponse = modify
+	return rp
 }
