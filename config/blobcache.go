@@ -15,6 +15,9 @@ const (
 	// DefaultBlobCacheMinFreeGiB is the free space the blob cache leaves
 	// on its file system.
 	DefaultBlobCacheMinFreeGiB = 1.0
+	// DefaultBlobCacheSendfile is when cached files leave with
+	// sendfile(2).
+	DefaultBlobCacheSendfile = "auto"
 	// DefaultBlobShareBufferBytes is how far apart the readers of one
 	// shared fetch held in memory may be.
 	DefaultBlobShareBufferBytes ByteSize = 8 << 20
@@ -34,6 +37,12 @@ type BlobCache struct {
 	// MinFreeGiB is the free space left on Dir's file system (default 1);
 	// files are evicted rather than go below it.
 	MinFreeGiB *GiB `yaml:"min_free_gib"`
+	// Sendfile says to which plain-HTTP clients cached files are sent
+	// with sendfile(2): "auto" (the default: clients on another host; a
+	// client on a loopback address is sent a copy, which it reads faster
+	// when it hashes what it reads), "always" (least proxy CPU) or
+	// "never".
+	Sendfile string `yaml:"sendfile"`
 }
 
 // MaxBytes is MaxGiB in bytes.
@@ -88,6 +97,9 @@ func (b *BlobCache) applyDefaults() {
 		v := GiB(DefaultBlobCacheMinFreeGiB)
 		b.MinFreeGiB = &v
 	}
+	if b.Sendfile == "" {
+		b.Sendfile = DefaultBlobCacheSendfile
+	}
 }
 
 func (b *BlobShare) applyDefaults() {
@@ -111,6 +123,11 @@ func (b *BlobCache) validate(r *reporter) {
 	}
 	if b.MinFreeGiB != nil && !(*b.MinFreeGiB >= 0 && *b.MinFreeGiB <= maxBlobCacheGiB) {
 		r.addf("blob_cache.min_free_gib", "must be a number of GiB, 0 or more")
+	}
+	switch b.Sendfile {
+	case "", "auto", "always", "never":
+	default:
+		r.addf("blob_cache.sendfile", "must be auto, always or never, not %q", b.Sendfile)
 	}
 }
 

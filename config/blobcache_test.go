@@ -19,14 +19,14 @@ func TestBlobCacheConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b := c.BlobCache; b.Dir != "/var/cache/portcullis" || b.MaxBytes() != 50<<30 || b.MinFreeBytes() != 1<<30 {
+	if b := c.BlobCache; b.Dir != "/var/cache/portcullis" || b.MaxBytes() != 50<<30 || b.MinFreeBytes() != 1<<30 || b.Sendfile != "auto" {
 		t.Fatalf("parsed = %+v", b)
 	}
-	c, err = Parse([]byte(base+"blob_cache: {dir: c, max_gib: 0.5, min_free_gib: 0}\nblob_share: {buffer_bytes: 4MiB, max_bytes: 16MiB}\n"), "c.yaml")
+	c, err = Parse([]byte(base+"blob_cache: {dir: c, max_gib: 0.5, min_free_gib: 0, sendfile: never}\nblob_share: {buffer_bytes: 4MiB, max_bytes: 16MiB}\n"), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b := c.BlobCache; b.MaxBytes() != 512<<20 || b.MinFreeBytes() != 0 || c.BlobShare.BufferBytes != 4<<20 || c.BlobShare.MaxBytes != 16<<20 {
+	if b := c.BlobCache; b.MaxBytes() != 512<<20 || b.MinFreeBytes() != 0 || b.Sendfile != "never" || c.BlobShare.BufferBytes != 4<<20 || c.BlobShare.MaxBytes != 16<<20 {
 		t.Fatalf("parsed = %+v %+v", b, c.BlobShare)
 	}
 
@@ -37,6 +37,8 @@ func TestBlobCacheConfig(t *testing.T) {
 		{"blob_cache: {dir: c, max_gib: .nan}", "blob_cache.max_gib"},
 		{"blob_cache: {dir: c, max_gib: 1, min_free_gib: -1}", "blob_cache.min_free_gib"},
 		{"blob_cache: {dir: c, max_gib: 1, size: 3}", "size"},
+		{"blob_cache: {dir: c, max_gib: 1, sendfile: on}", "blob_cache.sendfile"},
+		{"blob_cache: {dir: c, max_gib: 1, sendfile: true}", "blob_cache.sendfile"},
 		{"blob_share: {buffer_bytes: 4KiB}", "blob_share.buffer_bytes"},
 		{"blob_share: {buffer_bytes: 16MiB, max_bytes: 8MiB}", "blob_share.max_bytes"},
 	} {

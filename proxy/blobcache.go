@@ -53,8 +53,8 @@ func WithBlobCache(c BlobCache) Option {
 }
 
 // serveCachedBlob answers from the cache with http.ServeContent (Range,
-// conditionals, HEAD; sendfile where the connection allows), without any
-// upstream request. It reports false on a miss.
+// conditionals, HEAD; sendfile where the connection and its mode allow),
+// without any upstream request. It reports false on a miss.
 func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, digest v1.Hash, size int64, wouldDeny *blobGate) bool {
 	f, n, ok := p.fetches.cache.Get(u.name, digest)
 	if !ok {

@@ -700,9 +700,9 @@ type blobFileOpener interface {
 }
 
 // fileReader opens the fetch's cache file for r when r's answer can be
-// sent from it with sendfile(2): a plain-HTTP connection (the listener's
-// clientConn sends files that way; TLS cannot) and a file that can be
-// opened again. Otherwise it returns nil and the reader copies through a
+// sent from it: a plain-HTTP connection (the listener's clientConn sends
+// files with sendfile(2) or copies them, as ServeConfig.Sendfile says;
+// TLS cannot) and a file that can be opened again. Otherwise it returns nil and the reader copies through a
 // buffer, as a reader of a memory fetch does.
 func (fl *blobFlight) fileReader(r *http.Request) *os.File {
 	o, ok := fl.file.(blobFileOpener)

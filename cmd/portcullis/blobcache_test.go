@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/portcullis-oci/portcullis/config"
+	"github.com/portcullis-oci/portcullis/proxy"
 	"go.uber.org/zap"
 )
 
@@ -81,4 +83,26 @@ func TestServeBlobCache(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestServeConfigSendfile: blob_cache.sendfile reaches the listener.
+func TestServeConfigSendfile(t *testing.T) {
+	for _, tc := range []struct {
+		section string
+		want    proxy.SendfileMode
+	}{
+		{"", proxy.SendfileAuto},
+		{"blob_cache: {dir: c, max_gib: 1}\n", proxy.SendfileAuto},
+		{"blob_cache: {dir: c, max_gib: 1, sendfile: always}\n", proxy.SendfileAlways},
+		{"blob_cache: {dir: c, max_gib: 1, sendfile: never}\n", proxy.SendfileNever},
+	} {
+		cfg, err := config.Parse([]byte(string(config.Example)+"\n"+tc.section), filepath.Join(t.TempDir(), "c.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc, err := serveConfig(cfg)
+		if err != nil || sc.Sendfile != tc.want {
+			t.Errorf("%q: sendfile %v, %v; want %v", tc.section, sc.Sendfile, err, tc.want)
+		}
+	}
 }

@@ -151,16 +151,32 @@ func serve(ctx context.Context, cfg *config.Config, eng *verify.Engine, logger *
 	if err := startWatches(ctx, cfg, p, logger); err != nil {
 		return err
 	}
-	sc := proxy.ServeConfig{Addr: cfg.Listen, AdminAddr: cfg.Admin, Logger: logger, Ready: ready, Grace: shutdownGrace,
+	sc, err := serveConfig(cfg)
+	if err != nil {
+		return err
+	}
+	sc.Logger, sc.Ready = logger, ready
+	if err := startReload(ctx, cfg, eng.Fingerprint(), p, logger, &sc); err != nil {
+		return err
+	}
+	return proxy.Serve(ctx, p, sc)
+}
+
+// serveConfig is how the listeners are set up from cfg.
+func serveConfig(cfg *config.Config) (proxy.ServeConfig, error) {
+	sc := proxy.ServeConfig{Addr: cfg.Listen, AdminAddr: cfg.Admin, Grace: shutdownGrace,
 		ClientIdleTimeout: cfg.Limits.ClientIdleTimeout.D(), MaxConns: cfg.Limits.ClientConnections,
 		MaxHeaderBytes: int(cfg.Limits.HeaderBytes)}
 	if cfg.TLS != nil {
 		sc.TLSCert, sc.TLSKey = cfg.Resolve(cfg.TLS.Cert), cfg.Resolve(cfg.TLS.Key)
 	}
-	if err := startReload(ctx, cfg, eng.Fingerprint(), p, logger, &sc); err != nil {
-		return err
+	if cfg.BlobCache != nil {
+		var err error
+		if sc.Sendfile, err = proxy.ParseSendfileMode(cfg.BlobCache.Sendfile); err != nil {
+			return sc, err
+		}
 	}
-	return proxy.Serve(ctx, p, sc)
+	return sc, nil
 }
 
 func newLogger(l config.Log, w io.Writer) (*zap.Logger, error) {

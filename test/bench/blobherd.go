@@ -120,7 +120,10 @@ func (b *bench) blobHerd(ctx context.Context) error {
 	run := func(mode string, clients int) (blobHerdRun, error) {
 		extra := ""
 		if mode == "cache" {
-			extra = fmt.Sprintf("blob_cache: {dir: %q, max_gib: %d, min_free_gib: 0}\n",
+			// A herd is many nodes, which the default sendfile mode
+			// sends files to with sendfile(2); the bench's clients are
+			// on loopback, which it would send copies to.
+			extra = fmt.Sprintf("blob_cache: {dir: %q, max_gib: %d, min_free_gib: 0, sendfile: always}\n",
 				filepath.Join(b.dir, "blobherd-cache-"+strconv.Itoa(clients)), p.mib/1024+2)
 		}
 		pc, err := startPortcullisYAML(ctx, client, b.pcBin, b.dir, fmt.Sprintf("portcullis-blobherd-%s-%d", mode, clients), pub, "http://"+up.host, extra)

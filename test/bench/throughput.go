@@ -111,31 +111,37 @@ func (b *bench) blobThroughput(ctx context.Context, repo string) error {
 	}
 	// A Portcullis with the verified blob cache, warmed by one pull: what
 	// every later pull of a model's weights costs; the baseline build's
-	// too when there is one.
-	cachedBins := [][2]string{{b.pcBin, "portcullis-cache"}}
-	if *baselineBin != "" {
-		cachedBins = append(cachedBins, [2]string{*baselineBin, "portcullis-baseline-cache"})
+	// too when there is one. The bench's clients are on loopback, which
+	// the default sendfile mode sends copies to: the same cache with
+	// sendfile(2) for every client shows what that choice is worth.
+	cachedBins := []struct{ bin, name, extra string }{
+		{b.pcBin, "portcullis-cache", ""},
+		{b.pcBin, "portcullis-cache-sendfile", "sendfile: always"},
 	}
-	cachedTargets := map[*target]bool{}
+	if *baselineBin != "" {
+		cachedBins = append(cachedBins, struct{ bin, name, extra string }{*baselineBin, "portcullis-baseline-cache", ""})
+	}
+	cachedTargets := map[*target]string{}
 	for _, e := range cachedBins {
-		cached, err := b.startCached(ctx, e[0], e[1], repo)
+		cached, err := b.startCached(ctx, e.bin, e.name, repo, e.extra)
 		if err != nil {
 			return err
 		}
 		defer cached.proc.Stop()
 		targets = append(targets, &cached.target)
-		cachedTargets[&cached.target] = true
+		cachedTargets[&cached.target] = e.extra
 	}
 	var all []*throughputSeries
 	for _, mode := range clientModes {
 		for _, t := range targets {
 			s := &throughputSeries{t: t, mode: mode}
+			extra, cached := cachedTargets[t]
 			switch {
 			case t == distProxy:
 				s.note = "warm"
 			case t == b.relay:
-			case cachedTargets[t]:
-				s.note = "warm, from the blob cache"
+			case cached:
+				s.note = strings.TrimSuffix("warm, from the blob cache, "+extra, ", ")
 			case strings.HasSuffix(t.name, "-tls"):
 				s.note = "first pull, digest checked, TLS upstream"
 			case t != direct:
@@ -224,12 +230,16 @@ func startTLSFront(upstream string) (string, error) {
 	return srv.URL, nil
 }
 
-// startCached starts a Portcullis with the verified blob cache and warms
-// it with one pull of the big layer.
-func (b *bench) startCached(ctx context.Context, bin, name, repo string) (_ *portcullis, err error) {
+// startCached starts a Portcullis with the verified blob cache (extra
+// added to its blob_cache section) and warms it with one pull of the big
+// layer.
+func (b *bench) startCached(ctx context.Context, bin, name, repo, extra string) (_ *portcullis, err error) {
 	client, big := b.client, b.big
+	if extra != "" {
+		extra = ", " + extra
+	}
 	cached, err := startPortcullisYAML(ctx, client, bin, b.dir, name, b.pub, b.direct.url(),
-		fmt.Sprintf("blob_cache: {dir: %q, max_gib: %d, min_free_gib: 0}\n", filepath.Join(b.dir, name+"-blobs"), big.size>>30+2))
+		fmt.Sprintf("blob_cache: {dir: %q, max_gib: %d, min_free_gib: 0%s}\n", filepath.Join(b.dir, name+"-blobs"), big.size>>30+2, extra))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
