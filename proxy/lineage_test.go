@@ -75,7 +75,8 @@ type lineageEnv struct {
 }
 
 type lineageSetup struct {
-	datasetsURL string // overrides the datasets upstream's URL
+	datasetsURL     string   // overrides the datasets upstream's URL
+	datasetsAliases []string // more aliases of the datasets upstream
 	opts        []Option
 	logger      *zap.Logger
 	hook        func(ctx context.Context, s verify.Subject) error
@@ -107,7 +108,7 @@ func newLineageEnv(t *testing.T, setup lineageSetup) *lineageEnv {
 	e.datasetsHost = strings.TrimPrefix(dsURL, "http://")
 	ups := []Upstream{
 		{Name: "models", URL: e.models.srv.URL, Aliases: []string{modelsHost}, Insecure: true},
-		{Name: "datasets", URL: dsURL, Aliases: []string{datasetsHost}, Insecure: true},
+		{Name: "datasets", URL: dsURL, Aliases: append([]string{datasetsHost}, setup.datasetsAliases...), Insecure: true},
 	}
 	opts := []Option{WithTransport(e.hosts), WithVerdictCache(e.verdicts)}
 	if setup.logger != nil {
@@ -337,6 +338,44 @@ func TestLineageDependencyOnSecondUpstream(t *testing.T) {
 	v, ok := e.verdicts.Get(verdictKey(e.v.FingerprintFor("models", "ml/model"), "models", "ml/model", m1.digest))
 	if !ok || !v.Allowed || len(v.Lineage) != 1 || v.Lineage[0].Verdict == nil || !v.Lineage[0].Verdict.Allowed {
 		t.Errorf("cached verdict %+v, want an allow listing the allowed dataset", v)
+	}
+}
+
+// TestLineageDockerHubDependencyWithoutNamespace: provenance naming an
+// official Docker Hub image without its namespace ("docker.io/corpus") is
+// refused by the engine, which parses names strictly, before anything is
+// fetched. A dependency reference that reaches the proxy that way from
+// another verifier is the library/ repository there, as the same name
+// pulled through the proxy would be, and a namespaced name is taken as it
+// is.
+func TestLineageDockerHubDependencyWithoutNamespace(t *testing.T) {
+	t.Parallel()
+	e := newLineageEnv(t, lineageSetup{datasetsAliases: []string{"docker.io"}})
+	data := e.dataset("library/corpus", true)
+	m := e.model("ml/model", input("dataset-train", "docker.io", "corpus", data.digest))
+	w := e.pull("models", "ml/model", m.digest)
+	if msg, _ := deniedBody(t, w); w.Code != http.StatusForbidden || !strings.Contains(msg, "invalid repository") {
+		t.Fatalf("pull of a model naming docker.io/corpus: status %d: %s", w.Code, w.Body)
+	}
+	if n := e.hosts.requests(e.datasetsHost); n != 0 {
+		t.Fatalf("%d requests to the datasets upstream for a refused name", n)
+	}
+
+	lc := verify.LineageContext{Depth: 1, Chain: []string{"models/ml/model@" + m.digest.String()}}
+	for _, tc := range []struct {
+		repo, want string
+		d          v1.Hash
+	}{
+		{"corpus", "library/corpus", data.digest},
+		{"corpus/text", "corpus/text", e.dataset("corpus/text", true).digest},
+	} {
+		v, err := e.p.VerifyDependency(context.Background(), depRef("docker.io", tc.repo, tc.d), lc)
+		if err != nil || !v.Allowed {
+			t.Fatalf("dependency docker.io/%s: %+v, %v", tc.repo, v, err)
+		}
+		if s := e.spy.subjectsOf(tc.d); len(s) != 1 || s[0].Upstream != "datasets" || s[0].Repository != tc.want {
+			t.Fatalf("dependency docker.io/%s verified as %+v, want datasets/%s once", tc.repo, s, tc.want)
+		}
 	}
 }
 
