@@ -3,12 +3,14 @@ package proxy
 import (
 	"context"
 	"errors"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -367,5 +369,38 @@ func TestOverloadWarningIsRateLimited(t *testing.T) {
 	warns = logs.FilterMessage("verifications rejected: too many at once").All()
 	if len(warns) != 2 || warns[1].ContextMap()["rejected"] != int64(5) {
 		t.Fatalf("after the interval: %d warnings, last %v; want a second one reporting 5", len(warns), warns[len(warns)-1].ContextMap())
+	}
+}
+
+// TestOverloadedRetryAfterSpread: refused clients are told to come back
+// after 1 to 5 seconds, spread over the whole range so that they do not
+// all return at once, and each refusal says which limit refused it.
+func TestOverloadedRetryAfterSpread(t *testing.T) {
+	t.Parallel()
+	p, _ := newTestProxy(t, "http://127.0.0.1:1", allowAll())
+	mr := manifestReq{u: p.router.byKey["docker.io"], repo: "acme/app", client: "test"}
+	if mr.u == nil {
+		t.Fatal("no docker.io upstream")
+	}
+	d := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
+	seen := map[int]int{}
+	for range 500 {
+		var e *Error
+		if err := p.overloaded(mr, d, &overloadError{reason: rejectQueueFull}); !errors.As(err, &e) {
+			t.Fatalf("overloaded = %v, want an *Error", err)
+		}
+		if e.Status != http.StatusTooManyRequests || e.RetryAfter < retryAfterMin || e.RetryAfter > retryAfterMax {
+			t.Fatalf("status %d, Retry-After %d; want 429 and %d–%d", e.Status, e.RetryAfter, retryAfterMin, retryAfterMax)
+		}
+		seen[e.RetryAfter]++
+	}
+	for s := retryAfterMin; s <= retryAfterMax; s++ {
+		if seen[s] == 0 {
+			t.Errorf("Retry-After %d never drawn in 500 refusals: %v", s, seen)
+		}
+	}
+	full, timeout := (&overloadError{reason: rejectQueueFull}).Error(), (&overloadError{reason: rejectQueueTimeout}).Error()
+	if full == timeout || !strings.Contains(timeout, "in time") {
+		t.Errorf("errors %q and %q do not tell a full queue from a wait that ran out", full, timeout)
 	}
 }

@@ -77,11 +77,11 @@ type lineageEnv struct {
 type lineageSetup struct {
 	datasetsURL     string   // overrides the datasets upstream's URL
 	datasetsAliases []string // more aliases of the datasets upstream
-	opts        []Option
-	logger      *zap.Logger
-	hook        func(ctx context.Context, s verify.Subject) error
-	verifier    Verifier // replaces the engine
-	fail        func(r *http.Request) bool
+	opts            []Option
+	logger          *zap.Logger
+	hook            func(ctx context.Context, s verify.Subject) error
+	verifier        Verifier // replaces the engine
+	fail            func(r *http.Request) bool
 }
 
 func newLineageEnv(t *testing.T, setup lineageSetup) *lineageEnv {
