@@ -72,6 +72,7 @@ func startServe(t testing.TB, p *Proxy, sc ServeConfig) string {
 	case addr := <-ready:
 		return addr
 	case err := <-errc:
+		errc <- err // for the cleanup, which waits for Serve to return
 		t.Fatalf("Serve: %v", err)
 	}
 	return ""

@@ -278,7 +278,10 @@ func TestSendfileMode(t *testing.T) {
 			}
 		}
 	}
-	if err := Serve(context.Background(), nil, ServeConfig{Addr: "127.0.0.1:0", Sendfile: SendfileNever + 1}); err == nil {
+	// Cancelled, so that a Serve that took the mode would return at once.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := Serve(ctx, nil, ServeConfig{Addr: "127.0.0.1:0", Sendfile: SendfileNever + 1}); err == nil {
 		t.Error("Serve took an unknown sendfile mode")
 	}
 }
