@@ -204,3 +204,71 @@ func TestGatingRedisDown(t *testing.T) {
 		t.Error("a coverage lookup with Redis down found coverage")
 	}
 }
+
+// TestGatingBoundaries: a record that ends now is not written (Redis
+// would keep a TTL of 0 forever); a stored value of exactly the size
+// bound is read and one byte more is refused; digests are lower-case hex
+// and nothing next to it.
+func TestGatingBoundaries(t *testing.T) {
+	t.Parallel()
+	s, mr := newTestGating(t)
+	ctx := context.Background()
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 42}, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordCoverage(ctx, []string{coverLogical}, parentDigest, allowVerdict(), now); err != nil {
+		t.Fatal(err)
+	}
+	if keys := mr.Keys(); len(keys) != 0 {
+		t.Fatalf("records ending now were written: %v", keys)
+	}
+
+	s.now = time.Now
+	bh := bound(blobLogical)
+	value := `{"v":1,"k":"` + bh + `","s":42,"u":` + strconv.FormatInt(time.Now().Add(time.Minute).UnixMilli(), 10) + `}`
+	// JSON allows trailing white space: pad the value to the bound.
+	atBound := value + strings.Repeat(" ", gatingMaxValue-len(value))
+	_ = mr.Set("p:v1:blob:"+bh, atBound)
+	if size, _, ok, err := s.LookupBlob(ctx, blobLogical); !ok || err != nil || size != 42 {
+		t.Errorf("a value of exactly %d bytes: %d, %v, %v; want it read", gatingMaxValue, size, ok, err)
+	}
+	_ = mr.Set("p:v1:blob:"+bh, atBound+" ")
+	if _, _, ok, _ := s.LookupBlob(ctx, blobLogical); ok {
+		t.Errorf("a value of %d bytes was read", gatingMaxValue+1)
+	}
+
+	// At most gatingMaxSigners signers are carried; a verdict with more
+	// is not recorded (its children are then verified on their own).
+	for _, n := range []int{gatingMaxSigners, gatingMaxSigners + 1} {
+		mr.FlushAll()
+		v := allowVerdict()
+		v.Signers = nil
+		for i := range n {
+			v.Signers = append(v.Signers, verify.Signer{Authority: "release", Kind: "key", KeyID: strconv.Itoa(i)})
+		}
+		if err := s.RecordCoverage(ctx, []string{coverLogical}, parentDigest, v, time.Now().Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		_, cv, _, ok := s.LookupCoverage(ctx, coverLogical)
+		if want := n <= gatingMaxSigners; ok != want || (ok && len(cv.Signers) != n) {
+			t.Errorf("%d signers: recorded %v with %d, want recorded %v", n, ok, len(cv.Signers), want)
+		}
+	}
+
+	hex := strings.Repeat("0123456789abcdef", 4)
+	if !validDigest("sha256:" + hex) {
+		t.Error("a digest using every hex digit was refused")
+	}
+	for _, c := range "/:`gAF" {
+		if d := "sha256:" + string(c) + hex[1:]; validDigest(d) {
+			t.Errorf("%q accepted", d)
+		}
+	}
+	for _, d := range []string{"sha256:" + hex[1:], "sha256:" + hex + "0", "sha512:" + hex, ""} {
+		if validDigest(d) {
+			t.Errorf("%q accepted", d)
+		}
+	}
+}

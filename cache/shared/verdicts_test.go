@@ -253,6 +253,19 @@ func TestVerdictMalformed(t *testing.T) {
 	if _, ok := b.Get("k"); !ok {
 		t.Fatal("control value refused")
 	}
+	// The bound is exact: the same value padded with white space to
+	// DefaultMaxValueBytes is taken, one byte more is refused.
+	atBound := forK + strings.Repeat(" ", DefaultMaxValueBytes-len(forK))
+	for _, tc := range []struct {
+		val  string
+		want bool
+	}{{atBound, true}, {atBound + " ", false}} {
+		c := newReplica(t, mr, clk)
+		_ = mr.Set(DefaultKeyPrefix+"v1:verdict:k", tc.val)
+		if _, ok := c.Get("k"); ok != tc.want {
+			t.Errorf("a value of %d bytes (limit %d) taken: %v, want %v", len(tc.val), DefaultMaxValueBytes, ok, tc.want)
+		}
+	}
 }
 
 func TestVerdictRedisDownAndBack(t *testing.T) {
