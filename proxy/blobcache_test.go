@@ -254,7 +254,7 @@ func joinedHerd(t *testing.T, p *Proxy, n int, target string, release chan struc
 		return metricNow(t, p, "portcullis_blob_shared_joins_total") == float64(n-1)
 	})
 	close(release)
-	<-done
+	recv(t, done, "done")
 	return bodies, errs
 }
 
@@ -447,7 +447,7 @@ func TestBlobCacheJoinerReadsGrowingFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer first.Body.Close()
-	<-half
+	recv(t, half, "half")
 	second, err := http.Get(target)
 	if err != nil {
 		t.Fatal(err)
@@ -582,7 +582,7 @@ func TestBlobShareRecycledChunksNeverReachADroppedReader(t *testing.T) {
 		return metricNow(t, p, "portcullis_blob_shared_joins_total") == 1
 	})
 	close(release)
-	<-done
+	recv(t, done, "done")
 	if errs[0] != nil || !bytes.Equal(bodies[0], blobA) {
 		t.Fatalf("reader behind a stalled one: %v", errs[0])
 	}
@@ -708,7 +708,7 @@ func TestBlobCacheCommitOutlivesReaders(t *testing.T) {
 	}()
 	awaitCond(t, "the second pull to join", func() bool { return metricNow(t, p, "portcullis_blob_shared_joins_total") == 1 })
 	release()
-	<-done
+	recv(t, done, "done")
 	if errs[0] != nil || !bytes.Equal(bodies[0], blob) {
 		t.Fatalf("second pull: %v", errs[0])
 	}

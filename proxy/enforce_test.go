@@ -355,10 +355,10 @@ func TestSharedVerificationSurvivesClientCancel(t *testing.T) {
 		p.ServeHTTP(w, r)
 		first <- w.Code
 	}()
-	<-entered
+	recv(t, entered, "entered")
 	second := make(chan *httptest.ResponseRecorder)
 	go func() { second <- do(p, http.MethodGet, target) }()
-	<-secondIn
+	recv(t, secondIn, "secondIn")
 	// The second request must have joined the verification before the
 	// first leaves: the last one leaving would cancel it.
 	key := verdictKey(v.FingerprintFor("docker.io", "acme/app"), "docker.io", "acme/app", img.digest)
@@ -366,7 +366,7 @@ func TestSharedVerificationSurvivesClientCancel(t *testing.T) {
 	cancel()
 	<-first // the client that left is answered without waiting
 	close(release)
-	w := <-second
+	w := recv(t, second, "second")
 	if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), img.raw) {
 		t.Fatalf("second client = %d %s", w.Code, w.Body)
 	}

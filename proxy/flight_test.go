@@ -29,6 +29,21 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// recv receives from ch, failing the test after a generous deadline
+// instead of hanging it until the go test timeout: a build that leaves a
+// request unanswered fails in seconds.
+func recv[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+	var zero T
+	return zero
+}
+
 type flightOutcome struct {
 	val string
 	err error
@@ -122,7 +137,7 @@ func TestFlightLastCallerLeavingCancelsTheWork(t *testing.T) {
 	second := startCall(ctx2, &g, "k", blocking)
 	waitFor(t, "both callers to join", func() bool { return g.waiters("k") == 2 })
 	cancel1()
-	<-first
+	recv(t, first, "first")
 	cancel2()
 	if o := <-second; !errors.Is(o.err, context.Canceled) || o.val != "" {
 		t.Fatalf("last caller got %q, %v", o.val, o.err)
@@ -279,7 +294,7 @@ func TestVerifyLimiterQueue(t *testing.T) {
 	waitFor(t, "the freed place to be taken", func() bool { return l.queued.Load() == 1 })
 	release()
 	release() // idempotent: a second call must not free a second slot
-	r := <-next
+	r := recv(t, next, "next")
 	if l.sem.TryAcquire(1) {
 		t.Fatal("a slot was free while its only one is held")
 	}

@@ -154,7 +154,7 @@ func TestVerificationQueueTimeoutAnswers429(t *testing.T) {
 
 	wa := make(chan *httptest.ResponseRecorder, 1)
 	go func() { wa <- do(p, http.MethodGet, manifestPath("acme/app", a.digest.String())) }()
-	<-v.started
+	recv(t, v.started, "v.started")
 	check429(t, do(p, http.MethodGet, manifestPath("acme/app", b.digest.String())), rejectQueueTimeout)
 	if got := rejected(t, p, rejectQueueTimeout); got != 1 {
 		t.Errorf("queue_timeout rejections %v, want 1", got)
@@ -180,7 +180,7 @@ func TestQueuedClientLeavingFreesItsPlace(t *testing.T) {
 
 	wa := make(chan *httptest.ResponseRecorder, 1)
 	go func() { wa <- do(p, http.MethodGet, manifestPath("acme/app", a.digest.String())) }()
-	<-v.started
+	recv(t, v.started, "v.started")
 	ctx, leave := context.WithCancel(context.Background())
 	wb := make(chan *httptest.ResponseRecorder, 1)
 	go func() { wb <- doCtx(ctx, p, http.MethodGet, manifestPath("acme/app", b.digest.String())) }()
@@ -189,7 +189,7 @@ func TestQueuedClientLeavingFreesItsPlace(t *testing.T) {
 	}
 	waitFor(t, "b to queue", queued(1))
 	leave()
-	<-wb
+	recv(t, wb, "wb")
 	waitFor(t, "b's place to be freed", queued(0))
 
 	wc := make(chan *httptest.ResponseRecorder, 1)
@@ -236,17 +236,17 @@ func TestCacheHitsTakeNoSlot(t *testing.T) {
 	if w := do(p, http.MethodGet, manifestPath("acme/app", b.digest.String())); w.Code != http.StatusOK {
 		t.Fatalf("first pull of b: %d", w.Code)
 	}
-	<-v.started
+	recv(t, v.started, "v.started")
 	wa := make(chan *httptest.ResponseRecorder, 1)
 	go func() { wa <- do(p, http.MethodGet, manifestPath("acme/app", a.digest.String())) }()
-	<-v.started
+	recv(t, v.started, "v.started")
 	for _, m := range []string{http.MethodGet, http.MethodHead} {
 		if w := do(p, m, manifestPath("acme/app", b.digest.String())); w.Code != http.StatusOK {
 			t.Fatalf("cached %s of b while the slot is taken: %d %s", m, w.Code, w.Body)
 		}
 	}
 	close(release)
-	<-wa
+	recv(t, wa, "wa")
 	if v.calls.Load() != 2 {
 		t.Errorf("%d verifications, want 2", v.calls.Load())
 	}
@@ -295,7 +295,7 @@ func TestAbandonedVerificationIsNotCached(t *testing.T) {
 	ctx, leave := context.WithCancel(context.Background())
 	done := make(chan *httptest.ResponseRecorder, 1)
 	go func() { done <- doCtx(ctx, p, http.MethodGet, target) }()
-	<-entered
+	recv(t, entered, "entered")
 	leave()
 	if w := <-done; w.Code != 499 {
 		t.Fatalf("client that left: %d", w.Code)
@@ -338,7 +338,7 @@ func TestAbandonedDependencyIsNotCached(t *testing.T) {
 	ctx, leave := context.WithCancel(context.Background())
 	done := make(chan *httptest.ResponseRecorder, 1)
 	go func() { done <- doCtx(ctx, e.p, http.MethodGet, "/v2/models/ml/model/manifests/"+m.digest.String()) }()
-	<-entered
+	recv(t, entered, "entered")
 	leave()
 	if w := <-done; w.Code != 499 {
 		t.Fatalf("client that left: %d", w.Code)

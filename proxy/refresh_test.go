@@ -167,8 +167,8 @@ func TestRefreshAheadBounded(t *testing.T) {
 	if n := p.refreshDue(ctx); n != 2 {
 		t.Fatalf("started %d re-verifications, want the concurrency of 2", n)
 	}
-	<-entered
-	<-entered
+	recv(t, entered, "entered")
+	recv(t, entered, "entered")
 	if n := p.refreshDue(ctx); n != 0 {
 		t.Fatalf("started %d more while 2 are running", n)
 	}

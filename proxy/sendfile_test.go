@@ -35,7 +35,7 @@ func tcpPair(t *testing.T) (server *net.TCPConn, client net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := <-accepted
+	s := recv(t, accepted, "accepted")
 	if s == nil {
 		t.Fatal("accept failed")
 	}

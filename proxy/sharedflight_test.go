@@ -188,7 +188,7 @@ func TestSharedFlightHolderDies(t *testing.T) {
 	actx, kill := context.WithCancel(context.Background())
 	aDone := make(chan int, 1)
 	go func() { aDone <- a.get(actx, "acme/app", d) }()
-	<-verifying
+	recv(t, verifying, "verifying")
 
 	bctx, cancel := context.WithTimeout(context.Background(), verifyTimeout+time.Second)
 	defer cancel()
@@ -206,7 +206,7 @@ func TestSharedFlightHolderDies(t *testing.T) {
 		t.Fatalf("B verified %d times while A held the lease", n)
 	}
 	kill()
-	<-aDone
+	recv(t, aDone, "aDone")
 
 	var code int
 	for done := false; !done; {

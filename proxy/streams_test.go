@@ -480,7 +480,7 @@ func TestSteadyStreamNotEvicted(t *testing.T) {
 		rest, err := io.ReadAll(resp.Body)
 		got <- result{status: resp.StatusCode, body: append(head, rest...), err: err}
 	}()
-	<-progress
+	recv(t, progress, "progress")
 	pulled := make(chan int, 1)
 	go func() { pulled <- e.pull(t) }()
 	// Ask for a stream connection again and again while the reader is
@@ -516,7 +516,7 @@ func TestSteadyStreamNotEvicted(t *testing.T) {
 	if code := <-pulled; code != http.StatusOK {
 		t.Fatalf("pull behind a steady reader: status %d, want 200", code)
 	}
-	r := <-got
+	r := recv(t, got, "got")
 	if r.err != nil {
 		t.Fatalf("steady reader cut after %d bytes: %v", len(r.body), r.err)
 	}

@@ -233,7 +233,7 @@ func TestWatchJoinsNoCachedFlight(t *testing.T) {
 	}
 	pulled := make(chan int, 1)
 	go func() { pulled <- do(e.p, http.MethodGet, manifestPath("acme/app", e.img.digest.String())).Code }()
-	<-b.blocked
+	recv(t, b.blocked, "b.blocked")
 	result := make(chan string, 1)
 	go func() { result <- e.w.check(context.Background(), e.ws) }()
 	var got string
@@ -245,7 +245,7 @@ func TestWatchJoinsNoCachedFlight(t *testing.T) {
 		close(b.release)
 		got = <-result
 	}
-	<-pulled
+	recv(t, pulled, "pulled")
 	if got != WatchAbsent {
 		t.Fatalf("watch run: %q, want %q (a fresh verification)", got, WatchAbsent)
 	}
@@ -434,5 +434,5 @@ func TestWatchRunStops(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancel()
-	<-done
+	recv(t, done, "done")
 }
