@@ -67,7 +67,8 @@ func TestServeBlobCache(t *testing.T) {
 		t.Fatal("the cached blob differs")
 	}
 	metrics := string(get("http://" + a.admin + "/metrics"))
-	for _, want := range []string{"portcullis_blob_cache_hits_total 1", "portcullis_blob_cache_files 1", `portcullis_blob_shared_fetches_total{mode="cache"} 1`} {
+	for _, want := range []string{"portcullis_blob_cache_hits_total 1", "portcullis_blob_cache_files 1", `portcullis_blob_shared_fetches_total{mode="cache"} 1`,
+		`portcullis_blob_cache_errors_total{op="commit"} 0`, `portcullis_blob_cache_errors_total{op="write"} 0`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
