@@ -84,6 +84,18 @@ const (
 	SendfileNever
 )
 
+func (m SendfileMode) String() string {
+	switch m {
+	case SendfileAuto:
+		return "auto"
+	case SendfileAlways:
+		return "always"
+	case SendfileNever:
+		return "never"
+	}
+	return fmt.Sprintf("SendfileMode(%d)", uint8(m))
+}
+
 // ParseSendfileMode reads "auto", "always" or "never".
 func ParseSendfileMode(s string) (SendfileMode, error) {
 	switch s {
@@ -460,8 +472,8 @@ type writerOnly struct{ io.Writer }
 type readerOnly struct{ io.Reader }
 
 // fileCopyBuffer is what a cached file is copied with when it does not
-// leave with sendfile(2): measured best for a client on the same host
-// that hashes what it reads (32 KiB against 128 KiB and 1 MiB).
+// leave with sendfile(2): 64, 128 and 256 KiB served a client on the
+// same host that hashes what it reads no faster (BENCHMARKS.md).
 const fileCopyBuffer = 32 << 10
 
 var fileCopyPool = sync.Pool{New: func() any { b := make([]byte, fileCopyBuffer); return &b }}
@@ -556,16 +568,4 @@ func (g *logGate) allow(now time.Time, every time.Duration) bool {
 		return false
 	}
 	return g.last.CompareAndSwap(last, now.UnixNano())
-}
-
-func (m SendfileMode) String() string {
-	switch m {
-	case SendfileAuto:
-		return "auto"
-	case SendfileAlways:
-		return "always"
-	case SendfileNever:
-		return "never"
-	}
-	return fmt.Sprintf("SendfileMode(%d)", uint8(m))
 }

@@ -114,12 +114,13 @@ func (b *bench) blobThroughput(ctx context.Context, repo string) error {
 	// too when there is one. The bench's clients are on loopback, which
 	// the default sendfile mode sends copies to: the same cache with
 	// sendfile(2) for every client shows what that choice is worth.
-	cachedBins := []struct{ bin, name, extra string }{
+	type cachedBin struct{ bin, name, extra string }
+	cachedBins := []cachedBin{
 		{b.pcBin, "portcullis-cache", ""},
 		{b.pcBin, "portcullis-cache-sendfile", "sendfile: always"},
 	}
 	if *baselineBin != "" {
-		cachedBins = append(cachedBins, struct{ bin, name, extra string }{*baselineBin, "portcullis-baseline-cache", ""})
+		cachedBins = append(cachedBins, cachedBin{*baselineBin, "portcullis-baseline-cache", ""})
 	}
 	cachedTargets := map[*target]string{}
 	for _, e := range cachedBins {
