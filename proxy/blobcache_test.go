@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -762,5 +763,126 @@ func TestBlobShareRefusesUnaskedStatus(t *testing.T) {
 	want := `portcullis_upstream_errors_total{kind="status_other",upstream="docker.io"} 1`
 	if w := do(p.AdminHandler(), http.MethodGet, "/metrics"); !strings.Contains(w.Body.String(), want) {
 		t.Errorf("/metrics lacks %q", want)
+	}
+}
+
+// stubbornBody hands over the first `after` bytes of a real upstream body,
+// then blocks until gate closes whatever the request's context says, as an
+// upstream (or a proxy before it) that is slow to notice a hang-up does.
+type stubbornBody struct {
+	io.ReadCloser
+	left      int64
+	ctx       context.Context
+	cancelled chan struct{}
+	gate      <-chan struct{}
+}
+
+func (b *stubbornBody) Read(p []byte) (int, error) {
+	if b.left > 0 {
+		n, err := b.ReadCloser.Read(p[:min(int64(len(p)), b.left)])
+		b.left -= int64(n)
+		return n, err
+	}
+	<-b.ctx.Done()
+	close(b.cancelled)
+	<-b.gate
+	return 0, io.ErrUnexpectedEOF
+}
+
+type stubbornTransport struct {
+	rt        http.RoundTripper
+	d         v1.Hash
+	gets      atomic.Int64
+	cancelled chan struct{}
+	gate      chan struct{}
+}
+
+func (s *stubbornTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := s.rt.RoundTrip(r)
+	if err != nil || r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+s.d.String()) {
+		return resp, err
+	}
+	if s.gets.Add(1) == 1 {
+		resp.Body = &stubbornBody{ReadCloser: resp.Body, left: 1 << 20, ctx: r.Context(), cancelled: s.cancelled, gate: s.gate}
+	}
+	return resp, nil
+}
+
+// When its last reader hangs up, a fetch that has not delivered the blob
+// leaves the table at once, not when its upstream stream returns: a pull
+// arriving meanwhile starts a fetch of its own and gets the blob instead
+// of joining the dead one and being aborted with it.
+func TestBlobShareAbandonedFetchIsNotJoined(t *testing.T) {
+	t.Parallel()
+	for _, cached := range []bool{true, false} {
+		t.Run(fmt.Sprintf("cache=%v", cached), func(t *testing.T) {
+			t.Parallel()
+			blob := testBlob(8<<20, 7)
+			d := sha(blob)
+			up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+				if !strings.HasSuffix(r.URL.Path, "/blobs/"+d.String()) {
+					w.WriteHeader(http.StatusNotFound)
+					return
+				}
+				w.Header().Set("Content-Type", "application/octet-stream")
+				withLength(blob)(w, r)
+			})
+			st := &stubbornTransport{rt: http.DefaultTransport, d: d, cancelled: make(chan struct{}), gate: make(chan struct{})}
+			opts := []Option{WithBlobGating(false), WithBlobShare(DefaultBlobShareBuffer, DefaultBlobShareMemory), WithTransport(st)}
+			if cached {
+				opts = append(opts, WithBlobCache(newTestBlobCache(t, t.TempDir())))
+			}
+			p, _ := newTestProxy(t, up.URL, allowAll(), opts...)
+			front := httptest.NewServer(p)
+			t.Cleanup(front.Close)
+			released := false
+			release := func() {
+				if !released {
+					released = true
+					close(st.gate)
+				}
+			}
+			t.Cleanup(release)
+			target := front.URL + blobPath("acme/app", d)
+
+			// The first pull reads a little and hangs up.
+			ctx, cancel := context.WithCancel(context.Background())
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(resp.Body, make([]byte, 64<<10)); err != nil {
+				t.Fatal(err)
+			}
+			cancel()
+			resp.Body.Close()
+			recv(t, st.cancelled, "the abandoned fetch's cancellation")
+
+			// Its stream has not returned: the next pull must not wait for it.
+			done := make(chan struct{})
+			var bodies [][]byte
+			var errs []error
+			go func() {
+				bodies, errs = blobHerd(1, target)
+				close(done)
+			}()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				release()
+				<-done
+				t.Fatalf("the next pull waited for the abandoned fetch: %v", errs[0])
+			}
+			if errs[0] != nil || !bytes.Equal(bodies[0], blob) {
+				t.Fatalf("next pull: %v, right bytes %v", errs[0], bytes.Equal(bodies[0], blob))
+			}
+			if g := st.gets.Load(); g != 2 {
+				t.Errorf("%d upstream GETs, want 2 (the abandoned one and the next pull's)", g)
+			}
+			if v := metricNow(t, p, "portcullis_blob_shared_joins_total"); v != 0 {
+				t.Errorf("%v joins, want 0", v)
+			}
+		})
 	}
 }
