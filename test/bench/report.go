@@ -56,17 +56,20 @@ type goal struct {
 }
 
 type results struct {
-	started     time.Time
-	elapsed     time.Duration
-	quick       bool
-	env         []string
-	notes       []string
-	getDigest   []row
-	floor       []floorRow // warm GET by digest, Portcullis against the floor
-	cold        []row
-	headTag     []row
-	blobs       []blobRow
-	blobMiB     int64
+	started   time.Time
+	elapsed   time.Duration
+	quick     bool
+	env       []string
+	notes     []string
+	getDigest []row
+	floor     []floorRow // warm GET by digest, Portcullis against the floor
+	cold      []row
+	headTag   []row
+	blobs     []blobRow
+	blobMiB   int64
+	// hugeBlobs are the warm pulls of the full bench's 1 GiB layer.
+	hugeBlobs   []blobRow
+	hugeMiB     int64
 	shaFloor    []float64 // MiB/s of SHA-256 on one core, per blob round
 	shaFloorCPU []float64 // the same per second of the thread's CPU
 	rss         *rssResult

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -59,6 +60,46 @@ func TestBlobGoals(t *testing.T) {
 				t.Errorf("hashing client goal = %+v, want %s pass=%v", g, tc.hashRatio, tc.hashPass)
 			}
 		})
+	}
+}
+
+// The warm-cache goals are given for each layer size measured, against
+// direct and distribution's warm cache with the same client.
+func TestWarmCacheGoals(t *testing.T) {
+	t.Parallel()
+	warm := func(cacheDiscard, cacheHash float64) []blobRow {
+		return []blobRow{
+			{target: "direct", mode: clientDiscard, mbps: 1000, ratio: 1},
+			{target: "distribution-proxy", note: "warm", mode: clientDiscard, mbps: 800},
+			{target: "portcullis-cache", mode: clientDiscard, mbps: cacheDiscard, ratio: cacheDiscard / 1000},
+			{target: "portcullis-cache-sendfile", mode: clientDiscard, mbps: 5000, ratio: 5},
+			{target: "direct", mode: clientSHA256, mbps: 900, ratio: 1},
+			{target: "distribution-proxy", note: "warm", mode: clientSHA256, mbps: 850},
+			{target: "portcullis-cache", mode: clientSHA256, mbps: cacheHash, ratio: cacheHash / 900},
+		}
+	}
+	r := results{blobs: warm(1200, 880), blobMiB: 256, hugeBlobs: warm(900, 950), hugeMiB: 1024}
+	got := map[string]string{}
+	for _, g := range blobGoals(&r) {
+		got[g.name] = fmt.Sprintf("%s %v", g.measured, g.pass)
+	}
+	want := map[string]string{
+		"warm blob from the blob cache, discard client: vs direct (256 MiB)":                            "1.20× true",
+		"warm blob from the blob cache, discard client: vs distribution's pull-through warm (256 MiB)":  "1.50× true",
+		"warm blob from the blob cache, sha256 client: vs direct (256 MiB)":                             "0.98× false",
+		"warm blob from the blob cache, sha256 client: vs distribution's pull-through warm (256 MiB)":   "1.04× true",
+		"warm blob from the blob cache, discard client: vs direct (1024 MiB)":                           "0.90× false",
+		"warm blob from the blob cache, discard client: vs distribution's pull-through warm (1024 MiB)": "1.12× true",
+		"warm blob from the blob cache, sha256 client: vs direct (1024 MiB)":                            "1.06× true",
+		"warm blob from the blob cache, sha256 client: vs distribution's pull-through warm (1024 MiB)":  "1.12× true",
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d goals, want %d: %v", len(got), len(want), got)
+	}
+	for name, w := range want {
+		if got[name] != w {
+			t.Errorf("%s = %q, want %q", name, got[name], w)
+		}
 	}
 }
 
