@@ -53,9 +53,12 @@ func WithBlobCache(c BlobCache) Option {
 }
 
 // serveCachedBlob answers from the cache with http.ServeContent (Range,
-// conditionals, HEAD; sendfile where the connection and its mode allow),
-// without any upstream request. It reports false on a miss.
-func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, digest v1.Hash, size int64, wouldDeny *blobGate) bool {
+// conditionals, HEAD; sendfile where the connection and its mode allow).
+// A gated blob costs no upstream request; any other is served only once
+// a HEAD shows the upstream has it in repo (see serveBlobShared). It
+// reports false on a miss, and when that HEAD does not confirm the blob:
+// the request then goes to the upstream, which gives its own answer.
+func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, digest v1.Hash, size int64, wouldDeny *blobGate, gated bool) bool {
 	f, n, ok := p.fetches.cache.Get(u.name, digest)
 	if !ok {
 		return false
@@ -64,6 +67,9 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, u *upstr
 	if size >= 0 && n != size {
 		// The descriptor contradicts the verified file: the upstream's
 		// answer (and its size check) decides, as without a cache.
+		return false
+	}
+	if !gated && !p.upstreamHasBlob(r, u, repo, digest, n) {
 		return false
 	}
 	p.fetches.hits.Inc()
@@ -76,4 +82,15 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, u *upstr
 	h.Set("ETag", `"`+digest.String()+`"`)
 	http.ServeContent(forFile(w), r, "", time.Time{}, f)
 	return true
+}
+
+// upstreamHasBlob asks the upstream, with a HEAD in repo, whether it
+// serves the blob there with length n.
+func (p *Proxy) upstreamHasBlob(r *http.Request, u *upstreamEntry, repo string, digest v1.Hash, n int64) bool {
+	resp, err := u.client.OpenBlob(r.Context(), http.MethodHead, repo, digest, n, nil)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }

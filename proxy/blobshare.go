@@ -34,8 +34,11 @@ const (
 const shareChunk = 512 << 10
 
 // fileReadBuffer is what a reader of a fetch written to the cache reads
-// the file with.
-const fileReadBuffer = 256 << 10
+// the file with when it cannot pass the file to its connection (TLS):
+// each such reader holds one for as long as its client takes, so it is
+// as small as what a cache hit copies through, and larger than a TLS
+// record.
+const fileReadBuffer = 32 << 10
 
 var fileReadPool = sync.Pool{New: func() any { b := make([]byte, fileReadBuffer); return &b }}
 
@@ -145,13 +148,21 @@ func (f *blobFetches) tryAcquire(n int64) bool {
 // concurrent pulls. It reports false when the request is to go to the
 // upstream on its own: a HEAD or a conditional or ranged request the
 // cache does not hold, or a pull that came too late to share.
+//
+// Registries scope blobs to repositories. A blob opened for repo by a
+// verified manifest there (gated) is one the upstream serves in repo, so
+// it is read from the cache and shared with any gated pull of the same
+// upstream. One served without that (a warn boundary's would-be denial,
+// or gating off) is the upstream's to authorize: a cache hit is first
+// confirmed by a HEAD in repo, and a fetch is shared only within repo.
 func (p *Proxy) serveBlobShared(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, digest v1.Hash, size int64, wouldDeny *blobGate) (bool, error) {
 	f := p.fetches
 	if f == nil || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
 		return false, nil
 	}
+	gated := p.opts.blobGating && wouldDeny == nil
 	if f.cache != nil {
-		if served := p.serveCachedBlob(w, r, u, repo, digest, size, wouldDeny); served {
+		if served := p.serveCachedBlob(w, r, u, repo, digest, size, wouldDeny, gated); served {
 			return true, nil
 		}
 		f.misses.Inc()
@@ -166,12 +177,21 @@ func (p *Proxy) serveBlobShared(w http.ResponseWriter, r *http.Request, u *upstr
 			return false, nil
 		}
 	}
-	fl, rd, leader := f.join(r.Context(), blobFlightKey(u.name, digest))
+	key := blobFlightKey(u.name, digest)
+	if !gated {
+		key += "\x00" + repo
+	}
+	fl, rd, leader := f.join(r.Context(), key, repo)
 	if fl == nil {
 		f.alone.Inc()
 		return false, nil
 	}
-	defer f.leave(fl, rd)
+	left := false
+	defer func() {
+		if !left {
+			f.leave(fl, rd)
+		}
+	}()
 	if leader {
 		// The fetch waits for a stream connection like any pull, and may
 		// drop a stalled client's stream for it.
@@ -191,6 +211,17 @@ func (p *Proxy) serveBlobShared(w http.ResponseWriter, r *http.Request, u *upstr
 	case <-fl.ready:
 	case <-r.Context().Done():
 		return true, clientGone(r.Context())
+	}
+	// A joiner whose answer could differ fetches on its own: the fetch
+	// was opened for another repository and failed there (a repository
+	// that lacks the blob must not fail the others), or the upstream's
+	// length is not what this repository's verified manifest declares
+	// (its own fetch refuses that before any byte, as without sharing).
+	if !leader && (fl.openErr != nil && fl.repo != repo || fl.openErr == nil && size >= 0 && fl.size != size) {
+		left = true
+		f.leave(fl, rd)
+		f.alone.Inc()
+		return false, nil
 	}
 	if fl.openErr != nil {
 		return true, fl.openErr
@@ -255,6 +286,9 @@ func blobFlightKey(upstream string, digest v1.Hash) string {
 type blobFlight struct {
 	f   *blobFetches
 	key string
+	// repo is the leader's repository, the one the fetch asks the
+	// upstream in.
+	repo string
 	// ready is closed once the upstream answered; the fields below it are
 	// set before and read-only after.
 	ready   chan struct{}
@@ -312,7 +346,7 @@ var errDroppedReader = errors.New("dropped from a shared blob fetch: too slow")
 // freed its first bytes: the pull fetches on its own.
 // The fetch's context keeps the leader's values (trace) but not its
 // cancellation.
-func (f *blobFetches) join(parent context.Context, key string) (fl *blobFlight, rd *flightReader, leader bool) {
+func (f *blobFetches) join(parent context.Context, key, repo string) (fl *blobFlight, rd *flightReader, leader bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	rd = &flightReader{}
@@ -325,7 +359,7 @@ func (f *blobFetches) join(parent context.Context, key string) (fl *blobFlight, 
 		fl.readers[rd] = struct{}{}
 		return fl, rd, false
 	}
-	fl = &blobFlight{f: f, key: key, ready: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{}),
+	fl = &blobFlight{f: f, key: key, repo: repo, ready: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{}),
 		space: make(chan struct{}, 1), readers: map[*flightReader]struct{}{rd: {}}}
 	fl.ctx, fl.cancel = context.WithCancel(context.WithoutCancel(parent))
 	f.flights[key] = fl
@@ -351,21 +385,41 @@ func (f *blobFetches) leave(fl *blobFlight, rd *flightReader) {
 		}
 		return
 	}
-	// A fetch that has delivered every byte is left to finish: its
-	// readers may leave before it is committed to the cache, and the
-	// next pull must find it there (or join it meanwhile).
-	if !fl.finished && !fl.deliveredLocked() {
-		fl.abandoned = true
-		fl.cancel()
-		if f.flights[fl.key] == fl {
-			delete(f.flights, fl.key)
-		}
-	}
+	f.abandonLocked(fl)
 	fl.freeLocked()
 	if fl.finished {
 		// Otherwise finish closes it: a reader may still join.
 		fl.closeLocked()
 	}
+}
+
+// abandonLocked ends a fetch no reader is left for, unless it has
+// delivered every byte: such a fetch is left to finish, as its readers
+// may leave before it is committed to the cache, and the next pull must
+// find it there (or join it meanwhile). An abandoned fetch leaves the
+// table at once, not when its stream returns, so that no pull joins it.
+// It reports whether the fetch was abandoned. f.mu and fl.mu are held.
+func (f *blobFetches) abandonLocked(fl *blobFlight) bool {
+	if len(fl.readers) > 0 || fl.finished || fl.deliveredLocked() {
+		return false
+	}
+	fl.abandoned = true
+	fl.cancel()
+	if f.flights[fl.key] == fl {
+		delete(f.flights, fl.key)
+	}
+	return true
+}
+
+// abandonUnread is abandonLocked for a writer that has dropped every
+// reader: their handlers leave only once their stalled writes fail, and
+// the upstream connection is not to be held for them until then.
+func (f *blobFetches) abandonUnread(fl *blobFlight) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	return f.abandonLocked(fl)
 }
 
 // run fetches the blob once for every reader. It runs on a context of its
@@ -661,7 +715,11 @@ func (s *memorySink) Write(b []byte) (int, error) {
 				fl.waitSince = time.Time{}
 				fl.freeLocked()
 				fl.broadcastLocked()
+				unread := len(fl.readers) == 0
 				fl.mu.Unlock()
+				if unread && f.abandonUnread(fl) {
+					return total, context.Canceled
+				}
 				continue
 			}
 			wait := grace - now.Sub(fl.waitSince)
@@ -801,7 +859,10 @@ func (fl *blobFlight) wait(ctx context.Context, rd *flightReader) (n int64, from
 		case rd.dropped:
 			fl.mu.Unlock()
 			return 0, false, errDroppedReader
-		case rd.pos == fl.size:
+		case rd.pos == fl.size && (fl.size > 0 || fl.finished && fl.err == nil):
+			// The last bytes are released only once they matched, so
+			// reaching the size is success; an empty blob has no last
+			// bytes, and only the finished fetch has checked it.
 			fl.mu.Unlock()
 			return 0, false, nil
 		case rd.pos < fl.written:

@@ -1,0 +1,393 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/portcullis-oci/portcullis/verify"
+)
+
+// repoUpstream serves blob d only in the repositories of have (404 in any
+// other), after each GET of it waits for release when hold says so; gets
+// counts the GETs and heads the HEADs of d, by repository.
+type repoUpstream struct {
+	url     string
+	gets    atomic.Int64
+	heads   atomic.Int64
+	getsIn  func(repo string) int64
+	headsIn func(repo string) int64
+}
+
+func newRepoUpstream(t *testing.T, d v1.Hash, blob []byte, have []string, release <-chan struct{}, hold func(repo string) bool) *repoUpstream {
+	t.Helper()
+	ru := &repoUpstream{}
+	var mu = make(chan struct{}, 1)
+	getsIn, headsIn := map[string]int64{}, map[string]int64{}
+	count := func(m map[string]int64, repo string) {
+		mu <- struct{}{}
+		m[repo]++
+		<-mu
+	}
+	read := func(m map[string]int64) func(string) int64 {
+		return func(repo string) int64 {
+			mu <- struct{}{}
+			defer func() { <-mu }()
+			return m[repo]
+		}
+	}
+	ru.getsIn, ru.headsIn = read(getsIn), read(headsIn)
+	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		suffix := "/blobs/" + d.String()
+		if !strings.HasSuffix(r.URL.Path, suffix) {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		repo := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), suffix)
+		if r.Method == http.MethodGet {
+			ru.gets.Add(1)
+			count(getsIn, repo)
+			if hold != nil && hold(repo) {
+				select {
+				case <-release:
+				case <-r.Context().Done():
+					return
+				}
+			}
+		} else {
+			ru.heads.Add(1)
+			count(headsIn, repo)
+		}
+		for _, h := range have {
+			if h == repo {
+				w.Header().Set("Content-Type", "application/octet-stream")
+				w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+				if r.Method == http.MethodGet {
+					_, _ = w.Write(blob)
+				}
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = io.WriteString(w, `{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}`)
+	})
+	ru.url = up.URL
+	return ru
+}
+
+// An upstream answering a 200 with no body for a blob that is not empty
+// gives the client no complete answer, shared or not: an empty blob has
+// no last bytes to hold back, so only the finished digest check may end
+// the response. The empty blob itself is served.
+func TestBlobShareEmptyAnswerIsNotTheBlob(t *testing.T) {
+	t.Parallel()
+	blob := testBlob(1<<20, 3)
+	d, empty := sha(blob), sha(nil)
+	for _, mode := range []string{"alone", "memory", "cache"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/octet-stream")
+				w.Header().Set("Content-Length", "0")
+			})
+			opts := []Option{WithBlobGating(false)}
+			var bc testBlobCache
+			switch mode {
+			case "memory":
+				opts = append(opts, WithBlobShare(DefaultBlobShareBuffer, DefaultBlobShareMemory))
+			case "cache":
+				bc = newTestBlobCache(t, t.TempDir())
+				opts = append(opts, WithBlobCache(bc))
+			}
+			p, _ := newTestProxy(t, up.URL, allowAll(), opts...)
+			addr := startServe(t, p, ServeConfig{})
+			c := &http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second}
+			t.Cleanup(c.CloseIdleConnections)
+
+			resp, err := c.Get("http://" + addr + blobPath("acme/app", d))
+			if err == nil {
+				body, rerr := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK && rerr == nil {
+					t.Fatalf("an empty answer for %s reached the client as a complete 200 (%d bytes)", d, len(body))
+				}
+			}
+			if bc.Store != nil {
+				if f, _, ok := bc.Get("docker.io", d); ok {
+					f.Close()
+					t.Error("the empty answer was cached as the blob")
+				}
+			}
+
+			resp, err = c.Get("http://" + addr + blobPath("acme/app", empty))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK || len(body) != 0 {
+				t.Fatalf("the empty blob: %d, %d bytes, %v", resp.StatusCode, len(body), err)
+			}
+		})
+	}
+}
+
+// A blob no verified manifest opened in the requesting repository (blob
+// gating off, or a warn boundary's would-be denial) is the upstream's to
+// authorize there. Registries scope blobs to repositories, so the blob
+// cache does not hand one repository's blob to another on the strength of
+// its digest: the hit is served only once a HEAD in the requesting
+// repository shows the upstream has it, and then without a GET.
+func TestBlobCacheUngatedHitAsksTheUpstream(t *testing.T) {
+	t.Parallel()
+	k := newKey(t)
+	for _, tc := range []struct {
+		name string
+		opts []Option
+		v    Verifier
+	}{
+		{"gating off", []Option{WithBlobGating(false)}, allowAll()},
+		{"warn boundary", nil, newEngineSpy(t, verify.Policy{Boundaries: []verify.Boundary{acmeBoundary("rollout", verify.ModeWarn, k)}})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			blob := testBlob(2<<20, 11)
+			d := sha(blob)
+			up := newRepoUpstream(t, d, blob, []string{"acme/secret", "acme/open"}, nil, nil)
+			bc := newTestBlobCache(t, t.TempDir())
+			p, _ := newTestProxy(t, up.url, tc.v, append(tc.opts, WithBlobCache(bc))...)
+
+			if w := do(p, http.MethodGet, blobPath("acme/secret", d)); w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), blob) {
+				t.Fatalf("acme/secret = %d", w.Code)
+			}
+			awaitCond(t, "the blob to be cached", func() bool {
+				f, _, ok := bc.Get("docker.io", d)
+				if ok {
+					f.Close()
+				}
+				return ok
+			})
+
+			// The upstream does not serve it in acme/app: neither does
+			// the cache.
+			for _, m := range []string{http.MethodGet, http.MethodHead} {
+				w := do(p, m, blobPath("acme/app", d))
+				if w.Code != http.StatusNotFound || bytes.Contains(w.Body.Bytes(), blob[:64]) {
+					t.Errorf("%s acme/app = %d, want 404 without the blob", m, w.Code)
+				}
+			}
+			if v := metricNow(t, p, "portcullis_blob_cache_hits_total"); v != 0 {
+				t.Errorf("%v cache hits for a repository the upstream does not serve the blob in", v)
+			}
+
+			// It does serve it in acme/open: a HEAD there, then the
+			// cached bytes.
+			gets := up.gets.Load()
+			w := do(p, http.MethodGet, blobPath("acme/open", d))
+			if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), blob) {
+				t.Fatalf("acme/open = %d", w.Code)
+			}
+			if g, h := up.gets.Load()-gets, up.headsIn("acme/open"); g != 0 || h != 1 {
+				t.Errorf("acme/open from the cache: %d GETs and %d HEADs upstream, want 0 and 1", g, h)
+			}
+			if v := metricNow(t, p, "portcullis_blob_cache_hits_total"); v != 1 {
+				t.Errorf("cache hits = %v, want 1", v)
+			}
+		})
+	}
+}
+
+// A gated blob is read from the cache whichever gated repository filled
+// it, without any upstream request: a verified manifest in the requesting
+// repository names it.
+func TestBlobCacheGatedHitAcrossRepositories(t *testing.T) {
+	t.Parallel()
+	blob := testBlob(2<<20, 12)
+	d := sha(blob)
+	up := newRepoUpstream(t, d, blob, []string{"acme/a", "acme/b"}, nil, nil)
+	bc := newTestBlobCache(t, t.TempDir())
+	p, s := newTestProxy(t, up.url, allowAll(), WithBlobCache(bc))
+	for _, repo := range []string{"acme/a", "acme/b"} {
+		p.blobs.add(blobKey("docker.io", repo, d), int64(len(blob)))
+	}
+	if w := do(p, http.MethodGet, blobPath("acme/a", d)); w.Code != http.StatusOK {
+		t.Fatalf("acme/a = %d", w.Code)
+	}
+	awaitCond(t, "the blob to be cached", func() bool {
+		f, _, ok := bc.Get("docker.io", d)
+		if ok {
+			f.Close()
+		}
+		return ok
+	})
+	before := s.count()
+	if w := do(p, http.MethodGet, blobPath("acme/b", d)); w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), blob) {
+		t.Fatalf("acme/b = %d", w.Code)
+	}
+	if n := s.count() - before; n != 0 {
+		t.Errorf("a gated cache hit made %d upstream requests", n)
+	}
+}
+
+// Without gating a pull shares a fetch only with pulls of the same
+// repository: one of another repository, which the upstream may not
+// serve the blob in, is never handed the bytes of a fetch made there.
+func TestBlobShareUngatedNotJoinedAcrossRepositories(t *testing.T) {
+	t.Parallel()
+	blob := testBlob(4<<20, 13)
+	d := sha(blob)
+	release := make(chan struct{})
+	up := newRepoUpstream(t, d, blob, []string{"acme/secret"}, release, func(repo string) bool { return repo == "acme/secret" })
+	p, _ := newTestProxy(t, up.url, allowAll(), WithBlobGating(false), WithBlobShare(DefaultBlobShareBuffer, DefaultBlobShareMemory))
+	front := httptest.NewServer(p)
+	t.Cleanup(front.Close)
+	done := make(chan struct{})
+	var bodies [][]byte
+	var errs []error
+	go func() {
+		bodies, errs = blobHerd(1, front.URL+blobPath("acme/secret", d))
+		close(done)
+	}()
+	awaitCond(t, "acme/secret's fetch to start", func() bool { return up.getsIn("acme/secret") == 1 })
+	w := do(p, http.MethodGet, blobPath("acme/app", d))
+	if w.Code != http.StatusNotFound || bytes.Contains(w.Body.Bytes(), blob[:64]) {
+		t.Errorf("acme/app during acme/secret's fetch = %d, want 404 without the blob", w.Code)
+	}
+	if v := metricNow(t, p, "portcullis_blob_shared_joins_total"); v != 0 {
+		t.Errorf("%v joins across repositories", v)
+	}
+	close(release)
+	recv(t, done, "acme/secret's pull")
+	if errs[0] != nil || !bytes.Equal(bodies[0], blob) {
+		t.Fatalf("acme/secret: %v", errs[0])
+	}
+}
+
+// A gated pull that joined a fetch opened for another repository is not
+// failed by that repository: when the upstream refuses the blob there, or
+// its length is not what the joiner's own verified manifest declares, the
+// joiner fetches on its own and gets its own repository's answer.
+func TestBlobShareJoinerFetchesAloneWhenTheAnswerCouldDiffer(t *testing.T) {
+	t.Parallel()
+	blob := testBlob(4<<20, 14)
+	d := sha(blob)
+	size := int64(len(blob))
+	for _, tc := range []struct {
+		name                 string
+		have                 []string
+		leaderSize, joinSize int64
+		leaderCode, joinCode int
+	}{
+		// acme/gone lacks the blob (deleted after its manifest was
+		// verified): acme/app still gets it.
+		{"leader's repository refuses", []string{"acme/app"}, size, size, http.StatusNotFound, http.StatusOK},
+		// acme/app's manifest declares another length: its pull is
+		// refused, as without sharing, and acme/gone's is served.
+		{"joiner's length differs", []string{"acme/app", "acme/gone"}, size, size + 1, http.StatusOK, http.StatusBadGateway},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			release := make(chan struct{})
+			up := newRepoUpstream(t, d, blob, tc.have, release, func(repo string) bool { return repo == "acme/gone" })
+			p, _ := newTestProxy(t, up.url, allowAll(), WithBlobShare(DefaultBlobShareBuffer, DefaultBlobShareMemory))
+			p.blobs.add(blobKey("docker.io", "acme/gone", d), tc.leaderSize)
+			p.blobs.add(blobKey("docker.io", "acme/app", d), tc.joinSize)
+			front := httptest.NewServer(p)
+			t.Cleanup(front.Close)
+			type answer struct {
+				code int
+				body []byte
+			}
+			get := func(repo string, out chan<- answer) {
+				resp, err := http.Get(front.URL + blobPath(repo, d))
+				if err != nil {
+					out <- answer{code: -1}
+					return
+				}
+				defer resp.Body.Close()
+				b, err := io.ReadAll(resp.Body)
+				if err != nil {
+					resp.StatusCode = -2
+				}
+				out <- answer{resp.StatusCode, b}
+			}
+			leader, joiner := make(chan answer, 1), make(chan answer, 1)
+			go get("acme/gone", leader)
+			awaitCond(t, "acme/gone's fetch to start", func() bool { return up.getsIn("acme/gone") == 1 })
+			go get("acme/app", joiner)
+			awaitCond(t, "acme/app to join", func() bool { return metricNow(t, p, "portcullis_blob_shared_joins_total") == 1 })
+			close(release)
+			for _, c := range []struct {
+				who  string
+				ch   chan answer
+				want int
+			}{{"acme/gone", leader, tc.leaderCode}, {"acme/app", joiner, tc.joinCode}} {
+				a := recv(t, c.ch, c.who)
+				if a.code != c.want {
+					t.Errorf("%s = %d, want %d", c.who, a.code, c.want)
+				}
+				if a.code == http.StatusOK && !bytes.Equal(a.body, blob) {
+					t.Errorf("%s: wrong bytes", c.who)
+				}
+				if a.code != http.StatusOK && bytes.Contains(a.body, blob[:64]) {
+					t.Errorf("%s: a refusal carries the blob", c.who)
+				}
+			}
+			if g := up.getsIn("acme/app"); g != 1 {
+				t.Errorf("acme/app fetched %d times on its own, want 1", g)
+			}
+			if v := metricNow(t, p, "portcullis_blob_shared_late_total"); v != 1 {
+				t.Errorf("pulls that went alone = %v, want 1", v)
+			}
+		})
+	}
+}
+
+// A fetch whose every reader was dropped for not reading ends at once:
+// the dropped clients' handlers leave only when their stalled writes
+// fail (the client idle timeout), and the upstream connection is not
+// held for them until then.
+func TestBlobShareEveryReaderDroppedEndsTheFetch(t *testing.T) {
+	t.Parallel()
+	const grace = time.Second // see TestBlobShareDropsStalledReader
+	blob := testBlob(32<<20, 15)
+	d := sha(blob)
+	var gets atomic.Int64
+	ended := make(chan struct{})
+	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/blobs/"+d.String()) || r.Method != http.MethodGet {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		gets.Add(1)
+		w.Header().Set("Content-Type", "application/octet-stream")
+		withLength(blob)(w, r)
+		close(ended)
+	})
+	p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithClientStallGrace(grace), WithBlobShare(1<<20, 8<<20))
+	addr := startServe(t, p, ServeConfig{ClientIdleTimeout: 5 * time.Minute})
+	stalled := dialSmallWindow(t, addr)
+	rawRequest(t, stalled, blobPath("acme/app", d))
+	awaitCond(t, "the stalled reader to be dropped", func() bool {
+		return metricNow(t, p, "portcullis_blob_shared_dropped_total") == 1
+	})
+	select {
+	case <-ended:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the upstream stream of a fetch nobody reads is still open")
+	}
+	awaitCond(t, "the shared buffers to be freed", func() bool {
+		return metricNow(t, p, "portcullis_blob_shared_buffer_bytes") == 0
+	})
+	if g := gets.Load(); g != 1 {
+		t.Errorf("%d upstream GETs, want 1", g)
+	}
+}
