@@ -111,7 +111,7 @@ func newBlobFetches(p *Proxy, o blobFetchOptions, reg prometheus.Registerer) (*b
 	f.joins = prometheus.NewCounter(prometheus.CounterOpts{Name: "portcullis_blob_shared_joins_total",
 		Help: "Blob pulls served from an upstream fetch another pull started."})
 	f.alone = prometheus.NewCounter(prometheus.CounterOpts{Name: "portcullis_blob_shared_late_total",
-		Help: "Blob pulls that found a shared fetch already past its buffer and fetched on their own."})
+		Help: "Blob pulls that fetched on their own instead of sharing: the shared fetch was already past its buffer, or had failed in another repository or found another length."})
 	f.dropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "portcullis_blob_shared_dropped_total",
 		Help: "Readers dropped from a shared fetch because they took nothing for the stall grace while the others waited."})
 	buf := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "portcullis_blob_shared_buffer_bytes",
