@@ -18,6 +18,8 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/portcullis-oci/portcullis/cache/blobs"
 	"github.com/portcullis-oci/portcullis/verify"
 )
@@ -314,6 +316,12 @@ func TestBlobHerdSharesOneFetch(t *testing.T) {
 			}
 			if v := metricNow(t, p, "portcullis_blob_shared_buffer_bytes"); v != 0 {
 				t.Errorf("%v bytes of shared buffers held after the herd", v)
+			}
+			// Every reader of a cached fetch waits for its commit.
+			for _, op := range []string{"create", "write", "commit"} {
+				if v := testutil.ToFloat64(p.fetches.cacheErrors.WithLabelValues(op)); v != 0 {
+					t.Errorf("a verified blob counted %v cache %s errors", v, op)
+				}
 			}
 		})
 	}
