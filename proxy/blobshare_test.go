@@ -391,3 +391,29 @@ func TestBlobShareEveryReaderDroppedEndsTheFetch(t *testing.T) {
 		t.Errorf("%d upstream GETs, want 1", g)
 	}
 }
+
+// A fetch whose stream reports success short of the blob's length fails
+// its readers instead of ending their responses early. The upstream
+// client never does that; finish and wait each guard against it, so this
+// fails only when both guards are gone.
+func TestBlobFlightShortSuccessFails(t *testing.T) {
+	t.Parallel()
+	p, _ := newTestProxy(t, "http://127.0.0.1:1", allowAll(), WithBlobShare(DefaultBlobShareBuffer, DefaultBlobShareMemory))
+	f := p.fetches
+	fl, rd, leader := f.join(t.Context(), "k", "acme/app")
+	if !leader {
+		t.Fatal("not the leader")
+	}
+	fl.size = 10
+	close(fl.ready)
+	if _, err := (&memorySink{fl: fl, ctx: t.Context()}).Write([]byte("01234")); err != nil {
+		t.Fatal(err)
+	}
+	f.finish(fl, nil)
+	var got bytes.Buffer
+	n, err := fl.readTo(t.Context(), rd, &got)
+	if err == nil || n != 5 {
+		t.Fatalf("reader of a fetch that ended at 5 of 10 bytes: %d bytes, %v", n, err)
+	}
+	f.leave(fl, rd)
+}
