@@ -147,7 +147,8 @@ func (f *blobFetches) tryAcquire(n int64) bool {
 // warn boundary only) from the cache or from a fetch shared with
 // concurrent pulls. It reports false when the request is to go to the
 // upstream on its own: a HEAD or a conditional or ranged request the
-// cache does not hold, or a pull that came too late to share.
+// cache does not hold, a pull that came too late to share, or one whose
+// answer could differ from the shared fetch's.
 //
 // Registries scope blobs to repositories. A blob opened for repo by a
 // verified manifest there (gated) is one the upstream serves in repo, so
