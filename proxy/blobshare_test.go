@@ -417,3 +417,68 @@ func TestBlobFlightShortSuccessFails(t *testing.T) {
 	}
 	f.leave(fl, rd)
 }
+
+// The fastest reader of a memory fetch runs exactly buffer_bytes ahead of
+// a reader that has stopped (within the stall grace): the fetch then holds
+// that many bytes of chunks, not one chunk fewer or more.
+func TestBlobShareBufferBound(t *testing.T) {
+	t.Parallel()
+	const buffer = 4 * shareChunk
+	blob := testBlob(32<<20, 16)
+	d := sha(blob)
+	release := make(chan struct{})
+	var gets atomic.Int64
+	url := holdUpstream(t, d, release, &gets, func(int64) func(http.ResponseWriter, *http.Request) { return withLength(blob) })
+	p, _ := newTestProxy(t, url, allowAll(), WithBlobGating(false), WithClientStallGrace(5*time.Minute), WithBlobShare(buffer, 64<<20))
+	addr := startServe(t, p, ServeConfig{ClientIdleTimeout: 5 * time.Minute})
+	target := blobPath("acme/app", d)
+	stalled := dialSmallWindow(t, addr)
+	rawRequest(t, stalled, target)
+	awaitCond(t, "the stalled pull to start the fetch", func() bool { return gets.Load() == 1 })
+	var got atomic.Int64
+	done := make(chan []byte, 1)
+	go func() {
+		resp, err := http.Get("http://" + addr + target)
+		if err != nil {
+			done <- nil
+			return
+		}
+		defer resp.Body.Close()
+		var b bytes.Buffer
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			b.Write(buf[:n])
+			got.Add(int64(n))
+			if err != nil {
+				break
+			}
+		}
+		done <- b.Bytes()
+	}()
+	awaitCond(t, "the second pull to join", func() bool {
+		return metricNow(t, p, "portcullis_blob_shared_joins_total") == 1
+	})
+	close(release)
+	// Settled: the fast reader has taken nothing new for a while.
+	last, still := int64(-1), 0
+	awaitCond(t, "the fast reader to wait for the stalled one", func() bool {
+		time.Sleep(50 * time.Millisecond)
+		if n := got.Load(); n > 0 && n == last {
+			still++
+		} else {
+			last, still = n, 0
+		}
+		return still >= 10
+	})
+	if v := metricNow(t, p, "portcullis_blob_shared_buffer_bytes"); v != buffer {
+		t.Errorf("a fetch held back by a stopped reader holds %v bytes, want buffer_bytes %d", v, buffer)
+	}
+	if got.Load() >= int64(len(blob)) {
+		t.Fatal("the fast reader was not held back")
+	}
+	stalled.Close()
+	if b := recv(t, done, "the fast reader"); !bytes.Equal(b, blob) {
+		t.Errorf("the fast reader got %d bytes, not the blob", len(b))
+	}
+}
