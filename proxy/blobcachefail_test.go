@@ -114,6 +114,12 @@ func TestBlobCacheWriteFailureServesFromMemory(t *testing.T) {
 			if g := gets.Load(); g != 1 {
 				t.Errorf("%d upstream GETs, want 1", g)
 			}
+			if bytes.Equal(tc.body, blob) {
+				// Bytes sent from the file and from memory both count.
+				awaitCond(t, "every client's bytes to be counted", func() bool {
+					return metricNow(t, p, "portcullis_blob_bytes_total") == float64(n*len(blob))
+				})
+			}
 			if v := testutil.ToFloat64(p.fetches.cacheErrors.WithLabelValues("write")); v != 1 {
 				t.Errorf("blob cache write errors %v, want 1", v)
 			}
