@@ -50,6 +50,19 @@ func newTestBlobCache(t testing.TB, dir string) testBlobCache {
 	return testBlobCache{s}
 }
 
+// awaitCached waits until bc holds docker.io's blob d: the commit may
+// come just after the pull that fetched it has returned.
+func awaitCached(t *testing.T, bc testBlobCache, d v1.Hash) {
+	t.Helper()
+	awaitCond(t, "the blob to be cached", func() bool {
+		f, _, ok := bc.Get("docker.io", d)
+		if ok {
+			f.Close()
+		}
+		return ok
+	})
+}
+
 // blobGets counts the upstream GETs of blob d.
 func blobGets(s *spy, d v1.Hash) int {
 	n := 0
@@ -491,13 +504,7 @@ func TestBlobCacheJoinerReadsGrowingFile(t *testing.T) {
 	if blobGets(s, d) != 1 {
 		t.Errorf("%d upstream GETs, want 1", blobGets(s, d))
 	}
-	awaitCond(t, "the blob to be cached", func() bool {
-		f, _, ok := bc.Get("docker.io", d)
-		if ok {
-			f.Close()
-		}
-		return ok
-	})
+	awaitCached(t, bc, d)
 }
 
 // In memory, a reader that stops taking bytes does not hold the others

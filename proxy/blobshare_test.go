@@ -168,13 +168,7 @@ func TestBlobCacheUngatedHitAsksTheUpstream(t *testing.T) {
 			if w := do(p, http.MethodGet, blobPath("acme/secret", d)); w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), blob) {
 				t.Fatalf("acme/secret = %d", w.Code)
 			}
-			awaitCond(t, "the blob to be cached", func() bool {
-				f, _, ok := bc.Get("docker.io", d)
-				if ok {
-					f.Close()
-				}
-				return ok
-			})
+			awaitCached(t, bc, d)
 
 			// The upstream does not serve it in acme/app: neither does
 			// the cache.
@@ -221,13 +215,7 @@ func TestBlobCacheGatedHitAcrossRepositories(t *testing.T) {
 	if w := do(p, http.MethodGet, blobPath("acme/a", d)); w.Code != http.StatusOK {
 		t.Fatalf("acme/a = %d", w.Code)
 	}
-	awaitCond(t, "the blob to be cached", func() bool {
-		f, _, ok := bc.Get("docker.io", d)
-		if ok {
-			f.Close()
-		}
-		return ok
-	})
+	awaitCached(t, bc, d)
 	before := s.count()
 	if w := do(p, http.MethodGet, blobPath("acme/b", d)); w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), blob) {
 		t.Fatalf("acme/b = %d", w.Code)
