@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,33 +18,33 @@ import (
 
 // repoUpstream serves blob d only in the repositories of have (404 in any
 // other), after each GET of it waits for release when hold says so; gets
-// counts the GETs and heads the HEADs of d, by repository.
+// counts the GETs of d, and getsIn and headsIn the GETs and HEADs by
+// repository.
 type repoUpstream struct {
-	url     string
-	gets    atomic.Int64
-	heads   atomic.Int64
-	getsIn  func(repo string) int64
-	headsIn func(repo string) int64
+	url   string
+	gets  atomic.Int64
+	mu    sync.Mutex
+	byReq map[string]int64 // "METHOD repo"
+}
+
+func (ru *repoUpstream) count(method, repo string) {
+	ru.mu.Lock()
+	defer ru.mu.Unlock()
+	ru.byReq[method+" "+repo]++
+}
+
+func (ru *repoUpstream) getsIn(repo string) int64  { return ru.countOf(http.MethodGet, repo) }
+func (ru *repoUpstream) headsIn(repo string) int64 { return ru.countOf(http.MethodHead, repo) }
+
+func (ru *repoUpstream) countOf(method, repo string) int64 {
+	ru.mu.Lock()
+	defer ru.mu.Unlock()
+	return ru.byReq[method+" "+repo]
 }
 
 func newRepoUpstream(t *testing.T, d v1.Hash, blob []byte, have []string, release <-chan struct{}, hold func(repo string) bool) *repoUpstream {
 	t.Helper()
-	ru := &repoUpstream{}
-	var mu = make(chan struct{}, 1)
-	getsIn, headsIn := map[string]int64{}, map[string]int64{}
-	count := func(m map[string]int64, repo string) {
-		mu <- struct{}{}
-		m[repo]++
-		<-mu
-	}
-	read := func(m map[string]int64) func(string) int64 {
-		return func(repo string) int64 {
-			mu <- struct{}{}
-			defer func() { <-mu }()
-			return m[repo]
-		}
-	}
-	ru.getsIn, ru.headsIn = read(getsIn), read(headsIn)
+	ru := &repoUpstream{byReq: map[string]int64{}}
 	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 		suffix := "/blobs/" + d.String()
 		if !strings.HasSuffix(r.URL.Path, suffix) {
@@ -51,9 +52,9 @@ func newRepoUpstream(t *testing.T, d v1.Hash, blob []byte, have []string, releas
 			return
 		}
 		repo := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), suffix)
+		ru.count(r.Method, repo)
 		if r.Method == http.MethodGet {
 			ru.gets.Add(1)
-			count(getsIn, repo)
 			if hold != nil && hold(repo) {
 				select {
 				case <-release:
@@ -61,9 +62,6 @@ func newRepoUpstream(t *testing.T, d v1.Hash, blob []byte, have []string, releas
 					return
 				}
 			}
-		} else {
-			ru.heads.Add(1)
-			count(headsIn, repo)
 		}
 		for _, h := range have {
 			if h == repo {
