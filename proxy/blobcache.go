@@ -17,7 +17,7 @@ import (
 type BlobCache interface {
 	// Get opens the cached blob; the caller closes the file.
 	Get(upstream string, digest v1.Hash) (f *os.File, size int64, ok bool)
-	// Create reserves room for a blob of size bytes about to be fetched;
+	// Create admits a blob of size bytes about to be fetched;
 	// ErrBlobCacheFull (wrapped) means it is not to be cached.
 	Create(upstream string, digest v1.Hash, size int64) (BlobCacheWriter, error)
 }
@@ -25,7 +25,9 @@ type BlobCache interface {
 // BlobCacheWriter receives one blob as it is fetched. The proxy calls
 // Commit only after the bytes matched the digest, Abort otherwise, and
 // Close once no reader of the file is left. ReadAt reads back what was
-// written, for the pulls sharing the fetch.
+// written, for the pulls sharing the fetch. Write may wrap
+// ErrBlobCacheFull when the cache finds no room for the rest: the blob
+// is then served without being cached.
 type BlobCacheWriter interface {
 	io.Writer
 	io.ReaderAt
@@ -34,9 +36,10 @@ type BlobCacheWriter interface {
 	Close() error
 }
 
-// ErrBlobCacheFull is wrapped by a BlobCache's Create when the blob does
-// not fit (too large, or no room left above the free-space floor): the
-// blob is served without being cached, and that is not an error.
+// ErrBlobCacheFull is wrapped by a BlobCache's Create, or its Writer's
+// Write, when the blob does not fit (too large, or no room left above the
+// free-space floor): the blob is served without being cached, and that is
+// not an error.
 var ErrBlobCacheFull = errors.New("blob cache full")
 
 // WithBlobCache serves blobs from c and writes the blobs it fetches into

@@ -36,7 +36,17 @@ func (c testBlobCache) Create(upstream string, d v1.Hash, size int64) (BlobCache
 	if err != nil {
 		return nil, err
 	}
-	return w, nil
+	return testBlobCacheWriter{w}, nil
+}
+
+type testBlobCacheWriter struct{ *blobs.Writer }
+
+func (w testBlobCacheWriter) Write(b []byte) (int, error) {
+	n, err := w.Writer.Write(b)
+	if errors.Is(err, blobs.ErrNoSpace) {
+		err = fmt.Errorf("%w: %w", ErrBlobCacheFull, err)
+	}
+	return n, err
 }
 
 func newTestBlobCache(t testing.TB, dir string) testBlobCache {
@@ -901,5 +911,145 @@ func TestBlobShareAbandonedFetchIsNotJoined(t *testing.T) {
 				t.Errorf("%v joins, want 0", v)
 			}
 		})
+	}
+}
+
+// A first pull of a large blob, dropped soon after it starts, evicts
+// from the cache about what it downloaded, not the blob's declared size:
+// a client cannot flush the cache by starting pulls it abandons.
+func TestBlobCacheAbandonedPullKeepsTheCache(t *testing.T) {
+	t.Parallel()
+	const mib = 1 << 20
+	blob := testBlob(14*mib, 6)
+	d := sha(blob)
+	sent := make(chan struct{})
+	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+		if r.Method == http.MethodHead {
+			return
+		}
+		_, _ = w.Write(blob[:2*mib])
+		w.(http.Flusher).Flush()
+		close(sent)
+		<-r.Context().Done()
+	})
+	s, err := blobs.Open(t.TempDir(), blobs.Options{MaxBytes: 16 * mib, ClaimStep: mib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	<-s.Scanned()
+	bc := testBlobCache{s}
+	// Twelve cached blobs of 1 MiB: 12 of the 16 MiB.
+	var kept []v1.Hash
+	for i := range 12 {
+		b := testBlob(mib, byte(i))
+		w, err := s.Create("docker.io", sha(b), mib)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		kept = append(kept, sha(b))
+	}
+	p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc))
+	front := httptest.NewServer(p)
+	t.Cleanup(front.Close)
+
+	resp, err := http.Get(front.URL + blobPath("acme/app", d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, sent, "the first 2 MiB")
+	if _, err := io.ReadFull(resp.Body, make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	awaitCond(t, "the abandoned fetch to give back its room", func() bool { return s.Stats().Reserved == 0 })
+
+	st := s.Stats()
+	// 2 MiB written (and a step claimed past it) fit beside 12 MiB with
+	// at most one eviction; claiming the declared 14 MiB up front evicted
+	// ten files.
+	if st.EvictedSize > 1 || st.Files < 11 {
+		t.Errorf("cache after an abandoned 14 MiB pull: %+v, want at most one file evicted", st)
+	}
+	for _, k := range kept[2:] {
+		if f, _, ok := bc.Get("docker.io", k); !ok {
+			t.Errorf("%s evicted", k)
+		} else {
+			f.Close()
+		}
+	}
+	if f, _, ok := bc.Get("docker.io", d); ok {
+		f.Close()
+		t.Error("the abandoned blob was cached")
+	}
+}
+
+// A cache that finds no room for the rest of a blob mid-stream (the disk
+// filled from elsewhere) is a refusal, not a failure: the pull gets every
+// byte from memory, nothing is cached and no cache error is counted.
+func TestBlobCacheRoomGoneMidStream(t *testing.T) {
+	t.Parallel()
+	const mib = 1 << 20
+	blob := testBlob(8*mib, 9)
+	d := sha(blob)
+	var free atomic.Int64
+	free.Store(1 << 40)
+	half := make(chan struct{})
+	rest := make(chan struct{})
+	var release sync.Once
+	sendRest := func() { release.Do(func() { close(rest) }) }
+	t.Cleanup(sendRest)
+	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+		if r.Method == http.MethodHead {
+			return
+		}
+		_, _ = w.Write(blob[:2*mib])
+		w.(http.Flusher).Flush()
+		close(half)
+		<-rest
+		_, _ = w.Write(blob[2*mib:])
+	})
+	s, err := blobs.Open(t.TempDir(), blobs.Options{MaxBytes: 64 * mib, MinFreeBytes: 1 << 30, ClaimStep: mib,
+		FreeSpace: func(string) (int64, error) { return free.Load(), nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	<-s.Scanned()
+	bc := testBlobCache{s}
+	p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc))
+	front := httptest.NewServer(p)
+	t.Cleanup(front.Close)
+
+	resp, err := http.Get(front.URL + blobPath("acme/app", d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	recv(t, half, "the first 2 MiB")
+	free.Store(1<<30 + mib/2) // half a step above the floor
+	sendRest()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || !bytes.Equal(b, blob) {
+		t.Fatalf("pull: %v, %d bytes, right bytes %v", err, len(b), bytes.Equal(b, blob))
+	}
+	if st := s.Stats(); st.Refused != 1 || st.Files != 0 || st.Reserved != 0 {
+		t.Errorf("cache %+v, want one refusal, no file, nothing held", st)
+	}
+	if v := testutil.ToFloat64(p.fetches.cacheErrors.WithLabelValues("write")); v != 0 {
+		t.Errorf("a refusal counted as %v cache write errors", v)
+	}
+	if f, _, ok := bc.Get("docker.io", d); ok {
+		f.Close()
+		t.Error("a refused blob was cached")
 	}
 }

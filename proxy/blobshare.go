@@ -658,11 +658,15 @@ func (s *fileSink) Write(b []byte) (int, error) {
 		return n, nil
 	}
 	// The file's readers keep their handles on it; removing its name now
-	// gives its reservation back to the cache.
+	// gives its room back to the cache.
 	fl.file.Abort()
-	fl.f.cacheErrors.WithLabelValues("write").Inc()
-	fl.f.logCacheError("blob cache: cannot write a blob; it is served from memory without caching it",
-		zap.String("upstream", s.upstream), zap.String("digest", s.digest.String()), zap.Int64("bytes_in_file", end), zap.Error(err))
+	if !errors.Is(err, ErrBlobCacheFull) {
+		// No room left for the rest is a refusal the cache counts, as
+		// at Create, not a failure.
+		fl.f.cacheErrors.WithLabelValues("write").Inc()
+		fl.f.logCacheError("blob cache: cannot write a blob; it is served from memory without caching it",
+			zap.String("upstream", s.upstream), zap.String("digest", s.digest.String()), zap.Int64("bytes_in_file", end), zap.Error(err))
+	}
 	s.mem = &memorySink{fl: fl, ctx: s.ctx}
 	m, err := s.mem.Write(b[n:])
 	return n + m, err

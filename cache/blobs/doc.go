@@ -26,11 +26,14 @@
 //
 // # What it guarantees
 //
-//   - Bytes on disk (indexed files plus space reserved by running Writers)
-//     stay within MaxBytes, and a Writer is refused space that would leave
-//     less than MinFreeBytes free on the file system, after evicting least
-//     recently used files to make room. Files not yet scanned at Open are
-//     not counted until they are indexed.
+//   - Bytes on disk (indexed files plus room claimed by running Writers)
+//     stay within MaxBytes, and a Writer is refused room that would leave
+//     less than MinFreeBytes free on the file system. Writers claim room
+//     a step at a time as their bytes arrive, evicting least recently
+//     used files for it, so a Writer abandoned early has evicted about
+//     what it wrote; the declared sizes of running Writers together stay
+//     within MaxBytes, so each can claim its whole size. Files not yet
+//     scanned at Open are not counted until they are indexed.
 //   - A file handed out by Get stays readable after eviction (it is
 //     unlinked, not truncated).
 //   - Safe for concurrent use.

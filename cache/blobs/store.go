@@ -37,13 +37,22 @@ type Options struct {
 	// system holding dir. Default: statfs (on Linux; elsewhere free space
 	// is not checked).
 	FreeSpace func(dir string) (int64, error)
+	// ClaimStep is how much room a Writer takes at a time, evicting for
+	// it, as its bytes arrive. Default: DefaultClaimStep.
+	ClaimStep int64
 }
+
+// DefaultClaimStep is the room a Writer claims at a time: evictions
+// follow the bytes that arrive, so a fetch abandoned early costs the
+// cache about what it downloaded, not the blob's declared size.
+const DefaultClaimStep = 32 << 20
 
 // Stats are counts since Open and the current size.
 type Stats struct {
 	Files int
 	Bytes int64
-	// Reserved is the space held by running Writers.
+	// Reserved is the space held by running Writers: what they claimed
+	// so far, counted against MaxBytes.
 	Reserved int64
 	// EvictedSize and EvictedFree count files evicted to stay within
 	// MaxBytes and above MinFreeBytes.
@@ -61,11 +70,16 @@ type Store struct {
 	dir  string
 	opts Options
 
-	mu       sync.Mutex
-	entries  map[string]*list.Element // key → element holding *entry
-	lru      *list.List               // front: most recently used
-	bytes    int64
-	reserved int64
+	mu      sync.Mutex
+	entries map[string]*list.Element // key → element holding *entry
+	lru     *list.List               // front: most recently used
+	bytes   int64
+	// Running Writers, summed: declared is their blobs' sizes, which
+	// must fit in MaxBytes together; claimed is the room they hold,
+	// counted against MaxBytes; unwritten and pending are declared and
+	// claimed bytes not yet on disk as of each Writer's last claim, for
+	// the free-space checks (they run ahead by less than a step).
+	declared, claimed, unwritten, pending int64
 
 	evictedSize, evictedFree, rejected, refused atomic.Int64
 
@@ -92,6 +106,9 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	if o.FreeSpace == nil {
 		o.FreeSpace = freeSpace
+	}
+	if o.ClaimStep <= 0 {
+		o.ClaimStep = DefaultClaimStep
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -294,9 +311,12 @@ func (s *Store) Get(upstream string, d v1.Hash) (*os.File, int64, bool) {
 	return nil, 0, false
 }
 
-// Create reserves size bytes for the blob digest of upstream, evicting
-// least recently used files as needed, and returns a Writer for it.
-// ErrTooLarge and ErrNoSpace mean the blob is not to be cached.
+// Create admits a blob of size bytes about to be fetched and returns a
+// Writer for it. Nothing is evicted yet: the Writer claims room as its
+// bytes arrive. ErrTooLarge and ErrNoSpace mean the blob is not to be
+// cached: larger than the cache, more than the running Writers leave of
+// it, or more than the file system can hold above MinFreeBytes once
+// every cached file is evicted.
 func (s *Store) Create(upstream string, d v1.Hash, size int64) (*Writer, error) {
 	if size < 0 {
 		return nil, errors.New("blob cache: unknown size")
@@ -306,32 +326,43 @@ func (s *Store) Create(upstream string, d v1.Hash, size int64) (*Writer, error) 
 		return nil, ErrTooLarge
 	}
 	s.mu.Lock()
-	if !s.evictLocked(size) {
+	if !s.admitLocked(size) {
 		s.mu.Unlock()
 		s.refused.Add(1)
 		return nil, ErrNoSpace
 	}
-	s.reserved += size
+	s.declared += size
+	s.unwritten += size
 	s.mu.Unlock()
 	f, err := os.CreateTemp(s.tmpDir(), "blob-*")
 	if err != nil {
-		s.release(size)
+		s.mu.Lock()
+		s.declared -= size
+		s.unwritten -= size
+		s.mu.Unlock()
 		return nil, fmt.Errorf("blob cache: %w", err)
 	}
 	return &Writer{s: s, f: f, key: s.key(upstream, d), size: size}, nil
 }
 
-func (s *Store) release(size int64) {
-	s.mu.Lock()
-	s.reserved -= size
-	s.mu.Unlock()
+// admitLocked reports whether a blob of size bytes can be written beside
+// the running Writers, were every cached file evicted.
+func (s *Store) admitLocked(size int64) bool {
+	if s.declared+size > s.opts.MaxBytes {
+		return false
+	}
+	if s.opts.MinFreeBytes == 0 {
+		return true
+	}
+	free, err := s.opts.FreeSpace(s.dir)
+	return err == nil && free+s.bytes-s.unwritten-size >= s.opts.MinFreeBytes
 }
 
 // evictLocked evicts least recently used files until want more bytes fit
 // within MaxBytes and leave MinFreeBytes free. It reports whether they
 // fit.
 func (s *Store) evictLocked(want int64) bool {
-	for s.bytes+s.reserved+want > s.opts.MaxBytes {
+	for s.bytes+s.claimed+want > s.opts.MaxBytes {
 		if !s.evictOldestLocked() {
 			return false
 		}
@@ -345,8 +376,8 @@ func (s *Store) evictLocked(want int64) bool {
 		// Unknown free space: fail towards not writing.
 		return want == 0
 	}
-	// Reserved space is not yet written, so not yet gone from free.
-	for free-s.reserved-want < s.opts.MinFreeBytes {
+	// Claimed space not yet written is not yet gone from free.
+	for free-s.pending-want < s.opts.MinFreeBytes {
 		back := s.lru.Back()
 		if back == nil {
 			return false
@@ -389,7 +420,7 @@ func (s *Store) Trim() {
 // Stats returns the current counts.
 func (s *Store) Stats() Stats {
 	s.mu.Lock()
-	st := Stats{Files: len(s.entries), Bytes: s.bytes, Reserved: s.reserved}
+	st := Stats{Files: len(s.entries), Bytes: s.bytes, Reserved: s.claimed}
 	s.mu.Unlock()
 	st.EvictedSize, st.EvictedFree = s.evictedSize.Load(), s.evictedFree.Load()
 	st.Rejected, st.Refused = s.rejected.Load(), s.refused.Load()
@@ -399,26 +430,74 @@ func (s *Store) Stats() Stats {
 // Writer writes one blob to a temporary file. Its bytes may be read back
 // with ReadAt while it is written, by readers sharing the fetch. Commit or
 // Abort ends the write; Close closes the file once no reader needs it.
+// Write, Commit and Abort are called from one goroutine.
 type Writer struct {
 	s       *Store
 	f       *os.File
 	key     string
 	size    int64
 	written int64
-	done    bool
+	// claimed is the room held; synced is written as of the last claim,
+	// what the store's unwritten and pending counts assume.
+	claimed, synced int64
+	done            bool
 }
 
-// Write appends to the file; it refuses bytes past the reserved size.
+// Write appends to the file, claiming room (and evicting for it) a step
+// at a time. It refuses bytes past the declared size, and returns
+// ErrNoSpace when no room can be claimed: the blob is then not cached.
 func (w *Writer) Write(b []byte) (int, error) {
 	if w.done {
 		return 0, errors.New("blob cache: write after commit or abort")
 	}
-	if w.written+int64(len(b)) > w.size {
-		return 0, fmt.Errorf("blob cache: more than the %d bytes reserved", w.size)
+	end := w.written + int64(len(b))
+	if end > w.size {
+		return 0, fmt.Errorf("blob cache: more than the %d bytes declared", w.size)
+	}
+	if end > w.claimed {
+		if err := w.claim(end); err != nil {
+			return 0, err
+		}
 	}
 	n, err := w.f.Write(b)
 	w.written += int64(n)
 	return n, err
+}
+
+// claim takes room up to at least end, a step at a time.
+func (w *Writer) claim(end int64) error {
+	s := w.s
+	step := max(s.opts.ClaimStep, end-w.claimed)
+	step = min(step, w.size-w.claimed)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w.syncLocked()
+	if !s.evictLocked(step) {
+		s.refused.Add(1)
+		return ErrNoSpace
+	}
+	w.claimed += step
+	s.claimed += step
+	s.pending += step
+	return nil
+}
+
+// syncLocked tells the store how much of the claimed room is now on disk.
+func (w *Writer) syncLocked() {
+	d := w.written - w.synced
+	w.synced = w.written
+	w.s.unwritten -= d
+	w.s.pending -= d
+}
+
+// releaseLocked takes the Writer out of the store's running counts.
+func (w *Writer) releaseLocked() {
+	s := w.s
+	w.syncLocked()
+	s.declared -= w.size
+	s.unwritten -= w.size - w.written
+	s.claimed -= w.claimed
+	s.pending -= w.claimed - w.written
 }
 
 // ReadAt reads the file as written so far.
@@ -445,7 +524,7 @@ func (w *Writer) OpenReader() (*os.File, error) {
 }
 
 // Commit makes the file the cached blob: the caller has checked its bytes
-// against the digest. The file must hold exactly the reserved size. It is
+// against the digest. The file must hold exactly the declared size. It is
 // synced before it is renamed into place.
 func (w *Writer) Commit() error {
 	if w.done {
@@ -461,33 +540,32 @@ func (w *Writer) Commit() error {
 	if err == nil {
 		err = os.MkdirAll(filepath.Dir(final), 0o700)
 	}
+	s := w.s
+	s.mu.Lock()
+	w.releaseLocked()
+	// Renamed under the lock, so that evicting an older copy of the same
+	// blob cannot remove the new file between its rename and its entry.
 	if err == nil {
 		err = os.Rename(w.f.Name(), final)
 	}
-	if err == nil {
-		syncDir(filepath.Dir(final))
-	}
-	s := w.s
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.reserved -= w.size
 	if err != nil {
+		s.mu.Unlock()
 		_ = os.Remove(w.f.Name())
 		return fmt.Errorf("blob cache: %w", err)
 	}
 	if old, ok := s.entries[w.key]; ok {
 		// The same blob committed twice: the rename replaced the file.
-		s.lru.Remove(old)
-		delete(s.entries, w.key)
-		s.bytes -= old.Value.(*entry).size
+		s.removeLocked(old)
 	}
 	s.entries[w.key] = s.lru.PushFront(&entry{key: w.key, path: final, size: w.size})
 	s.bytes += w.size
 	s.evictLocked(0)
+	s.mu.Unlock()
+	syncDir(filepath.Dir(final))
 	return nil
 }
 
-// Abort removes the temporary file and gives back its reservation;
+// Abort removes the temporary file and gives back its room;
 // readers holding it may still finish reading what was written.
 func (w *Writer) Abort() {
 	if w.done {
@@ -495,7 +573,9 @@ func (w *Writer) Abort() {
 	}
 	w.done = true
 	_ = os.Remove(w.f.Name())
-	w.s.release(w.size)
+	w.s.mu.Lock()
+	w.releaseLocked()
+	w.s.mu.Unlock()
 }
 
 // Close closes the file; call it after Commit or Abort once no reader

@@ -182,9 +182,16 @@ func TestEvictionByFreeSpace(t *testing.T) {
 		FreeSpace: func(string) (int64, error) { return free, nil }})
 	a := put(t, s, "u", bytes.Repeat([]byte("a"), 50))
 	free -= 50
-	// 950 free, 900 to keep: 60 more bytes need a's 50 back.
+	// 950 free, 900 to keep: 60 more bytes need a's 50 back, once they
+	// arrive.
 	w, err := s.Create("u", digestOf([]byte("x")), 60)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := read(t, s, "u", a); !ok {
+		t.Error("a file evicted before any byte arrived")
+	}
+	if _, err := w.Write(make([]byte, 60)); err != nil {
 		t.Fatal(err)
 	}
 	w.Abort()
@@ -248,6 +255,9 @@ func TestReservationsAndEdges(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a blob of exactly MaxBytes: %v", err)
 	}
+	if _, err := w.Write([]byte("w")); err != nil { // claims it all: the step is larger
+		t.Fatal(err)
+	}
 	for _, d := range []v1.Hash{a, b} {
 		if _, ok := read(t, s, "u", d); ok {
 			t.Errorf("%s kept beside a reservation of the whole cache", d)
@@ -302,5 +312,136 @@ func TestRebuildKeepsAge(t *testing.T) {
 	}
 	if _, ok := read(t, s, "u", newer); !ok {
 		t.Error("the newer file was evicted")
+	}
+}
+
+// A Writer claims room as its bytes arrive, so a fetch abandoned early
+// evicts about what it wrote, not its blob's declared size: first pulls
+// of large blobs, dropped at once, cannot flush the cache.
+func TestWriterClaimsRoomAsBytesArrive(t *testing.T) {
+	s := open(t, t.TempDir(), Options{MaxBytes: 100, ClaimStep: 10})
+	var old []v1.Hash
+	for _, c := range "abcd" {
+		old = append(old, put(t, s, "u", bytes.Repeat([]byte{byte(c)}, 20)))
+	}
+	w, err := s.Create("u", digestOf([]byte("big")), 90)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Files != 4 || st.Reserved != 0 || st.EvictedSize != 0 {
+		t.Fatalf("after Create: %+v, want nothing claimed or evicted", st)
+	}
+	if _, err := w.Write(make([]byte, 5)); err != nil { // claims 10: 90 of 100
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Reserved != 10 || st.EvictedSize != 0 {
+		t.Fatalf("after 5 bytes: %+v, want 10 claimed, none evicted", st)
+	}
+	if _, err := w.Write(make([]byte, 20)); err != nil { // a write past a step claims to its end: 25, evicting a
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Reserved != 25 || st.EvictedSize != 1 || st.Bytes != 60 {
+		t.Fatalf("after 25 bytes: %+v, want 25 claimed, one file evicted", st)
+	}
+	w.Abort()
+	w.Close()
+	if st := s.Stats(); st.Reserved != 0 || st.Files != 3 {
+		t.Fatalf("after Abort: %+v, want 3 files and nothing claimed", st)
+	}
+	if _, ok := read(t, s, "u", old[0]); ok {
+		t.Error("the oldest file survived the claim that needed its room")
+	}
+	for _, d := range old[1:] {
+		if _, ok := read(t, s, "u", d); !ok {
+			t.Errorf("%s evicted by a fetch abandoned at 25 of 90 bytes", d)
+		}
+	}
+
+	// Running Writers' declared sizes must fit together: the second is
+	// refused at once, without evicting anything.
+	w1, err := s.Create("u", digestOf([]byte("one")), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create("u", digestOf([]byte("two")), 41); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("Create beyond the running Writers' declared sizes = %v, want ErrNoSpace", err)
+	}
+	if st := s.Stats(); st.Files != 3 || st.Refused != 1 {
+		t.Errorf("after the refusal: %+v", st)
+	}
+	w1.Abort()
+	w1.Close()
+}
+
+// A Writer that finds no room for its next bytes (the disk filled from
+// elsewhere) fails with ErrNoSpace, counted as a refusal, and gives back
+// what it held; nothing of it is indexed.
+func TestWriterRefusedMidway(t *testing.T) {
+	free := int64(1000)
+	s := open(t, t.TempDir(), Options{MaxBytes: 1 << 20, MinFreeBytes: 900, ClaimStep: 10,
+		FreeSpace: func(string) (int64, error) { return free, nil }})
+	d := digestOf([]byte("blob"))
+	w, err := s.Create("u", d, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	free = 905 // someone else wrote 85 bytes
+	if _, err := w.Write(make([]byte, 10)); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("a write past min free = %v, want ErrNoSpace", err)
+	}
+	if st := s.Stats(); st.Refused != 1 {
+		t.Errorf("refusals = %d, want 1", st.Refused)
+	}
+	w.Abort()
+	w.Close()
+	if st := s.Stats(); st.Reserved != 0 || st.Files != 0 {
+		t.Errorf("after Abort: %+v", st)
+	}
+	if _, ok := read(t, s, "u", d); ok {
+		t.Error("a refused blob was cached")
+	}
+	// The declared and claimed counts went back to zero: a blob of the
+	// whole room above min free is admitted again.
+	free = 1000
+	w, err = s.Create("u", d, 100)
+	if err != nil {
+		t.Fatalf("Create after a refused Writer: %v", err)
+	}
+	w.Abort()
+	w.Close()
+}
+
+// Two Writers of one blob (pulls in two repositories whose fetches are
+// not shared) both commit; the file and its accounting stay right
+// whichever wins, and it survives the eviction of the older entry.
+func TestCommitTwice(t *testing.T) {
+	s := open(t, t.TempDir(), Options{MaxBytes: 100})
+	blob := bytes.Repeat([]byte("z"), 30)
+	d := digestOf(blob)
+	var ws []*Writer
+	for range 2 {
+		w, err := s.Create("u", d, 30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(blob); err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	for _, w := range ws {
+		if err := w.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+	}
+	if st := s.Stats(); st.Files != 1 || st.Bytes != 30 || st.Reserved != 0 {
+		t.Errorf("stats = %+v, want one file of 30 bytes", st)
+	}
+	if b, ok := read(t, s, "u", d); !ok || !bytes.Equal(b, blob) {
+		t.Error("the blob committed twice is not served")
 	}
 }

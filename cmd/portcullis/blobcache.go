@@ -32,7 +32,19 @@ func (c blobCache) Create(upstream string, d v1.Hash, size int64) (proxy.BlobCac
 	if err != nil {
 		return nil, err
 	}
-	return w, nil
+	return blobCacheWriter{w}, nil
+}
+
+// blobCacheWriter is a blobs.Writer whose want of room, met as bytes
+// arrive, reads as the proxy's ErrBlobCacheFull.
+type blobCacheWriter struct{ *blobs.Writer }
+
+func (w blobCacheWriter) Write(b []byte) (int, error) {
+	n, err := w.Writer.Write(b)
+	if errors.Is(err, blobs.ErrNoSpace) {
+		err = fmt.Errorf("%w: %w", proxy.ErrBlobCacheFull, err)
+	}
+	return n, err
 }
 
 // withBlobCache adds shared blob fetches and, when configured, the blob
@@ -88,7 +100,7 @@ func blobCacheCollectors(s *blobs.Store) []prometheus.Collector {
 	return []prometheus.Collector{
 		gauge("portcullis_blob_cache_bytes", "Bytes of verified files in the blob cache.", func(st blobs.Stats) float64 { return float64(st.Bytes) }),
 		gauge("portcullis_blob_cache_files", "Verified files in the blob cache.", func(st blobs.Stats) float64 { return float64(st.Files) }),
-		gauge("portcullis_blob_cache_reserved_bytes", "Bytes reserved in the blob cache by fetches being written.",
+		gauge("portcullis_blob_cache_reserved_bytes", "Bytes of the blob cache claimed by fetches being written (a step at a time as their bytes arrive).",
 			func(st blobs.Stats) float64 { return float64(st.Reserved) }),
 		counter("portcullis_blob_cache_evictions_total", evictHelp, prometheus.Labels{"reason": "size"},
 			func(st blobs.Stats) float64 { return float64(st.EvictedSize) }),

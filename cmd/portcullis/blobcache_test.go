@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -10,9 +11,12 @@ import (
 	"strings"
 	"testing"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.uber.org/zap"
+
+	"github.com/portcullis-oci/portcullis/cache/blobs"
 	"github.com/portcullis-oci/portcullis/config"
 	"github.com/portcullis-oci/portcullis/proxy"
-	"go.uber.org/zap"
 )
 
 // TestServeBlobCache: with a blob_cache section, serve keeps a pulled
@@ -105,5 +109,40 @@ func TestServeConfigSendfile(t *testing.T) {
 		if err != nil || sc.Sendfile != tc.want {
 			t.Errorf("%q: sendfile %v, %v; want %v", tc.section, sc.Sendfile, err, tc.want)
 		}
+	}
+}
+
+// The cache's want of room, at Create or met by a Write mid-blob, reaches
+// the proxy as ErrBlobCacheFull: the blob is served uncached and no cache
+// error is counted.
+func TestBlobCacheFullReadsAsProxyError(t *testing.T) {
+	free := int64(1 << 30)
+	s, err := blobs.Open(t.TempDir(), blobs.Options{MaxBytes: 100, MinFreeBytes: 1000, ClaimStep: 10,
+		FreeSpace: func(string) (int64, error) { return free, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	<-s.Scanned()
+	c := blobCache{s}
+	d := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("a", 64)}
+	if _, err := c.Create("u", d, 101); !errors.Is(err, proxy.ErrBlobCacheFull) {
+		t.Errorf("Create beyond the cache = %v, want ErrBlobCacheFull", err)
+	}
+	w, err := c.Create("u", d, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	defer w.Abort()
+	if _, err := w.Write(make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	free = 1005
+	if _, err := w.Write(make([]byte, 10)); !errors.Is(err, proxy.ErrBlobCacheFull) {
+		t.Errorf("Write with no room left = %v, want ErrBlobCacheFull", err)
+	}
+	if _, ok := w.(interface{ OpenReader() (*os.File, error) }); !ok {
+		t.Error("the writer lost OpenReader, which lets readers of a growing file use sendfile")
 	}
 }
