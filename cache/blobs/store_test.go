@@ -445,3 +445,106 @@ func TestCommitTwice(t *testing.T) {
 		t.Error("the blob committed twice is not served")
 	}
 }
+
+// The counts a running Writer holds in the store (declared, claimed, and
+// what of each is not yet written) go back to zero when it ends, however
+// its writes fell across claims, and never exceed what it declared.
+func TestWriterCountsReturnToZero(t *testing.T) {
+	s := open(t, t.TempDir(), Options{MaxBytes: 1000, ClaimStep: 7})
+	held := func() [4]int64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return [4]int64{s.declared, s.claimed, s.unwritten, s.pending}
+	}
+	var ws []*Writer
+	for i, n := range []int{3, 29, 64} {
+		blob := bytes.Repeat([]byte{byte('a' + i)}, n)
+		w, err := s.Create("u", digestOf(blob), int64(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Writes of 1, 2, 3... bytes: some within a claim, some across.
+		for off, k := 0, 1; off < n; off, k = off+k, k+1 {
+			if _, err := w.Write(blob[off:min(off+k, n)]); err != nil {
+				t.Fatal(err)
+			}
+			h := held()
+			if h[1] > h[0] || h[2] > h[0] || h[3] > h[1] || h[2] < 0 || h[3] < 0 {
+				t.Fatalf("blob %d at %d bytes: declared, claimed, unwritten, pending = %v", i, off+k, h)
+			}
+		}
+		if w.claimed != int64(n) {
+			t.Errorf("blob %d: claimed %d of %d bytes written", i, w.claimed, n)
+		}
+		ws = append(ws, w)
+	}
+	if err := ws[0].Commit(); err != nil {
+		t.Fatal(err)
+	}
+	ws[1].Abort()
+	if err := ws[2].Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range ws {
+		w.Close()
+	}
+	if h := held(); h != [4]int64{} {
+		t.Errorf("after every Writer ended: declared, claimed, unwritten, pending = %v, want zeros", h)
+	}
+	if st := s.Stats(); st.Bytes != 3+64 || st.Files != 2 {
+		t.Errorf("stats = %+v", st)
+	}
+}
+
+// Room another Writer claimed but has not written yet is not free: a
+// claim counts it, and one that would go below MinFreeBytes once both
+// are written is refused.
+func TestClaimCountsOtherWritersPendingRoom(t *testing.T) {
+	free := int64(1000)
+	s := open(t, t.TempDir(), Options{MaxBytes: 1 << 20, MinFreeBytes: 900, ClaimStep: 10,
+		FreeSpace: func(string) (int64, error) { return free, nil }})
+	w1, err := s.Create("u", digestOf([]byte("one")), 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { w1.Abort(); w1.Close() }()
+	w2, err := s.Create("u", digestOf([]byte("two")), 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { w2.Abort(); w2.Close() }()
+	if _, err := w1.Write([]byte("x")); err != nil { // claims 10, writes 1 (not yet counted)
+		t.Fatal(err)
+	}
+	free = 915 // the disk filled from elsewhere
+	// w2's 10 and w1's 10 pending would leave 895.
+	if _, err := w2.Write([]byte("y")); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("a claim beside another's pending room, below min free = %v, want ErrNoSpace", err)
+	}
+	free = 920 // exactly 900 left once both are written
+	if _, err := w2.Write([]byte("y")); err != nil {
+		t.Errorf("a claim down to exactly min free: %v", err)
+	}
+}
+
+// Zero-byte blobs (the empty layer and config of many images) are cached
+// like any other, and a Writer never claims past its declared size.
+func TestSmallAndEmptyBlobs(t *testing.T) {
+	s := open(t, t.TempDir(), Options{MaxBytes: 100, ClaimStep: 50})
+	empty := put(t, s, "u", nil)
+	if b, ok := read(t, s, "u", empty); !ok || len(b) != 0 {
+		t.Errorf("the empty blob: %q, cached %v", b, ok)
+	}
+	w, err := s.Create("u", digestOf([]byte("small")), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("sma")); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Reserved != 5 {
+		t.Errorf("a 5-byte blob holds %d bytes, want 5 (the step is capped by the size)", st.Reserved)
+	}
+	w.Abort()
+	w.Close()
+}
