@@ -548,3 +548,31 @@ func TestSmallAndEmptyBlobs(t *testing.T) {
 	w.Abort()
 	w.Close()
 }
+
+// Free space that cannot be read is no room: Create and the next claim
+// are refused rather than write towards a full disk.
+func TestFreeSpaceUnknownRefuses(t *testing.T) {
+	var broken bool
+	s := open(t, t.TempDir(), Options{MaxBytes: 1 << 20, MinFreeBytes: 1, ClaimStep: 10,
+		FreeSpace: func(string) (int64, error) {
+			if broken {
+				return 0, errors.New("statfs failed")
+			}
+			return 1 << 30, nil
+		}})
+	w, err := s.Create("u", digestOf([]byte("blob")), 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { w.Abort(); w.Close() }()
+	if _, err := w.Write(make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	broken = true
+	if _, err := w.Write(make([]byte, 10)); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("a claim with unknown free space = %v, want ErrNoSpace", err)
+	}
+	if _, err := s.Create("u", digestOf([]byte("other")), 5); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("Create with unknown free space = %v, want ErrNoSpace", err)
+	}
+}
