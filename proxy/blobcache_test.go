@@ -60,6 +60,53 @@ func newTestBlobCache(t testing.TB, dir string) testBlobCache {
 	return testBlobCache{s}
 }
 
+// put caches b under docker.io as a verified fetch would.
+func (c testBlobCache) put(t *testing.T, b []byte) {
+	t.Helper()
+	w, err := c.Store.Create("docker.io", sha(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// heldBackUpstream serves blob, sending its first bytes at once and the
+// rest only after send is called (if ever): sent is closed once the first
+// bytes are flushed. A test that fails before calling send must not
+// leave the handler waiting, or closing the servers would wait for it,
+// so send is also called at cleanup.
+func heldBackUpstream(t *testing.T, blob []byte, first int) (up *httptest.Server, sent <-chan struct{}, send func()) {
+	t.Helper()
+	flushed := make(chan struct{})
+	rest := make(chan struct{})
+	var once sync.Once
+	send = func() { once.Do(func() { close(rest) }) }
+	up = fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+		if r.Method == http.MethodHead {
+			return
+		}
+		_, _ = w.Write(blob[:first])
+		w.(http.Flusher).Flush()
+		close(flushed)
+		select {
+		case <-rest:
+			_, _ = w.Write(blob[first:])
+		case <-r.Context().Done():
+		}
+	})
+	// After fakeUpstream's: cleanups run last first, so the handler is
+	// released before the server waits for it.
+	t.Cleanup(send)
+	return up, flushed, send
+}
+
 // awaitCached waits until bc holds docker.io's blob d: the commit may
 // come just after the pull that fetched it has returned.
 func awaitCached(t *testing.T, bc testBlobCache, d v1.Hash) {
@@ -450,24 +497,7 @@ func TestBlobCacheJoinerReadsGrowingFile(t *testing.T) {
 	t.Parallel()
 	blob := testBlob(4<<20, 8)
 	d := sha(blob)
-	half := make(chan struct{})
-	rest := make(chan struct{})
-	var release sync.Once
-	sendRest := func() { release.Do(func() { close(rest) }) }
-	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
-		if r.Method == http.MethodHead {
-			return
-		}
-		_, _ = w.Write(blob[:len(blob)/2])
-		w.(http.Flusher).Flush()
-		close(half)
-		<-rest
-		_, _ = w.Write(blob[len(blob)/2:])
-	})
-	// A failure before the rest is sent must not leave the upstream's
-	// handler waiting, or closing the servers would wait for it.
-	t.Cleanup(sendRest)
+	up, half, sendRest := heldBackUpstream(t, blob, len(blob)/2)
 	bc := newTestBlobCache(t, t.TempDir())
 	p, s := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc))
 	front := httptest.NewServer(p)
@@ -922,17 +952,8 @@ func TestBlobCacheAbandonedPullKeepsTheCache(t *testing.T) {
 	const mib = 1 << 20
 	blob := testBlob(14*mib, 6)
 	d := sha(blob)
-	sent := make(chan struct{})
-	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
-		if r.Method == http.MethodHead {
-			return
-		}
-		_, _ = w.Write(blob[:2*mib])
-		w.(http.Flusher).Flush()
-		close(sent)
-		<-r.Context().Done()
-	})
+	// The rest is never sent: the fetch ends when the client leaves.
+	up, sent, _ := heldBackUpstream(t, blob, 2*mib)
 	s, err := blobs.Open(t.TempDir(), blobs.Options{MaxBytes: 16 * mib, ClaimStep: mib})
 	if err != nil {
 		t.Fatal(err)
@@ -944,17 +965,7 @@ func TestBlobCacheAbandonedPullKeepsTheCache(t *testing.T) {
 	var kept []v1.Hash
 	for i := range 12 {
 		b := testBlob(mib, byte(i))
-		w, err := s.Create("docker.io", sha(b), mib)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.Write(b); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Commit(); err != nil {
-			t.Fatal(err)
-		}
-		w.Close()
+		bc.put(t, b)
 		kept = append(kept, sha(b))
 	}
 	p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc))
@@ -1002,22 +1013,7 @@ func TestBlobCacheRoomGoneMidStream(t *testing.T) {
 	d := sha(blob)
 	var free atomic.Int64
 	free.Store(1 << 40)
-	half := make(chan struct{})
-	rest := make(chan struct{})
-	var release sync.Once
-	sendRest := func() { release.Do(func() { close(rest) }) }
-	t.Cleanup(sendRest)
-	up := fakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
-		if r.Method == http.MethodHead {
-			return
-		}
-		_, _ = w.Write(blob[:2*mib])
-		w.(http.Flusher).Flush()
-		close(half)
-		<-rest
-		_, _ = w.Write(blob[2*mib:])
-	})
+	up, half, sendRest := heldBackUpstream(t, blob, 2*mib)
 	s, err := blobs.Open(t.TempDir(), blobs.Options{MaxBytes: 64 * mib, MinFreeBytes: 1 << 30, ClaimStep: mib,
 		FreeSpace: func(string) (int64, error) { return free.Load(), nil }})
 	if err != nil {
