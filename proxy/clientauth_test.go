@@ -320,10 +320,15 @@ func TestNewClientAuthRefuses(t *testing.T) {
 		{"require without CA", ClientAuthConfig{Anonymous: true, RequireClientCert: true}, "without a client CA"},
 		{"grant naming nobody", ClientAuthConfig{Anonymous: true, Grants: []Grant{{Upstreams: []string{"x"}}}}, "names no client"},
 		{"bad glob", ClientAuthConfig{Anonymous: true, Grants: []Grant{{Clients: []string{"["}}}}, "bad pattern"},
+		{"bounds crossed", ClientAuthConfig{Users: map[string][]byte{"u": costly}, BcryptMinCost: 7, BcryptMaxCost: 6}, "bcrypt cost bounds 7..6"},
 	} {
 		if _, err := NewClientAuth(tc.c); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 		}
+	}
+	// One cost allowed, exactly: a deployment pinning its hashes' cost.
+	if _, err := NewClientAuth(ClientAuthConfig{Users: map[string][]byte{"u": costly}, BcryptMinCost: 6, BcryptMaxCost: 6}); err != nil {
+		t.Errorf("bcrypt cost bounds 6..6 with a cost-6 hash: %v", err)
 	}
 }
 
