@@ -330,6 +330,15 @@ func TestNewClientAuthRefuses(t *testing.T) {
 	if _, err := NewClientAuth(ClientAuthConfig{Users: map[string][]byte{"u": costly}, BcryptMinCost: 6, BcryptMaxCost: 6}); err != nil {
 		t.Errorf("bcrypt cost bounds 6..6 with a cost-6 hash: %v", err)
 	}
+	// A grant naming clients in several ways names them all.
+	for _, g := range []Grant{
+		{Clients: []string{"ci"}, Email: []string{"ops@example.com"}},
+		{Clients: []string{"ci"}, DNS: []string{"node-*.example.com"}, URI: []string{"spiffe://example.com/*"}, Email: []string{"ops@example.com"}},
+	} {
+		if _, err := NewClientAuth(ClientAuthConfig{Anonymous: true, Grants: []Grant{g}}); err != nil {
+			t.Errorf("grant %+v: %v", g, err)
+		}
+	}
 }
 
 func TestAdminAuth(t *testing.T) {
