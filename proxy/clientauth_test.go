@@ -301,6 +301,45 @@ func TestParseCredentialFiles(t *testing.T) {
 	if _, err := ParseTokenFile(strings.NewReader(strings.Repeat("#", maxCredentialFileBytes+1))); err == nil {
 		t.Error("oversized token file accepted")
 	}
+	// The limit in short lines, so that it is the file's size that counts
+	// and not the scanner's line limit: exactly the limit is read, one
+	// byte more is refused.
+	exact := strings.Repeat("#\n", maxCredentialFileBytes/2)
+	if _, err := ParseTokenFile(strings.NewReader(exact)); err != nil {
+		t.Errorf("a token file of exactly %d bytes: %v", maxCredentialFileBytes, err)
+	}
+	if _, err := ParseTokenFile(strings.NewReader(exact + "#")); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("a token file one byte over the limit: %v", err)
+	}
+	// An error names the line it is on, comments and blank lines counted.
+	if _, err := ParseTokenFile(strings.NewReader("# tokens\n\nci:sha256:abcd\n")); err == nil || !strings.Contains(err.Error(), "line 3:") {
+		t.Errorf("a bad third line: %v, want it named", err)
+	}
+}
+
+// The Authorization header is parsed up to 8 KiB: a valid token that
+// fills it exactly authenticates; one byte more is refused unread.
+func TestAuthorizationHeaderBound(t *testing.T) {
+	t.Parallel()
+	token := strings.Repeat("t", maxAuthorizationBytes-len("Bearer "))
+	tokens, err := ParseTokenFile(strings.NewReader("long:" + HashToken(token) + "\n" + "longer:" + HashToken(token+"t") + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewClientAuth(ClientAuthConfig{Tokens: tokens})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		token string
+		ok    bool
+	}{{token, true}, {token + "t", false}} {
+		r := httptest.NewRequest(http.MethodGet, "/v2/", nil)
+		r.Header.Set("Authorization", "Bearer "+tc.token)
+		if _, ok := a.authenticate(r); ok != tc.ok {
+			t.Errorf("a header of %d bytes: authenticated %v, want %v", len("Bearer ")+len(tc.token), ok, tc.ok)
+		}
+	}
 }
 
 func TestNewClientAuthRefuses(t *testing.T) {
