@@ -340,6 +340,22 @@ func TestAuthorizationHeaderBound(t *testing.T) {
 			t.Errorf("a header of %d bytes: authenticated %v, want %v", len("Bearer ")+len(tc.token), ok, tc.ok)
 		}
 	}
+	// The admin API holds its tokens to the same bound.
+	reg := newRegistry(t)
+	p, _ := newTestProxy(t, reg.srv.URL, allowAll(), WithAdminTokens(tokens))
+	h := p.AdminHandler()
+	for _, tc := range []struct {
+		token  string
+		status int
+	}{{token, 200}, {token + "t", 401}} {
+		r := httptest.NewRequest(http.MethodGet, "/v1/decisions", nil)
+		r.Header.Set("Authorization", "Bearer "+tc.token)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != tc.status {
+			t.Errorf("admin API, a header of %d bytes: %d, want %d", len("Bearer ")+len(tc.token), w.Code, tc.status)
+		}
+	}
 }
 
 func TestNewClientAuthRefuses(t *testing.T) {
@@ -536,6 +552,7 @@ func TestClientAuthMTLS(t *testing.T) {
 	reg := newRegistry(t)
 	reg.pushImage(t, "library/busybox", "latest")
 	reg.pushImage(t, "acme/app", "latest")
+	reg.pushImage(t, "library/deep/img", "latest")
 
 	newServer := func(require bool) string {
 		a := testClientAuth(t, func(c *ClientAuthConfig) {
@@ -579,6 +596,9 @@ func TestClientAuthMTLS(t *testing.T) {
 		{"wildcard is one label", manifest, []tls.Certificate{clientPKI.issue(t, x509.ExtKeyUsageClientAuth, []string{"a.b.ci.example.com"})}, 401},
 		{"uri wildcard is one segment", manifest, []tls.Certificate{clientPKI.issue(t, x509.ExtKeyUsageClientAuth, nil, "spiffe://example.com/ci/a/b")}, 401},
 		{"repository outside grant", "/v2/acme/app/manifests/latest?ns=docker.io", []tls.Certificate{clientPKI.issue(t, x509.ExtKeyUsageClientAuth, []string{"build1.ci.example.com"})}, 403},
+		// alice's grant (library/**) names no certificate: it gives a
+		// certificate client nothing beyond its own grant (library/*).
+		{"another grant's repository", "/v2/library/deep/img/manifests/latest?ns=docker.io", []tls.Certificate{clientPKI.issue(t, x509.ExtKeyUsageClientAuth, []string{"build1.ci.example.com"})}, 403},
 	} {
 		status, err := get(addr, tc.path, tc.certs...)
 		if err != nil || status != tc.status {
