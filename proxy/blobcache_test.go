@@ -51,7 +51,12 @@ func (w testBlobCacheWriter) Write(b []byte) (int, error) {
 
 func newTestBlobCache(t testing.TB, dir string) testBlobCache {
 	t.Helper()
-	s, err := blobs.Open(dir, blobs.Options{MaxBytes: 1 << 30})
+	return openTestBlobCache(t, dir, blobs.Options{MaxBytes: 1 << 30})
+}
+
+func openTestBlobCache(t testing.TB, dir string, o blobs.Options) testBlobCache {
+	t.Helper()
+	s, err := blobs.Open(dir, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -954,13 +959,8 @@ func TestBlobCacheAbandonedPullKeepsTheCache(t *testing.T) {
 	d := sha(blob)
 	// The rest is never sent: the fetch ends when the client leaves.
 	up, sent, _ := heldBackUpstream(t, blob, 2*mib)
-	s, err := blobs.Open(t.TempDir(), blobs.Options{MaxBytes: 16 * mib, ClaimStep: mib})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	<-s.Scanned()
-	bc := testBlobCache{s}
+	bc := openTestBlobCache(t, t.TempDir(), blobs.Options{MaxBytes: 16 * mib, ClaimStep: mib})
+	s := bc.Store
 	// Twelve cached blobs of 1 MiB: 12 of the 16 MiB.
 	var kept []v1.Hash
 	for i := range 12 {
@@ -1014,14 +1014,9 @@ func TestBlobCacheRoomGoneMidStream(t *testing.T) {
 	var free atomic.Int64
 	free.Store(1 << 40)
 	up, half, sendRest := heldBackUpstream(t, blob, 2*mib)
-	s, err := blobs.Open(t.TempDir(), blobs.Options{MaxBytes: 64 * mib, MinFreeBytes: 1 << 30, ClaimStep: mib,
+	bc := openTestBlobCache(t, t.TempDir(), blobs.Options{MaxBytes: 64 * mib, MinFreeBytes: 1 << 30, ClaimStep: mib,
 		FreeSpace: func(string) (int64, error) { return free.Load(), nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	<-s.Scanned()
-	bc := testBlobCache{s}
+	s := bc.Store
 	p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc))
 	front := httptest.NewServer(p)
 	t.Cleanup(front.Close)
