@@ -19,6 +19,9 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/portcullis-oci/portcullis/cache/blobs"
 	"github.com/portcullis-oci/portcullis/verify"
@@ -1017,7 +1020,8 @@ func TestBlobCacheRoomGoneMidStream(t *testing.T) {
 	bc := openTestBlobCache(t, t.TempDir(), blobs.Options{MaxBytes: 64 * mib, MinFreeBytes: 1 << 30, ClaimStep: mib,
 		FreeSpace: func(string) (int64, error) { return free.Load(), nil }})
 	s := bc.Store
-	p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc))
+	core, logs := observer.New(zapcore.WarnLevel)
+	p, _ := newTestProxy(t, up.URL, allowAll(), WithBlobGating(false), WithBlobCache(bc), WithLogger(zap.New(core)))
 	front := httptest.NewServer(p)
 	t.Cleanup(front.Close)
 
@@ -1038,6 +1042,9 @@ func TestBlobCacheRoomGoneMidStream(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(p.fetches.cacheErrors.WithLabelValues("write")); v != 0 {
 		t.Errorf("a refusal counted as %v cache write errors", v)
+	}
+	if n := logs.FilterMessage("blob cache: no room left for the rest of a blob; it is served from memory without caching it").Len(); n != 1 {
+		t.Errorf("%d log lines for the refusal, want 1", n)
 	}
 	if f, _, ok := bc.Get("docker.io", d); ok {
 		f.Close()

@@ -660,12 +660,16 @@ func (s *fileSink) Write(b []byte) (int, error) {
 	// The file's readers keep their handles on it; removing its name now
 	// gives its room back to the cache.
 	fl.file.Abort()
-	if !errors.Is(err, ErrBlobCacheFull) {
-		// No room left for the rest is a refusal the cache counts, as
-		// at Create, not a failure.
+	fields := []zap.Field{zap.String("upstream", s.upstream), zap.String("digest", s.digest.String()), zap.Int64("bytes_in_file", end), zap.Error(err)}
+	if errors.Is(err, ErrBlobCacheFull) {
+		// No room left for the rest (the disk filled from elsewhere) is
+		// a refusal the cache counts, as at Create, not a failure.
+		if fl.f.cacheLog.allow(time.Now(), time.Minute) {
+			fl.f.p.log.Warn("blob cache: no room left for the rest of a blob; it is served from memory without caching it", fields...)
+		}
+	} else {
 		fl.f.cacheErrors.WithLabelValues("write").Inc()
-		fl.f.logCacheError("blob cache: cannot write a blob; it is served from memory without caching it",
-			zap.String("upstream", s.upstream), zap.String("digest", s.digest.String()), zap.Int64("bytes_in_file", end), zap.Error(err))
+		fl.f.logCacheError("blob cache: cannot write a blob; it is served from memory without caching it", fields...)
 	}
 	s.mem = &memorySink{fl: fl, ctx: s.ctx}
 	m, err := s.mem.Write(b[n:])
