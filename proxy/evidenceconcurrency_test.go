@@ -170,7 +170,24 @@ func TestLineageDeniedDependencyDoesNotWaitForSlowSibling(t *testing.T) {
 	var up *slowUpstream
 	e := newLineageEnv(t, lineageSetup{})
 	up = newSlowUpstream(t, e.datasets.srv.URL, 0)
-	up.hold = func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/v2/ml/slow/") }
+	// The bad dependency is answered only once the slow one's request is
+	// held, so that there is a request in flight to cancel: on a loaded
+	// machine the denial could otherwise come before it was sent.
+	slowHeld := make(chan struct{})
+	var once sync.Once
+	up.hold = func(r *http.Request) bool {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/v2/ml/slow/"):
+			once.Do(func() { close(slowHeld) })
+			return true
+		case strings.HasPrefix(r.URL.Path, "/v2/ml/bad/"):
+			select {
+			case <-slowHeld:
+			case <-r.Context().Done():
+			}
+		}
+		return false
+	}
 	e2 := newLineageEnvWithDatasets(t, e, up.srv.URL)
 
 	slow := e2.dataset("ml/slow", true)
