@@ -87,8 +87,10 @@ type blobFetches struct {
 
 	mu      sync.Mutex
 	flights map[string]*blobFlight
-	// cacheLog keeps a failing disk to one log line a minute.
-	cacheLog logGate
+	// cacheLog keeps a failing disk to one log line a minute; roomLog
+	// does the same for blobs refused room mid-fetch, apart, so that
+	// refusals never hide a failing disk's line.
+	cacheLog, roomLog logGate
 
 	hits, misses prometheus.Counter
 	cacheErrors  *prometheus.CounterVec
@@ -664,7 +666,7 @@ func (s *fileSink) Write(b []byte) (int, error) {
 	if errors.Is(err, ErrBlobCacheFull) {
 		// No room left for the rest (the disk filled from elsewhere) is
 		// a refusal the cache counts, as at Create, not a failure.
-		if fl.f.cacheLog.allow(time.Now(), time.Minute) {
+		if fl.f.roomLog.allow(time.Now(), time.Minute) {
 			fl.f.p.log.Warn("blob cache: no room left for the rest of a blob; it is served from memory without caching it", fields...)
 		}
 	} else {
