@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -164,100 +163,6 @@ func checkDescriptor(d descriptorJSON) (v1.Hash, error) {
 		return v1.Hash{}, errors.New(perr.Message)
 	}
 	return h, nil
-}
-
-// checkJSONShape requires b to be exactly one JSON object whose objects
-// have no duplicate keys and whose well-known keys are spelled exactly.
-func checkJSONShape(b []byte) error {
-	// The one-pass walk relies on valid input.
-	if json.Valid(b) {
-		if err := checkShapeFast(b); !errors.Is(err, errShapeSlow) {
-			return err
-		}
-	}
-	return checkShapeTokens(b)
-}
-
-// checkShapeTokens is checkJSONShape by encoding/json's tokens: the
-// reference the fast walk must agree with, and the walk for documents it
-// leaves alone (invalid JSON, keys with escapes).
-func checkShapeTokens(b []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil {
-		return fmt.Errorf("invalid JSON: %w", err)
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return errors.New("not a JSON object")
-	}
-	if err := walkObject(dec, 1, false); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("trailing data after JSON object")
-	}
-	return nil
-}
-
-// walkObject consumes an object whose '{' was already read.
-func walkObject(dec *json.Decoder, depth int, freeKeys bool) error {
-	if depth > maxJSONDepth {
-		return errors.New("JSON nested too deeply")
-	}
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return fmt.Errorf("invalid JSON: %w", err)
-		}
-		k, ok := tok.(string)
-		if !ok {
-			return errors.New("invalid JSON object key")
-		}
-		if seen[k] {
-			return fmt.Errorf("duplicate key %q", truncate(k, 64))
-		}
-		seen[k] = true
-		if !freeKeys {
-			if want, known := knownSpelling(k); known && want != k {
-				return fmt.Errorf("key %q must be spelled %q", truncate(k, 64), want)
-			}
-		}
-		if err := walkValue(dec, depth, k == "annotations"); err != nil {
-			return err
-		}
-	}
-	_, err := dec.Token() // '}'
-	return err
-}
-
-func walkValue(dec *json.Decoder, depth int, freeKeys bool) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return fmt.Errorf("invalid JSON: %w", err)
-	}
-	d, ok := tok.(json.Delim)
-	if !ok {
-		return nil
-	}
-	switch d {
-	case '{':
-		return walkObject(dec, depth+1, freeKeys)
-	case '[':
-		if depth+1 > maxJSONDepth {
-			return errors.New("JSON nested too deeply")
-		}
-		for dec.More() {
-			if err := walkValue(dec, depth+1, false); err != nil {
-				return err
-			}
-		}
-		_, err := dec.Token() // ']'
-		return err
-	default:
-		return errors.New("invalid JSON")
-	}
 }
 
 // digestMatches recomputes the digest of b.

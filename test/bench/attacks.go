@@ -100,7 +100,7 @@ func (r bombRun) slowest() time.Duration {
 }
 
 type bombResult struct {
-	kind     string // "evidence bomb", "predicate bomb"
+	kind     string // "evidence bomb", "predicate bomb", "key bomb"
 	shape    string
 	info     hostile.BombInfo
 	subjects int
@@ -218,6 +218,9 @@ func (b *bench) bombs(ctx context.Context, ar *attackResults, signer *fixtures.K
 		kind, repo, shape string
 		signed            bool // the subject itself carries a valid signature
 		push              func(context.Context, name.Digest) (hostile.BombInfo, error)
+		// subject pushes the subject itself, for a bomb that is the
+		// subject's manifest; push is then not used.
+		subject func(ctx context.Context, ref name.Reference, nonce int) (name.Digest, hostile.BombInfo, error)
 	}{
 		{
 			kind: "evidence bomb", repo: "bench/bomb",
@@ -233,10 +236,21 @@ func (b *bench) bombs(ctx context.Context, ar *attackResults, signer *fixtures.K
 				return hostile.PushPredicateBomb(ctx, d, signer, hostile.BombReferrers, hostile.PredicateBombBytes)
 			},
 		},
+		{
+			kind: "key bomb", repo: "bench/kbomb",
+			shape: fmt.Sprintf("an unsigned image whose manifest is %s, nearly all of it annotations with distinct keys, the last one escaped: each key must be checked against the others before anything about the manifest is known", hostile.MiB(hostile.KeyBombBytes)),
+			subject: func(ctx context.Context, ref name.Reference, nonce int) (name.Digest, hostile.BombInfo, error) {
+				return hostile.PushKeyBomb(ctx, ref, hostile.KeyBombBytes, nonce)
+			},
+		},
 	}
 	for _, k := range kinds {
 		n := 1 + bombConcurrentPulls
-		logf("%s: pushing %d subjects with %d referrers each", k.kind, n, hostile.BombReferrers)
+		if k.subject != nil {
+			logf("%s: pushing %d subjects", k.kind, n)
+		} else {
+			logf("%s: pushing %d subjects with %d referrers each", k.kind, n, hostile.BombReferrers)
+		}
 		t0 := time.Now()
 		subjects := make([]name.Digest, n)
 		infos := make([]hostile.BombInfo, n)
@@ -247,6 +261,10 @@ func (b *bench) bombs(ctx context.Context, ar *attackResults, signer *fixtures.K
 				defer teardown.Guard()
 				ref, err := name.ParseReference(fmt.Sprintf("%s/%s:s%d", host, k.repo, i), name.Insecure)
 				if err != nil {
+					return err
+				}
+				if k.subject != nil {
+					subjects[i], infos[i], err = k.subject(gctx, ref, i)
 					return err
 				}
 				d, err := fixtures.PushImage(gctx, ref)
@@ -482,7 +500,11 @@ func (ar *attackResults) markdown() string {
 	for _, br := range ar.bombs {
 		p("### %s", capitalize(br.kind))
 		p("")
-		p("%s. Evidence as stored: %d referrers, %s each, %s in all per subject (%d subjects pushed in %s). Each row is a fresh Portcullis (default limits) that first verified one ordinary signed image; growth = VmHWM after the pulls − VmRSS before them (VmHWM reset with `clear_refs` in between).", br.shape, br.info.Referrers, hostile.MiB(br.info.ItemBytes), hostile.MiB(br.info.TotalBytes), br.subjects, br.pushed.Round(time.Second))
+		stored := fmt.Sprintf("Evidence as stored: %d referrers, %s each, %s in all per subject", br.info.Referrers, hostile.MiB(br.info.ItemBytes), hostile.MiB(br.info.TotalBytes))
+		if br.info.Referrers == 0 {
+			stored = fmt.Sprintf("Manifest as stored: %d bytes", br.info.ManifestBytes)
+		}
+		p("%s. %s (%d subjects pushed in %s). Each row is a fresh Portcullis (default limits) that first verified one ordinary signed image; growth = VmHWM after the pulls − VmRSS before them (VmHWM reset with `clear_refs` in between).", br.shape, stored, br.subjects, br.pushed.Round(time.Second))
 		p("")
 		p("| pulls at once | VmRSS before | VmHWM after | growth | growth per pull | answers | answer times | first reason |")
 		p("|---:|---:|---:|---:|---:|---|---:|---|")

@@ -13,7 +13,7 @@ const (
 	phaseHerd      = "herd"
 	phaseLineage   = "lineage"
 	phaseInProcess = "inprocess" // engine CPU and verdict cache heap
-	phaseBomb      = "bomb"      // evidence bomb and predicate bomb
+	phaseBomb      = "bomb"      // evidence, predicate and key bombs
 	phaseFlood     = "flood"     // abandoned requests against a tarpit upstream
 	phaseStall     = "stall"     // clients that never read an allowed blob
 	phaseShared    = "shared"    // replicas on one redis-server: L2 against L1, herds

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/portcullis-oci/portcullis/test/fixtures"
 )
@@ -32,6 +33,9 @@ type BombInfo struct {
 	Referrers  int
 	ItemBytes  int64 // size of the first evidence blob as stored
 	TotalBytes int64 // all evidence blobs together
+	// ManifestBytes is the size of the subject's own manifest, for a bomb
+	// that is the manifest.
+	ManifestBytes int64
 }
 
 // placement lists every referrer both ways, so the bomb reaches a
@@ -134,3 +138,59 @@ func (b *BombInfo) add(ctx context.Context, subject name.Digest, h v1.Hash, opts
 	b.TotalBytes += m.Layers[0].Size
 	return nil
 }
+
+// KeyBombBytes is the size of the key bomb's manifest: just under the
+// 4 MiB both the registry and the proxy accept.
+const KeyBombBytes = 4<<20 - 4<<10
+
+// PushKeyBomb pushes to ref an image whose manifest is about size bytes,
+// nearly all of them annotations with distinct keys ("0", "1", … in hex,
+// about 480 000 of them at 4 MiB), the last one written with an escape.
+// Nothing signs it. A manifest's keys must be checked for duplicates
+// before anything else about it is known, so a check that compares each
+// key with the ones before it costs such a manifest a quadratic number of
+// comparisons (minutes of CPU), and one that decodes every key as a token
+// a hundred and more MiB of garbage. nonce keeps the manifests of
+// several subjects apart.
+func PushKeyBomb(ctx context.Context, ref name.Reference, size, nonce int, opts ...remote.Option) (name.Digest, BombInfo, error) {
+	ropts := append([]remote.Option{remote.WithContext(ctx)}, opts...)
+	d, err := fixtures.PushImage(ctx, ref, opts...)
+	if err != nil {
+		return name.Digest{}, BombInfo{}, err
+	}
+	desc, err := remote.Get(d, ropts...)
+	if err != nil {
+		return name.Digest{}, BombInfo{}, fmt.Errorf("failed to read back %s: %w", d, err)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
+		return name.Digest{}, BombInfo{}, err
+	}
+	var b bytes.Buffer
+	b.Grow(size)
+	fmt.Fprintf(&b, `{"schemaVersion":2,"mediaType":%s,"config":%s,"layers":%s,"annotations":{"nonce":"%d"`, m["mediaType"], m["config"], m["layers"], nonce)
+	const last = `,"\u0067g":""}}`
+	for i := 0; ; i++ {
+		k := fmt.Sprintf(`,"%x":""`, i)
+		if b.Len()+len(k)+len(last) > size {
+			break
+		}
+		b.WriteString(k)
+	}
+	b.WriteString(last)
+	raw := rawManifest{b: b.Bytes(), mt: desc.MediaType}
+	if err := remote.Put(ref, raw, ropts...); err != nil {
+		return name.Digest{}, BombInfo{}, fmt.Errorf("failed to push the key bomb to %s: %w", ref, err)
+	}
+	sum := sha256.Sum256(raw.b)
+	return ref.Context().Digest("sha256:" + hex.EncodeToString(sum[:])), BombInfo{ManifestBytes: int64(len(raw.b))}, nil
+}
+
+// rawManifest is a manifest pushed as the bytes it is.
+type rawManifest struct {
+	b  []byte
+	mt types.MediaType
+}
+
+func (r rawManifest) RawManifest() ([]byte, error)        { return r.b, nil }
+func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
