@@ -73,6 +73,26 @@ func TestJSONShapeManyKeys(t *testing.T) {
 	}
 }
 
+// TestJSONShapeDepth: nesting is accepted up to maxJSONDepth containers,
+// objects and arrays alike, and refused one past it.
+func TestJSONShapeDepth(t *testing.T) {
+	t.Parallel()
+	objects := func(n int) string { return strings.Repeat(`{"a":`, n-1) + "{}" + strings.Repeat("}", n-1) }
+	arrays := func(n int) string { return `{"a":` + strings.Repeat("[", n-1) + strings.Repeat("]", n-1) + "}" }
+	mixed := func(n int) string {
+		return strings.Repeat(`{"a":[`, (n-1)/2) + strings.Repeat("[", (n-1)%2) + "{}" + strings.Repeat("]", (n-1)%2) + strings.Repeat("]}", (n-1)/2)
+	}
+	for name, doc := range map[string]func(int) string{"objects": objects, "arrays": arrays, "mixed": mixed} {
+		for _, n := range []int{maxJSONDepth, maxJSONDepth + 1} {
+			b := []byte(doc(n))
+			err, ref := checkJSONShape(b), checkShapeTokens(b)
+			if want := n <= maxJSONDepth; (err == nil) != want || (ref == nil) != want {
+				t.Errorf("%s nested %d deep: checkJSONShape %v, token walk %v; want accepted = %v", name, n, err, ref, want)
+			}
+		}
+	}
+}
+
 // FuzzJSONShape: the one-pass shape check agrees with the token walk on
 // every document, valid or not.
 func FuzzJSONShape(f *testing.F) {

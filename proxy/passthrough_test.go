@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -44,6 +46,12 @@ func TestNextLink(t *testing.T) {
 		{"malformed", []string{`/v2/x/tags/list?last=v1; rel="next"`}, "/v2/x/tags/list", ""},
 		{"unterminated quote", []string{`</v2/x/tags/list?last=v1>; rel="next`}, "/v2/x/tags/list", ""},
 		{"too long", []string{`</v2/x/tags/list?last=` + strings.Repeat("a", maxLinkHeader) + `>; rel="next"`}, "/v2/x/tags/list", ""},
+		{"exactly as long as allowed", []string{linkOfLength(maxLinkHeader)}, "/v2/x/tags/list",
+			`</v2/x/tags/list?last=` + strings.Repeat("a", maxLinkHeader-len(linkOfLength(0))) + `>; rel="next"`},
+		{"one byte longer", []string{linkOfLength(maxLinkHeader + 1)}, "/v2/x/tags/list", ""},
+		{"as many page parameters as allowed", []string{linkWithParams(maxPageParams)}, "/v2/x/tags/list",
+			"<" + "/v2/x/tags/list?" + linkParams(maxPageParams).Encode() + `>; rel="next"`},
+		{"one page parameter more", []string{linkWithParams(maxPageParams + 1)}, "/v2/x/tags/list", ""},
 		{"empty", nil, "/v2/x/tags/list", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -66,6 +74,76 @@ func TestParseLinks(t *testing.T) {
 	// What follows a malformed value is not guessed at.
 	if got := parseLinks(`<a>; rel=next, garbage <b>; rel=next`); len(got) != 1 || got[0].target != "a" {
 		t.Errorf("parseLinks after garbage = %+v", got)
+	}
+}
+
+// linkOfLength is a next link of n bytes (n at least its length without a
+// page token), whose page token is a run of "a".
+func linkOfLength(n int) string {
+	const head, tail = `</v2/x/tags/list?last=`, `>; rel="next"`
+	return head + strings.Repeat("a", max(n-len(head)-len(tail), 0)) + tail
+}
+
+func linkParams(n int) url.Values {
+	q := url.Values{}
+	for i := range n {
+		q.Set("p"+strconv.Itoa(i), "1")
+	}
+	return q
+}
+
+// linkWithParams is a next link with n page parameters.
+func linkWithParams(n int) string {
+	return `</v2/x/tags/list?` + linkParams(n).Encode() + `>; rel="next"`
+}
+
+// TestTagsListBound: a listing is relayed up to passThroughMax bytes with
+// the client's Accept, and refused whole one byte past it.
+func TestTagsListBound(t *testing.T) {
+	t.Parallel()
+	listing := func(n int) []byte {
+		var b bytes.Buffer
+		b.WriteString(`{"name":"acme/app","tags":["`)
+		b.WriteString(strings.Repeat("t", n-b.Len()-3))
+		b.WriteString(`"]}`)
+		return b.Bytes()
+	}
+	for _, size := range []int{passThroughMax, passThroughMax + 1} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			t.Parallel()
+			body := listing(size)
+			accepts := make(chan []string, 1)
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/v2/" {
+					return
+				}
+				accepts <- r.Header.Values("Accept")
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = w.Write(body)
+			}))
+			t.Cleanup(up.Close)
+			p, _ := newTestProxy(t, up.URL, allowAll())
+			r := httptest.NewRequest(http.MethodGet, "/v2/acme/app/tags/list?ns=docker.io", nil)
+			r.Header.Add("Accept", "application/json")
+			r.Header.Add("Accept", "application/x-test")
+			w := httptest.NewRecorder()
+			p.ServeHTTP(w, r)
+			if got := <-accepts; !reflect.DeepEqual(got, []string{"application/json", "application/x-test"}) {
+				t.Errorf("Accept upstream = %q, want the client's", got)
+			}
+			if size > passThroughMax {
+				if w.Code != http.StatusBadGateway || w.Body.Len() > 4096 {
+					t.Fatalf("listing of %d bytes = %d (%d bytes), want 502", size, w.Code, w.Body.Len())
+				}
+				if n := counterValue(t, p, "portcullis_upstream_errors_total", map[string]string{"kind": "too_large"}); n != 1 {
+					t.Errorf("too_large errors = %v, want 1", n)
+				}
+				return
+			}
+			if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), body) || w.Header().Get("Content-Length") != strconv.Itoa(size) {
+				t.Fatalf("listing of %d bytes = %d, %d bytes (Content-Length %s), want it whole", size, w.Code, w.Body.Len(), w.Header().Get("Content-Length"))
+			}
+		})
 	}
 }
 
