@@ -135,12 +135,15 @@ func TestRouting(t *testing.T) {
 	reg := newRegistry(t)
 	alpine := reg.pushImage(t, "library/alpine", "3")
 	org := reg.pushImage(t, "acme/app", "v1")
+	longest := "acme/" + strings.Repeat("a", maxNameLength-len("acme/"))
+	long := reg.pushImage(t, longest, "v1")
 	tests := []struct {
 		name   string
 		target string
 		opts   []Option
 		want   pushed
 	}{
+		{"name as long as allowed", "/v2/" + longest + "/manifests/v1?ns=docker.io", nil, long},
 		{"path prefix alias", "/v2/index.docker.io/library/alpine/manifests/3", nil, alpine},
 		{"path prefix name", "/v2/docker.io/acme/app/manifests/v1", nil, org},
 		{"path prefix implies library", "/v2/docker.io/alpine/manifests/3", nil, alpine},
@@ -184,6 +187,7 @@ func TestBadRequestsNeverReachUpstream(t *testing.T) {
 		{"upper case", "GET", "/v2/Library/alpine/manifests/latest?ns=docker.io", 400, CodeNameInvalid, ""},
 		{"bad component", "GET", "/v2/library/-alpine/manifests/latest?ns=docker.io", 400, CodeNameInvalid, ""},
 		{"too long", "GET", "/v2/" + strings.Repeat("a/", 128) + "b/manifests/latest?ns=docker.io", 400, CodeNameInvalid, ""},
+		{"one byte too long", "GET", "/v2/acme/" + strings.Repeat("a", maxNameLength-len("acme/")+1) + "/manifests/latest?ns=docker.io", 400, CodeNameInvalid, ""},
 		{"host port not first", "GET", "/v2/acme/localhost:5000/app/manifests/latest", 400, CodeNameInvalid, ""},
 		{"unknown ns", "GET", "/v2/library/alpine/manifests/latest?ns=evil.example", 404, CodeNameUnknown,
 			`unknown registry "evil.example": configured upstreams: docker.io (aliases docker.io, index.docker.io), ghcr.io`},
