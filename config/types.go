@@ -238,7 +238,7 @@ type Cache struct {
 	Verdicts    int      `yaml:"verdicts"`     // default 100000
 	AllowTTL    Duration `yaml:"allow_ttl"`    // default 10m
 	DenyTTL     Duration `yaml:"deny_ttl"`     // default 30s
-	ManifestMiB int      `yaml:"manifest_mib"` // verified manifest bytes kept; default 64
+	ManifestMiB int      `yaml:"manifest_mib"` // verified manifest bytes kept, and parsed manifests by their bytes; default 64
 	TagTTL      Duration `yaml:"tag_ttl"`      // default 0: re-resolve tags on every request
 }
 

@@ -492,14 +492,14 @@ func (p *Proxy) writeManifest(w http.ResponseWriter, r *http.Request, d *manifes
 // of content-addressed bytes never changes.
 func (p *Proxy) parse(m *verify.Manifest) (*parsedManifest, error) {
 	key := m.Digest.Algorithm + ":" + m.Digest.Hex + " " + string(m.MediaType)
-	if pm, ok := p.parsed.Get(key); ok {
+	if pm, ok := p.parsed.get(key); ok {
 		return pm, nil
 	}
 	pm, err := parseManifest(m.MediaType, m.Bytes)
 	if err != nil {
 		return nil, err
 	}
-	p.parsed.Add(key, pm)
+	p.parsed.add(key, pm, len(m.Bytes))
 	return pm, nil
 }
 

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -32,6 +33,8 @@ type options struct {
 	streamBudget *streamBudget
 	// clientStallGrace: see WithClientStallGrace; 0 evicts nothing.
 	clientStallGrace time.Duration
+	// parsedBytes: see WithParsedManifestBytes.
+	parsedBytes int64
 	// evidenceTypes: see WithEvidenceTypes.
 	evidenceTypes    evidenceTypes
 	evidenceTypesSet bool
@@ -71,6 +74,7 @@ func defaultOptions() options {
 		verifyTimeout: 60 * time.Second,
 		coverageTTL:   10 * time.Minute,
 		streamBudget:  newStreamBudget(DefaultStreamBufferBudget),
+		parsedBytes:   DefaultParsedManifestBytes,
 
 		clientStallGrace: DefaultClientStallGrace,
 	}
@@ -115,6 +119,19 @@ func WithVerdictCache(c VerdictCache) Option {
 func WithManifestCache(c ManifestCache) Option {
 	return func(o *options) error {
 		o.manifests = c
+		return nil
+	}
+}
+
+// WithParsedManifestBytes bounds the parsed manifests the proxy keeps, by
+// the bytes of the manifests they were parsed from. Default:
+// DefaultParsedManifestBytes.
+func WithParsedManifestBytes(n int64) Option {
+	return func(o *options) error {
+		if n <= 0 {
+			return fmt.Errorf("parsed manifest bytes must be positive, got %d", n)
+		}
+		o.parsedBytes = n
 		return nil
 	}
 }

@@ -81,7 +81,7 @@ type Proxy struct {
 	lastAllowed *lru.Cache[string, bool]
 	// parsed keeps the parsed form of served manifests by digest and media
 	// type, so a warm pull does not re-parse bytes it already parsed.
-	parsed *lru.Cache[string, *parsedManifest]
+	parsed *parsedCache
 	// evidence remembers which digest a manifest served as evidence is
 	// about, for a later fetch of it by digest (cosign's tags name the
 	// subject; the manifest behind them need not).
@@ -151,7 +151,7 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		return nil, err
 	}
 	p.lastAllowed = la
-	if p.parsed, err = lru.New[string, *parsedManifest](parsedCacheSize); err != nil {
+	if p.parsed, err = newParsedCache(parsedCacheSize, o.parsedBytes); err != nil {
 		return nil, err
 	}
 

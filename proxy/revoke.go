@@ -711,9 +711,9 @@ func (p *Proxy) revocationsChanged(old, cur *revocationSet) {
 func (p *Proxy) closeBlobs(digest string, depth int) {
 	var pms []*parsedManifest
 	prefix := digest + " "
-	for _, k := range p.parsed.Keys() {
+	for _, k := range p.parsed.keys() {
 		if strings.HasPrefix(k, prefix) {
-			if pm, ok := p.parsed.Peek(k); ok {
+			if pm, ok := p.parsed.peek(k); ok {
 				pms = append(pms, pm)
 			}
 		}

@@ -80,6 +80,9 @@ func newProxy(cfg *config.Config, eng *verify.Engine, logger *zap.Logger, extra 
 		proxy.WithLogger(logger),
 		proxy.WithVerdictCache(verdicts),
 		proxy.WithManifestCache(manifests),
+		// Parsed manifests are bounded as their bytes are: a parsed form
+		// is about as large as its manifest.
+		proxy.WithParsedManifestBytes(int64(cfg.Cache.ManifestMiB) << 20),
 		proxy.WithBlobGating(!cfg.InsecureDisableBlobGating),
 		proxy.WithTagTTL(cfg.Cache.TagTTL.D()),
 		proxy.WithVerifyTimeout(cfg.VerifyTimeout.D()),
