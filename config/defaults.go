@@ -38,6 +38,7 @@ const (
 	DefaultClientIdleTimeout   = 60 * time.Second
 	DefaultClientStallGrace    = 5 * time.Second
 	DefaultHeaderBytes         = 64 << 10
+	DefaultUpstreamHeaderBytes = 64 << 10
 	DefaultStreamBufferBytes   = 16 << 20
 	DefaultLogLevel            = "info"
 	DefaultLogFormat           = "json"
@@ -166,6 +167,7 @@ func (l *Limits) applyDefaults() {
 	setSize(&l.SignatureBytes, DefaultSignatureBytes)
 	setSize(&l.AttestationBytes, DefaultAttestationBytes)
 	setSize(&l.HeaderBytes, DefaultHeaderBytes)
+	setSize(&l.UpstreamHeaderBytes, DefaultUpstreamHeaderBytes)
 	setSize(&l.StreamBufferBytes, DefaultStreamBufferBytes)
 	setInt(&l.MaxEvidence, DefaultMaxEvidence)
 	setInt(&l.LineageConcurrency, DefaultLineageConcurrency)

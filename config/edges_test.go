@@ -91,6 +91,10 @@ func TestLimitEdges(t *testing.T) {
 		{"watch stale_after equal to every", doc("", "", "", "watch:\n  - {ref: docker.io/acme/app:v1, every: 10m, stale_after: 10m}\n"), ""},
 		{"header limit at 4KiB", doc("", "", "", "limits: {header_bytes: 4KiB}\n"), ""},
 		{"header limit under 4KiB", doc("", "", "", "limits: {header_bytes: 4095}\n"), "limits.header_bytes"},
+		{"upstream header limit at 4KiB", doc("", "", "", "limits: {upstream_header_bytes: 4KiB}\n"), ""},
+		{"upstream header limit under 4KiB", doc("", "", "", "limits: {upstream_header_bytes: 4095}\n"), "limits.upstream_header_bytes"},
+		{"upstream header limit at 16MiB", doc("", "", "", "limits: {upstream_header_bytes: 16MiB}\n"), ""},
+		{"upstream header limit over 16MiB", doc("", "", "", "limits: {upstream_header_bytes: 16777217}\n"), "limits.upstream_header_bytes"},
 		{"evidence items equal to the total", doc("", "", "", "limits: {evidence_bytes: 4MiB, signature_bytes: 4MiB, attestation_bytes: 4MiB}\n"), ""},
 		{"certificates naming a DNS name and a URI", doc("", "", "", tlsOn+"clients:\n  mtls: {ca: ca.pem}\n  access: [{certificates: {dns: [a.example], uri: [\"spiffe://x/y\"]}}]\n"), ""},
 	} {

@@ -38,7 +38,7 @@ func TestLimitsDefaults(t *testing.T) {
 	l := c.Limits
 	if l.EvidenceBytes != DefaultEvidenceBytes || l.SignatureBytes != DefaultSignatureBytes || l.AttestationBytes != DefaultAttestationBytes ||
 		l.MaxEvidence != DefaultMaxEvidence || l.PredicateDepth != DefaultPredicateDepth || l.ClientConnections != DefaultClientConnections ||
-		l.ClientIdleTimeout.D() != DefaultClientIdleTimeout || l.HeaderBytes != DefaultHeaderBytes ||
+		l.ClientIdleTimeout.D() != DefaultClientIdleTimeout || l.HeaderBytes != DefaultHeaderBytes || l.UpstreamHeaderBytes != DefaultUpstreamHeaderBytes ||
 		l.StreamBufferBytes != DefaultStreamBufferBytes || l.VerifyQueueWait.D() != DefaultVerifyQueueWait ||
 		l.ClientStallGrace == nil || l.ClientStallGrace.D() != DefaultClientStallGrace {
 		t.Errorf("defaults not applied: %+v", l)

@@ -668,6 +668,9 @@ func (l *Limits) validate(r *reporter) {
 	if l.HeaderBytes < 4<<10 {
 		r.addf("limits.header_bytes", "must be at least 4KiB: registry clients send long Accept and Authorization headers")
 	}
+	if l.UpstreamHeaderBytes < 4<<10 || l.UpstreamHeaderBytes > 16<<20 {
+		r.addf("limits.upstream_header_bytes", "must be 4KiB to 16MiB: a storage redirect's presigned URL alone can take a few KiB")
+	}
 	if l.ClientStallGrace != nil && *l.ClientStallGrace < 0 {
 		r.addf("limits.client_stall_grace", "must not be negative (0 never drops a stalled client's stream early)")
 	}

@@ -73,6 +73,9 @@ type Upstream struct {
 	// MaxConns caps connections to the upstream's host and to each
 	// storage host it redirects to (default 64).
 	MaxConns int
+	// MaxHeaderBytes bounds the status line and headers of the
+	// upstream's answers (default 64 KiB).
+	MaxHeaderBytes int64
 	// RedirectHosts may be reached by redirects (and token realms) even
 	// at loopback, private or link-local addresses: "host", "host:port"
 	// or "*.domain". Other hosts are refused at such addresses unless

@@ -665,3 +665,32 @@ func TestUnknownDigestsCostOneUpstreamRequest(t *testing.T) {
 		t.Errorf("%d verdicts cached for digests the upstream does not have", vc.len())
 	}
 }
+
+// TestUpstreamHeadersTooLarge: an upstream that answers with more header
+// bytes than limits.upstream_header_bytes is dropped unread, and the
+// client and the operator are told so.
+func TestUpstreamHeadersTooLarge(t *testing.T) {
+	t.Parallel()
+	const limit = 8 << 10
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		for i := range 2 * limit / 1024 {
+			w.Header().Set("X-Pad-"+strconv.Itoa(i), strings.Repeat("p", 1000))
+		}
+		http.NotFound(w, r)
+	}))
+	t.Cleanup(up.Close)
+	p, err := New([]Upstream{{Name: "docker.io", URL: up.URL, Insecure: true, MaxHeaderBytes: limit}}, allowAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := do(p, http.MethodGet, "/v2/acme/app/manifests/v1?ns=docker.io")
+	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "larger than limits.upstream_header_bytes") {
+		t.Fatalf("GET = %d %s, want 502 naming the limit", w.Code, w.Body)
+	}
+	if n := counterValue(t, p, "portcullis_upstream_errors_total", map[string]string{"kind": "too_large"}); n != 1 {
+		t.Errorf("too_large errors = %v, want 1", n)
+	}
+}

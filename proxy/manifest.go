@@ -968,6 +968,10 @@ func (p *Proxy) upstreamFailure(ctx context.Context, u *upstreamEntry, err error
 		p.metrics.upstreamErrors.WithLabelValues(u.name, "upstream_stalled").Inc()
 		p.log.Warn("upstream stalled", zap.String("upstream", u.name), zap.String("op", op), zap.Error(err))
 		return errorf(http.StatusBadGateway, CodeUnknown, "upstream %s stopped sending", u.name)
+	case errors.Is(err, upstream.ErrHeadersTooLarge):
+		p.metrics.upstreamErrors.WithLabelValues(u.name, "too_large").Inc()
+		p.log.Warn("upstream response headers too large", zap.String("upstream", u.name), zap.String("op", op), zap.Error(err))
+		return errorf(http.StatusBadGateway, CodeUnknown, "upstream %s sent response headers larger than limits.upstream_header_bytes", u.name)
 	case errors.Is(err, upstream.ErrConnLimit):
 		p.metrics.upstreamErrors.WithLabelValues(u.name, "conn_limit").Inc()
 		p.log.Warn("upstream connection limit reached", zap.String("upstream", u.name), zap.String("op", op), zap.Error(err))

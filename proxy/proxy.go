@@ -218,10 +218,11 @@ func newRouter(upstreams []Upstream, o options) (*router, error) {
 			Timeout:   u.Timeout,
 			Transport: o.transport,
 
-			IdleTimeout:   u.IdleTimeout,
-			MaxConns:      u.MaxConns,
-			RedirectHosts: u.RedirectHosts,
-			Propagator:    o.propagator(),
+			IdleTimeout:    u.IdleTimeout,
+			MaxConns:       u.MaxConns,
+			MaxHeaderBytes: u.MaxHeaderBytes,
+			RedirectHosts:  u.RedirectHosts,
+			Propagator:     o.propagator(),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("upstream %q: %w", u.Name, err)

@@ -42,6 +42,11 @@ const (
 	// DefaultMaxConns caps connections per host (the upstream's, and each
 	// storage host it redirects to) when Config.MaxConns is zero.
 	DefaultMaxConns = 64
+	// DefaultMaxHeaderBytes bounds an answer's status line and headers
+	// when Config.MaxHeaderBytes is zero. Registries send a few KiB at
+	// most (a storage redirect's presigned URL included); net/http's own
+	// default is 10 MiB, on every connection at once.
+	DefaultMaxHeaderBytes = 64 << 10
 	// maxRedirects bounds the redirect chain of one call.
 	maxRedirects = 5
 )
@@ -63,6 +68,11 @@ type Config struct {
 	// connection within their timeout, then fail with ErrConnLimit.
 	// Default DefaultMaxConns. Not applied to a custom Transport.
 	MaxConns int
+	// MaxHeaderBytes bounds the status line and headers of every answer
+	// from the upstream and the hosts it redirects to; a larger one fails
+	// with ErrHeadersTooLarge. Default DefaultMaxHeaderBytes. Not applied
+	// to a custom Transport.
+	MaxHeaderBytes int64
 	// RedirectHosts are hosts the upstream may send the client to (by
 	// redirect or token realm) even when they resolve to loopback,
 	// private, link-local or other internal addresses: "host",
@@ -107,8 +117,9 @@ type Client struct {
 	pinged http.RoundTripper
 	// guard is the default transport's dialer; nil with a custom
 	// Transport.
-	guard    *dialGuard
-	maxConns int // 0 with a custom Transport
+	guard     *dialGuard
+	maxConns  int   // 0 with a custom Transport
+	maxHeader int64 // 0 with a custom Transport
 
 	transports *repoCache
 	setup      singleflight.Group
@@ -152,12 +163,13 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Timeout < 0 || cfg.IdleTimeout < 0 {
 		return nil, fmt.Errorf("upstream %s: negative timeout", cfg.Name)
 	}
-	if cfg.MaxConns < 0 || cfg.repositories < 0 {
+	if cfg.MaxConns < 0 || cfg.repositories < 0 || cfg.MaxHeaderBytes < 0 {
 		return nil, fmt.Errorf("upstream %s: negative connection or repository limit", cfg.Name)
 	}
 	timeout := cmp.Or(cfg.Timeout, DefaultTimeout)
 	idle := cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
 	maxConns := cmp.Or(cfg.MaxConns, DefaultMaxConns)
+	maxHeader := cmp.Or(cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
 
 	opts := []name.Option{name.StrictValidation}
 	if cfg.Insecure {
@@ -184,7 +196,7 @@ func New(cfg Config) (*Client, error) {
 			guard.lookup = cfg.lookup
 		}
 		guard.mapAddr = cfg.mapAddr
-		verifyPool, err := newTransport(cfg.RootCAs, cfg.Insecure, timeout, maxConns, guard)
+		verifyPool, err := newTransport(cfg.RootCAs, cfg.Insecure, timeout, maxConns, maxHeader, guard)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", cfg.Name, err)
 		}
@@ -193,7 +205,7 @@ func New(cfg Config) (*Client, error) {
 		if len(cfg.RootCAs) > 0 {
 			return nil, fmt.Errorf("upstream %s: root CAs cannot be applied to a custom transport", cfg.Name)
 		}
-		maxConns = 0
+		maxConns, maxHeader = 0, 0
 	}
 
 	cache, err := newRepoCache(cmp.Or(cfg.repositories, DefaultRepositories))
@@ -217,6 +229,7 @@ func New(cfg Config) (*Client, error) {
 		pinged:     &pingCache{inner: bare, base: baseURL},
 		guard:      guard,
 		maxConns:   maxConns,
+		maxHeader:  maxHeader,
 		transports: cache,
 		propagator: cfg.Propagator,
 	}, nil
@@ -231,7 +244,7 @@ func (anonymousKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
 // newTransport builds the default base transport. guard dials every
 // connection: the upstream's own host freely, anything else (redirect
 // targets, token realms) only to public addresses unless allowed.
-func newTransport(rootCAs []byte, insecure bool, timeout time.Duration, maxConns int, guard *dialGuard) (*http.Transport, error) {
+func newTransport(rootCAs []byte, insecure bool, timeout time.Duration, maxConns int, maxHeader int64, guard *dialGuard) (*http.Transport, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if len(rootCAs) > 0 {
 		pool, err := x509.SystemCertPool()
@@ -252,6 +265,8 @@ func newTransport(rootCAs []byte, insecure bool, timeout time.Duration, maxConns
 	t.TLSClientConfig = tlsCfg
 	t.TLSHandshakeTimeout = 10 * time.Second
 	t.ResponseHeaderTimeout = timeout
+	// Also the HTTP/2 header list size the transport announces.
+	t.MaxResponseHeaderBytes = maxHeader
 	// The cap holds per host (the registry, each storage host); keeping
 	// more idle connections than may be open is pointless.
 	t.MaxConnsPerHost = maxConns
@@ -359,6 +374,10 @@ func (c *Client) do(ctx context.Context, method, repo, path string, query url.Va
 			if waited != nil && waited() && ctx.Err() != nil {
 				return nil, fmt.Errorf("upstream %s: %w: no connection to %s became free (at most %d per host): %w",
 					c.name, ErrConnLimit, target.Host, c.maxConns, err)
+			}
+			if c.maxHeader > 0 && headersTooLarge(err) {
+				return nil, fmt.Errorf("upstream %s: %w: %s sent more than %d bytes of status line and headers: %w",
+					c.name, ErrHeadersTooLarge, target.Host, c.maxHeader, err)
 			}
 			return nil, fmt.Errorf("upstream %s: %w", c.name, err)
 		}

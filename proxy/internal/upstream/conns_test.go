@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -101,5 +103,79 @@ func TestMaxConnsPerHost(t *testing.T) {
 	}
 	if n := conns.Load(); n != maxConns+1 {
 		t.Errorf("upstream saw %d connections, want %d", n, maxConns+1)
+	}
+}
+
+func TestMaxHeaderBytesDefaults(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		set, want int64
+	}{
+		{0, DefaultMaxHeaderBytes},
+		{8 << 10, 8 << 10},
+	} {
+		c := newTestClient(t, Config{URL: "https://r.example", MaxHeaderBytes: tc.set})
+		p := c.bare.(*schemeGuard).inner.(*pools)
+		for _, tr := range []*http.Transport{p.verify, p.stream} {
+			if tr.MaxResponseHeaderBytes != tc.want {
+				t.Errorf("MaxHeaderBytes %d: transport allows %d bytes of headers, want %d", tc.set, tr.MaxResponseHeaderBytes, tc.want)
+			}
+		}
+	}
+	if _, err := New(Config{Name: "x", URL: "https://r.example", MaxHeaderBytes: -1}); err == nil {
+		t.Error("negative MaxHeaderBytes accepted")
+	}
+}
+
+// An upstream (or a storage host it redirects to) that sends more header
+// bytes than the bound is dropped unread, over HTTP/1.1 and HTTP/2, with
+// an error that says so; headers within the bound are read as usual.
+func TestMaxHeaderBytes(t *testing.T) {
+	t.Parallel()
+	const limit = 16 << 10
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "HTTP/1.1", true: "HTTP/2"}[h2], func(t *testing.T) {
+			t.Parallel()
+			var protos sync.Map
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				protos.Store(r.Proto, true)
+				if r.URL.Path == "/v2/" {
+					return
+				}
+				// Several fields, each well under any per-field limit.
+				n := limit / 2 / 1024
+				if strings.HasSuffix(r.URL.Path, "/big") {
+					n = 2 * limit / 1024
+				}
+				for i := range n {
+					w.Header().Set("X-Pad-"+strconv.Itoa(i), strings.Repeat("p", 1000))
+				}
+				http.NotFound(w, r)
+			}))
+			srv.EnableHTTP2 = h2
+			if h2 {
+				srv.StartTLS()
+			} else {
+				srv.Start()
+			}
+			t.Cleanup(srv.Close)
+			c := newTestClient(t, Config{URL: srv.URL, Insecure: true, MaxHeaderBytes: limit})
+			if _, err := c.GetManifest(context.Background(), "app", "small", nil); !errors.Is(err, verify.ErrNotFound) {
+				t.Fatalf("headers within the bound: %v, want the upstream's 404", err)
+			}
+			_, err := c.GetManifest(context.Background(), "app", "big", nil)
+			switch {
+			case errors.Is(err, ErrHeadersTooLarge) && strings.Contains(err.Error(), strconv.Itoa(limit)):
+			case h2 && err != nil && strings.Contains(err.Error(), "PROTOCOL_ERROR"):
+				// net/http's HTTP/2 client drops the connection, without
+				// saying why, when the headers are far past the bound.
+			default:
+				t.Fatalf("headers past the bound: %v, want ErrHeadersTooLarge naming the bound", err)
+			}
+			want := map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2]
+			if _, ok := protos.Load(want); !ok {
+				t.Errorf("no request over %s reached the upstream", want)
+			}
+		})
 	}
 }

@@ -23,6 +23,11 @@
 //     Content-Length when the 200 has none): a longer or endless body
 //     fails with ErrTooLarge before any byte past it is returned.
 //   - Error bodies are kept up to 64 KiB for diagnostics.
+//   - An answer's status line and headers are read through
+//     Config.MaxHeaderBytes (64 KiB by default, against net/http's 10 MiB),
+//     from the upstream and every host it redirects to; past it the
+//     connection is dropped (ErrHeadersTooLarge over HTTP/1.1; over HTTP/2
+//     net/http reports a protocol error).
 //
 // # Credentials
 //

@@ -40,7 +40,20 @@ var (
 	// ErrConnLimit means a request gave up waiting for a connection while
 	// all Config.MaxConns connections to the host were busy.
 	ErrConnLimit = errors.New("all upstream connections busy")
+	// ErrHeadersTooLarge means an answer's status line and headers were
+	// larger than Config.MaxHeaderBytes; the connection was dropped
+	// unread.
+	ErrHeadersTooLarge = errors.New("upstream response headers too large")
 )
+
+// headersTooLarge recognises net/http's refusal of response headers past
+// Transport.MaxResponseHeaderBytes, over HTTP/1 and HTTP/2. net/http
+// gives it no type of its own.
+func headersTooLarge(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "server response headers exceeded") ||
+		strings.Contains(s, "response header list larger than advertised limit")
+}
 
 // maxErrorBody bounds how much of an error answer is kept.
 const maxErrorBody = 64 << 10

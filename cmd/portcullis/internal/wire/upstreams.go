@@ -63,9 +63,10 @@ func upstream(cfg *config.Config, u *config.Upstream, env lookupEnv) (proxy.Upst
 		Insecure: u.Insecure,
 		Timeout:  u.Timeout.D(),
 		// An unset value reaches the client as 0, its own default.
-		IdleTimeout:   cfg.UpstreamIdleTimeout.D(),
-		MaxConns:      cfg.MaxConnsPerUpstream,
-		RedirectHosts: slices.Clone(u.RedirectHosts),
+		IdleTimeout:    cfg.UpstreamIdleTimeout.D(),
+		MaxConns:       cfg.MaxConnsPerUpstream,
+		MaxHeaderBytes: cfg.Limits.UpstreamHeaderBytes.Int64(),
+		RedirectHosts:  slices.Clone(u.RedirectHosts),
 	}
 	if u.MaxConns > 0 {
 		pu.MaxConns = u.MaxConns
