@@ -35,8 +35,8 @@ func isASCII(s string) bool {
 
 // plainKey says a raw key is its own decoded form: printable ASCII
 // without escapes. Anything else (escapes, and non-ASCII bytes, which
-// encoding/json may replace when they are not UTF-8) is left to the token
-// walk, which compares keys as encoding/json decodes them.
+// encoding/json may replace when they are not UTF-8) is decoded by
+// encoding/json before it is compared.
 func plainKey(raw []byte) bool {
 	for _, c := range raw {
 		if c == '\\' || c < 0x20 || c >= 0x80 {
@@ -217,7 +217,8 @@ func (s *shapeScan) object(depth int, freeKeys bool) error {
 			// Escapes, and bytes outside ASCII that may not be UTF-8:
 			// decoded by encoding/json itself, quotes included, so the
 			// key is exactly what it would match fields by.
-			if err := json.Unmarshal(s.b[start-1:end+1], &k); err != nil {
+			var err error
+			if k, err = decodeKey(s.b[start-1 : end+1]); err != nil {
 				return fmt.Errorf("invalid JSON object key: %w", err)
 			}
 			if !freeKeys {
@@ -240,6 +241,15 @@ func (s *shapeScan) object(depth int, freeKeys bool) error {
 		}
 		s.ws()
 	}
+}
+
+// decodeKey decodes a quoted key as encoding/json does. It is a function
+// of its own so that only a decoded key is allocated: a variable whose
+// address Unmarshal takes lives on the heap.
+func decodeKey(quoted []byte) (string, error) {
+	var k string
+	err := json.Unmarshal(quoted, &k)
+	return k, err
 }
 
 // value walks the value at s.i inside a container at depth.

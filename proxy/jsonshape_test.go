@@ -73,6 +73,22 @@ func TestJSONShapeManyKeys(t *testing.T) {
 	}
 }
 
+// TestJSONShapeAllocations: a manifest whose keys are plain ASCII, as
+// every registry writes them, is checked without an allocation; only keys
+// with escapes or bytes outside ASCII are decoded, and only objects past
+// smallObject keys build a set.
+func TestJSONShapeAllocations(t *testing.T) {
+	desc := `{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:` + strings.Repeat("a", 64) + `","size":123,"annotations":{"org.opencontainers.image.title":"model.safetensors"}}`
+	doc := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":` + desc +
+		`,"layers":[` + desc + `,` + desc + `],"annotations":{"org.opencontainers.image.created":"2026-12-02T00:00:00Z","a":"b"}}`)
+	if err := checkJSONShape(doc); err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = checkJSONShape(doc) }); n != 0 {
+		t.Errorf("checkJSONShape of a plain manifest: %v allocations, want 0", n)
+	}
+}
+
 // TestJSONShapeDepth: nesting is accepted up to maxJSONDepth containers,
 // objects and arrays alike, and refused one past it.
 func TestJSONShapeDepth(t *testing.T) {
