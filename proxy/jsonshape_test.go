@@ -53,7 +53,11 @@ func TestJSONShapeManyKeys(t *testing.T) {
 		{"escaped annotations keep their keys", `{"\u0061nnotations":{"Layers":1,"layers":2}}`, ""},
 		{"duplicates inside annotations", `{"annotations":` + manyKeys(40, `"39":1`) + `}`, `duplicate key "39"`},
 		{"a nested object has keys of its own", `{"a":` + manyKeys(40, "") + `,` + manyKeys(40, "")[1:], ""},
-		{"invalid JSON", manyKeys(40, "") + "x", "invalid JSON"},
+		{"invalid JSON", manyKeys(40, "") + "x", "invalid JSON: invalid character 'x' after top-level value"},
+		// encoding/json decodes each byte that is not UTF-8 as U+FFFD, so
+		// these are one key to it, however few keys came before.
+		{"two invalid UTF-8 keys", "{\"\x80\":1,\"\x81\":2}", "duplicate key"},
+		{"two invalid UTF-8 keys past the scan", manyKeys(40, "\"\x80\":1,\"\xff\":2"), "duplicate key"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
