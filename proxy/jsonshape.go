@@ -72,7 +72,7 @@ func knownASCII(raw []byte) (string, bool) {
 // hold: a manifest is read before anything about it is known, from an
 // upstream anyone may push to, so its cost must not depend on its shape.
 // The reference it must agree with is a walk of encoding/json's tokens
-// (jsonshape_ref_test.go), which costs a token allocation each.
+// (checkShapeTokens in jsonshape_test.go), which costs a token allocation each.
 func checkJSONShape(b []byte) error {
 	if !json.Valid(b) {
 		// Unmarshal finds the syntax error by the same scan, before it

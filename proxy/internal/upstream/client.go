@@ -164,7 +164,7 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("upstream %s: negative timeout", cfg.Name)
 	}
 	if cfg.MaxConns < 0 || cfg.repositories < 0 || cfg.MaxHeaderBytes < 0 {
-		return nil, fmt.Errorf("upstream %s: negative connection or repository limit", cfg.Name)
+		return nil, fmt.Errorf("upstream %s: negative connection, header or repository limit", cfg.Name)
 	}
 	timeout := cmp.Or(cfg.Timeout, DefaultTimeout)
 	idle := cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
