@@ -599,7 +599,19 @@ func (p *Proxy) verifyShared(ctx context.Context, mr manifestReq, key string, di
 // evaluate turns manifest bytes into a verdict. A manifest the proxy cannot
 // parse is denied outright: it is never handed on as an allow.
 func (p *Proxy) evaluate(ctx context.Context, mr manifestReq, m verify.Manifest) (verify.Verdict, error) {
-	pm, err := parseManifest(m.MediaType, m.Bytes)
+	// Bytes that match their digest are parsed through the cache, so the
+	// checks that follow (is a denied manifest evidence? which blobs does
+	// a served one open?) do not parse them again: a 4 MiB manifest of
+	// many keys takes 0.2 s to check. Other bytes are parsed apart, never
+	// cached under a digest they are not; they are refused before
+	// anything is served.
+	var pm *parsedManifest
+	var err error
+	if digestMatches(m.Digest, m.Bytes) {
+		pm, err = p.parse(&m)
+	} else {
+		pm, err = parseManifest(m.MediaType, m.Bytes)
+	}
 	if err != nil {
 		return malformedVerdict(m.Digest, err), nil
 	}

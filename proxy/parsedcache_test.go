@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -111,4 +112,55 @@ func TestParsedCacheAccounting(t *testing.T) {
 	if _, ok := pc.peek("fits"); !ok || pc.c.Len() != 1 || pc.bytes.Load() != 10_000 {
 		t.Fatalf("a manifest of exactly the bound: kept %v, %d entries, %d bytes", ok, pc.c.Len(), pc.bytes.Load())
 	}
+}
+
+// TestEvaluateParsesOnce: the parse made to verify a manifest is the one
+// the proxy keeps, so a denied manifest is not parsed again to tell
+// whether it is evidence; bytes that do not match their digest are never
+// kept under it.
+func TestEvaluateParsesOnce(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	img := reg.pushImage(t, "acme/app", "v1")
+	other := reg.pushImage(t, "acme/app", "v2")
+	key := img.digest.String() + " " + img.mt
+	t.Run("denied", func(t *testing.T) {
+		t.Parallel()
+		p, _ := newTestProxy(t, reg.srv.URL, denyAll(verify.ModeEnforce), WithEvidenceTypes(nil))
+		if w := do(p, http.MethodGet, manifestPath("acme/app", img.digest.String())); w.Code != http.StatusForbidden {
+			t.Fatalf("GET = %d, want 403", w.Code)
+		}
+		if _, ok := p.parsed.peek(key); !ok {
+			t.Error("the verification's parse was not kept: anything that needs it parses the manifest again")
+		}
+	})
+	t.Run("bytes that do not match", func(t *testing.T) {
+		t.Parallel()
+		p, _ := newTestProxy(t, reg.srv.URL, allowAll())
+		// The upstream client hands out another image's manifest as img's.
+		u := p.router.byKey["docker.io"]
+		u.manifests = swappedManifests{manifestGetter: u.manifests, bytes: other.raw}
+		w := do(p, http.MethodGet, manifestPath("acme/app", img.digest.String()))
+		if w.Code == http.StatusOK {
+			t.Fatal("bytes of another digest were served")
+		}
+		if pm, ok := p.parsed.peek(key); ok && len(pm.layers) > 0 && pm.layers[0].digest == other.layers[0] {
+			t.Error("another manifest's parse is kept under the digest")
+		}
+	})
+}
+
+// swappedManifests hands out bytes for every digest, breaking the
+// upstream client's promise that they were checked against it.
+type swappedManifests struct {
+	manifestGetter
+	bytes []byte
+}
+
+func (s swappedManifests) GetManifest(ctx context.Context, repo, ref string, accept []string) (verify.Manifest, error) {
+	m, err := s.manifestGetter.GetManifest(ctx, repo, ref, accept)
+	if err == nil {
+		m.Bytes = s.bytes
+	}
+	return m, err
 }
