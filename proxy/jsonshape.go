@@ -83,6 +83,11 @@ func checkJSONShape(b []byte) error {
 		}
 		return errors.New("invalid JSON")
 	}
+	return scanShape(b)
+}
+
+// scanShape is checkJSONShape for a document json.Valid accepted.
+func scanShape(b []byte) error {
 	s := shapeScan{b: b}
 	s.ws()
 	if s.i >= len(b) || b[s.i] != '{' {

@@ -88,8 +88,10 @@ func TestJSONShapeAllocations(t *testing.T) {
 	if err := checkJSONShape(doc); err != nil {
 		t.Fatal(err)
 	}
-	if n := testing.AllocsPerRun(100, func() { _ = checkJSONShape(doc) }); n != 0 {
-		t.Errorf("checkJSONShape of a plain manifest: %v allocations, want 0", n)
+	// json.Valid is left out: its scanner comes from a sync.Pool, which
+	// the race detector empties at random.
+	if n := testing.AllocsPerRun(100, func() { _ = scanShape(doc) }); n != 0 {
+		t.Errorf("the shape scan of a plain manifest: %v allocations, want 0", n)
 	}
 }
 
