@@ -99,6 +99,7 @@ func TestUpstreamsFields(t *testing.T) {
 		config.Upstream{Name: "lab", URL: "http://127.0.0.1:5001", Insecure: true, CAFile: "ca.pem", Timeout: config.Duration(5 * time.Second),
 			MaxConns: 3, RedirectHosts: []string{"storage.lab"}},
 	)
+	cfg.Limits.UpstreamHeaderBytes = 32 << 10
 	ups, err := upstreams(cfg, envMap(nil))
 	if err != nil {
 		t.Fatal(err)
@@ -124,6 +125,9 @@ func TestUpstreamsFields(t *testing.T) {
 	}
 	if hub.IdleTimeout != config.DefaultUpstreamIdleTimeout || lab.IdleTimeout != config.DefaultUpstreamIdleTimeout {
 		t.Errorf("idle timeouts = %v, %v", hub.IdleTimeout, lab.IdleTimeout)
+	}
+	if hub.MaxHeaderBytes != 32<<10 || lab.MaxHeaderBytes != 32<<10 {
+		t.Errorf("header bounds = %d, %d; want limits.upstream_header_bytes", hub.MaxHeaderBytes, lab.MaxHeaderBytes)
 	}
 	if len(hub.RedirectHosts) != 0 || len(lab.RedirectHosts) != 1 || lab.RedirectHosts[0] != "storage.lab" {
 		t.Errorf("redirect hosts = %q, %q", hub.RedirectHosts, lab.RedirectHosts)
