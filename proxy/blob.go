@@ -40,8 +40,8 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, u *upstreamEnt
 	// once the upstream shows it has the blob.
 	var wouldDeny *blobGate
 	if p.opts.blobGating {
-		if s, ok := p.blobs.get(blobKey(u.name, repo, digest)); ok {
-			size = s
+		if g, ok := p.blobs.get(blobKey(u.name, repo, digest)); ok {
+			size = g.size
 		} else if s, ok, undecided := p.sharedBlob(r.Context(), blobKey(u.name, repo, digest)); ok {
 			size = s
 		} else {

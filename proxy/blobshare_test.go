@@ -208,7 +208,7 @@ func TestBlobCacheGatedHitAcrossRepositories(t *testing.T) {
 	bc := newTestBlobCache(t, t.TempDir())
 	p, s := newTestProxy(t, up.url, allowAll(), WithBlobCache(bc))
 	for _, repo := range []string{"acme/a", "acme/b"} {
-		p.blobs.add(blobKey("docker.io", repo, d), int64(len(blob)))
+		p.blobs.add(blobKey("docker.io", repo, d), blobGrant{size: int64(len(blob))})
 	}
 	if w := do(p, http.MethodGet, blobPath("acme/a", d)); w.Code != http.StatusOK {
 		t.Fatalf("acme/a = %d", w.Code)
@@ -284,8 +284,8 @@ func TestBlobShareJoinerFetchesAloneWhenTheAnswerCouldDiffer(t *testing.T) {
 			release := make(chan struct{})
 			up := newRepoUpstream(t, d, blob, tc.have, release, func(repo string) bool { return repo == "acme/gone" })
 			p, _ := newTestProxy(t, up.url, allowAll(), WithBlobShare(DefaultBlobShareBuffer, DefaultBlobShareMemory))
-			p.blobs.add(blobKey("docker.io", "acme/gone", d), tc.leaderSize)
-			p.blobs.add(blobKey("docker.io", "acme/app", d), tc.joinSize)
+			p.blobs.add(blobKey("docker.io", "acme/gone", d), blobGrant{size: tc.leaderSize})
+			p.blobs.add(blobKey("docker.io", "acme/app", d), blobGrant{size: tc.joinSize})
 			front := httptest.NewServer(p)
 			t.Cleanup(front.Close)
 			type answer struct {

@@ -723,9 +723,10 @@ func (p *Proxy) remember(d *manifestDecision) {
 			return
 		}
 	}
-	p.blobs.add(blobKey(u, repo, pm.config.digest), pm.config.size)
+	src := &grantSource{manifest: d.digest, verdict: d.verdict}
+	p.blobs.add(blobKey(u, repo, pm.config.digest), blobGrant{size: pm.config.size, src: src})
 	for _, l := range pm.layers {
-		p.blobs.add(blobKey(u, repo, l.digest), l.size)
+		p.blobs.add(blobKey(u, repo, l.digest), blobGrant{size: l.size, src: src})
 	}
 	// Counted before adding: adds that evict anything, these included,
 	// make the next pull add them again.

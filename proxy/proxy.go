@@ -65,8 +65,9 @@ type Proxy struct {
 	// that lists it, while that index's verdict lasts.
 	coverage *ttlCache[string, coverEntry]
 	// blobs holds the blobs referenced by manifests served per repository,
-	// with the size their descriptor declares.
-	blobs *ttlCache[string, int64]
+	// with the size their descriptor declares and the decision that
+	// opened them.
+	blobs *ttlCache[string, blobGrant]
 	// blobsKept maps the verdict key of a served image to the count of
 	// blobs entries removed when its blobs were last added: while that
 	// count holds and the entry is fresh, its blobs are all still open
@@ -126,7 +127,7 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		audit:    o.logger.Named("audit"),
 		tracer:   o.tracer(),
 		coverage: newTTLCache[string, coverEntry](coverageSize, o.coverageTTL),
-		blobs:    newTTLCache[string, int64](blobAllowSize, blobAllowTTL),
+		blobs:    newTTLCache[string, blobGrant](blobAllowSize, blobAllowTTL),
 		// A tenth of the blobs' TTL: a pull that skips adding them
 		// leaves its blobs open for at least nine tenths of it, and each
 		// served image's blobs are added again at most once a minute.

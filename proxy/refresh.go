@@ -349,7 +349,7 @@ func (p *Proxy) refreshDrift(e refreshEntry, v verify.Verdict) {
 	p.lastAllowed.Add(e.mr.u.name+"\x00"+e.mr.repo+"\x00"+digest, false)
 	p.metrics.drift.WithLabelValues(v.Boundary).Inc()
 	p.coverage.removeIf(func(_ string, ce coverEntry) bool { return ce.parent == digest })
-	p.closeBlobs(digest, 1)
+	p.closeBlobs(map[string]bool{digest: true}, nil)
 	decision := "deny"
 	if v.Served() {
 		decision = "warn"

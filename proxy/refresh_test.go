@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/portcullis-oci/portcullis/test/fixtures"
 	"github.com/portcullis-oci/portcullis/verify"
@@ -61,6 +62,10 @@ func TestRefreshAheadSeesRemovedSignature(t *testing.T) {
 	if c := pull(); c != http.StatusOK {
 		t.Fatalf("pull: %d", c)
 	}
+	layer := blobPath("acme/app", img.layers[0])
+	if w := do(p, http.MethodHead, layer); w.Code != http.StatusOK {
+		t.Fatalf("blob of the allowed manifest: %d", w.Code)
+	}
 	if err := remote.Delete(u.ref(t, "acme/app", sig)); err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +93,10 @@ func TestRefreshAheadSeesRemovedSignature(t *testing.T) {
 	events.mu.Unlock()
 	if len(drift) != 1 || drift[0].Decision == nil || drift[0].Decision.Digest != img.digest.String() {
 		t.Fatalf("drift events = %+v, want one about %s", drift, img.digest)
+	}
+	// What the allow opened is withdrawn with it.
+	if w := do(p, http.MethodHead, layer); w.Code != http.StatusForbidden {
+		t.Fatalf("blob of a manifest that drifted to a denial: %d, want 403", w.Code)
 	}
 	// The denial is in the cache: the next pull is denied without a
 	// verification of its own, and is not reported as drift again.
@@ -212,4 +221,55 @@ func TestRefreshAheadYieldsToClients(t *testing.T) {
 		t.Fatalf("started %d re-verifications with the slot free, want 1", n)
 	}
 	p.refresh.wg.Wait()
+}
+
+// TestRefreshDriftClosesCoveredBlobs: when an index's allow drifts to a
+// denial, the blobs of the children it covered close with it.
+func TestRefreshDriftClosesCoveredBlobs(t *testing.T) {
+	t.Parallel()
+	u := newRegistry(t)
+	k := newKey(t)
+	idx, kids := u.pushIndex(t, "acme/multi", "v1")
+	sig, err := fixtures.AttachBundle(context.Background(), u.ref(t, "acme/multi", idx.digest), k, fixtures.BundleSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng := newEngineSpy(t, verify.Policy{Boundaries: []verify.Boundary{{
+		Name: "prod", Repositories: []string{"**"}, Mode: verify.ModeEnforce, Threshold: 1,
+		Authorities: []verify.Authority{keyAuthority("release", k)},
+	}}})
+	// Another signed image in the repository, whose allow holds.
+	other := u.pushImage(t, "acme/multi", "other")
+	if _, err := fixtures.AttachBundle(context.Background(), u.ref(t, "acme/multi", other.digest), k, fixtures.BundleSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := newTestProxy(t, u.srv.URL, eng, WithVerdictCache(newMapVerdicts()),
+		WithRefreshAhead(RefreshAhead{AllowTTL: refreshTTL}))
+	clock := withRefreshClock(p)
+	for _, d := range []v1.Hash{idx.digest, kids[0].digest, other.digest} {
+		if w := do(p, http.MethodGet, manifestPath("acme/multi", d.String())); w.Code != http.StatusOK {
+			t.Fatalf("pull %s: %d %s", d, w.Code, w.Body)
+		}
+	}
+	if d := lastDecision(t, p, kids[0].digest); d.CoveredBy != idx.digest.String() {
+		t.Fatalf("child decision %+v, want coverage by the index", d)
+	}
+	layer := blobPath("acme/multi", kids[0].layers[0])
+	if w := do(p, http.MethodHead, layer); w.Code != http.StatusOK {
+		t.Fatalf("blob of a covered child: %d", w.Code)
+	}
+	if err := remote.Delete(u.ref(t, "acme/multi", sig)); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(refreshTTL * 85 / 100)
+	if n := p.refreshDue(context.Background()); n != 2 {
+		t.Fatalf("%d re-verifications, want the index's and the other image's", n)
+	}
+	p.refresh.wg.Wait()
+	if w := do(p, http.MethodHead, layer); w.Code != http.StatusForbidden {
+		t.Fatalf("blob of a child covered by an index that drifted to a denial: %d, want 403", w.Code)
+	}
+	if w := do(p, http.MethodHead, blobPath("acme/multi", other.layers[0])); w.Code != http.StatusOK {
+		t.Fatalf("blob of an image whose allow held: %d, want 200", w.Code)
+	}
 }

@@ -688,9 +688,7 @@ func (p *Proxy) revocationsChanged(old, cur *revocationSet) {
 		p.coverage.removeIf(func(_ string, ce coverEntry) bool {
 			return closed[ce.parent] || added.matches(ce.verdict)
 		})
-		for dg := range closed {
-			p.closeBlobs(dg, 1)
-		}
+		p.closeBlobs(closed, added)
 		p.evidence.removeIf(func(_ string, subject v1.Hash) bool { return closed[subject.String()] })
 	}
 	if !lifted.empty() {
@@ -704,48 +702,50 @@ func (p *Proxy) revocationsChanged(old, cur *revocationSet) {
 		zap.Int("added", len(added.entries)), zap.Int("lifted", len(lifted.entries)), zap.Int("closed_digests", len(closed)))
 }
 
-// closeBlobs withdraws the blob gating a manifest opened: its config and
-// layers in every repository, and, depth levels down, its children's.
-// A blob another served manifest shares is closed too and reopens when
-// that manifest is pulled again.
-func (p *Proxy) closeBlobs(digest string, depth int) {
-	var pms []*parsedManifest
-	prefix := digest + " "
-	for _, k := range p.parsed.keys() {
-		if strings.HasPrefix(k, prefix) {
-			if pm, ok := p.parsed.peek(k); ok {
-				pms = append(pms, pm)
-			}
+// blobGrant opens a blob in one repository of one upstream.
+type blobGrant struct {
+	size int64
+	// src is the decision that opened the blob; nil when the grant was
+	// read from the shared state, where another replica decided it.
+	src *grantSource
+}
+
+// grantSource is the decision a served manifest opened its blobs on, one
+// per served manifest and shared by its blobs. It is kept with them so
+// that a revocation or a drifted verdict closes them whatever has been
+// evicted since: the manifest's bytes, its parse, its cached verdict.
+type grantSource struct {
+	manifest string // the served manifest's digest
+	// verdict is the one the manifest was served on: its own, or that of
+	// the index that covered it or of the subject it is evidence of.
+	verdict verify.Verdict
+}
+
+// closeBlobs withdraws the blob gating of the manifests whose digests are
+// in digests and of those served on the verdict of one (an index that
+// covered them, the subject they are evidence of), and, when added is
+// set, of every manifest served on a verdict added rests on.
+// Grants read from the shared state say nothing of their decision: a
+// revocation drops them all, and the shared state refuses them from then
+// on (sharing.notBefore), so they are looked up afresh.
+func (p *Proxy) closeBlobs(digests map[string]bool, added *revocationSet) {
+	revoked := map[*grantSource]bool{}
+	p.blobs.removeIf(func(_ string, g blobGrant) bool {
+		if g.src == nil {
+			return added != nil
 		}
-	}
-	if mc := p.opts.manifests; mc != nil && len(pms) == 0 {
-		if m, ok := mc.Get(digest); ok {
-			if pm, err := parseManifest(m.MediaType, m.Bytes); err == nil {
-				pms = append(pms, pm)
-			}
+		if digests[g.src.manifest] || digests[g.src.verdict.Digest] {
+			return true
 		}
-	}
-	blobs := map[string]bool{}
-	for _, pm := range pms {
-		if pm.index {
-			if depth > 0 {
-				for _, c := range pm.children {
-					p.closeBlobs(c.String(), depth-1)
-				}
-			}
-			continue
+		if added == nil {
+			return false
 		}
-		blobs[pm.config.digest.String()] = true
-		for _, l := range pm.layers {
-			blobs[l.digest.String()] = true
+		r, ok := revoked[g.src]
+		if !ok {
+			r = added.matches(g.src.verdict)
+			revoked[g.src] = r
 		}
-	}
-	if len(blobs) == 0 {
-		return
-	}
-	p.blobs.removeIf(func(k string, _ int64) bool {
-		i := strings.LastIndexByte(k, 0)
-		return i >= 0 && blobs[k[i+1:]]
+		return r
 	})
 }
 

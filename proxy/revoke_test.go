@@ -384,3 +384,64 @@ func TestRevokeLineageDependency(t *testing.T) {
 		})
 	}
 }
+
+// TestRevokeClosesBlobsAfterEviction: what a served manifest opened is
+// closed by a revocation even when its bytes, its parse and its cached
+// verdict have all been evicted since, for each kind of revocation that
+// names it: its digest, its signer, the index that covered it.
+func TestRevokeClosesBlobsAfterEviction(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"digest", "key", "index"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			e := newRevokeEnv(t, verify.ModeEnforce, false)
+			var layer, revocation string
+			switch kind {
+			case "digest", "key":
+				if w := e.pull(t); w.Code != http.StatusOK {
+					t.Fatalf("pull: %d %s", w.Code, w.Body)
+				}
+				layer = blobPath("acme/app", e.img.layers[0])
+				revocation = `{"digest":"` + e.img.digest.String() + `"`
+				if kind == "key" {
+					revocation = `{"key":"` + keyID(t, e.k1) + `"`
+				}
+			case "index":
+				idx, kids := e.u.pushIndex(t, "acme/app", "multi")
+				e.u.sign(t, "acme/app", idx.digest, e.k1)
+				if w := do(e.p, http.MethodGet, manifestPath("acme/app", idx.digest.String())); w.Code != http.StatusOK {
+					t.Fatalf("index: %d %s", w.Code, w.Body)
+				}
+				if w := do(e.p, http.MethodGet, manifestPath("acme/app", kids[0].digest.String())); w.Code != http.StatusOK {
+					t.Fatalf("child: %d %s", w.Code, w.Body)
+				}
+				if d := lastDecision(t, e.p, kids[0].digest); d.CoveredBy != idx.digest.String() {
+					t.Fatalf("child decided by %+v, want coverage by the index", d)
+				}
+				layer = blobPath("acme/app", kids[0].layers[0])
+				revocation = `{"digest":"` + idx.digest.String() + `"`
+			}
+			if w := do(e.p, http.MethodHead, layer); w.Code != http.StatusOK {
+				t.Fatalf("blob before revocation: %d", w.Code)
+			}
+			// Everything a revocation could find the blobs through is gone.
+			e.p.parsed.c.Purge()
+			if e.p.opts.manifests != nil {
+				t.Fatal("the environment has a manifest cache the test does not empty")
+			}
+			e.cache.mu.Lock()
+			clear(e.cache.m)
+			e.cache.mu.Unlock()
+
+			// A revocation that names something else leaves the blob open.
+			e.revokeAPI(t, `{"key":"`+keyID(t, e.k2)+`","reason":"unused key retired","by":"sec"}`)
+			if w := do(e.p, http.MethodHead, layer); w.Code != http.StatusOK {
+				t.Fatalf("blob after an unrelated revocation: %d, want 200", w.Code)
+			}
+			e.revokeAPI(t, revocation+`,"reason":"compromised","by":"sec"}`)
+			if w := do(e.p, http.MethodHead, layer); w.Code != http.StatusForbidden {
+				t.Fatalf("blob of a revoked manifest after eviction: %d, want 403", w.Code)
+			}
+		})
+	}
+}

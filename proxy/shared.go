@@ -309,7 +309,7 @@ func (p *Proxy) sharedBlob(ctx context.Context, key string) (size int64, ok, und
 	if nb := sh.notBefore.Load(); nb != 0 && until.Add(-blobAllowTTL).UnixNano() < nb {
 		return 0, false, false
 	}
-	p.blobs.addUntil(key, size, until)
+	p.blobs.addUntil(key, blobGrant{size: size}, until)
 	return size, true, false
 }
 

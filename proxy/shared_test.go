@@ -320,7 +320,8 @@ func TestSharedStateRedisDown(t *testing.T) {
 
 // TestSharedBlobAfterRevocation: once a revocation is added on B, the
 // entries recorded before it no longer open blobs there, whichever
-// manifest they came from; what A writes afterwards does again.
+// manifest they came from and whether or not B had read them already;
+// what A writes afterwards does again.
 func TestSharedBlobAfterRevocation(t *testing.T) {
 	t.Parallel()
 	mr := miniredis.RunT(t)
@@ -336,6 +337,11 @@ func TestSharedBlobAfterRevocation(t *testing.T) {
 	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v1")); code != http.StatusOK {
 		t.Fatalf("signed manifest on A = %d", code)
 	}
+	// B opens one of its blobs from the shared entry before the
+	// revocation: the copy B keeps must not outlive it either.
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", signed.layers[1])); code != http.StatusOK {
+		t.Fatalf("blob of a manifest A allowed, on B = %d", code)
+	}
 	r := Revocation{Digest: signed.digest.String(), Reason: "poisoned", By: "sec"}
 	if err := r.Normalize(time.Now()); err != nil {
 		t.Fatal(err)
@@ -345,6 +351,9 @@ func TestSharedBlobAfterRevocation(t *testing.T) {
 	}
 	if code, _ := b.do(http.MethodGet, blobPath("acme/app", signed.layers[0])); code != http.StatusForbidden {
 		t.Errorf("blob of a manifest revoked on B, opened by an older entry = %d, want 403", code)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", signed.layers[1])); code != http.StatusForbidden {
+		t.Errorf("blob of a manifest revoked on B, opened there before = %d, want 403", code)
 	}
 	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v2")); code != http.StatusOK {
 		t.Fatalf("second signed manifest on A = %d", code)
