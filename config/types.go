@@ -265,8 +265,8 @@ type Limits struct {
 	ClientIdleTimeout Duration `yaml:"client_idle_timeout"` // default 60s
 	HeaderBytes       ByteSize `yaml:"header_bytes"`        // default 64KiB
 	// UpstreamHeaderBytes bounds the status line and headers of every
-	// answer from an upstream and the hosts it redirects to (default
-	// 64KiB).
+	// answer from an upstream and the hosts it redirects to, a TUF
+	// repository and an alert receiver (default 64KiB).
 	UpstreamHeaderBytes ByteSize `yaml:"upstream_header_bytes"`
 	// ClientStallGrace is how long a client may take nothing before its
 	// blob stream may be dropped for a pull waiting on the upstream's

@@ -25,15 +25,7 @@ func withAlerts(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (o
 	if len(cfg.Alerts) == 0 {
 		return extra, func() {}, nil
 	}
-	sinks, err := alertSinks(cfg.Alerts, os.LookupEnv)
-	if err != nil {
-		return nil, nil, err
-	}
-	source := alert.DefaultSource
-	if h, err := os.Hostname(); err == nil && h != "" {
-		source += ":" + h
-	}
-	d, err := alert.New(sinks, alert.WithLogger(logger.Named("alerts")), alert.WithSource(source))
+	d, err := alertDispatcher(cfg, logger)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -51,6 +43,21 @@ func withAlerts(cfg *config.Config, logger *zap.Logger, extra []proxy.Option) (o
 	// The alert metrics join the proxy's own registry: no second
 	// registry that would have to be the only WithRegisterer.
 	return append(extra, proxy.WithCollectors(d.Collectors()...), proxy.WithEventSink(d)), stop, nil
+}
+
+// alertDispatcher starts the receivers of cfg.Alerts.
+func alertDispatcher(cfg *config.Config, logger *zap.Logger) (*alert.Dispatcher, error) {
+	sinks, err := alertSinks(cfg.Alerts, os.LookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	source := alert.DefaultSource
+	if h, err := os.Hostname(); err == nil && h != "" {
+		source += ":" + h
+	}
+	// A receiver's answer is bounded like an upstream's.
+	return alert.New(sinks, alert.WithLogger(logger.Named("alerts")), alert.WithSource(source),
+		alert.WithMaxHeaderBytes(cfg.Limits.UpstreamHeaderBytes.Int64()))
 }
 
 // alertSinks translates the config, reading secrets from the environment.

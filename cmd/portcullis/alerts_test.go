@@ -12,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/portcullis-oci/portcullis/config"
+	"github.com/portcullis-oci/portcullis/proxy"
 	"github.com/portcullis-oci/portcullis/proxy/alert"
 )
 
@@ -147,5 +149,56 @@ func TestAlertEventNamesMatch(t *testing.T) {
 	slices.Sort(b)
 	if !slices.Equal(a, b) {
 		t.Errorf("config accepts %v, alert knows %v", b, a)
+	}
+}
+
+// TestAlertReceiverHeaderBound: limits.upstream_header_bytes bounds a
+// receiver's answer too: 96 KiB of headers are read under a bound of
+// 128 KiB and refused under the default 64 KiB.
+func TestAlertReceiverHeaderBound(t *testing.T) {
+	t.Parallel()
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		for i := range 24 {
+			w.Header().Set(fmt.Sprintf("X-Pad-%d", i), strings.Repeat("p", 4<<10))
+		}
+	}))
+	defer recv.Close()
+	for _, c := range []struct {
+		limit config.ByteSize
+		sent  bool
+	}{{config.DefaultUpstreamHeaderBytes, false}, {128 << 10, true}} {
+		cfg := &config.Config{Alerts: []config.Alert{{Name: "hook", Type: "webhook", URL: recv.URL, Insecure: true, MaxAttempts: 1}}}
+		cfg.Limits.UpstreamHeaderBytes = c.limit
+		d, err := alertDispatcher(cfg, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(d.Collectors()...)
+		d.Emit(proxy.Event{Kind: proxy.EventDeny, Time: time.Now(), Message: "x"})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := d.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sent, failed float64
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				switch mf.GetName() {
+				case "portcullis_alerts_sent_total":
+					sent += m.GetCounter().GetValue()
+				case "portcullis_alerts_failed_total":
+					failed += m.GetCounter().GetValue()
+				}
+			}
+		}
+		if (sent == 1) != c.sent || sent+failed != 1 {
+			t.Errorf("limit %d: sent %v, failed %v; want delivered = %v", c.limit, sent, failed, c.sent)
+		}
 	}
 }

@@ -107,6 +107,7 @@ type options struct {
 	logger     *zap.Logger
 	registerer prometheus.Registerer
 	transport  http.RoundTripper
+	maxHeader  int64
 	source     string
 	backoff    time.Duration
 	maxBackoff time.Duration
@@ -151,6 +152,24 @@ func WithTransport(rt http.RoundTripper) Option {
 	}
 }
 
+// DefaultMaxHeaderBytes bounds a receiver's answer's status line and
+// headers unless WithMaxHeaderBytes says otherwise: net/http's own
+// default is 10 MiB.
+const DefaultMaxHeaderBytes = 64 << 10
+
+// WithMaxHeaderBytes bounds a receiver's answer's status line and headers
+// on the default transport (a transport set by WithTransport keeps its
+// own). Default: DefaultMaxHeaderBytes.
+func WithMaxHeaderBytes(n int64) Option {
+	return func(o *options) error {
+		if n <= 0 {
+			return errors.New("header bound must be positive")
+		}
+		o.maxHeader = n
+		return nil
+	}
+}
+
 // WithSource sets the CloudEvents source and the webhook payload's source,
 // a URI reference naming this instance. Default: DefaultSource.
 func WithSource(s string) Option {
@@ -185,7 +204,8 @@ var _ proxy.EventSink = (*Dispatcher)(nil)
 
 // New starts one delivery goroutine per sink; Close stops them.
 func New(sinks []SinkConfig, opts ...Option) (*Dispatcher, error) {
-	o := options{logger: zap.NewNop(), source: DefaultSource, backoff: DefaultBackoff, maxBackoff: DefaultMaxBackoff, now: time.Now}
+	o := options{logger: zap.NewNop(), source: DefaultSource, backoff: DefaultBackoff, maxBackoff: DefaultMaxBackoff, now: time.Now,
+		maxHeader: DefaultMaxHeaderBytes}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -195,7 +215,9 @@ func New(sinks []SinkConfig, opts ...Option) (*Dispatcher, error) {
 		o.registerer = prometheus.NewRegistry()
 	}
 	if o.transport == nil {
-		o.transport = http.DefaultTransport.(*http.Transport).Clone()
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxResponseHeaderBytes = o.maxHeader
+		o.transport = t
 	}
 	m, err := newMetrics(o.registerer)
 	if err != nil {

@@ -542,3 +542,47 @@ func TestCloudEventTypes(t *testing.T) {
 		seen[ty] = true
 	}
 }
+
+// TestReceiverHeaderBound: a receiver's answer is read up to the header
+// bound; one past it fails the delivery instead of costing the proxy up to
+// net/http's 10 MiB per attempt.
+func TestReceiverHeaderBound(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name       string
+		pad        int // header bytes the receiver answers with
+		opts       []Option
+		sent, fail int
+	}{
+		{"16 KiB under the default", 16 << 10, nil, 1, 0},
+		{"128 KiB over the default", 128 << 10, nil, 0, 1},
+		{"128 KiB under 256 KiB", 128 << 10, []Option{WithMaxHeaderBytes(256 << 10)}, 1, 0},
+		{"16 KiB over 8 KiB", 16 << 10, []Option{WithMaxHeaderBytes(8 << 10)}, 0, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+				_, _ = io.Copy(io.Discard, req.Body)
+				for i := range c.pad / (4 << 10) {
+					w.Header().Set(fmt.Sprintf("X-Pad-%d", i), strings.Repeat("p", 4<<10))
+				}
+				w.WriteHeader(http.StatusOK)
+			}))
+			t.Cleanup(srv.Close)
+			d := newDispatcher(t, SinkConfig{URL: srv.URL, MaxAttempts: 1}, c.opts...)
+			d.Emit(denyEvent(digestN(1), "prod", "x"))
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := d.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			s := d.sinks[0]
+			if got := [2]int{counter(t, s.sent), counter(t, s.failed)}; got != [2]int{c.sent, c.fail} {
+				t.Errorf("sent, failed = %v, want %d, %d", got, c.sent, c.fail)
+			}
+		})
+	}
+	if _, err := New(nil, WithMaxHeaderBytes(0)); err == nil {
+		t.Error("a header bound of 0 was accepted")
+	}
+}

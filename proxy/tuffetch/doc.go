@@ -3,7 +3,8 @@
 // proxy with the rest of the program's HTTP.
 //
 // Trust: nothing fetched is trusted here. The fetcher only bounds what it
-// reads (the updater's length limit for each file, a timeout for each
-// download, no redirect to another host); go-tuf verifies signatures,
+// reads (the updater's length limit for each file, a bound on each
+// answer's headers, a timeout for each download, no redirect to another
+// host); go-tuf verifies signatures,
 // thresholds, versions, hashes and expiry of everything it returns.
 package tuffetch

@@ -17,6 +17,10 @@ import (
 // DefaultTimeout bounds one download when New is given none.
 const DefaultTimeout = 30 * time.Second
 
+// DefaultMaxHeaderBytes bounds an answer's status line and headers when
+// New is given no bound: net/http's own default is 10 MiB.
+const DefaultMaxHeaderBytes = 64 << 10
+
 // Fetcher is a fetcher.Fetcher with a deadline per download and a client
 // of its own (never http.DefaultClient, whose settings other code may
 // change).
@@ -29,14 +33,21 @@ type Fetcher struct {
 var _ fetcher.Fetcher = (*Fetcher)(nil)
 
 // New returns a fetcher whose downloads each take at most timeout
-// (DefaultTimeout when zero or negative). rt, when non-nil, replaces the
-// default transport (tests).
-func New(timeout time.Duration, userAgent string, rt http.RoundTripper) *Fetcher {
+// (DefaultTimeout when zero or negative) and whose answers' headers take
+// at most maxHeaderBytes (DefaultMaxHeaderBytes when zero or negative).
+// rt, when non-nil, replaces the default transport (tests); the header
+// bound is then rt's to keep.
+func New(timeout time.Duration, userAgent string, maxHeaderBytes int64, rt http.RoundTripper) *Fetcher {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
+	if maxHeaderBytes <= 0 {
+		maxHeaderBytes = DefaultMaxHeaderBytes
+	}
 	if rt == nil {
-		rt = http.DefaultTransport
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxResponseHeaderBytes = maxHeaderBytes
+		rt = t
 	}
 	return &Fetcher{
 		client:    &http.Client{Transport: rt, CheckRedirect: sameHost},

@@ -2,6 +2,7 @@ package tuffetch
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -35,7 +36,7 @@ func TestDownloadFileLimits(t *testing.T) {
 	}))
 	defer srv.Close()
 	defer close(block)
-	f := New(200*time.Millisecond, "test", nil)
+	f := New(200*time.Millisecond, "test", 0, nil)
 
 	if b, err := f.DownloadFile(srv.URL+"/ok", 10, 0); err != nil || string(b) != "0123456789" {
 		t.Fatalf("ok: %q %v", b, err)
@@ -63,5 +64,35 @@ func TestDownloadFileLimits(t *testing.T) {
 	}
 	if _, err := f.DownloadFile("file:///etc/passwd", 10, 0); err == nil {
 		t.Fatal("non-HTTP URL accepted")
+	}
+}
+
+// TestDownloadFileHeaderBound: an answer's headers are read up to the
+// bound and no further; net/http alone would read 10 MiB of them.
+func TestDownloadFileHeaderBound(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := map[string]int{"/small": 16 << 10, "/large": 128 << 10}[r.URL.Path]
+		// Headers of 4 KiB each, as a hostile mirror might pad them.
+		for i := range n / (4 << 10) {
+			w.Header().Set(fmt.Sprintf("X-Pad-%d", i), strings.Repeat("p", 4<<10))
+		}
+		_, _ = w.Write([]byte("0123456789"))
+	}))
+	defer srv.Close()
+	def := New(5*time.Second, "test", 0, nil)
+	if b, err := def.DownloadFile(srv.URL+"/small", 10, 0); err != nil || string(b) != "0123456789" {
+		t.Fatalf("16 KiB of headers under the default bound: %q %v", b, err)
+	}
+	if _, err := def.DownloadFile(srv.URL+"/large", 10, 0); err == nil || !strings.Contains(err.Error(), "header") {
+		t.Fatalf("128 KiB of headers under the default bound of %d: %v", DefaultMaxHeaderBytes, err)
+	}
+	wide := New(5*time.Second, "test", 256<<10, nil)
+	if b, err := wide.DownloadFile(srv.URL+"/large", 10, 0); err != nil || string(b) != "0123456789" {
+		t.Fatalf("128 KiB of headers under a bound of 256 KiB: %q %v", b, err)
+	}
+	narrow := New(5*time.Second, "test", 8<<10, nil)
+	if _, err := narrow.DownloadFile(srv.URL+"/small", 10, 0); err == nil {
+		t.Fatal("16 KiB of headers under a bound of 8 KiB were read")
 	}
 }

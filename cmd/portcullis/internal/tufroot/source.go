@@ -64,13 +64,16 @@ type Spec struct {
 	CacheDir string        // where verified metadata and the target are kept
 	Refresh  time.Duration // how often to fetch new metadata
 	Timeout  time.Duration // per download
+	// MaxHeaderBytes bounds each answer's headers; 0 means
+	// tuffetch.DefaultMaxHeaderBytes.
+	MaxHeaderBytes int64
 	// Fetcher replaces the default HTTP fetcher (tests).
 	Fetcher fetcher.Fetcher
 }
 
 func (s Spec) same(o Spec) bool {
 	return s.Trust == o.Trust && s.URL == o.URL && bytes.Equal(s.Root, o.Root) && s.CacheDir == o.CacheDir &&
-		s.Refresh == o.Refresh && s.Timeout == o.Timeout
+		s.Refresh == o.Refresh && s.Timeout == o.Timeout && s.MaxHeaderBytes == o.MaxHeaderBytes
 }
 
 // State is a verified trusted root with what vouched for it.
@@ -124,7 +127,7 @@ func (s Spec) withDefaults() Spec {
 func newSource(spec Spec, clock func() time.Time, m *metrics) *Source {
 	s := &Source{spec: spec, fetcher: spec.Fetcher, clock: clock, m: m, vouched: map[string]*atomic.Int64{}}
 	if s.fetcher == nil {
-		s.fetcher = tuffetch.New(spec.Timeout, "portcullis", nil)
+		s.fetcher = tuffetch.New(spec.Timeout, "portcullis", spec.MaxHeaderBytes, nil)
 	}
 	return s
 }

@@ -40,6 +40,7 @@ func (l *loader) loadTUF(t config.Trust) error {
 		Trust: t.Name, URL: t.TUF.URL, Root: b,
 		CacheDir: l.cfg.TUFCacheDir(t.Name, t.TUF),
 		Refresh:  t.TUF.Refresh.D(), Timeout: t.TUF.Timeout.D(),
+		MaxHeaderBytes: l.cfg.Limits.UpstreamHeaderBytes.Int64(),
 	})
 	tm, id, err := src.Material()
 	l.roots[t.Name] = tm

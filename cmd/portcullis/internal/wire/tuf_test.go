@@ -97,9 +97,14 @@ func TestTUFRootInFingerprint(t *testing.T) {
 	}
 	repo := tufrepo.New(t, time.Now(), tr)
 	c := e.tufConfig(t, repo.URL(), repo.RootJSON())
+	c.Limits.UpstreamHeaderBytes = 96 << 10
 	p1, err := Policy(c)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The repository's answers are bounded like every other upstream's.
+	if n := TrustedRoots.Lookup("sigstore").Spec().MaxHeaderBytes; n != 96<<10 {
+		t.Fatalf("TUF fetches bounded to %d header bytes, want limits.upstream_header_bytes (%d)", n, 96<<10)
 	}
 	if p1.Boundaries[0].Refused != "" || len(p1.Boundaries[0].Authorities[1].Keyless.TrustedRoot.FulcioCertificateAuthorities()) == 0 {
 		t.Fatal("root from TUF not in the policy")
