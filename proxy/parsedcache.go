@@ -47,13 +47,6 @@ func (pc *parsedCache) get(key string) (*parsedManifest, bool) {
 	return e.pm, ok
 }
 
-func (pc *parsedCache) peek(key string) (*parsedManifest, bool) {
-	e, ok := pc.c.Peek(key)
-	return e.pm, ok
-}
-
-func (pc *parsedCache) keys() []string { return pc.c.Keys() }
-
 // add keeps pm, parsed from manifestLen bytes, evicting the least recently
 // used until the kept manifests fit the bound again. One that does not fit
 // alone is not kept.

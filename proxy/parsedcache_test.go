@@ -164,3 +164,11 @@ func (s swappedManifests) GetManifest(ctx context.Context, repo, ref string, acc
 	}
 	return m, err
 }
+
+// peek and keys read the cache without touching its order.
+func (pc *parsedCache) peek(key string) (*parsedManifest, bool) {
+	e, ok := pc.c.Peek(key)
+	return e.pm, ok
+}
+
+func (pc *parsedCache) keys() []string { return pc.c.Keys() }

@@ -14,6 +14,9 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/portcullis-oci/portcullis/verify"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func verdictPath(host, repo string, d v1.Hash) string {
@@ -108,8 +111,11 @@ func TestVerdictAPIRefusesMalformedPaths(t *testing.T) {
 			t.Errorf("%s: answer %q (%v), want a deny with a reason", target, w.Body.String(), err)
 		}
 	}
-	if w := do(h, http.MethodPost, VerdictsPath+"docker.io/acme/app@"+d); w.Code != http.StatusMethodNotAllowed {
-		t.Errorf("POST: %d, want 405", w.Code)
+	if w := do(h, http.MethodPost, VerdictsPath+"docker.io/acme/app@"+d); w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != http.MethodGet {
+		t.Errorf("POST: %d, Allow %q; want 405, Allow GET", w.Code, w.Header().Get("Allow"))
+	}
+	if w := do(h, http.MethodGet, VerdictsPath+"docker.io/acme/app:v1"); w.Header().Get("Allow") != "" {
+		t.Errorf("a 400 says Allow %q", w.Header().Get("Allow"))
 	}
 	if n := eng.calls.Load(); n != 0 {
 		t.Fatalf("malformed requests verified %d times", n)
@@ -128,12 +134,14 @@ func TestVerdictAPIDecides(t *testing.T) {
 	unsigned := reg.pushImage(t, "acme/app", "v2")
 	eng := newEngineSpy(t, pol)
 	verdicts := newMapVerdicts()
-	p, _ := newTestProxy(t, reg.srv.URL, eng, WithVerdictCache(verdicts))
+	core, logs := observer.New(zapcore.InfoLevel)
+	p, _ := newTestProxy(t, reg.srv.URL, eng, WithVerdictCache(verdicts), WithLogger(zap.New(core)))
 	h := p.AdminHandler()
 
 	code, a := verdictAnswer(t, h, verdictPath("docker.io", "acme/app", signed.digest))
 	if code != http.StatusOK || a.Decision != VerdictAllow || a.Boundary != "images" || a.Cached ||
-		a.Upstream != "docker.io" || a.Repository != "acme/app" || a.Digest != signed.digest.String() {
+		a.Upstream != "docker.io" || a.Repository != "acme/app" || a.Digest != signed.digest.String() ||
+		a.Reason != `allowed by boundary "images"` {
 		t.Fatalf("signed: %d %+v", code, a)
 	}
 	// An alias of the upstream names the same verdict, from the cache.
@@ -186,6 +194,23 @@ func TestVerdictAPIDecides(t *testing.T) {
 	code, a = verdictAnswer(t, h, verdictPath("docker.io", "acme/other", signed.digest))
 	if code != http.StatusForbidden || a.Decision != VerdictDeny {
 		t.Fatalf("signed digest asked in another repository: %d %+v", code, a)
+	}
+
+	// The operator's log: allows at info, denials at warn, each naming
+	// the digest and the decision.
+	levels := map[string]map[zapcore.Level]int{}
+	for _, e := range logs.FilterMessage("verdict api").All() {
+		dec := e.ContextMap()["decision"].(string)
+		if levels[dec] == nil {
+			levels[dec] = map[zapcore.Level]int{}
+		}
+		levels[dec][e.Level]++
+	}
+	if l := levels[VerdictAllow]; l[zapcore.InfoLevel] != 2 || len(l) != 1 {
+		t.Errorf("allows logged at %v, want 2 at info", l)
+	}
+	if l := levels[VerdictDeny]; l[zapcore.WarnLevel] != 6 || len(l) != 1 {
+		t.Errorf("denials logged at %v, want 6 at warn", l)
 	}
 
 	for decision, want := range map[string]float64{"allow": 2, "deny": 6} {
