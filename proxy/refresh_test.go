@@ -41,6 +41,14 @@ func withRefreshClock(p *Proxy) *stepClock {
 	return c
 }
 
+// releaseEngine enforces signatures by k on every repository.
+func releaseEngine(t *testing.T, k *fixtures.KeySigner) *engineSpy {
+	return newEngineSpy(t, verify.Policy{Boundaries: []verify.Boundary{{
+		Name: "prod", Repositories: []string{"**"}, Mode: verify.ModeEnforce, Threshold: 1,
+		Authorities: []verify.Authority{keyAuthority("release", k)},
+	}}})
+}
+
 func TestRefreshAheadSeesRemovedSignature(t *testing.T) {
 	t.Parallel()
 	u := newRegistry(t)
@@ -50,10 +58,7 @@ func TestRefreshAheadSeesRemovedSignature(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng := newEngineSpy(t, verify.Policy{Boundaries: []verify.Boundary{{
-		Name: "prod", Repositories: []string{"**"}, Mode: verify.ModeEnforce, Threshold: 1,
-		Authorities: []verify.Authority{keyAuthority("release", k)},
-	}}})
+	eng := releaseEngine(t, k)
 	events := &eventRecorder{}
 	p, _ := newTestProxy(t, u.srv.URL, eng, WithVerdictCache(newMapVerdicts()), WithEventSink(events),
 		WithRefreshAhead(RefreshAhead{AllowTTL: refreshTTL}))
@@ -234,10 +239,7 @@ func TestRefreshDriftClosesCoveredBlobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng := newEngineSpy(t, verify.Policy{Boundaries: []verify.Boundary{{
-		Name: "prod", Repositories: []string{"**"}, Mode: verify.ModeEnforce, Threshold: 1,
-		Authorities: []verify.Authority{keyAuthority("release", k)},
-	}}})
+	eng := releaseEngine(t, k)
 	// Another signed image in the repository, whose allow holds.
 	other := u.pushImage(t, "acme/multi", "other")
 	if _, err := fixtures.AttachBundle(context.Background(), u.ref(t, "acme/multi", other.digest), k, fixtures.BundleSpec{}); err != nil {
