@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/portcullis-oci/portcullis/proxy"
+	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
 )
 
 // Type is a receiver's payload shape.
@@ -152,14 +153,9 @@ func WithTransport(rt http.RoundTripper) Option {
 	}
 }
 
-// DefaultMaxHeaderBytes bounds a receiver's answer's status line and
-// headers unless WithMaxHeaderBytes says otherwise: net/http's own
-// default is 10 MiB.
-const DefaultMaxHeaderBytes = 64 << 10
-
 // WithMaxHeaderBytes bounds a receiver's answer's status line and headers
 // on the default transport (a transport set by WithTransport keeps its
-// own). Default: DefaultMaxHeaderBytes.
+// own). Default: the upstream client's, 64 KiB (net/http's is 10 MiB).
 func WithMaxHeaderBytes(n int64) Option {
 	return func(o *options) error {
 		if n <= 0 {
@@ -205,7 +201,7 @@ var _ proxy.EventSink = (*Dispatcher)(nil)
 // New starts one delivery goroutine per sink; Close stops them.
 func New(sinks []SinkConfig, opts ...Option) (*Dispatcher, error) {
 	o := options{logger: zap.NewNop(), source: DefaultSource, backoff: DefaultBackoff, maxBackoff: DefaultMaxBackoff, now: time.Now,
-		maxHeader: DefaultMaxHeaderBytes}
+		maxHeader: upstream.DefaultMaxHeaderBytes}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err

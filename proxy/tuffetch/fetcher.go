@@ -10,16 +10,13 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/portcullis-oci/portcullis/proxy/internal/upstream"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/fetcher"
 )
 
 // DefaultTimeout bounds one download when New is given none.
 const DefaultTimeout = 30 * time.Second
-
-// DefaultMaxHeaderBytes bounds an answer's status line and headers when
-// New is given no bound: net/http's own default is 10 MiB.
-const DefaultMaxHeaderBytes = 64 << 10
 
 // Fetcher is a fetcher.Fetcher with a deadline per download and a client
 // of its own (never http.DefaultClient, whose settings other code may
@@ -34,7 +31,7 @@ var _ fetcher.Fetcher = (*Fetcher)(nil)
 
 // New returns a fetcher whose downloads each take at most timeout
 // (DefaultTimeout when zero or negative) and whose answers' headers take
-// at most maxHeaderBytes (DefaultMaxHeaderBytes when zero or negative).
+// at most maxHeaderBytes (the upstream client's default when zero or negative).
 // rt, when non-nil, replaces the default transport (tests); the header
 // bound is then rt's to keep.
 func New(timeout time.Duration, userAgent string, maxHeaderBytes int64, rt http.RoundTripper) *Fetcher {
@@ -42,7 +39,7 @@ func New(timeout time.Duration, userAgent string, maxHeaderBytes int64, rt http.
 		timeout = DefaultTimeout
 	}
 	if maxHeaderBytes <= 0 {
-		maxHeaderBytes = DefaultMaxHeaderBytes
+		maxHeaderBytes = upstream.DefaultMaxHeaderBytes
 	}
 	if rt == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()

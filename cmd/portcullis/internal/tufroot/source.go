@@ -64,8 +64,8 @@ type Spec struct {
 	CacheDir string        // where verified metadata and the target are kept
 	Refresh  time.Duration // how often to fetch new metadata
 	Timeout  time.Duration // per download
-	// MaxHeaderBytes bounds each answer's headers; 0 means
-	// tuffetch.DefaultMaxHeaderBytes.
+	// MaxHeaderBytes bounds each answer's headers; 0 means the
+	// upstream client's default.
 	MaxHeaderBytes int64
 	// Fetcher replaces the default HTTP fetcher (tests).
 	Fetcher fetcher.Fetcher
