@@ -144,7 +144,9 @@ func evidenceKey(d *manifestDecision) string {
 //     and repository;
 //   - a tag that names one subject and a manifest that names another: both
 //     must agree;
-//   - evidence of a denied subject: denied, naming the subject.
+//   - evidence of a denied subject: denied, naming the subject;
+//   - evidence under a tag a loader pulls (neither a digest nor one of
+//     cosign's tags): decideManifest keeps the manifest's own verdict.
 //
 // An index is evidence only as cosign's fallback index (tag sha256-<hex>);
 // it is served as a listing and covers none of its children, each of which

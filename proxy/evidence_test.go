@@ -282,6 +282,32 @@ func TestEvidenceMustNotPass(t *testing.T) {
 		}
 	})
 
+	t.Run("evidence under an ordinary tag", func(t *testing.T) {
+		// Someone who can push moves a tag a loader pulls to a manifest
+		// shaped as evidence of the allowed image: any bytes under an
+		// evidence media type, titled as a model file, which oras pull
+		// would write out. Neither resolving nor fetching the tag may
+		// serve it; only a verifier's request for evidence may, by its
+		// digest or by cosign's tags.
+		a := reg.pushArtifact(t, repo, "weights", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, []byte("poisoned weights"), &imgDesc)
+		denied(t, manifestPath(repo, "weights"), "evidence of "+img.digest.String()+" is served only when fetched by digest or by cosign's tags")
+		if w := do(p, http.MethodHead, manifestPath(repo, "weights")); w.Code != http.StatusForbidden {
+			t.Errorf("HEAD by the tag = %d, want 403", w.Code)
+		}
+		if d := lastDecision(t, p, a.digest); d.EvidenceOf != "" || d.Decision != "deny" {
+			t.Errorf("decision = %+v, want a denial that is not evidence", d)
+		}
+		if w := do(p, http.MethodGet, blobPath(repo, a.layer)); w.Code != http.StatusForbidden {
+			t.Errorf("its layer = %d, want 403", w.Code)
+		}
+		// The positive control: by digest it is evidence of the image.
+		if w := do(p, http.MethodGet, manifestPath(repo, a.digest.String())); w.Code != http.StatusOK {
+			t.Fatalf("by digest = %d, want 200 as evidence: %s", w.Code, w.Body)
+		}
+		// Served as evidence once, the tag still does not serve it.
+		denied(t, manifestPath(repo, "weights"), "no signatures found")
+	})
+
 	t.Run("a fallback index covers none of its children", func(t *testing.T) {
 		unsigned := reg.pushImage(t, repo, "listed")
 		reg.pushRawIndex(t, repo, sigTag(img.digest, ""), reg.describe(t, repo, unsigned.digest))

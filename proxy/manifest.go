@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -190,8 +191,17 @@ func (p *Proxy) resolveManifest(ctx context.Context, mr manifestReq, req apiRequ
 // that evidence is not verified as content it is not; any other manifest
 // is checked once its own verdict is not an allow, with the bytes that
 // verdict brought.
+//
+// Only a request by digest is served as evidence that way. A manifest
+// fetched by any other tag keeps its own verdict: verifiers find evidence
+// by digest (referrers) or by cosign's tags, while a tag a loader pulls,
+// moved to a manifest shaped as evidence, would otherwise serve whatever
+// bytes its layers claim, by their media types, to be evidence. It is
+// still remembered as evidence, so that a verifier's fetch by digest is
+// served whatever the tag's denial left in the verdict cache.
 func (p *Proxy) decideManifest(ctx context.Context, d *manifestDecision, req apiRequest) error {
-	if p.evidenceCandidate(d, req) {
+	candidate := p.evidenceCandidate(d, req)
+	if candidate {
 		if ok, err := p.evidenceOf(ctx, d, req); err != nil || ok {
 			return err
 		}
@@ -199,13 +209,20 @@ func (p *Proxy) decideManifest(ctx context.Context, d *manifestDecision, req api
 	if err := p.findVerdict(ctx, d); err != nil {
 		return err
 	}
-	if d.verdict.Allowed || d.manifest == nil || len(p.opts.evidenceTypes) == 0 {
+	if candidate || d.verdict.Allowed || d.manifest == nil || len(p.opts.evidenceTypes) == 0 {
 		return nil
 	}
 	own, source := d.verdict, d.source
 	ok, err := p.evidenceOf(ctx, d, req)
 	if err != nil {
 		return err
+	}
+	if ok && req.isTag {
+		d.verdict, d.source = own, source
+		d.verdict.Reasons = append(slices.Clip(own.Reasons), fmt.Sprintf(
+			"evidence of %s is served only when fetched by digest or by cosign's tags, not by tag %q", d.evidenceOf, req.ref))
+		d.evidenceOf = ""
+		return nil
 	}
 	if !ok {
 		d.verdict, d.source = own, source
