@@ -706,7 +706,8 @@ func (p *Proxy) revocationsChanged(old, cur *revocationSet) {
 type blobGrant struct {
 	size int64
 	// src is the decision that opened the blob; nil when the grant was
-	// read from the shared state, where another replica decided it.
+	// read from the shared state, where another replica decided it,
+	// without a revocation since to check that decision against.
 	src *grantSource
 }
 
@@ -725,9 +726,10 @@ type grantSource struct {
 // in digests and of those served on the verdict of one (an index that
 // covered them, the subject they are evidence of), and, when added is
 // set, of every manifest served on a verdict added rests on.
-// Grants read from the shared state say nothing of their decision: a
-// revocation drops them all, and the shared state refuses them from then
-// on (sharing.notBefore), so they are looked up afresh.
+// Grants read from the shared state without their decision are all
+// dropped by a revocation. Looked up again, an entry recorded before it
+// opens its blob only with the decision recorded next to it, if that
+// still stands (sharedBlob).
 func (p *Proxy) closeBlobs(digests map[string]bool, added *revocationSet) {
 	revoked := map[*grantSource]bool{}
 	p.blobs.removeIf(func(_ string, g blobGrant) bool {

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,13 +30,18 @@ import (
 // the proxy then decides as a single replica would.
 type SharedState interface {
 	// RecordBlobs opens blobs (blob gating key → the size the manifest's
-	// descriptor declares) until until. An error means they may not be
-	// recorded: the proxy tries again on the next pull.
-	RecordBlobs(ctx context.Context, blobs map[string]int64, until time.Time) error
+	// descriptor declares) until until, each with the decision that
+	// opened it (origins: blob gating key → an opaque string of at most
+	// 256 printable ASCII bytes, see grantOrigin). An error means they
+	// may not be recorded: the proxy tries again on the next pull.
+	RecordBlobs(ctx context.Context, blobs map[string]int64, origins map[string]string, until time.Time) error
 	// LookupBlob returns the declared size of an open blob and when it
 	// closes. An error means the shared state could not be asked (down,
 	// slow): whether another replica opened the blob is unknown.
 	LookupBlob(ctx context.Context, key string) (size int64, until time.Time, ok bool, err error)
+	// BlobOrigin returns the origin recorded with an open blob; false
+	// when there is none or it cannot be read.
+	BlobOrigin(ctx context.Context, key string) (origin string, ok bool)
 	// RecordCoverage records that the manifests under children (verdict
 	// keys) are covered until until by the index parent, whose verdict is v.
 	RecordCoverage(ctx context.Context, children []string, parent string, v verify.Verdict, until time.Time) error
@@ -93,7 +100,8 @@ type sharing struct {
 	// was last trusted.
 	epoch atomic.Uint64
 	// notBefore (Unix ns) is when a revocation was last added: blob
-	// entries recorded before it may open a revoked manifest's blobs.
+	// entries recorded before it may open a revoked manifest's blobs, so
+	// each opens its blob only once its origin is checked.
 	notBefore atomic.Int64
 	// undecidedLog keeps undecided blob requests to a log line a minute.
 	undecidedLog logGate
@@ -177,21 +185,22 @@ const refreshBatchDelay = 5 * time.Millisecond
 
 // pendingRefresh gathers the blob entries refreshLater is given.
 type pendingRefresh struct {
-	mu    sync.Mutex
-	blobs map[string]int64
-	until time.Time // the earliest of those given
-	keys  []string  // the verdict keys they were served for
+	mu      sync.Mutex
+	blobs   map[string]int64
+	origins map[string]string
+	until   time.Time // the earliest of those given
+	keys    []string  // the verdict keys they were served for
 }
 
 // refreshLater has blobs written with the next batch (see
 // refreshBatchDelay). The replica that decided key's verdict wrote them
 // before serving it, so the write only refreshes them.
-func (sh *sharing) refreshLater(key string, blobs map[string]int64, until time.Time) {
+func (sh *sharing) refreshLater(key string, blobs map[string]int64, origin string, until time.Time) {
 	pr := &sh.pending
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	if pr.blobs == nil {
-		pr.blobs, pr.until = make(map[string]int64, len(blobs)), until
+		pr.blobs, pr.origins, pr.until = make(map[string]int64, len(blobs)), make(map[string]string, len(blobs)), until
 		sh.writes.Add(1)
 		delay := refreshBatchDelay
 		if sh.batchDelay > 0 {
@@ -201,6 +210,7 @@ func (sh *sharing) refreshLater(key string, blobs map[string]int64, until time.T
 	}
 	for k, v := range blobs {
 		pr.blobs[k] = v
+		pr.origins[k] = origin
 	}
 	if until.Before(pr.until) {
 		pr.until = until
@@ -212,13 +222,13 @@ func (sh *sharing) flushRefresh() {
 	defer sh.writes.Done()
 	pr := &sh.pending
 	pr.mu.Lock()
-	blobs, until, keys := pr.blobs, pr.until, pr.keys
-	pr.blobs, pr.keys = nil, nil
+	blobs, origins, until, keys := pr.blobs, pr.origins, pr.until, pr.keys
+	pr.blobs, pr.origins, pr.keys = nil, nil, nil
 	pr.mu.Unlock()
 	ok := false
 	select {
 	case sh.slots <- struct{}{}:
-		ok = sh.s.RecordBlobs(context.Background(), blobs, until) == nil
+		ok = sh.s.RecordBlobs(context.Background(), blobs, origins, until) == nil
 		<-sh.slots
 	default:
 	}
@@ -273,11 +283,16 @@ func (p *Proxy) shareServed(d *manifestDecision) {
 		blobs[blobKey(u, repo, l.digest)] = l.size
 	}
 	until := p.blobs.now().Add(blobAllowTTL)
+	origin := grantOrigin(d)
 	if d.sharedVerdict {
-		sh.refreshLater(d.key, blobs, until)
+		sh.refreshLater(d.key, blobs, origin, until)
 		return
 	}
-	sh.write(d.key, func(ctx context.Context) error { return sh.s.RecordBlobs(ctx, blobs, until) })
+	origins := make(map[string]string, len(blobs))
+	for k := range blobs {
+		origins[k] = origin
+	}
+	sh.write(d.key, func(ctx context.Context) error { return sh.s.RecordBlobs(ctx, blobs, origins, until) })
 }
 
 // coverageEnd is when coverage by an index allowed by v ends: the coverage
@@ -305,12 +320,70 @@ func (p *Proxy) sharedBlob(ctx context.Context, key string) (size int64, ok, und
 	if !ok || size < 0 || !p.blobs.now().Before(until) {
 		return 0, false, false
 	}
-	// An entry lives blobAllowTTL from when it was recorded.
+	g := blobGrant{size: size}
+	// An entry lives blobAllowTTL from when it was recorded. One recorded
+	// before the last revocation opens the blob only if the decision it
+	// names still stands.
 	if nb := sh.notBefore.Load(); nb != 0 && until.Add(-blobAllowTTL).UnixNano() < nb {
-		return 0, false, false
+		origin, ok := sh.s.BlobOrigin(ctx, key)
+		if !ok {
+			return 0, false, false
+		}
+		if g.src = p.standingOrigin(origin); g.src == nil {
+			return 0, false, false
+		}
 	}
-	p.blobs.addUntil(key, blobGrant{size: size}, until)
+	p.blobs.addUntil(key, g, until)
 	return size, true, false
+}
+
+// grantOrigin names the decision d's blobs are opened on, for the shared
+// state: d's digest and the verdict key of the verdict d was served on
+// (d's own, the covering index's, or the subject's for evidence).
+func grantOrigin(d *manifestDecision) string {
+	key := d.key
+	var other string
+	switch d.source {
+	case sourceCoverage:
+		other = d.coveredBy
+	case sourceEvidence:
+		other = d.evidenceOf
+	}
+	if other != "" {
+		h, err := v1.NewHash(other)
+		if err != nil {
+			return ""
+		}
+		key = verdictKey(d.fingerprint, d.mr.u.name, d.mr.repo, h)
+	}
+	return d.digest + " " + key
+}
+
+// standingOrigin is the decision origin names (see grantOrigin) if it
+// still stands: the manifest is not revoked, and the verdict it was served
+// on is still cached, served, and matched by no revocation. Anything else,
+// an origin that does not parse included, is nil. The origin was read from
+// the shared state: untrusted.
+func (p *Proxy) standingOrigin(origin string) *grantSource {
+	manifest, key, ok := strings.Cut(origin, " ")
+	if !ok || len(key) != 2*sha256.Size || !isLowerHex(key) {
+		return nil
+	}
+	if _, err := v1.NewHash(manifest); err != nil {
+		return nil
+	}
+	vc := p.opts.verdicts
+	if vc == nil {
+		return nil
+	}
+	v, ok := vc.Get(key)
+	if !ok || !v.Served() {
+		return nil
+	}
+	if revs := p.revs.current(); !revs.empty() && (revs.digests[manifest] != nil || revs.matches(v)) {
+		return nil
+	}
+	return &grantSource{manifest: manifest, verdict: v}
 }
 
 // undecidedBlob answers a blob request that neither this replica's gating

@@ -5,11 +5,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/portcullis-oci/portcullis/cache"
 	"github.com/portcullis-oci/portcullis/cache/shared"
 	"github.com/portcullis-oci/portcullis/verify"
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +32,13 @@ type sharedReplica struct {
 }
 
 func newSharedReplica(t *testing.T, mr *miniredis.Miniredis, upstreamURL string, pol verify.Policy) sharedReplica {
+	return newSharedReplicaWith(t, mr, upstreamURL, pol, false, nil)
+}
+
+// newSharedReplicaWith is newSharedReplica with, when verdicts is set,
+// verdicts shared through mr too (as shared.redis sets up), and the shared
+// state wrapped by wrap when it is not nil.
+func newSharedReplicaWith(t *testing.T, mr *miniredis.Miniredis, upstreamURL string, pol verify.Policy, verdicts bool, wrap func(SharedState) SharedState) sharedReplica {
 	t.Helper()
 	c, err := shared.NewClient(shared.ClientOptions{Addr: mr.Addr(), Timeout: 5 * time.Second})
 	if err != nil {
@@ -37,12 +46,27 @@ func newSharedReplica(t *testing.T, mr *miniredis.Miniredis, upstreamURL string,
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	reg := prometheus.NewRegistry()
-	g, err := shared.NewGating(c, sharedPrefix, shared.NewGuard(zap.NewNop(), reg, 5*time.Second))
+	guard := shared.NewGuard(zap.NewNop(), reg, 5*time.Second)
+	g, err := shared.NewGating(c, sharedPrefix, guard)
 	if err != nil {
 		t.Fatal(err)
 	}
+	var ss SharedState = g
+	if wrap != nil {
+		ss = wrap(g)
+	}
+	var vc VerdictCache = newMapVerdicts()
+	if verdicts {
+		l1, err := cache.NewVerdicts(100, time.Hour, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vc, err = shared.NewVerdicts(l1, c, guard, shared.VerdictsOptions{KeyPrefix: sharedPrefix, AllowTTL: time.Hour, DenyTTL: time.Minute, Size: 100}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	eng := newEngineSpy(t, pol)
-	p, _ := newTestProxy(t, upstreamURL, eng, WithSharedState(g), WithVerdictCache(newMapVerdicts()))
+	p, _ := newTestProxy(t, upstreamURL, eng, WithSharedState(ss), WithVerdictCache(vc))
 	return sharedReplica{p: p, eng: eng, reg: reg}
 }
 
@@ -363,6 +387,215 @@ func TestSharedBlobAfterRevocation(t *testing.T) {
 	}
 }
 
+// TestSharedBlobOriginAfterRevocation: a blob entry recorded before a
+// revocation opens its blob on another replica only while the decision it
+// was recorded with stands: the pulls in progress of everything a
+// revocation does not touch go on, whatever the manifest was served on (its
+// own verdict, an index's coverage, its subject's as evidence), and what
+// it touches closes, whether or not the replica had read the entry before.
+func TestSharedBlobOriginAfterRevocation(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	reg := newRegistry(t)
+	k := newKey(t)
+	pol := verify.Policy{Boundaries: []verify.Boundary{acmeBoundary("images", verify.ModeEnforce, k)}}
+	const repo = "acme/app"
+	x := reg.pushImage(t, repo, "x")
+	reg.sign(t, repo, x.digest, k)
+	y := reg.pushImage(t, repo, "y")
+	signLegacy(t, reg, repo, y.digest, k)
+	sigDigest, _, sigLayer := reg.legacySig(t, repo, y.digest)
+	idx, kids := reg.pushIndex(t, repo, "multi")
+	reg.sign(t, repo, idx.digest, k)
+	a := newSharedReplicaWith(t, mr, reg.srv.URL, pol, true, nil)
+	b := newSharedReplicaWith(t, mr, reg.srv.URL, pol, true, nil)
+
+	for _, ref := range []string{"x", "y", sigTag(y.digest, ".sig"), "multi", kids[0].digest.String(), kids[1].digest.String()} {
+		if code, body := a.do(http.MethodGet, manifestPath(repo, ref)); code != http.StatusOK {
+			t.Fatalf("%s on A = %d: %s", ref, code, body)
+		}
+	}
+	if d := lastDecision(t, a.p, sigDigest); d.EvidenceOf != y.digest.String() {
+		t.Fatalf(".sig decision on A = %+v, want evidence of y", d)
+	}
+	blob := func(d v1.Hash, want int) {
+		t.Helper()
+		if code, _ := b.do(http.MethodGet, blobPath(repo, d)); code != want {
+			t.Errorf("blob %s on B = %d, want %d", d, code, want)
+		}
+	}
+	revoke := func(r Revocation) {
+		t.Helper()
+		if err := r.Normalize(time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.p.Revocations().Add(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// B reads one of x's blobs before any revocation: a copy without the
+	// decision, which the next revocation drops and looks up again.
+	blob(x.layers[1], http.StatusOK)
+
+	revoke(Revocation{Digest: "sha256:" + strings.Repeat("f", 64), Reason: "unrelated", By: "sec"})
+	blob(x.layers[0], http.StatusOK)
+	blob(x.layers[1], http.StatusOK)
+	blob(kids[0].layers[0], http.StatusOK)
+	blob(sigLayer, http.StatusOK)
+
+	revoke(Revocation{Digest: x.digest.String(), Reason: "poisoned", By: "sec"})
+	blob(x.layers[0], http.StatusForbidden) // read before: closed
+	blob(x.config, http.StatusForbidden)    // never read: refused
+	blob(y.layers[0], http.StatusOK)
+
+	// A child revoked by its own digest, served on its index's verdict,
+	// which no revocation names.
+	revoke(Revocation{Digest: kids[1].digest.String(), Reason: "poisoned", By: "sec"})
+	blob(kids[1].layers[0], http.StatusForbidden)
+	blob(kids[0].layers[0], http.StatusOK)
+
+	revoke(Revocation{Digest: idx.digest.String(), Reason: "poisoned", By: "sec"})
+	blob(kids[0].layers[0], http.StatusForbidden)
+	blob(kids[0].config, http.StatusForbidden)
+
+	revoke(Revocation{Digest: y.digest.String(), Reason: "poisoned", By: "sec"})
+	blob(sigLayer, http.StatusForbidden)
+	blob(y.config, http.StatusForbidden)
+}
+
+// TestSharedBlobOriginRevokedKey: a revoked key closes, on another
+// replica, the blobs of the manifests it signed, not those of others.
+func TestSharedBlobOriginRevokedKey(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	reg := newRegistry(t)
+	k1, k2 := newKey(t), newKey(t)
+	b1 := acmeBoundary("images", verify.ModeEnforce, k1)
+	b1.Authorities = append(b1.Authorities, keyAuthority("other", k2))
+	pol := verify.Policy{Boundaries: []verify.Boundary{b1}}
+	const repo = "acme/app"
+	one := reg.pushImage(t, repo, "one")
+	reg.sign(t, repo, one.digest, k1)
+	two := reg.pushImage(t, repo, "two")
+	reg.sign(t, repo, two.digest, k2)
+	a := newSharedReplicaWith(t, mr, reg.srv.URL, pol, true, nil)
+	b := newSharedReplicaWith(t, mr, reg.srv.URL, pol, true, nil)
+	for _, tag := range []string{"one", "two"} {
+		if code, body := a.do(http.MethodGet, manifestPath(repo, tag)); code != http.StatusOK {
+			t.Fatalf("%s on A = %d: %s", tag, code, body)
+		}
+	}
+	r := Revocation{Key: keyID(t, k1), Reason: "leaked", By: "sec"}
+	if err := r.Normalize(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.p.Revocations().Add(r); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath(repo, one.layers[0])); code != http.StatusForbidden {
+		t.Errorf("blob of the image signed by the revoked key = %d, want 403", code)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath(repo, two.layers[0])); code != http.StatusOK {
+		t.Errorf("blob of the image signed by the other key = %d, want 200", code)
+	}
+}
+
+// TestSharedBlobWithoutOrigin: an entry recorded before a revocation
+// with no origin (a replica that records none) or with one that does not
+// name a standing decision opens nothing.
+func TestSharedBlobWithoutOrigin(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	reg := newRegistry(t)
+	pol, sign := acmePolicy(verify.ModeEnforce, t)
+	img := reg.pushImage(t, "acme/app", "v1")
+	sign(reg, "acme/app", img.digest)
+	a := newSharedReplicaWith(t, mr, reg.srv.URL, pol, true, func(s SharedState) SharedState { return noOrigins{s} })
+	b := newSharedReplicaWith(t, mr, reg.srv.URL, pol, true, nil)
+	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v1")); code != http.StatusOK {
+		t.Fatalf("manifest on A = %d", code)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", img.layers[0])); code != http.StatusOK {
+		t.Fatalf("blob on B before any revocation = %d, want 200", code)
+	}
+	r := Revocation{Digest: "sha256:" + strings.Repeat("e", 64), Reason: "unrelated", By: "sec"}
+	if err := r.Normalize(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.p.Revocations().Add(r); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", img.layers[1])); code != http.StatusForbidden {
+		t.Errorf("blob of an entry without origin after a revocation = %d, want 403", code)
+	}
+}
+
+// noOrigins records blobs without their origins.
+type noOrigins struct{ SharedState }
+
+func (n noOrigins) RecordBlobs(ctx context.Context, blobs map[string]int64, _ map[string]string, until time.Time) error {
+	return n.SharedState.RecordBlobs(ctx, blobs, nil, until)
+}
+
+// TestStandingOrigin: an origin read from the shared state is parsed
+// strictly and names a standing decision, or opens nothing.
+func TestStandingOrigin(t *testing.T) {
+	t.Parallel()
+	vc := newMapVerdicts()
+	p, _ := newTestProxy(t, "http://127.0.0.1:1", allowAll(), WithVerdictCache(vc))
+	manifest := "sha256:" + strings.Repeat("1", 64)
+	key := strings.Repeat("a", 64)
+	vc.Add(key, verify.Verdict{Allowed: true, Mode: verify.ModeEnforce, Boundary: "images", Digest: manifest})
+	denied := strings.Repeat("b", 64)
+	vc.Add(denied, verify.Verdict{Allowed: false, Mode: verify.ModeEnforce, Boundary: "images", Digest: manifest})
+	warned := strings.Repeat("c", 64)
+	vc.Add(warned, verify.Verdict{Allowed: false, Mode: verify.ModeWarn, Boundary: "images", Digest: manifest})
+	if src := p.standingOrigin(manifest + " " + key); src == nil || src.manifest != manifest || src.verdict.Digest != manifest {
+		t.Fatalf("standing origin = %+v", src)
+	}
+	if src := p.standingOrigin(manifest + " " + warned); src == nil {
+		t.Error("a warn-mode verdict, served, does not stand")
+	}
+	for name, o := range map[string]string{
+		"no separator":       manifest + key,
+		"bad digest":         "sha256:12 " + key,
+		"short key":          manifest + " " + key[1:],
+		"long key":           manifest + " " + key + "a",
+		"uppercase key":      manifest + " " + strings.ToUpper(key),
+		"two separators":     manifest + " " + key + " ",
+		"unknown verdict":    manifest + " " + strings.Repeat("d", 64),
+		"denied verdict":     manifest + " " + denied,
+		"empty":              "",
+		"key before digest":  key + " " + manifest,
+		"digest of a number": "sha256:" + strings.Repeat("1", 63) + " " + key,
+	} {
+		if src := p.standingOrigin(o); src != nil {
+			t.Errorf("%s: %q stands", name, o)
+		}
+	}
+	r := Revocation{Digest: manifest, Reason: "poisoned", By: "sec"}
+	if err := r.Normalize(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Revocations().Add(r); err != nil {
+		t.Fatal(err)
+	}
+	// The verdict is purged by the revocation; put back, as by a
+	// verification that raced it, it still does not stand.
+	vc.Add(key, verify.Verdict{Allowed: true, Mode: verify.ModeEnforce, Boundary: "images", Digest: manifest})
+	if src := p.standingOrigin(manifest + " " + key); src != nil {
+		t.Error("the origin of a revoked manifest stands")
+	}
+	other := strings.Repeat("e", 64)
+	vc.Add(other, verify.Verdict{Allowed: true, Mode: verify.ModeEnforce, Boundary: "images", Digest: "sha256:" + strings.Repeat("2", 64)})
+	if src := p.standingOrigin(manifest + " " + other); src != nil {
+		t.Error("a revoked manifest served on a standing verdict stands")
+	}
+	if src := p.standingOrigin("sha256:" + strings.Repeat("3", 64) + " " + other); src == nil {
+		t.Error("an unrevoked manifest on a standing verdict does not stand")
+	}
+}
+
 // fakeShared answers every coverage lookup with one entry, as a Redis
 // holding whatever was planted there would.
 type fakeShared struct {
@@ -371,10 +604,13 @@ type fakeShared struct {
 	until  time.Time
 }
 
-func (f *fakeShared) RecordBlobs(context.Context, map[string]int64, time.Time) error { return nil }
+func (f *fakeShared) RecordBlobs(context.Context, map[string]int64, map[string]string, time.Time) error {
+	return nil
+}
 func (f *fakeShared) LookupBlob(context.Context, string) (int64, time.Time, bool, error) {
 	return 0, time.Time{}, false, nil
 }
+func (f *fakeShared) BlobOrigin(context.Context, string) (string, bool) { return "", false }
 func (f *fakeShared) RecordCoverage(context.Context, []string, string, verify.Verdict, time.Time) error {
 	return nil
 }

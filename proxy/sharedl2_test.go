@@ -54,7 +54,7 @@ type blockingShared struct {
 	recorded atomic.Int64
 }
 
-func (b *blockingShared) RecordBlobs(_ context.Context, blobs map[string]int64, _ time.Time) error {
+func (b *blockingShared) RecordBlobs(_ context.Context, blobs map[string]int64, _ map[string]string, _ time.Time) error {
 	<-b.release
 	b.recorded.Add(int64(len(blobs)))
 	return nil
@@ -261,7 +261,7 @@ type countingShared struct {
 	fail  bool
 }
 
-func (c *countingShared) RecordBlobs(_ context.Context, blobs map[string]int64, _ time.Time) error {
+func (c *countingShared) RecordBlobs(_ context.Context, blobs map[string]int64, _ map[string]string, _ time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.calls++

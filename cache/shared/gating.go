@@ -61,8 +61,9 @@ func bound(logical string) string {
 	return hex.EncodeToString(h[:])
 }
 
-func (s *Gating) blobKey(h string) string  { return s.prefix + "v1:blob:" + h }
-func (s *Gating) coverKey(h string) string { return s.prefix + "v1:cover:" + h }
+func (s *Gating) blobKey(h string) string   { return s.prefix + "v1:blob:" + h }
+func (s *Gating) originKey(h string) string { return s.prefix + "v1:blobsrc:" + h }
+func (s *Gating) coverKey(h string) string  { return s.prefix + "v1:cover:" + h }
 
 // blobValue is an open blob: its declared size and when it closes (Unix
 // milliseconds).
@@ -71,6 +72,15 @@ type blobValue struct {
 	K string `json:"k"`
 	S *int64 `json:"s"`
 	U int64  `json:"u"`
+}
+
+// originValue names the decision that opened a blob, as the proxy wrote
+// it (opaque here). It has a key of its own, not a field of blobValue, so
+// that replicas that do not know it read blob values as before.
+type originValue struct {
+	V int    `json:"v"`
+	K string `json:"k"`
+	O string `json:"o"`
 }
 
 // coverValue is the coverage of a child by an index allowed in enforce
@@ -89,8 +99,11 @@ type coverValue struct {
 }
 
 // RecordBlobs opens blobs (proxy blob-gating key → declared size) until
-// until, in one round trip. Failures are the Guard's to count.
-func (s *Gating) RecordBlobs(ctx context.Context, blobs map[string]int64, until time.Time) error {
+// until, in one round trip, with the decision that opened each (origins,
+// blob key → an opaque string of at most gatingMaxField printable bytes;
+// one missing, empty or longer is not recorded). Failures are the Guard's
+// to count.
+func (s *Gating) RecordBlobs(ctx context.Context, blobs map[string]int64, origins map[string]string, until time.Time) error {
 	ttl := until.Sub(s.now())
 	if ttl <= 0 || len(blobs) == 0 {
 		return nil
@@ -99,7 +112,7 @@ func (s *Gating) RecordBlobs(ctx context.Context, blobs map[string]int64, until 
 		k string
 		v []byte
 	}
-	vals := make([]kv, 0, len(blobs))
+	vals := make([]kv, 0, 2*len(blobs))
 	for k, size := range blobs {
 		if size < 0 {
 			continue
@@ -110,6 +123,11 @@ func (s *Gating) RecordBlobs(ctx context.Context, blobs map[string]int64, until 
 			continue
 		}
 		vals = append(vals, kv{s.blobKey(h), b})
+		if o := origins[k]; validOrigin(o) {
+			if b, err := json.Marshal(originValue{V: gatingVersion, K: h, O: o}); err == nil {
+				vals = append(vals, kv{s.originKey(h), b})
+			}
+		}
 	}
 	return s.g.Do(ctx, "blob_record", func(ctx context.Context) error {
 		_, err := s.c.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -120,6 +138,47 @@ func (s *Gating) RecordBlobs(ctx context.Context, blobs map[string]int64, until 
 		})
 		return err
 	})
+}
+
+// validOrigin accepts 1 to gatingMaxField printable ASCII bytes.
+func validOrigin(o string) bool {
+	if o == "" || len(o) > gatingMaxField {
+		return false
+	}
+	for i := 0; i < len(o); i++ {
+		if o[i] < 0x20 || o[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// BlobOrigin returns the decision recorded with the open blob under key
+// (see RecordBlobs). Anything else (no origin, an error, a refused value)
+// is a miss: the proxy then treats the blob as one whose decision it
+// cannot tell.
+func (s *Gating) BlobOrigin(ctx context.Context, key string) (string, bool) {
+	h := bound(key)
+	raw, ok, _ := s.get(ctx, "blob_origin", s.originKey(h))
+	if !ok {
+		return "", false
+	}
+	var v originValue
+	if err := strictDecode(raw, &v); err != nil {
+		s.g.Invalid("blob_origin", key, err)
+		return "", false
+	}
+	switch {
+	case v.V != gatingVersion:
+		s.g.Invalid("blob_origin", key, fmt.Errorf("unknown version %d", v.V))
+	case v.K != h:
+		s.g.Invalid("blob_origin", key, errors.New("value bound to another key"))
+	case !validOrigin(v.O):
+		s.g.Invalid("blob_origin", key, errors.New("invalid origin"))
+	default:
+		return v.O, true
+	}
+	return "", false
 }
 
 // LookupBlob returns the declared size of the open blob under key (a proxy

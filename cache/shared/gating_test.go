@@ -52,7 +52,7 @@ func TestGatingRoundTrip(t *testing.T) {
 	s, mr := newTestGating(t)
 	ctx := context.Background()
 	until := time.Now().Add(10 * time.Minute)
-	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 42}, until); err != nil {
+	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 42}, nil, until); err != nil {
 		t.Fatal(err)
 	}
 	size, got, ok, _ := s.LookupBlob(ctx, blobLogical)
@@ -162,13 +162,81 @@ func TestGatingRefusesValues(t *testing.T) {
 	}
 }
 
+// TestGatingBlobOrigin: the origin recorded with a blob is read back as it
+// was, with the blob's TTL, under its own key (blob values keep the shape
+// other replicas read); an origin that is not short printable ASCII is not
+// recorded, and a planted one is refused and counted.
+func TestGatingBlobOrigin(t *testing.T) {
+	t.Parallel()
+	s, mr := newTestGating(t)
+	ctx := context.Background()
+	until := time.Now().Add(10 * time.Minute)
+	const (
+		plain   = "docker.io\x00acme/app\x00sha256:aa"
+		long    = "docker.io\x00acme/app\x00sha256:bb"
+		control = "docker.io\x00acme/app\x00sha256:cc"
+		atBound = "docker.io\x00acme/app\x00sha256:dd"
+		none    = "docker.io\x00acme/app\x00sha256:ee"
+	)
+	origin := "sha256:" + strings.Repeat("1", 64) + " " + strings.Repeat("2", 64)
+	err := s.RecordBlobs(ctx, map[string]int64{plain: 1, long: 2, control: 3, atBound: 4, none: 5}, map[string]string{
+		plain: origin, long: strings.Repeat("o", gatingMaxField+1), control: "a\nb", atBound: strings.Repeat("o", gatingMaxField),
+	}, until)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := s.BlobOrigin(ctx, plain); !ok || got != origin {
+		t.Errorf("origin = %q, %v, want %q", got, ok, origin)
+	}
+	if got, ok := s.BlobOrigin(ctx, atBound); !ok || got != strings.Repeat("o", gatingMaxField) {
+		t.Errorf("origin at the bound = %q, %v", got, ok)
+	}
+	for _, k := range []string{long, control, none} {
+		if size, _, ok, _ := s.LookupBlob(ctx, k); !ok || size == 0 {
+			t.Errorf("blob %q not recorded with its origin refused", k)
+		}
+		if got, ok := s.BlobOrigin(ctx, k); ok {
+			t.Errorf("origin of %q = %q, want none", k, got)
+		}
+	}
+	if ttl := mr.TTL("p:v1:blobsrc:" + bound(plain)); ttl <= 9*time.Minute || ttl > 10*time.Minute {
+		t.Errorf("origin TTL in redis = %v, want the gating TTL", ttl)
+	}
+	if raw, _ := mr.Get("p:v1:blob:" + bound(plain)); strings.Contains(raw, origin) || strings.Contains(raw, `"o"`) {
+		t.Errorf("the blob value carries the origin: %s", raw)
+	}
+	if n := s.invalid("blob_origin"); n != 0 {
+		t.Errorf("invalid counted %v times for values it wrote", n)
+	}
+
+	h := bound(plain)
+	for _, tc := range []struct{ name, value string }{
+		{"bound to another key", `{"v":1,"k":"` + bound(none) + `","o":"x"}`},
+		{"wrong version", `{"v":2,"k":"` + h + `","o":"x"}`},
+		{"unknown field", `{"v":1,"k":"` + h + `","o":"x","s":1}`},
+		{"empty origin", `{"v":1,"k":"` + h + `","o":""}`},
+		{"control character", `{"v":1,"k":"` + h + `","o":"a\u0000b"}`},
+		{"over the bound", `{"v":1,"k":"` + h + `","o":"` + strings.Repeat("o", gatingMaxField+1) + `"}`},
+		{"not json", "origin"},
+	} {
+		before := s.invalid("blob_origin")
+		_ = mr.Set("p:v1:blobsrc:"+h, tc.value)
+		if got, ok := s.BlobOrigin(ctx, plain); ok {
+			t.Errorf("%s: taken as %q", tc.name, got)
+		}
+		if n := s.invalid("blob_origin") - before; n != 1 {
+			t.Errorf("%s: invalid counted %v times, want 1", tc.name, n)
+		}
+	}
+}
+
 // TestGatingExpiredValue: a value past the end it carries is a miss even
 // while Redis still holds it (a writer's TTL is not trusted alone).
 func TestGatingExpiredValue(t *testing.T) {
 	t.Parallel()
 	s, _ := newTestGating(t)
 	ctx := context.Background()
-	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 1}, time.Now().Add(time.Minute)); err != nil {
+	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 1}, nil, time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	s.now = func() time.Time { return time.Now().Add(2 * time.Minute) }
@@ -183,7 +251,7 @@ func TestGatingRedisDown(t *testing.T) {
 	t.Parallel()
 	s, mr := newTestGating(t)
 	ctx := context.Background()
-	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 1}, time.Now().Add(time.Minute)); err != nil {
+	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 1}, nil, time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, ok, err := s.LookupBlob(ctx, blobLogical); !ok || err != nil {
@@ -197,7 +265,7 @@ func TestGatingRedisDown(t *testing.T) {
 	if _, _, ok, err := s.LookupBlob(ctx, blobLogical); ok || err == nil {
 		t.Errorf("a lookup with Redis down = %v, %v: want a miss with an error", ok, err)
 	}
-	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 1}, time.Now().Add(time.Minute)); err == nil {
+	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 1}, nil, time.Now().Add(time.Minute)); err == nil {
 		t.Error("a write with Redis down reported success")
 	}
 	if _, _, _, ok := s.LookupCoverage(ctx, coverLogical); ok {
@@ -215,7 +283,7 @@ func TestGatingBoundaries(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	s.now = func() time.Time { return now }
-	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 42}, now); err != nil {
+	if err := s.RecordBlobs(ctx, map[string]int64{blobLogical: 42}, nil, now); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.RecordCoverage(ctx, []string{coverLogical}, parentDigest, allowVerdict(), now); err != nil {

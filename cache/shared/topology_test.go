@@ -150,7 +150,7 @@ func roundTrips(t *testing.T, newClient func(t *testing.T) redis.UniversalClient
 			blobs[fmt.Sprintf("up\x00repo\x00sha256:%064x", i)] = int64(i)
 			children = append(children, fmt.Sprintf("child-%d", i))
 		}
-		if err := a.RecordBlobs(context.Background(), blobs, until); err != nil {
+		if err := a.RecordBlobs(context.Background(), blobs, nil, until); err != nil {
 			t.Fatalf("RecordBlobs: %v", err)
 		}
 		for k, size := range blobs {
