@@ -12,6 +12,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/portcullis-oci/portcullis/cache/shared"
+	"github.com/portcullis-oci/portcullis/test/redistest"
 	"github.com/portcullis-oci/portcullis/verify"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -141,16 +142,14 @@ func TestBroadcastRevocation(t *testing.T) {
 func TestBroadcastResyncAfterOutage(t *testing.T) {
 	t.Parallel()
 	e := newBusEnv(t)
-	e.mr.Close()
+	restart := redistest.Outage(t, e.mr)
 	if w := admin(e.a.p, http.MethodPost, "/v1/revocations", revokeBody(e.img.digest.String())); w.Code != http.StatusCreated {
 		t.Fatalf("POST on A with redis down: %d %s", w.Code, w.Body)
 	}
 	if code := e.pull(e.a); code != http.StatusForbidden {
 		t.Fatalf("pull on A of the digest it revoked with redis down = %d", code)
 	}
-	if err := e.mr.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	restart()
 	eventually(t, 15*time.Second, "B denies the digest A revoked during the outage", func() bool { return e.pull(e.b) == http.StatusForbidden })
 	e.waitSubscribed(t)
 
@@ -160,13 +159,11 @@ func TestBroadcastResyncAfterOutage(t *testing.T) {
 	hash := sharedPrefix + "v1:revocations"
 	other := "sha256:" + strings.Repeat("ab", 32)
 	otherID := "digest:" + other
-	e.mr.Close()
+	restart = redistest.Outage(t, e.mr)
 	e.mr.HDel(hash, id)
 	sum := sha256.Sum256([]byte(otherID))
 	e.mr.HSet(hash, otherID, `{"v":1,"k":"`+hex.EncodeToString(sum[:])+`","e":{"digest":"`+other+`","reason":"r","by":"bob","time":"2026-01-02T03:04:05Z"}}`)
-	if err := e.mr.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	restart()
 	for name, r := range map[string]sharedReplica{"A": e.a, "B": e.b} {
 		eventually(t, 15*time.Second, name+" resynchronised", func() bool {
 			return !hasRevocation(r.p, id) && hasRevocation(r.p, otherID)

@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/portcullis-oci/portcullis/cache"
 	"github.com/portcullis-oci/portcullis/cache/shared"
+	"github.com/portcullis-oci/portcullis/test/redistest"
 	"github.com/portcullis-oci/portcullis/verify"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -277,7 +278,7 @@ func TestSharedStateRedisDown(t *testing.T) {
 	if code, _ := a.do(http.MethodGet, manifestPath("acme/app", "v1")); code != http.StatusOK {
 		t.Fatalf("signed manifest on A = %d", code)
 	}
-	mr.Close()
+	restart := redistest.Outage(t, mr)
 	unsigned := reg.pushImage(t, "acme/app", "unsigned")
 	for _, layer := range []v1.Hash{one.layers[0], unsigned.layers[0]} {
 		w := do(b.p, http.MethodGet, blobPath("acme/app", layer))
@@ -318,9 +319,7 @@ func TestSharedStateRedisDown(t *testing.T) {
 		t.Errorf("blob of the manifest B verified, Redis down = %d", code)
 	}
 
-	if err := mr.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	restart()
 	// The clients find Redis again on their own (their pools retry the
 	// dial in the background, the guard's circuit half-opens): pulls go
 	// on until B takes A's entry, a bounded number of times.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/portcullis-oci/portcullis/cache"
 	"github.com/portcullis-oci/portcullis/cache/shared"
+	"github.com/portcullis-oci/portcullis/test/redistest"
 	"github.com/portcullis-oci/portcullis/verify"
 )
 
@@ -237,7 +238,7 @@ func TestSharedFlightRedisDown(t *testing.T) {
 	// A replica that waited would wait the verify timeout, longer than
 	// the client stays.
 	mr, rs, d := flightSetup(t, 2, 30*time.Second)
-	mr.Close()
+	redistest.Down(t, mr)
 	for i, r := range rs {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		code := r.get(ctx, "acme/app", d)

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/portcullis-oci/portcullis/cache"
+	"github.com/portcullis-oci/portcullis/test/redistest"
 )
 
 // alongReplica is one replica's verdict and manifest caches on one client,
@@ -115,7 +116,7 @@ func TestGetAlong(t *testing.T) {
 
 	// Redis down: a miss, not an error turned into an answer.
 	e := newAlongReplica(t, mr, clk)
-	mr.Close()
+	redistest.Down(t, mr)
 	if _, ok, _ := e.v.GetAlong("k1", d); ok {
 		t.Fatal("hit with Redis down")
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/portcullis-oci/portcullis/test/redistest"
 	"github.com/portcullis-oci/portcullis/verify"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
@@ -260,7 +261,7 @@ func TestGatingRedisDown(t *testing.T) {
 	if _, _, ok, err := s.LookupBlob(ctx, "docker.io\x00acme/other\x00sha256:33"); ok || err != nil {
 		t.Errorf("a missing entry with Redis up = %v, %v: want a miss without error", ok, err)
 	}
-	mr.Close()
+	redistest.Down(t, mr)
 	// The proxy tells "not opened" from "cannot know" by the error.
 	if _, _, ok, err := s.LookupBlob(ctx, blobLogical); ok || err == nil {
 		t.Errorf("a lookup with Redis down = %v, %v: want a miss with an error", ok, err)

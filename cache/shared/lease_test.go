@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/portcullis-oci/portcullis/proxy"
+	"github.com/portcullis-oci/portcullis/test/redistest"
 )
 
 var _ proxy.SharedFlight = (*Leases)(nil)
@@ -175,7 +176,7 @@ func TestLeaseRedisDown(t *testing.T) {
 	t.Parallel()
 	mr := miniredis.RunT(t)
 	a, _ := newTestLeases(t, mr, "a")
-	mr.Close()
+	redistest.Down(t, mr)
 	if _, won, err := acquire(t, a, "k"); err == nil || won {
 		t.Fatalf("Acquire with redis down = %v, %v; want an error", won, err)
 	}

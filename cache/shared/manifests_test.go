@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/portcullis-oci/portcullis/cache"
+	"github.com/portcullis-oci/portcullis/test/redistest"
 	"github.com/portcullis-oci/portcullis/verify"
 )
 
@@ -125,7 +126,7 @@ func TestManifestsRedisDown(t *testing.T) {
 	t.Parallel()
 	mr := miniredis.RunT(t)
 	m, _ := newTestManifests(t, mr)
-	mr.Close()
+	redistest.Down(t, mr)
 	one := testManifest("down")
 	if _, ok := m.Get(one.Digest.String()); ok {
 		t.Fatal("a lookup with Redis down found bytes")

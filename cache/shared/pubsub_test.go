@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/portcullis-oci/portcullis/test/redistest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 )
@@ -189,10 +190,8 @@ func TestBusResubscribes(t *testing.T) {
 	if _, n := rb.snapshot(); n != 1 {
 		t.Fatalf("connected ran %d times, want 1", n)
 	}
-	mr.Close()
-	if err := mr.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	restart := redistest.Outage(t, mr)
+	restart()
 	waitFor(t, "subscribed again", func() bool { _, n := rb.snapshot(); return n >= 2 && subscribed(mr, 1)() })
 	mr.Publish("p:v1:events", `{"v":1,"kind":"reload","replica":"C","fingerprint":"f","time":"2026-01-02T03:04:05Z"}`)
 	waitFor(t, "message after the restart", func() bool { g, _ := rb.snapshot(); return len(g) == 1 })

@@ -17,6 +17,7 @@ import (
 
 	"github.com/portcullis-oci/portcullis/cache"
 	"github.com/portcullis-oci/portcullis/proxy"
+	"github.com/portcullis-oci/portcullis/test/redistest"
 	"github.com/portcullis-oci/portcullis/verify"
 )
 
@@ -274,7 +275,7 @@ func TestVerdictRedisDownAndBack(t *testing.T) {
 	clk := &clock{t: time.Now()}
 	a, b := newReplica(t, mr, clk), newReplica(t, mr, clk)
 	a.Add("k1", allowed("prod", dig1))
-	mr.Close()
+	restart := redistest.Outage(t, mr)
 
 	if _, ok := a.Get("k1"); !ok {
 		t.Fatal("L1 does not serve while redis is down")
@@ -305,9 +306,7 @@ func TestVerdictRedisDownAndBack(t *testing.T) {
 		t.Fatal("hit while the circuit is open")
 	}
 
-	if err := mr.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	restart()
 	clk.add(circuitBackoff)
 	if _, ok := b.Get("k1"); !ok {
 		t.Fatal("sharing did not resume after redis returned")
@@ -495,7 +494,7 @@ func TestVerdictGetLocalNeverAsksRedis(t *testing.T) {
 	if _, ok := b.Get("k1"); !ok {
 		t.Fatal("Get missed the shared verdict")
 	}
-	mr.Close()
+	redistest.Down(t, mr)
 	if got, ok := b.GetLocal("k1"); !ok || got.Digest != dig1 {
 		t.Fatalf("the copy read from Redis is not local: %+v, %v", got, ok)
 	}

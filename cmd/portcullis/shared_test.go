@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/portcullis-oci/portcullis/config"
+	"github.com/portcullis-oci/portcullis/test/redistest"
 )
 
 type replicaAddrs struct{ addr, admin string }
@@ -111,7 +112,7 @@ func TestServeSharesThroughRedis(t *testing.T) {
 		t.Error("shared-state metrics not served")
 	}
 
-	mr.Close()
+	redistest.Down(t, mr)
 	c := startReplica(t, s.cfgPath)
 	if code, body := get(t, "http://"+c.addr+"/v2/app/signed/manifests/"+s.signed.DigestStr()); code != http.StatusOK {
 		t.Errorf("signed manifest with redis down: %d %s", code, body)
