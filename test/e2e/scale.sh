@@ -120,7 +120,7 @@ spawn must "cosign3 generate-key-pair" cosign3 generate-key-pair --output-key-pr
 join
 # Every check gets digests no replica has seen, so verifications and
 # cache hits are attributable to it.
-signed=(pull pull3 ctrd hop1 hop2 hop3 herd kill outage outsrc restart1 restart2 restart3 restart4 restart5 restart6)
+signed=(pull pull3 ctrd hop1 hop2 hop3 rvk rvo herd kill outage outsrc restart1 restart2 restart3 restart4 restart5 restart6)
 for k in "${signed[@]}" unsigned; do image "$k" "e2e/scale/$k"; done
 for k in "${signed[@]}"; do
   if [ "$k" = pull3 ]; then
@@ -357,6 +357,49 @@ for pair in "0 1 hop1" "1 2 hop2" "2 0 hop3"; do
     ok "manifest on replica $a, its layer on replica $b: 200 with the pushed bytes"
   else bad "manifest on replica $a, its layer on replica $b: $c"; show "$work/l.blob" 2; fi
 done
+
+phase "a revocation on one replica: layers of manifests another replica served stay open unless revoked"
+# Replica 0 serves both manifests before any revocation; the other replicas
+# read their layers only after one, from the entries replica 0 recorded.
+declare -A RL
+for k in rvk rvo; do
+  c=$(manifest "${PROXY[0]}" "$k" "$work/m.$k.json")
+  [ "$c" = 200 ] || { show "$work/m.$k.json" 2 >&2; die "$k: manifest on replica 0: $c"; }
+  RL[$k]=$(layer_of "$work/m.$k.json")
+done
+# revoke DIGEST: POSTs its revocation to replica 1 and waits until replica
+# 2 has it from the broadcast; prints nothing, fails the check otherwise.
+revoke() {
+  local c
+  c=$(curl -s -o "$work/out" -w '%{http_code}' -X POST "http://${ADMIN[1]}/v1/revocations" -d "{\"digest\":\"$1\",\"reason\":\"e2e\",\"by\":\"e2e\"}")
+  [ "$c" = 201 ] || { bad "POST revocation of $1 on replica 1: $c"; show "$work/out" 2; return 1; }
+  for _ in $(seq 100); do
+    curl -fsS "http://${ADMIN[2]}/v1/revocations" | has -F "\"$1\"" && return 0
+    sleep 0.1
+  done
+  bad "the revocation of $1 did not reach replica 2 within 10 s"; return 1
+}
+lift() { curl -s -o /dev/null -X DELETE "http://${ADMIN[1]}/v1/revocations?id=digest:$1"; }
+# layer_is I KEY WANT: KEY's layer on replica I answers WANT (200: the pushed bytes).
+layer_is() {
+  local c
+  c=$(blob "${PROXY[$1]}" "$2" "${RL[$2]}" "$work/l.blob")
+  [ "$c" = "$3" ] && { [ "$3" != 200 ] || unpacks "$2" "$work/l.blob"; }
+}
+unrelated=sha256:$(printf 'unrelated-%s' "$RUN" | sha256sum | cut -d' ' -f1)
+if revoke "$unrelated"; then
+  for i in 1 2; do
+    layer_is "$i" rvo 200 && ok "an unrelated revocation: replica $i opens the layer of a manifest replica 0 served before it (the pushed bytes)" ||
+      bad "an unrelated revocation: replica $i refused the layer of a manifest replica 0 served before it"
+  done
+  if revoke "${D[rvk]}"; then
+    for i in 1 2; do
+      layer_is "$i" rvk 403 && ok "the manifest revoked: replica $i refuses its layer (403)" || bad "the manifest revoked: replica $i did not refuse its layer"
+      layer_is "$i" rvo 200 && ok "the manifest revoked: replica $i still opens the other manifest's layer" || bad "the manifest revoked: replica $i refused the other manifest's layer"
+    done
+  fi
+fi
+lift "$unrelated"; lift "${D[rvk]}"
 
 phase "unsigned content"
 for i in 0 1 2; do
