@@ -304,8 +304,29 @@ func TestEvidenceMustNotPass(t *testing.T) {
 		if w := do(p, http.MethodGet, manifestPath(repo, a.digest.String())); w.Code != http.StatusOK {
 			t.Fatalf("by digest = %d, want 200 as evidence: %s", w.Code, w.Body)
 		}
-		// Served as evidence once, the tag still does not serve it.
-		denied(t, manifestPath(repo, "weights"), "no signatures found")
+		// Served as evidence once, the tag still does not serve it, and
+		// says why whether or not the bytes are in hand.
+		denied(t, manifestPath(repo, "weights"), "served only when fetched by digest or by cosign's tags")
+		if w := do(p, http.MethodHead, manifestPath(repo, "weights")); w.Code != http.StatusForbidden {
+			t.Errorf("HEAD by the tag after = %d, want 403", w.Code)
+		}
+		if d := lastDecision(t, p, a.digest); !slices.ContainsFunc(d.Reasons, func(r string) bool { return strings.Contains(r, "served only when fetched by digest") }) {
+			t.Errorf("HEAD by the tag after: reasons %q do not say why", d.Reasons)
+		}
+	})
+
+	t.Run("evidence under an ordinary tag, resolved first by HEAD", func(t *testing.T) {
+		// As oras and containerd pull: HEAD by tag, then GET by digest.
+		// The HEAD must not resolve the tag to what it would then serve
+		// as evidence.
+		a := reg.pushArtifact(t, repo, "weights-head", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, []byte("more poisoned weights"), &imgDesc)
+		if w := do(p, http.MethodHead, manifestPath(repo, "weights-head")); w.Code != http.StatusForbidden {
+			t.Fatalf("HEAD by the tag = %d, want 403 (digest %s)", w.Code, w.Header().Get("Docker-Content-Digest"))
+		}
+		if d := lastDecision(t, p, a.digest); d.EvidenceOf != "" || d.Decision != "deny" {
+			t.Errorf("decision = %+v, want a denial that is not evidence", d)
+		}
+		denied(t, manifestPath(repo, "weights-head"), "served only when fetched by digest or by cosign's tags")
 	})
 
 	t.Run("a fallback index covers none of its children", func(t *testing.T) {

@@ -209,7 +209,18 @@ func (p *Proxy) decideManifest(ctx context.Context, d *manifestDecision, req api
 	if err := p.findVerdict(ctx, d); err != nil {
 		return err
 	}
-	if candidate || d.verdict.Allowed || d.manifest == nil || len(p.opts.evidenceTypes) == 0 {
+	if candidate || d.verdict.Allowed || len(p.opts.evidenceTypes) == 0 {
+		return nil
+	}
+	if d.manifest == nil {
+		// A verdict decided before, without the bytes: by digest it stands
+		// (evidence seen then is remembered, see evidenceCandidate); under
+		// a tag, the memory says whether to tell why.
+		if req.isTag && p.evidence.c.Len() > 0 {
+			if subject, ok := p.evidence.get(evidenceKey(d)); ok {
+				noteEvidenceTag(d, subject.String(), req)
+			}
+		}
 		return nil
 	}
 	own, source := d.verdict, d.source
@@ -218,16 +229,22 @@ func (p *Proxy) decideManifest(ctx context.Context, d *manifestDecision, req api
 		return err
 	}
 	if ok && req.isTag {
-		d.verdict, d.source = own, source
-		d.verdict.Reasons = append(slices.Clip(own.Reasons), fmt.Sprintf(
-			"evidence of %s is served only when fetched by digest or by cosign's tags, not by tag %q", d.evidenceOf, req.ref))
-		d.evidenceOf = ""
+		subject := d.evidenceOf
+		d.verdict, d.source, d.evidenceOf = own, source, ""
+		noteEvidenceTag(d, subject, req)
 		return nil
 	}
 	if !ok {
 		d.verdict, d.source = own, source
 	}
 	return nil
+}
+
+// noteEvidenceTag adds to d's denial why, being evidence of subject, it is
+// not served as such under the tag req names.
+func noteEvidenceTag(d *manifestDecision, subject string, req apiRequest) {
+	d.verdict.Reasons = append(slices.Clip(d.verdict.Reasons), fmt.Sprintf(
+		"evidence of %s is served only when fetched by digest or by cosign's tags, not by tag %q", subject, req.ref))
 }
 
 // findVerdict takes the verdict of an index covering the manifest, else

@@ -236,8 +236,8 @@ sbom sbom_unsigned dist_unsigned "$DIST" e2e/unsigned
 # A manifest shaped as evidence of a signed image (any bytes under an
 # evidence media type, titled as a model file), under a tag a loader pulls:
 # what someone who can push would move a tag to.
-echo "poisoned weights $RUN" > "$work/weights.bin"
-D[ev_tagged]=$(cd "$work" && oras attach --plain-http --artifact-type application/vnd.in-toto+json --format go-template --template '{{.digest}}' \
+mkdir -p "$work/evtag" && echo "poisoned weights $RUN" > "$work/evtag/weights.bin"
+D[ev_tagged]=$(cd "$work/evtag" && oras attach --plain-http --artifact-type application/vnd.in-toto+json --format go-template --template '{{.digest}}' \
   "$DIST/e2e/signed-v2@${D[dist_v2]}" weights.bin:application/vnd.in-toto+json 2>"$work/must.out") || { show "$work/must.out" >&2; die "oras attach of the evidence-shaped weights failed"; }
 must "oras tag of the evidence-shaped weights" oras tag --plain-http "$DIST/e2e/signed-v2@${D[ev_tagged]}" weights
 for k in sbom_dist sbom_ola sbom_unsigned ev_tagged dist_v2 dist_v3 ola_v3 ola_v2 dist_unsigned dist_rogue pair_both pair_one corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
@@ -444,6 +444,15 @@ oras manifest fetch --plain-http "$P_OLA/e2e/signed-v3:v1" > "$work/m.proxy" 2>"
 oras_blob() { oras blob fetch --plain-http --output - "$P_OLA/e2e/signed-v3@$1"; }
 check_pulled "oras manifest+blob fetch ola/signed-v3: the pushed digest and layer bytes" ola_v3 "$work/m.proxy" oras_blob
 expect_denied "oras: untrusted key denied ($R_ROGUE)" "$R_ROGUE" oras manifest fetch --plain-http "$P_DIST/e2e/rogue:v1"
+# Evidence is served to a verifier asking for it (by digest, by cosign's
+# tags), never under a tag a loader pulls: oras writes whatever titled
+# layer it is given. Checked before any verifier has read that evidence
+# through the proxy, as an attacker would have it.
+rm -rf "$work/ev-pull" && mkdir -p "$work/ev-pull"
+expect_denied "oras pull by an ordinary tag of a manifest shaped as evidence of a signed image" \
+  "evidence of ${D[dist_v2]} is served only when fetched by digest or by cosign's tags" \
+  oras pull --plain-http -o "$work/ev-pull" "$P_DIST/e2e/signed-v2:weights"
+if [ -e "$work/ev-pull/weights.bin" ]; then bad "oras pull by an ordinary tag wrote the evidence-shaped weights"; fi
 
 phase "models and lineage (oras)"
 rm -rf "$work/pull" && mkdir -p "$work/pull"
@@ -675,14 +684,6 @@ done
 rm -rf "$work/sbom-pull" && mkdir -p "$work/sbom-pull"
 expect_denied "oras pull of an unsigned image's SBOM denied as evidence of it" "evidence of ${D[dist_unsigned]}, which is denied" \
   oras pull --plain-http -o "$work/sbom-pull" "$P_DIST/e2e/unsigned@${D[sbom_unsigned]}"
-# Evidence is served to a verifier asking for it (by digest, by cosign's
-# tags), never under a tag a loader pulls: oras writes whatever titled
-# layer it is given.
-rm -rf "$work/ev-pull" && mkdir -p "$work/ev-pull"
-expect_denied "oras pull by an ordinary tag of a manifest shaped as evidence of a signed image" \
-  "evidence of ${D[dist_v2]} is served only when fetched by digest or by cosign's tags" \
-  oras pull --plain-http -o "$work/ev-pull" "$P_DIST/e2e/signed-v2:weights"
-if [ -e "$work/ev-pull/weights.bin" ]; then bad "oras pull by an ordinary tag wrote the evidence-shaped weights"; fi
 
 phase "signed verification summaries (SLSA VSA by the proxy's key)"
 # vsa_passed OUTPUT: cosign printed a DSSE envelope whose statement is a
