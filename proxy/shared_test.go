@@ -365,13 +365,7 @@ func TestSharedBlobAfterRevocation(t *testing.T) {
 	if code, _ := b.do(http.MethodGet, blobPath("acme/app", signed.layers[1])); code != http.StatusOK {
 		t.Fatalf("blob of a manifest A allowed, on B = %d", code)
 	}
-	r := Revocation{Digest: signed.digest.String(), Reason: "poisoned", By: "sec"}
-	if err := r.Normalize(time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.p.Revocations().Add(r); err != nil {
-		t.Fatal(err)
-	}
+	addRevocation(t, b.p, Revocation{Digest: signed.digest.String(), Reason: "poisoned", By: "sec"})
 	if code, _ := b.do(http.MethodGet, blobPath("acme/app", signed.layers[0])); code != http.StatusForbidden {
 		t.Errorf("blob of a manifest revoked on B, opened by an older entry = %d, want 403", code)
 	}
@@ -423,41 +417,32 @@ func TestSharedBlobOriginAfterRevocation(t *testing.T) {
 			t.Errorf("blob %s on B = %d, want %d", d, code, want)
 		}
 	}
-	revoke := func(r Revocation) {
-		t.Helper()
-		if err := r.Normalize(time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.p.Revocations().Add(r); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// B reads one of x's blobs before any revocation: a copy without the
 	// decision, which the next revocation drops and looks up again.
 	blob(x.layers[1], http.StatusOK)
 
-	revoke(Revocation{Digest: "sha256:" + strings.Repeat("f", 64), Reason: "unrelated", By: "sec"})
+	addRevocation(t, b.p, Revocation{Digest: "sha256:" + strings.Repeat("f", 64), Reason: "unrelated", By: "sec"})
 	blob(x.layers[0], http.StatusOK)
 	blob(x.layers[1], http.StatusOK)
 	blob(kids[0].layers[0], http.StatusOK)
 	blob(sigLayer, http.StatusOK)
 
-	revoke(Revocation{Digest: x.digest.String(), Reason: "poisoned", By: "sec"})
+	addRevocation(t, b.p, Revocation{Digest: x.digest.String(), Reason: "poisoned", By: "sec"})
 	blob(x.layers[0], http.StatusForbidden) // read before: closed
 	blob(x.config, http.StatusForbidden)    // never read: refused
 	blob(y.layers[0], http.StatusOK)
 
 	// A child revoked by its own digest, served on its index's verdict,
 	// which no revocation names.
-	revoke(Revocation{Digest: kids[1].digest.String(), Reason: "poisoned", By: "sec"})
+	addRevocation(t, b.p, Revocation{Digest: kids[1].digest.String(), Reason: "poisoned", By: "sec"})
 	blob(kids[1].layers[0], http.StatusForbidden)
 	blob(kids[0].layers[0], http.StatusOK)
 
-	revoke(Revocation{Digest: idx.digest.String(), Reason: "poisoned", By: "sec"})
+	addRevocation(t, b.p, Revocation{Digest: idx.digest.String(), Reason: "poisoned", By: "sec"})
 	blob(kids[0].layers[0], http.StatusForbidden)
 	blob(kids[0].config, http.StatusForbidden)
 
-	revoke(Revocation{Digest: y.digest.String(), Reason: "poisoned", By: "sec"})
+	addRevocation(t, b.p, Revocation{Digest: y.digest.String(), Reason: "poisoned", By: "sec"})
 	blob(sigLayer, http.StatusForbidden)
 	blob(y.config, http.StatusForbidden)
 }
@@ -484,13 +469,7 @@ func TestSharedBlobOriginRevokedKey(t *testing.T) {
 			t.Fatalf("%s on A = %d: %s", tag, code, body)
 		}
 	}
-	r := Revocation{Key: keyID(t, k1), Reason: "leaked", By: "sec"}
-	if err := r.Normalize(time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.p.Revocations().Add(r); err != nil {
-		t.Fatal(err)
-	}
+	addRevocation(t, b.p, Revocation{Key: keyID(t, k1), Reason: "leaked", By: "sec"})
 	if code, _ := b.do(http.MethodGet, blobPath(repo, one.layers[0])); code != http.StatusForbidden {
 		t.Errorf("blob of the image signed by the revoked key = %d, want 403", code)
 	}
@@ -517,15 +496,20 @@ func TestSharedBlobWithoutOrigin(t *testing.T) {
 	if code, _ := b.do(http.MethodGet, blobPath("acme/app", img.layers[0])); code != http.StatusOK {
 		t.Fatalf("blob on B before any revocation = %d, want 200", code)
 	}
-	r := Revocation{Digest: "sha256:" + strings.Repeat("e", 64), Reason: "unrelated", By: "sec"}
+	addRevocation(t, b.p, Revocation{Digest: "sha256:" + strings.Repeat("e", 64), Reason: "unrelated", By: "sec"})
+	if code, _ := b.do(http.MethodGet, blobPath("acme/app", img.layers[1])); code != http.StatusForbidden {
+		t.Errorf("blob of an entry without origin after a revocation = %d, want 403", code)
+	}
+}
+
+// addRevocation puts r in force on p, as the admin API would.
+func addRevocation(t *testing.T, p *Proxy, r Revocation) {
+	t.Helper()
 	if err := r.Normalize(time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.p.Revocations().Add(r); err != nil {
+	if err := p.Revocations().Add(r); err != nil {
 		t.Fatal(err)
-	}
-	if code, _ := b.do(http.MethodGet, blobPath("acme/app", img.layers[1])); code != http.StatusForbidden {
-		t.Errorf("blob of an entry without origin after a revocation = %d, want 403", code)
 	}
 }
 
@@ -572,13 +556,7 @@ func TestStandingOrigin(t *testing.T) {
 			t.Errorf("%s: %q stands", name, o)
 		}
 	}
-	r := Revocation{Digest: manifest, Reason: "poisoned", By: "sec"}
-	if err := r.Normalize(time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Revocations().Add(r); err != nil {
-		t.Fatal(err)
-	}
+	addRevocation(t, p, Revocation{Digest: manifest, Reason: "poisoned", By: "sec"})
 	// The verdict is purged by the revocation; put back, as by a
 	// verification that raced it, it still does not stand.
 	vc.Add(key, verify.Verdict{Allowed: true, Mode: verify.ModeEnforce, Boundary: "images", Digest: manifest})
