@@ -180,8 +180,13 @@ func TestGatingBlobOrigin(t *testing.T) {
 		none    = "docker.io\x00acme/app\x00sha256:ee"
 	)
 	origin := "sha256:" + strings.Repeat("1", 64) + " " + strings.Repeat("2", 64)
-	err := s.RecordBlobs(ctx, map[string]int64{plain: 1, long: 2, control: 3, atBound: 4, none: 5}, map[string]string{
+	const (
+		edges = "docker.io\x00acme/app\x00sha256:ff"
+		del   = "docker.io\x00acme/app\x00sha256:11"
+	)
+	err := s.RecordBlobs(ctx, map[string]int64{plain: 1, long: 2, control: 3, atBound: 4, none: 5, edges: 6, del: 7}, map[string]string{
 		plain: origin, long: strings.Repeat("o", gatingMaxField+1), control: "a\nb", atBound: strings.Repeat("o", gatingMaxField),
+		edges: " ~", del: "a\x7f",
 	}, until)
 	if err != nil {
 		t.Fatal(err)
@@ -192,7 +197,10 @@ func TestGatingBlobOrigin(t *testing.T) {
 	if got, ok := s.BlobOrigin(ctx, atBound); !ok || got != strings.Repeat("o", gatingMaxField) {
 		t.Errorf("origin at the bound = %q, %v", got, ok)
 	}
-	for _, k := range []string{long, control, none} {
+	if got, ok := s.BlobOrigin(ctx, edges); !ok || got != " ~" {
+		t.Errorf("origin of the printable edges = %q, %v", got, ok)
+	}
+	for _, k := range []string{long, control, none, del} {
 		if size, _, ok, _ := s.LookupBlob(ctx, k); !ok || size == 0 {
 			t.Errorf("blob %q not recorded with its origin refused", k)
 		}
