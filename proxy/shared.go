@@ -361,7 +361,8 @@ func grantOrigin(d *manifestDecision) string {
 
 // standingOrigin is the decision origin names (see grantOrigin) if it
 // still stands: the manifest is not revoked, and the verdict it was served
-// on is still cached, served, and matched by no revocation. Anything else,
+// on is still cached, an allow (only allows are recorded, see
+// shareServed), and matched by no revocation. Anything else,
 // an origin that does not parse included, is nil. The origin was read from
 // the shared state: untrusted.
 func (p *Proxy) standingOrigin(origin string) *grantSource {
@@ -377,7 +378,7 @@ func (p *Proxy) standingOrigin(origin string) *grantSource {
 		return nil
 	}
 	v, ok := vc.Get(key)
-	if !ok || !v.Served() {
+	if !ok || !v.Allowed {
 		return nil
 	}
 	if revs := p.revs.current(); !revs.empty() && (revs.digests[manifest] != nil || revs.matches(v)) {

@@ -536,8 +536,8 @@ func TestStandingOrigin(t *testing.T) {
 	if src := p.standingOrigin(manifest + " " + key); src == nil || src.manifest != manifest || src.verdict.Digest != manifest {
 		t.Fatalf("standing origin = %+v", src)
 	}
-	if src := p.standingOrigin(manifest + " " + warned); src == nil {
-		t.Error("a warn-mode verdict, served, does not stand")
+	if src := p.standingOrigin(manifest + " " + warned); src != nil {
+		t.Error("a warn-mode denial, served but never recorded as open, stands")
 	}
 	for name, o := range map[string]string{
 		"no separator":       manifest + key,
