@@ -336,3 +336,46 @@ func TestSharedRefreshesBatched(t *testing.T) {
 		t.Errorf("%d writes after a successful batch, want 2", calls)
 	}
 }
+
+// epochShared is countingShared whose Epoch the test moves, as a Redis
+// that lost what was written to it would.
+type epochShared struct {
+	countingShared
+	epoch atomic.Uint64
+}
+
+func (e *epochShared) Epoch() uint64 { return e.epoch.Load() }
+
+// TestSharedWriteThrough: a manifest this replica decides is written
+// through once per quarter gating TTL, not on every pull; a write that
+// failed is made again on the next pull, and so is one the shared state
+// may have lost (its epoch moved).
+func TestSharedWriteThrough(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	pol, sign := acmePolicy(verify.ModeEnforce, t)
+	img := reg.pushImage(t, "acme/app", "v1")
+	sign(reg, "acme/app", img.digest)
+	sh := &epochShared{countingShared: countingShared{fail: true}}
+	p, _ := newTestProxy(t, reg.srv.URL, newEngineSpy(t, pol), WithSharedState(sh), WithVerdictCache(newMapVerdicts()))
+	pull := func(wantCalls int, why string) {
+		t.Helper()
+		if w := do(p, http.MethodGet, manifestPath("acme/app", img.digest.String())); w.Code != http.StatusOK {
+			t.Fatalf("GET = %d", w.Code)
+		}
+		p.shared.writes.Wait()
+		if calls, _ := sh.state(); calls != wantCalls {
+			t.Fatalf("%s: %d writes, want %d", why, calls, wantCalls)
+		}
+	}
+	pull(1, "first pull, the write fails")
+	pull(2, "the failed write is made again")
+	sh.mu.Lock()
+	sh.fail = false
+	sh.mu.Unlock()
+	pull(3, "made again, it succeeds")
+	pull(3, "written: a warm pull writes nothing")
+	sh.epoch.Add(1)
+	pull(4, "the shared state may have lost it: written again")
+	pull(4, "written again: a warm pull writes nothing")
+}
