@@ -102,7 +102,7 @@ MUTATE_WORKERS   ?= 1
 MUTATE_TIMEOUT_COEFFICIENT ?= 10
 # In proxy/ only the files that decide are mutated, not the HTTP plumbing
 # nor the packages below it (alert, tuffetch, internal).
-MUTATE_PROXY_FILES ?= manifest.go lineage.go blob.go blobshare.go flight.go streams.go evidence.go referrers.go summary.go clientauth.go jsonshape.go parsedcache.go passthrough.go revoke.go verdictapi.go
+MUTATE_PROXY_FILES ?= manifest.go lineage.go blob.go blobshare.go flight.go streams.go evidence.go referrers.go summary.go clientauth.go jsonshape.go parsedcache.go passthrough.go revoke.go verdictapi.go shared.go
 mutate:
 	@test -x bin/gremlins-$(GREMLINS_VERSION) || GOBIN=$(CURDIR)/bin/.tools $(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@$(GREMLINS_VERSION)
 	@test -x bin/gremlins-$(GREMLINS_VERSION) || mv bin/.tools/gremlins bin/gremlins-$(GREMLINS_VERSION)
