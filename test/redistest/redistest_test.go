@@ -9,22 +9,23 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-func client(t *testing.T, addr string) *redis.Client {
+// running starts a server holding k=v and a client of it.
+func running(t *testing.T) (*miniredis.Miniredis, string, *redis.Client) {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	addr := mr.Addr()
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: time.Second})
 	t.Cleanup(func() { _ = c.Close() })
-	return c
+	if err := c.Set(context.Background(), "k", "v", 0).Err(); err != nil {
+		t.Fatalf("SET on the running server: %v", err)
+	}
+	return mr, addr, c
 }
 
 func TestDown(t *testing.T) {
-	mr := miniredis.RunT(t)
-	addr := mr.Addr()
-	c := client(t, addr)
-	ctx := context.Background()
-	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
-		t.Fatalf("SET on the running server: %v", err)
-	}
+	mr, addr, c := running(t)
 	Down(t, mr)
-	if err := c.Get(ctx, "k").Err(); err == nil {
+	if err := c.Get(context.Background(), "k").Err(); err == nil {
 		t.Fatal("GET after Down succeeded")
 	}
 	// The address stays taken: nothing else can answer there.
@@ -34,13 +35,8 @@ func TestDown(t *testing.T) {
 }
 
 func TestOutage(t *testing.T) {
-	mr := miniredis.RunT(t)
-	addr := mr.Addr()
-	c := client(t, addr)
+	mr, addr, c := running(t)
 	ctx := context.Background()
-	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
-		t.Fatalf("SET on the running server: %v", err)
-	}
 	restart := Outage(t, mr)
 	if err := c.Get(ctx, "k").Err(); err == nil {
 		t.Fatal("GET during the outage succeeded")
