@@ -1,7 +1,9 @@
 // Package shared keeps decision state that several proxy replicas share
 // through Redis: verdicts (Verdicts, an L2 behind the in-process cache),
 // verified manifest bytes (Manifests, content-addressed: taken only when
-// they hash to the digest asked for), blob gating and index coverage (Gating), and the leases that have one
+// they hash to the digest asked for), blob gating (with, for each open
+// blob, an opaque origin naming the decision that opened it) and index
+// coverage (Gating), and the leases that have one
 // replica verify a digest while the others wait for its verdict (Leases);
 // and it broadcasts revocation changes and reloads between them (Bus). It
 // knows nothing of HTTP.
