@@ -103,6 +103,9 @@ MUTATE_TIMEOUT_COEFFICIENT ?= 10
 # In proxy/ only the files that decide are mutated, not the HTTP plumbing
 # nor the packages below it (alert, tuffetch, internal).
 MUTATE_PROXY_FILES ?= manifest.go lineage.go blob.go blobshare.go flight.go streams.go evidence.go referrers.go summary.go clientauth.go jsonshape.go parsedcache.go passthrough.go revoke.go verdictapi.go shared.go
+# In verify/ every file is mutated unless this names some (its summary/
+# package is then left out too), e.g. the files a change touched.
+MUTATE_VERIFY_FILES ?=
 mutate:
 	@test -x bin/gremlins-$(GREMLINS_VERSION) || GOBIN=$(CURDIR)/bin/.tools $(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@$(GREMLINS_VERSION)
 	@test -x bin/gremlins-$(GREMLINS_VERSION) || mv bin/.tools/gremlins bin/gremlins-$(GREMLINS_VERSION)
@@ -113,6 +116,12 @@ mutate:
 	    excl="-E ^internal/ -E ^alert/ -E ^tuffetch/"; \
 	    for f in $$(cd proxy && ls *.go | grep -v '_test\.go$$'); do \
 	      case " $(MUTATE_PROXY_FILES) " in *" $$f "*) ;; *) excl="$$excl -E ^$$f\$$";; esac; \
+	    done; \
+	  fi; \
+	  if [ "$$pkg" = verify ] && [ -n "$(MUTATE_VERIFY_FILES)" ]; then \
+	    excl="-E ^summary/"; \
+	    for f in $$(cd verify && ls *.go | grep -v '_test\.go$$'); do \
+	      case " $(MUTATE_VERIFY_FILES) " in *" $$f "*) ;; *) excl="$$excl -E ^$$f\$$";; esac; \
 	    done; \
 	  fi; \
 	  echo "== mutate $$pkg"; \
