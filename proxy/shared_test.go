@@ -479,8 +479,8 @@ func TestSharedBlobOriginRevokedKey(t *testing.T) {
 }
 
 // TestSharedBlobWithoutOrigin: an entry recorded before a revocation
-// with no origin (a replica that records none) or with one that does not
-// name a standing decision opens nothing.
+// with no origin (a replica that records none) opens nothing. Origins that
+// do not name a standing decision are TestStandingOrigin's.
 func TestSharedBlobWithoutOrigin(t *testing.T) {
 	t.Parallel()
 	mr := miniredis.RunT(t)
