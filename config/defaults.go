@@ -40,6 +40,7 @@ const (
 	DefaultHeaderBytes         = 64 << 10
 	DefaultUpstreamHeaderBytes = 64 << 10
 	DefaultStreamBufferBytes   = 16 << 20
+	DefaultServedEvidenceBytes = 64 << 20
 	DefaultLogLevel            = "info"
 	DefaultLogFormat           = "json"
 	// DefaultTlogThreshold and DefaultTimestampThreshold require one
@@ -169,6 +170,7 @@ func (l *Limits) applyDefaults() {
 	setSize(&l.HeaderBytes, DefaultHeaderBytes)
 	setSize(&l.UpstreamHeaderBytes, DefaultUpstreamHeaderBytes)
 	setSize(&l.StreamBufferBytes, DefaultStreamBufferBytes)
+	setSize(&l.ServedEvidenceBytes, DefaultServedEvidenceBytes)
 	setInt(&l.MaxEvidence, DefaultMaxEvidence)
 	setInt(&l.LineageConcurrency, DefaultLineageConcurrency)
 	setInt(&l.PredicateDepth, DefaultPredicateDepth)

@@ -39,7 +39,7 @@ func TestLimitsDefaults(t *testing.T) {
 	if l.EvidenceBytes != DefaultEvidenceBytes || l.SignatureBytes != DefaultSignatureBytes || l.AttestationBytes != DefaultAttestationBytes ||
 		l.MaxEvidence != DefaultMaxEvidence || l.PredicateDepth != DefaultPredicateDepth || l.ClientConnections != DefaultClientConnections ||
 		l.ClientIdleTimeout.D() != DefaultClientIdleTimeout || l.HeaderBytes != DefaultHeaderBytes || l.UpstreamHeaderBytes != DefaultUpstreamHeaderBytes ||
-		l.StreamBufferBytes != DefaultStreamBufferBytes || l.VerifyQueueWait.D() != DefaultVerifyQueueWait ||
+		l.StreamBufferBytes != DefaultStreamBufferBytes || l.ServedEvidenceBytes != DefaultServedEvidenceBytes || l.VerifyQueueWait.D() != DefaultVerifyQueueWait ||
 		l.ClientStallGrace == nil || l.ClientStallGrace.D() != DefaultClientStallGrace {
 		t.Errorf("defaults not applied: %+v", l)
 	}
@@ -72,6 +72,8 @@ func TestLimitsValidate(t *testing.T) {
 		extra, want string // want "" means valid
 	}{
 		{"limits: {evidence_bytes: 32MiB, signature_bytes: 512KiB, attestation_bytes: 8MiB}\n", ""},
+		{"limits: {served_evidence_bytes: 1MiB}\n", ""},
+		{"limits: {served_evidence_bytes: 64MB}\n", `invalid size "64MB"`},
 		{"limits: {evidence_bytes: 16MB}\n", `invalid size "16MB"`},
 		{"limits: {evidence_bytes: -5}\n", `invalid size "-5"`},
 		{"limits: {evidence_bytes: 1MiB}\n", "limits.attestation_bytes: 4MiB is larger than evidence_bytes (1MiB)"},

@@ -274,8 +274,13 @@ type Limits struct {
 	// before defaults are applied.
 	ClientStallGrace *Duration `yaml:"client_stall_grace"`
 	// StreamBufferBytes bounds the large copy buffers all blob streams
-	// hold together (default 64MiB); streams beyond it use small ones.
+	// hold together (default 16MiB); streams beyond it use small ones.
 	StreamBufferBytes ByteSize `yaml:"stream_buffer_bytes"`
+	// ServedEvidenceBytes bounds what a manifest served unsigned as
+	// evidence (a signature, attestation or SBOM of an allowed digest) may
+	// declare in its config and layers together (default 64MiB); above
+	// it the manifest is decided on its own, as content.
+	ServedEvidenceBytes ByteSize `yaml:"served_evidence_bytes"`
 	// WatchConcurrency bounds the watch runs going at once (default 2).
 	WatchConcurrency int `yaml:"watch_concurrency"`
 }

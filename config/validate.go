@@ -665,6 +665,7 @@ func (l *Limits) validate(r *reporter) {
 	positive("client_idle_timeout", int64(l.ClientIdleTimeout))
 	positive("verify_queue_wait", int64(l.VerifyQueueWait))
 	positive("stream_buffer_bytes", l.StreamBufferBytes.Int64())
+	positive("served_evidence_bytes", l.ServedEvidenceBytes.Int64())
 	if l.HeaderBytes < 4<<10 {
 		r.addf("limits.header_bytes", "must be at least 4KiB: registry clients send long Accept and Authorization headers")
 	}

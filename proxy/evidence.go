@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"path"
 	"regexp"
 	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.uber.org/zap"
+
 	"github.com/portcullis-oci/portcullis/verify"
 )
 
@@ -47,7 +50,65 @@ const (
 	// evidenceMemorySize bounds the digests remembered as evidence.
 	evidenceMemorySize = 100_000
 	evidenceMemoryTTL  = 10 * time.Minute
+
+	// DefaultServedEvidenceBytes is the default of WithServedEvidenceBytes:
+	// far above a signature, an attestation or the SBOM of a large image,
+	// far below a model's weights.
+	DefaultServedEvidenceBytes = 64 << 20
 )
+
+// WithServedEvidenceBytes bounds what a manifest served as evidence may
+// declare in its config and layers together. Evidence is served unsigned,
+// so a manifest shaped as evidence, fetched by digest, would otherwise
+// serve whatever bytes its layers hold: above n it is decided on its own
+// instead (a denial unless it is signed). Default:
+// DefaultServedEvidenceBytes.
+func WithServedEvidenceBytes(n int64) Option {
+	return func(o *options) error {
+		if n <= 0 {
+			return fmt.Errorf("served evidence bytes must be positive, not %d", n)
+		}
+		o.servedEvidenceBytes = n
+		return nil
+	}
+}
+
+// declaredBytes is what pm's config and layers declare together, capped
+// at math.MaxInt64: the sizes come from the upstream, and a sum that
+// wrapped around would pass any bound. parse refuses negative sizes; one
+// here counts as too large.
+func declaredBytes(pm *parsedManifest) int64 {
+	var total int64
+	for i := -1; i < len(pm.layers); i++ {
+		size := pm.config.size
+		if i >= 0 {
+			size = pm.layers[i].size
+		}
+		if size < 0 || total > math.MaxInt64-size {
+			return math.MaxInt64
+		}
+		total += size
+	}
+	return total
+}
+
+// tooLargeEvidence refuses d as evidence of subject for what it declares
+// (n bytes): logged and counted once, here, where the bytes were read, and
+// remembered, so the denial of a later fetch says why without them.
+func (p *Proxy) tooLargeEvidence(d *manifestDecision, subject v1.Hash, n int64) {
+	max := p.opts.servedEvidenceBytes
+	reason := fmt.Sprintf("evidence of %s is served only up to %d bytes (limits.served_evidence_bytes), and this manifest's config and layers declare %d", subject, max, n)
+	p.evidenceTooLarge.add(evidenceKey(d), reason)
+	d.evidenceRefused = reason
+	p.metrics.limitExceeded.WithLabelValues(limitServedEvidence).Inc()
+	p.log.Warn("manifest shaped as evidence declares more bytes than evidence is served with",
+		zap.String("upstream", d.mr.u.name), zap.String("repository", d.mr.repo), zap.String("digest", d.digest),
+		zap.String("subject", subject.String()), zap.Int64("declared_bytes", n), zap.Int64("limit", max))
+}
+
+// limitServedEvidence labels portcullis_limit_exceeded_total for
+// WithServedEvidenceBytes.
+const limitServedEvidence = "served_evidence_bytes"
 
 // cosignTagRE is cosign's tag schema: the fallback index of the OCI
 // referrers tag schema (sha256-<hex>) and the legacy .sig, .att and .sbom
@@ -146,7 +207,9 @@ func evidenceKey(d *manifestDecision) string {
 //     must agree;
 //   - evidence of a denied subject: denied, naming the subject;
 //   - evidence under a tag a loader pulls (neither a digest nor one of
-//     cosign's tags): decideManifest keeps the manifest's own verdict.
+//     cosign's tags): decideManifest keeps the manifest's own verdict;
+//   - a model's weights dressed as evidence and fetched by digest: above
+//     WithServedEvidenceBytes the manifest keeps its own verdict.
 //
 // An index is evidence only as cosign's fallback index (tag sha256-<hex>);
 // it is served as a listing and covers none of its children, each of which
@@ -167,6 +230,11 @@ func (p *Proxy) evidenceOf(ctx context.Context, d *manifestDecision, req apiRequ
 	}
 	subject, ok := p.evidenceSubject(d, req, pm)
 	if !ok {
+		return false, nil
+	}
+	// Before the subject is decided: the size alone refuses it.
+	if n := declaredBytes(pm); !pm.index && n > p.opts.servedEvidenceBytes {
+		p.tooLargeEvidence(d, subject, n)
 		return false, nil
 	}
 	sv, err := p.subjectVerdict(ctx, d.mr, subject)

@@ -2,9 +2,19 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"math"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/portcullis-oci/portcullis/test/fixtures"
 	"github.com/portcullis-oci/portcullis/verify"
@@ -55,4 +65,161 @@ func TestEvidenceBudgetDenialThroughTheProxy(t *testing.T) {
 	if d := lastDecision(t, p, img.digest); d.Decision != "deny" {
 		t.Errorf("decision = %+v", d)
 	}
+}
+
+// pushDeclared pushes, by digest, a manifest shaped as evidence of subject
+// (a bundle's artifact type, in-toto layers) whose config and layers
+// declare the sizes given: the proxy decides on what a manifest declares,
+// so the blobs need not exist.
+func pushDeclared(t *testing.T, reg *upstreamRegistry, repo, tag string, subject v1.Descriptor, configSize int64, layerSizes ...int64) v1.Hash {
+	t.Helper()
+	var layers []v1.Descriptor
+	for i, n := range layerSizes {
+		layers = append(layers, v1.Descriptor{MediaType: fixtures.MediaTypeInToto, Digest: sha([]byte(fmt.Sprintf("layer %d of %d", i, n))), Size: n})
+	}
+	raw, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     string(types.OCIManifestSchema1),
+		"artifactType":  fixtures.MediaTypeBundleV03,
+		"config":        v1.Descriptor{MediaType: fixtures.MediaTypeEmpty, Digest: sha([]byte(fmt.Sprint("config ", configSize))), Size: configSize},
+		"layers":        layers,
+		"subject":       subject,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := name.NewRepository(reg.host+"/"+repo, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := sha(raw)
+	ref := name.Reference(r.Digest(d.String()))
+	if tag != "" {
+		ref = r.Tag(tag)
+	}
+	if err := remote.Put(ref, rawManifest(raw)); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestServedEvidenceBytes: evidence is served unsigned, by digest, whatever
+// its layers hold, so a model's weights pushed as "evidence" of a signed
+// image must not be served by digest as evidence; within the bound real
+// evidence still is.
+func TestServedEvidenceBytes(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	k := newKey(t)
+	const repo = "acme/app"
+	img := reg.pushImage(t, repo, "v1")
+	reg.sign(t, repo, img.digest, k)
+	imgDesc := reg.describe(t, repo, img.digest)
+	tooLarge := "evidence of " + img.digest.String() + " is served only up to"
+
+	newProxy := func(t *testing.T, opts ...Option) *Proxy {
+		p, _ := newTestProxy(t, reg.srv.URL, newEngineSpy(t, evidencePolicy(k)), append([]Option{WithVerdictCache(newMapVerdicts())}, opts...)...)
+		if w := do(p, http.MethodGet, manifestPath(repo, "v1")); w.Code != http.StatusOK {
+			t.Fatalf("signed image = %d: %s", w.Code, w.Body)
+		}
+		return p
+	}
+	denied := func(t *testing.T, p *Proxy, method, ref, want string) {
+		t.Helper()
+		w := do(p, method, manifestPath(repo, ref))
+		if w.Code != http.StatusForbidden {
+			t.Fatalf("%s %s = %d, want 403: %s", method, ref, w.Code, w.Body)
+		}
+		if method == http.MethodGet && !strings.Contains(w.Body.String(), want) {
+			t.Errorf("%s denied with %s, want %q", ref, w.Body, want)
+		}
+	}
+	saysWhy := func(t *testing.T, p *Proxy, d v1.Hash) {
+		t.Helper()
+		got := lastDecision(t, p, d)
+		if got.EvidenceOf != "" || got.Decision != "deny" || !slices.ContainsFunc(got.Reasons, func(r string) bool { return strings.Contains(r, tooLarge) }) {
+			t.Errorf("decision = %+v, want a denial that is not evidence and says why", got)
+		}
+	}
+
+	t.Run("weights dressed as evidence, by digest", func(t *testing.T) {
+		p := newProxy(t)
+		d := pushDeclared(t, reg, repo, "", imgDesc, 2, 2<<30)
+		want := fmt.Sprintf("%s %d bytes (limits.served_evidence_bytes), and this manifest's config and layers declare %d", tooLarge, DefaultServedEvidenceBytes, 2<<30+2)
+		denied(t, p, http.MethodGet, d.String(), want)
+		saysWhy(t, p, d)
+		// Again with the denial cached (no bytes in hand), and by HEAD.
+		denied(t, p, http.MethodGet, d.String(), want)
+		denied(t, p, http.MethodHead, d.String(), "")
+		saysWhy(t, p, d)
+		// The layer's digest names bytes the upstream has: gating, not
+		// their absence, keeps them.
+		layer := []byte(fmt.Sprintf("layer %d of %d", 0, 2<<30))
+		r, err := name.NewRepository(reg.host+"/"+repo, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.WriteLayer(r, static.NewLayer(layer, fixtures.MediaTypeInToto)); err != nil {
+			t.Fatal(err)
+		}
+		if w := do(p, http.MethodGet, blobPath(repo, sha(layer))); w.Code != http.StatusForbidden {
+			t.Errorf("its layer = %d, want 403", w.Code)
+		}
+		if got := counterValue(t, p, "portcullis_limit_exceeded_total", map[string]string{"limit": "served_evidence_bytes"}); got != 1 {
+			t.Errorf("limit_exceeded{served_evidence_bytes} = %v, want 1 (examined once, then the cached denial)", got)
+		}
+	})
+
+	t.Run("sizes that overflow when added", func(t *testing.T) {
+		p := newProxy(t)
+		// Added in int64 these come to 6 bytes.
+		d := pushDeclared(t, reg, repo, "", imgDesc, 2, math.MaxInt64, math.MaxInt64, 4)
+		denied(t, p, http.MethodGet, d.String(), fmt.Sprintf("declare %d", int64(math.MaxInt64)))
+	})
+
+	t.Run("weights in the config", func(t *testing.T) {
+		p := newProxy(t)
+		d := pushDeclared(t, reg, repo, "", imgDesc, 1<<30, 100)
+		denied(t, p, http.MethodGet, d.String(), tooLarge)
+	})
+
+	t.Run("under cosign's tag", func(t *testing.T) {
+		p := newProxy(t)
+		pushDeclared(t, reg, repo, sigTag(img.digest, ".att"), imgDesc, 2, 256<<20)
+		denied(t, p, http.MethodGet, sigTag(img.digest, ".att"), tooLarge)
+	})
+
+	t.Run("the bound is inclusive", func(t *testing.T) {
+		d := pushDeclared(t, reg, repo, "", imgDesc, 2, 300, 700)
+		at := newProxy(t, WithServedEvidenceBytes(1002))
+		if w := do(at, http.MethodGet, manifestPath(repo, d.String())); w.Code != http.StatusOK {
+			t.Fatalf("at the bound = %d, want 200 as evidence: %s", w.Code, w.Body)
+		}
+		if got := lastDecision(t, at, d); got.EvidenceOf != img.digest.String() {
+			t.Errorf("at the bound: decision = %+v, want evidence of the image", got)
+		}
+		below := newProxy(t, WithServedEvidenceBytes(1001))
+		denied(t, below, http.MethodGet, d.String(), "declare 1002")
+		saysWhy(t, below, d)
+	})
+
+	t.Run("signed on its own, it is served as content", func(t *testing.T) {
+		p := newProxy(t)
+		d := pushDeclared(t, reg, repo, "", imgDesc, 2, 2<<30)
+		reg.sign(t, repo, d, k)
+		if w := do(p, http.MethodGet, manifestPath(repo, d.String())); w.Code != http.StatusOK {
+			t.Fatalf("signed = %d, want 200: %s", w.Code, w.Body)
+		}
+		if got := lastDecision(t, p, d); got.EvidenceOf != "" || got.Decision != "allow" {
+			t.Errorf("decision = %+v, want its own allow", got)
+		}
+	})
+
+	t.Run("bound must be positive", func(t *testing.T) {
+		for _, n := range []int64{0, -1} {
+			if _, err := New(nil, nil, WithServedEvidenceBytes(n)); err == nil {
+				t.Errorf("WithServedEvidenceBytes(%d) accepted", n)
+			}
+		}
+	})
 }

@@ -124,6 +124,9 @@ type manifestDecision struct {
 	// evidenceOf is the digest this manifest is evidence of, for
 	// sourceEvidence.
 	evidenceOf string
+	// evidenceRefused says why a manifest shaped as evidence was not
+	// decided as evidence (see tooLargeEvidence), for its own denial.
+	evidenceRefused string
 }
 
 func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, req apiRequest, st *reqState) error {
@@ -200,6 +203,25 @@ func (p *Proxy) resolveManifest(ctx context.Context, mr manifestReq, req apiRequ
 // still remembered as evidence, so that a verifier's fetch by digest is
 // served whatever the tag's denial left in the verdict cache.
 func (p *Proxy) decideManifest(ctx context.Context, d *manifestDecision, req apiRequest) error {
+	if err := p.decideEvidence(ctx, d, req); err != nil {
+		return err
+	}
+	if d.source == sourceEvidence || d.verdict.Allowed {
+		return nil
+	}
+	if d.evidenceRefused == "" && p.evidenceTooLarge.c.Len() > 0 {
+		// Decided before, without the bytes.
+		d.evidenceRefused, _ = p.evidenceTooLarge.get(evidenceKey(d))
+	}
+	if d.evidenceRefused != "" {
+		d.verdict.Reasons = append(slices.Clip(d.verdict.Reasons), d.evidenceRefused)
+	}
+	return nil
+}
+
+// decideEvidence is decideManifest but for why evidence too large was
+// refused.
+func (p *Proxy) decideEvidence(ctx context.Context, d *manifestDecision, req apiRequest) error {
 	candidate := p.evidenceCandidate(d, req)
 	if candidate {
 		if ok, err := p.evidenceOf(ctx, d, req); err != nil || ok {

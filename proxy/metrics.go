@@ -203,7 +203,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		limitExceeded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_limit_exceeded_total",
-			Help: "Verifications denied because a limit on the evidence they may read was reached, by limit (evidence_bytes, evidence_items).",
+			Help: "Verifications denied because a limit on the evidence they may read was reached, by limit (evidence_bytes, evidence_items), and manifests shaped as evidence not served as such for what they declare (served_evidence_bytes).",
 		}, []string{"limit"}),
 		signatureLayers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_signature_layer_predictions_total",

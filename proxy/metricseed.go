@@ -35,7 +35,7 @@ func (m *metrics) seed(upstreams []string, v Verifier) {
 	for _, r := range verificationErrorReasons {
 		m.verificationErrors.WithLabelValues(r)
 	}
-	for _, l := range []string{verify.LimitEvidenceBytes, verify.LimitEvidenceItems} {
+	for _, l := range []string{verify.LimitEvidenceBytes, verify.LimitEvidenceItems, limitServedEvidence} {
 		m.limitExceeded.WithLabelValues(l)
 	}
 	for _, u := range upstreams {

@@ -38,6 +38,8 @@ type options struct {
 	// evidenceTypes: see WithEvidenceTypes.
 	evidenceTypes    evidenceTypes
 	evidenceTypesSet bool
+	// servedEvidenceBytes: see WithServedEvidenceBytes.
+	servedEvidenceBytes int64
 	// events: see WithEventSink.
 	events EventSink
 	// clientAuth and adminTokens: see WithClientAuth, WithAdminTokens.
@@ -69,12 +71,13 @@ type options struct {
 
 func defaultOptions() options {
 	return options{
-		logger:        zap.NewNop(),
-		blobGating:    true,
-		verifyTimeout: 60 * time.Second,
-		coverageTTL:   10 * time.Minute,
-		streamBudget:  newStreamBudget(DefaultStreamBufferBudget),
-		parsedBytes:   DefaultParsedManifestBytes,
+		logger:              zap.NewNop(),
+		blobGating:          true,
+		verifyTimeout:       60 * time.Second,
+		coverageTTL:         10 * time.Minute,
+		streamBudget:        newStreamBudget(DefaultStreamBufferBudget),
+		parsedBytes:         DefaultParsedManifestBytes,
+		servedEvidenceBytes: DefaultServedEvidenceBytes,
 
 		clientStallGrace: DefaultClientStallGrace,
 	}

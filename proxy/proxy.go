@@ -87,6 +87,9 @@ type Proxy struct {
 	// about, for a later fetch of it by digest (cosign's tags name the
 	// subject; the manifest behind them need not).
 	evidence *ttlCache[string, v1.Hash]
+	// evidenceTooLarge remembers why manifests shaped as evidence were
+	// refused as such for their size (see WithServedEvidenceBytes).
+	evidenceTooLarge *ttlCache[string, string]
 	// clientAuth and adminTokens start as the options say and are
 	// replaced by SetClientAuth.
 	clientAuth  atomic.Pointer[ClientAuth]
@@ -134,6 +137,9 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		blobsKept: newTTLCache[string, uint64](blobAllowSize, blobAllowTTL/10),
 		streams:   newStreamTable(),
 		evidence:  newTTLCache[string, v1.Hash](evidenceMemorySize, evidenceMemoryTTL),
+		// Only manifests refused for their size: a denial cached for
+		// longer than the verdict still says why.
+		evidenceTooLarge: newTTLCache[string, string](evidenceMemorySize/10, evidenceMemoryTTL),
 	}
 	// The blobs' clock, which tests may replace, is the one both expire by.
 	p.blobsKept.now = func() time.Time { return p.blobs.now() }

@@ -91,6 +91,7 @@ func newProxy(cfg *config.Config, eng *verify.Engine, logger *zap.Logger, extra 
 		proxy.WithCoverageTTL(cfg.Cache.AllowTTL.D()),
 		proxy.WithStreamBufferBudget(cfg.Limits.StreamBufferBytes.Int64()),
 		proxy.WithClientStallGrace(cfg.Limits.StallGrace()),
+		proxy.WithServedEvidenceBytes(cfg.Limits.ServedEvidenceBytes.Int64()),
 	}
 	running, queued := cfg.Limits.VerificationSlots(runtime.GOMAXPROCS(0))
 	opts = append(opts, proxy.WithMaxVerifications(running), proxy.WithVerifyQueue(queued, cfg.Limits.VerifyQueueWait.D()))

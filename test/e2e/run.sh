@@ -240,7 +240,12 @@ mkdir -p "$work/evtag" && echo "poisoned weights $RUN" > "$work/evtag/weights.bi
 D[ev_tagged]=$(cd "$work/evtag" && oras attach --plain-http --artifact-type application/vnd.in-toto+json --format go-template --template '{{.digest}}' \
   "$DIST/e2e/signed-v2@${D[dist_v2]}" weights.bin:application/vnd.in-toto+json 2>"$work/must.out") || { show "$work/must.out" >&2; die "oras attach of the evidence-shaped weights failed"; }
 must "oras tag of the evidence-shaped weights" oras tag --plain-http "$DIST/e2e/signed-v2@${D[ev_tagged]}" weights
-for k in sbom_dist sbom_ola sbom_unsigned ev_tagged dist_v2 dist_v3 ola_v3 ola_v2 dist_unsigned dist_rogue pair_both pair_one corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
+# The same, larger than limits.served_evidence_bytes (1MiB here), for a
+# loader pinned to its digest.
+mkdir -p "$work/evbig" && head -c $((2 << 20)) /dev/urandom > "$work/evbig/weights.bin"
+D[ev_big]=$(cd "$work/evbig" && oras attach --plain-http --artifact-type application/vnd.in-toto+json --format go-template --template '{{.digest}}' \
+  "$DIST/e2e/signed-v2@${D[dist_v2]}" weights.bin:application/vnd.in-toto+json 2>"$work/must.out") || { show "$work/must.out" >&2; die "oras attach of the large evidence-shaped weights failed"; }
+for k in sbom_dist sbom_ola sbom_unsigned ev_tagged ev_big dist_v2 dist_v3 ola_v3 ola_v2 dist_unsigned dist_rogue pair_both pair_one corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
 
 phase "starting the alert receiver"
 # A webhook receiver for portcullis's alerts: appends each POST body to a
@@ -326,6 +331,7 @@ YML
   echo "summaries: {key: vsa.key, password_env: COSIGN_PASSWORD}"
   echo "alerts: [{name: e2e, type: webhook, url: \"http://$ALERTS/events\", insecure: true, events: [deny, fail-closed]}]"
   echo "log: {level: info}"
+  echo "limits: {served_evidence_bytes: 1MiB}"
 } > "$work/portcullis.yaml"
 must "portcullis config check" "$PORTCULLIS" config check "$work/portcullis.yaml"
 "$PORTCULLIS" serve --config "$work/portcullis.yaml" >"$work/portcullis.log" 2>&1 & pc_pid=$!; pids+=($pc_pid)
@@ -453,6 +459,11 @@ expect_denied "oras pull by an ordinary tag of a manifest shaped as evidence of 
   "evidence of ${D[dist_v2]} is served only when fetched by digest or by cosign's tags" \
   oras pull --plain-http -o "$work/ev-pull" "$P_DIST/e2e/signed-v2:weights"
 if [ -e "$work/ev-pull/weights.bin" ]; then bad "oras pull by an ordinary tag wrote the evidence-shaped weights"; fi
+# By digest evidence is served, but only up to limits.served_evidence_bytes.
+expect_denied "oras pull by digest of a manifest shaped as evidence of a signed image, larger than limits.served_evidence_bytes" \
+  "evidence of ${D[dist_v2]} is served only up to 1048576 bytes (limits.served_evidence_bytes)" \
+  oras pull --plain-http -o "$work/ev-pull" "$P_DIST/e2e/signed-v2@${D[ev_big]}"
+if [ -e "$work/ev-pull/weights.bin" ]; then bad "oras pull by digest wrote the large evidence-shaped weights"; fi
 
 phase "models and lineage (oras)"
 rm -rf "$work/pull" && mkdir -p "$work/pull"
