@@ -170,6 +170,13 @@ func TestServedEvidenceBytes(t *testing.T) {
 		}
 	})
 
+	t.Run("resolved first by HEAD", func(t *testing.T) {
+		p := newProxy(t)
+		d := pushDeclared(t, reg, repo, "", imgDesc, 2, 3<<30)
+		denied(t, p, http.MethodHead, d.String(), "")
+		saysWhy(t, p, d)
+	})
+
 	t.Run("sizes that overflow when added", func(t *testing.T) {
 		p := newProxy(t)
 		// Added in int64 these come to 6 bytes.
