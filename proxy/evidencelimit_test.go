@@ -225,9 +225,14 @@ func TestServedEvidenceBytes(t *testing.T) {
 
 	t.Run("bound must be positive", func(t *testing.T) {
 		for _, n := range []int64{0, -1} {
-			if _, err := New(nil, nil, WithServedEvidenceBytes(n)); err == nil {
-				t.Errorf("WithServedEvidenceBytes(%d) accepted", n)
+			var o options
+			if err := WithServedEvidenceBytes(n)(&o); err == nil || o.servedEvidenceBytes != 0 {
+				t.Errorf("WithServedEvidenceBytes(%d) accepted: %d", n, o.servedEvidenceBytes)
 			}
+		}
+		var o options
+		if err := WithServedEvidenceBytes(1)(&o); err != nil || o.servedEvidenceBytes != 1 {
+			t.Errorf("WithServedEvidenceBytes(1) = %v, %d", err, o.servedEvidenceBytes)
 		}
 	})
 }
