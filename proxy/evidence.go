@@ -94,12 +94,12 @@ func declaredBytes(pm *parsedManifest) int64 {
 
 // tooLargeEvidence refuses d as evidence of subject for what it declares
 // (n bytes): logged and counted once, here, where the bytes were read, and
-// remembered, so the denial of a later fetch says why without them.
+// remembered, so that d's denial, now and on a later fetch without the
+// bytes, says why (decideManifest).
 func (p *Proxy) tooLargeEvidence(d *manifestDecision, subject v1.Hash, n int64) {
 	max := p.opts.servedEvidenceBytes
 	reason := fmt.Sprintf("evidence of %s is served only up to %d bytes (limits.served_evidence_bytes), and this manifest's config and layers declare %d", subject, max, n)
 	p.evidenceTooLarge.add(evidenceKey(d), reason)
-	d.evidenceRefused = reason
 	p.metrics.limitExceeded.WithLabelValues(limitServedEvidence).Inc()
 	p.log.Warn("manifest shaped as evidence declares more bytes than evidence is served with",
 		zap.String("upstream", d.mr.u.name), zap.String("repository", d.mr.repo), zap.String("digest", d.digest),

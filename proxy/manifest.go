@@ -124,9 +124,6 @@ type manifestDecision struct {
 	// evidenceOf is the digest this manifest is evidence of, for
 	// sourceEvidence.
 	evidenceOf string
-	// evidenceRefused says why a manifest shaped as evidence was not
-	// decided as evidence (see tooLargeEvidence), for its own denial.
-	evidenceRefused string
 }
 
 func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, u *upstreamEntry, repo string, req apiRequest, st *reqState) error {
@@ -209,12 +206,11 @@ func (p *Proxy) decideManifest(ctx context.Context, d *manifestDecision, req api
 	if d.source == sourceEvidence || d.verdict.Allowed {
 		return nil
 	}
-	if d.evidenceRefused == "" && p.evidenceTooLarge.c.Len() > 0 {
-		// Decided before, without the bytes.
-		d.evidenceRefused, _ = p.evidenceTooLarge.get(evidenceKey(d))
-	}
-	if d.evidenceRefused != "" {
-		d.verdict.Reasons = append(slices.Clip(d.verdict.Reasons), d.evidenceRefused)
+	// Refused as evidence for its size, now or before: say so.
+	if p.evidenceTooLarge.c.Len() > 0 {
+		if why, ok := p.evidenceTooLarge.get(evidenceKey(d)); ok {
+			d.verdict.Reasons = append(slices.Clip(d.verdict.Reasons), why)
+		}
 	}
 	return nil
 }
