@@ -66,6 +66,17 @@ func (u *upstreamRegistry) pushArtifact(t testing.TB, repo, tag, artifactType, l
 	if err != nil {
 		t.Fatal(err)
 	}
+	return evArtifact{digest: u.putRaw(t, repo, tag, raw), raw: raw, layer: sha(content)}
+}
+
+// putRaw pushes the manifest raw as it is, under tag ("" pushes it by
+// digest only), and returns its digest.
+func (u *upstreamRegistry) putRaw(t testing.TB, repo, tag string, raw []byte) v1.Hash {
+	t.Helper()
+	r, err := name.NewRepository(u.host+"/"+repo, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
 	d := sha(raw)
 	ref := name.Reference(r.Digest(d.String()))
 	if tag != "" {
@@ -74,7 +85,7 @@ func (u *upstreamRegistry) pushArtifact(t testing.TB, repo, tag, artifactType, l
 	if err := remote.Put(ref, rawManifest(raw)); err != nil {
 		t.Fatal(err)
 	}
-	return evArtifact{digest: d, raw: raw, layer: sha(content)}
+	return d
 }
 
 // legacySig reads the layer of cosign's sha256-<hex>.sig manifest of d.

@@ -88,19 +88,7 @@ func pushDeclared(t *testing.T, reg *upstreamRegistry, repo, tag string, subject
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := name.NewRepository(reg.host+"/"+repo, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := sha(raw)
-	ref := name.Reference(r.Digest(d.String()))
-	if tag != "" {
-		ref = r.Tag(tag)
-	}
-	if err := remote.Put(ref, rawManifest(raw)); err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return reg.putRaw(t, repo, tag, raw)
 }
 
 // TestServedEvidenceBytes: evidence is served unsigned, by digest, whatever
