@@ -78,16 +78,15 @@ func WithServedEvidenceBytes(n int64) Option {
 // wrapped around would pass any bound. parse refuses negative sizes; one
 // here counts as too large.
 func declaredBytes(pm *parsedManifest) int64 {
-	var total int64
-	for i := -1; i < len(pm.layers); i++ {
-		size := pm.config.size
-		if i >= 0 {
-			size = pm.layers[i].size
-		}
-		if size < 0 || total > math.MaxInt64-size {
+	total := pm.config.size
+	if total < 0 {
+		return math.MaxInt64
+	}
+	for _, l := range pm.layers {
+		if l.size < 0 || total > math.MaxInt64-l.size {
 			return math.MaxInt64
 		}
-		total += size
+		total += l.size
 	}
 	return total
 }
@@ -97,13 +96,13 @@ func declaredBytes(pm *parsedManifest) int64 {
 // remembered, so that d's denial, now and on a later fetch without the
 // bytes, says why (decideManifest).
 func (p *Proxy) tooLargeEvidence(d *manifestDecision, subject v1.Hash, n int64) {
-	max := p.opts.servedEvidenceBytes
-	reason := fmt.Sprintf("evidence of %s is served only up to %d bytes (limits.served_evidence_bytes), and this manifest's config and layers declare %d", subject, max, n)
+	limit := p.opts.servedEvidenceBytes
+	reason := fmt.Sprintf("evidence of %s is served only up to %d bytes (limits.served_evidence_bytes), and this manifest's config and layers declare %d", subject, limit, n)
 	p.evidenceTooLarge.add(evidenceKey(d), reason)
 	p.metrics.limitExceeded.WithLabelValues(limitServedEvidence).Inc()
 	p.log.Warn("manifest shaped as evidence declares more bytes than evidence is served with",
 		zap.String("upstream", d.mr.u.name), zap.String("repository", d.mr.repo), zap.String("digest", d.digest),
-		zap.String("subject", subject.String()), zap.Int64("declared_bytes", n), zap.Int64("limit", max))
+		zap.String("subject", subject.String()), zap.Int64("declared_bytes", n), zap.Int64("limit", limit))
 }
 
 // limitServedEvidence labels portcullis_limit_exceeded_total for

@@ -185,20 +185,8 @@ func (p *Proxy) resolveManifest(ctx context.Context, mr manifestReq, req apiRequ
 	return d, nil
 }
 
-// decideManifest gives d its verdict: as evidence of an allowed digest
-// when it is one, else its own. A request that may be for evidence
-// (cosign's tags, a digest served as evidence before) is checked first, so
-// that evidence is not verified as content it is not; any other manifest
-// is checked once its own verdict is not an allow, with the bytes that
-// verdict brought.
-//
-// Only a request by digest is served as evidence that way. A manifest
-// fetched by any other tag keeps its own verdict: verifiers find evidence
-// by digest (referrers) or by cosign's tags, while a tag a loader pulls,
-// moved to a manifest shaped as evidence, would otherwise serve whatever
-// bytes its layers claim, by their media types, to be evidence. It is
-// still remembered as evidence, so that a verifier's fetch by digest is
-// served whatever the tag's denial left in the verdict cache.
+// decideManifest gives d its verdict (decideEvidence) and, when that is
+// the denial of a manifest refused as evidence for its size, says so.
 func (p *Proxy) decideManifest(ctx context.Context, d *manifestDecision, req apiRequest) error {
 	if err := p.decideEvidence(ctx, d, req); err != nil {
 		return err
@@ -215,8 +203,20 @@ func (p *Proxy) decideManifest(ctx context.Context, d *manifestDecision, req api
 	return nil
 }
 
-// decideEvidence is decideManifest but for why evidence too large was
-// refused.
+// decideEvidence gives d its verdict: as evidence of an allowed digest
+// when it is one, else its own. A request that may be for evidence
+// (cosign's tags, a digest served as evidence before) is checked first, so
+// that evidence is not verified as content it is not; any other manifest
+// is checked once its own verdict is not an allow, with the bytes that
+// verdict brought.
+//
+// Only a request by digest is served as evidence that way. A manifest
+// fetched by any other tag keeps its own verdict: verifiers find evidence
+// by digest (referrers) or by cosign's tags, while a tag a loader pulls,
+// moved to a manifest shaped as evidence, would otherwise serve whatever
+// bytes its layers claim, by their media types, to be evidence. It is
+// still remembered as evidence, so that a verifier's fetch by digest is
+// served whatever the tag's denial left in the verdict cache.
 func (p *Proxy) decideEvidence(ctx context.Context, d *manifestDecision, req apiRequest) error {
 	candidate := p.evidenceCandidate(d, req)
 	if candidate {

@@ -137,8 +137,9 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		blobsKept: newTTLCache[string, uint64](blobAllowSize, blobAllowTTL/10),
 		streams:   newStreamTable(),
 		evidence:  newTTLCache[string, v1.Hash](evidenceMemorySize, evidenceMemoryTTL),
-		// Only manifests refused for their size: a denial cached for
-		// longer than the verdict still says why.
+		// Only manifests refused as evidence for their size, so that a
+		// denial answered from the verdict cache, without the bytes,
+		// still says why.
 		evidenceTooLarge: newTTLCache[string, string](evidenceMemorySize/10, evidenceMemoryTTL),
 	}
 	// The blobs' clock, which tests may replace, is the one both expire by.
