@@ -40,7 +40,7 @@ const (
 	DefaultHeaderBytes         = 64 << 10
 	DefaultUpstreamHeaderBytes = 64 << 10
 	DefaultStreamBufferBytes   = 16 << 20
-	DefaultServedEvidenceBytes = 64 << 20
+	DefaultServedEvidenceBytes = 128 << 20
 	DefaultLogLevel            = "info"
 	DefaultLogFormat           = "json"
 	// DefaultTlogThreshold and DefaultTimestampThreshold require one

@@ -278,7 +278,7 @@ type Limits struct {
 	StreamBufferBytes ByteSize `yaml:"stream_buffer_bytes"`
 	// ServedEvidenceBytes bounds what a manifest served unsigned as
 	// evidence (a signature, attestation or SBOM of an allowed digest) may
-	// declare in its config and layers together (default 64MiB); above
+	// declare in its config and layers together (default 128MiB); above
 	// it the manifest is decided on its own, as content.
 	ServedEvidenceBytes ByteSize `yaml:"served_evidence_bytes"`
 	// WatchConcurrency bounds the watch runs going at once (default 2).

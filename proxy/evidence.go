@@ -52,9 +52,10 @@ const (
 	evidenceMemoryTTL  = 10 * time.Minute
 
 	// DefaultServedEvidenceBytes is the default of WithServedEvidenceBytes:
-	// far above a signature, an attestation or the SBOM of a large image,
-	// far below a model's weights.
-	DefaultServedEvidenceBytes = 64 << 20
+	// cosign's own default bound on an attachment it reads
+	// (COSIGN_MAX_ATTACHMENT_SIZE, 128 MiB), so that no evidence cosign
+	// would read is refused; far below a model's weights.
+	DefaultServedEvidenceBytes = 128 << 20
 )
 
 // WithServedEvidenceBytes bounds what a manifest served as evidence may
