@@ -228,7 +228,8 @@ func TestEvidenceMustNotPass(t *testing.T) {
 	t.Run("signature of a denied subject", func(t *testing.T) {
 		bad := reg.pushImage(t, repo, "rogue")
 		signLegacy(t, reg, repo, bad.digest, rogue)
-		denied(t, manifestPath(repo, sigTag(bad.digest, ".sig")), "evidence of "+bad.digest.String()+", which is denied")
+		// The subject's own reasons come with it.
+		denied(t, manifestPath(repo, sigTag(bad.digest, ".sig")), "evidence of "+bad.digest.String()+", which is denied: cosign-legacy sig[0]: signature does not verify with any key of authority")
 		_, _, layer := reg.legacySig(t, repo, bad.digest)
 		if w := do(p, http.MethodGet, blobPath(repo, layer)); w.Code != http.StatusForbidden {
 			t.Errorf("its layer = %d, want 403", w.Code)
