@@ -67,10 +67,10 @@ func TestEvidenceBudgetDenialThroughTheProxy(t *testing.T) {
 	}
 }
 
-// pushDeclared pushes, by digest, a manifest shaped as evidence of subject
-// (a bundle's artifact type, in-toto layers) whose config and layers
-// declare the sizes given: the proxy decides on what a manifest declares,
-// so the blobs need not exist.
+// pushDeclared pushes, under tag ("" by digest only), a manifest shaped
+// as evidence of subject (a bundle's artifact type, in-toto layers) whose
+// config and layers declare the sizes given: the proxy decides on what a
+// manifest declares, so the blobs need not exist.
 func pushDeclared(t *testing.T, reg *upstreamRegistry, repo, tag string, subject v1.Descriptor, configSize int64, layerSizes ...int64) v1.Hash {
 	t.Helper()
 	var layers []v1.Descriptor
