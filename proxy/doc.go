@@ -64,9 +64,13 @@
 // verified as content and never vouches for anything: a fallback index
 // served as evidence covers none of its children. Media types say nothing
 // of the bytes under them, so evidence is served only when fetched by
-// digest or by cosign's tags (never under a tag a loader pulls) and only
-// up to a bound on what its config and layers declare
-// (WithServedEvidenceBytes); otherwise the manifest keeps its own verdict. Referrers listings are
+// digest or by cosign's tags (never under a tag a loader pulls), only up
+// to a bound on what its config and layers declare
+// (WithServedEvidenceBytes), and only once its blobs, read from the
+// upstream and checked against their digests, parse strictly as the
+// formats their media types name (checkEvidenceShape): a model file under
+// an evidence label is not evidence. Otherwise the manifest keeps its own
+// verdict. Referrers listings are
 // re-encoded from a strict parse of the upstream's API answer or, where
 // the upstream has no API, of its fallback index, and filtered here by
 // artifactType whatever the upstream claims. Verification summaries

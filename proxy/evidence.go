@@ -50,6 +50,9 @@ const (
 	// evidenceMemorySize bounds the digests remembered as evidence.
 	evidenceMemorySize = 100_000
 	evidenceMemoryTTL  = 10 * time.Minute
+	// evidenceShapeTTL is how long the outcome of checking a manifest's
+	// evidence bytes is kept: it is the bytes', which never change.
+	evidenceShapeTTL = time.Hour
 
 	// DefaultServedEvidenceBytes is the default of WithServedEvidenceBytes:
 	// cosign's own default bound on an attachment it reads
@@ -99,7 +102,7 @@ func declaredBytes(pm *parsedManifest) int64 {
 func (p *Proxy) tooLargeEvidence(d *manifestDecision, subject v1.Hash, n int64) {
 	limit := p.opts.servedEvidenceBytes
 	reason := fmt.Sprintf("evidence of %s is served only up to %d bytes (limits.served_evidence_bytes), and this manifest's config and layers declare %d", subject, limit, n)
-	p.evidenceTooLarge.add(evidenceKey(d), reason)
+	p.evidenceRefused.add(evidenceKey(d), reason)
 	p.metrics.limitExceeded.WithLabelValues(limitServedEvidence).Inc()
 	p.log.Warn("manifest shaped as evidence declares more bytes than evidence is served with",
 		zap.String("upstream", d.mr.u.name), zap.String("repository", d.mr.repo), zap.String("digest", d.digest),
@@ -232,10 +235,24 @@ func (p *Proxy) evidenceOf(ctx context.Context, d *manifestDecision, req apiRequ
 	if !ok {
 		return false, nil
 	}
-	// Before the subject is decided: the size alone refuses it.
+	// Before the subject is decided: the size alone refuses it, then
+	// the bytes.
 	if n := declaredBytes(pm); !pm.index && n > p.opts.servedEvidenceBytes {
 		p.tooLargeEvidence(d, subject, n)
 		return false, nil
+	}
+	if !pm.index {
+		why, err := p.evidenceShape(ctx, d, pm)
+		if err != nil {
+			// Undecided: remembered, so that the next pull by digest
+			// checks it again rather than keep a denial of it as content.
+			p.evidence.add(evidenceKey(d), subject)
+			return false, err
+		}
+		if why != "" {
+			p.evidenceRefused.add(evidenceKey(d), fmt.Sprintf("evidence of %s is served only when its blobs are documents of the formats their media types name, and %s", subject, why))
+			return false, nil
+		}
 	}
 	sv, err := p.subjectVerdict(ctx, d.mr, subject)
 	if err != nil {
@@ -332,4 +349,64 @@ func (p *Proxy) subjectVerdict(ctx context.Context, mr manifestReq, subject v1.H
 		return verify.Verdict{}, errors.New("no verdict")
 	}
 	return sd.verdict, nil
+}
+
+// emptyJSONDigest is the digest of {}, the OCI empty descriptor's content
+// and nearly every artifact's config: known without a fetch.
+var emptyJSONDigest = v1.Hash{Algorithm: "sha256", Hex: "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}
+
+// evidenceShape checks that the config and layers of pm, a manifest about
+// to be served as evidence, are documents of the formats their media types
+// name (checkEvidenceShape): it returns why not, or "" when they are.
+// The blobs are fetched from d's upstream, checked against their digests
+// and bounded by their declared sizes (WithServedEvidenceBytes bounds
+// their sum, and the bytes held at once by every check together); the
+// outcome is kept per manifest digest. A blob that cannot be fetched is an
+// error: nothing is served as evidence unchecked.
+func (p *Proxy) evidenceShape(ctx context.Context, d *manifestDecision, pm *parsedManifest) (string, error) {
+	if why, ok := p.evidenceShapes.get(d.digest); ok {
+		return why, nil
+	}
+	type blob struct {
+		ref    blobRef
+		mt     string
+		config bool
+	}
+	blobs := []blob{{pm.config, pm.configType, true}}
+	for i, l := range pm.layers {
+		blobs = append(blobs, blob{l, pm.layerTypes[i], false})
+	}
+	n := min(declaredBytes(pm), p.opts.servedEvidenceBytes)
+	if err := p.shapeBytes.Acquire(ctx, n); err != nil {
+		return "", clientGone(ctx)
+	}
+	defer p.shapeBytes.Release(n)
+	why := ""
+	for _, b := range blobs {
+		var raw []byte
+		if b.ref.digest == emptyJSONDigest && b.ref.size == 2 {
+			raw = []byte("{}")
+		} else {
+			var err error
+			if raw, err = d.mr.u.client.Blob(ctx, d.mr.repo, b.ref.digest, b.ref.size); err != nil {
+				return "", p.upstreamFailure(ctx, d.mr.u, err, CodeBlobUnknown, "evidence blob")
+			}
+		}
+		if err := checkEvidenceShape(b.mt, b.config, raw); err != nil {
+			what := "layer"
+			if b.config {
+				what = "config"
+			}
+			why = fmt.Sprintf("its %s %s is not a document of %s: %v", what, b.ref.digest, b.mt, err)
+			break
+		}
+	}
+	if why != "" {
+		p.metrics.evidenceMisshapen.Inc()
+		p.log.Warn("manifest shaped as evidence holds a blob that is not evidence of its media type",
+			zap.String("upstream", d.mr.u.name), zap.String("repository", d.mr.repo), zap.String("digest", d.digest),
+			zap.String("reason", why))
+	}
+	p.evidenceShapes.add(d.digest, why)
+	return why, nil
 }

@@ -276,7 +276,7 @@ func TestEvidenceMustNotPass(t *testing.T) {
 
 	t.Run("a tag and a subject that disagree", func(t *testing.T) {
 		unsigned := reg.pushImage(t, repo, "unsigned")
-		a := reg.pushArtifact(t, repo, sigTag(unsigned.digest, ".sig"), "", fixtures.MediaTypeSimpleSigning, []byte("{}"), &imgDesc)
+		a := reg.pushArtifact(t, repo, sigTag(unsigned.digest, ".sig"), "", fixtures.MediaTypeSimpleSigning, []byte(shapeSimpleSigning), &imgDesc)
 		denied(t, manifestPath(repo, sigTag(unsigned.digest, ".sig")), "")
 		if d := lastDecision(t, p, a.digest); d.EvidenceOf != "" {
 			t.Errorf("decision = %+v, want no evidence", d)
@@ -287,7 +287,7 @@ func TestEvidenceMustNotPass(t *testing.T) {
 		// Evidence by its type, tagged for an unsigned image but naming
 		// the allowed one as its subject: it is evidence of neither.
 		unsigned := reg.pushImage(t, repo, "unsigned-bundle")
-		a := reg.pushArtifact(t, repo, sigTag(unsigned.digest, ".att"), fixtures.MediaTypeBundleV03, fixtures.MediaTypeBundleV03, []byte("{}"), &imgDesc)
+		a := reg.pushArtifact(t, repo, sigTag(unsigned.digest, ".att"), fixtures.MediaTypeBundleV03, fixtures.MediaTypeBundleV03, []byte(shapeBundle), &imgDesc)
 		denied(t, manifestPath(repo, sigTag(unsigned.digest, ".att")), "")
 		if d := lastDecision(t, p, a.digest); d.EvidenceOf != "" {
 			t.Errorf("decision = %+v, want no evidence", d)
@@ -296,12 +296,13 @@ func TestEvidenceMustNotPass(t *testing.T) {
 
 	t.Run("evidence under an ordinary tag", func(t *testing.T) {
 		// Someone who can push moves a tag a loader pulls to a manifest
-		// shaped as evidence of the allowed image: any bytes under an
-		// evidence media type, titled as a model file, which oras pull
-		// would write out. Neither resolving nor fetching the tag may
-		// serve it; only a verifier's request for evidence may, by its
-		// digest or by cosign's tags.
-		a := reg.pushArtifact(t, repo, "weights", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, []byte("poisoned weights"), &imgDesc)
+		// shaped as evidence of the allowed image, which oras pull would
+		// write out. Neither resolving nor fetching the tag may serve it;
+		// only a verifier's request for evidence may, by its digest or by
+		// cosign's tags. (Its layer is a well-formed statement, so that
+		// only the tag rule is tested: other bytes are refused however
+		// they are asked for, see TestEvidenceShapeThroughTheProxy.)
+		a := reg.pushArtifact(t, repo, "weights", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, []byte(shapeStatement), &imgDesc)
 		denied(t, manifestPath(repo, "weights"), "evidence of "+img.digest.String()+" is served only when fetched by digest or by cosign's tags")
 		if w := do(p, http.MethodHead, manifestPath(repo, "weights")); w.Code != http.StatusForbidden {
 			t.Errorf("HEAD by the tag = %d, want 403", w.Code)
@@ -331,7 +332,7 @@ func TestEvidenceMustNotPass(t *testing.T) {
 		// As oras and containerd pull: HEAD by tag, then GET by digest.
 		// The HEAD must not resolve the tag to what it would then serve
 		// as evidence.
-		a := reg.pushArtifact(t, repo, "weights-head", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, []byte("more poisoned weights"), &imgDesc)
+		a := reg.pushArtifact(t, repo, "weights-head", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, statementOfSize(t, 400), &imgDesc)
 		if w := do(p, http.MethodHead, manifestPath(repo, "weights-head")); w.Code != http.StatusForbidden {
 			t.Fatalf("HEAD by the tag = %d, want 403 (digest %s)", w.Code, w.Header().Get("Docker-Content-Digest"))
 		}

@@ -185,18 +185,24 @@ func TestServedEvidenceBytes(t *testing.T) {
 	})
 
 	t.Run("the bound is inclusive", func(t *testing.T) {
-		// Empty blobs count for nothing.
-		d := pushDeclared(t, reg, repo, "", imgDesc, 0, 0, 302, 700)
+		// Real statements (the bytes are checked too): {} and two layers.
+		a := reg.pushArtifact(t, repo, "", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, statementOfSize(t, 1000), &imgDesc)
 		at := newProxy(t, WithServedEvidenceBytes(1002))
-		if w := do(at, http.MethodGet, manifestPath(repo, d.String())); w.Code != http.StatusOK {
+		if w := do(at, http.MethodGet, manifestPath(repo, a.digest.String())); w.Code != http.StatusOK {
 			t.Fatalf("at the bound = %d, want 200 as evidence: %s", w.Code, w.Body)
 		}
-		if got := lastDecision(t, at, d); got.EvidenceOf != img.digest.String() {
+		if got := lastDecision(t, at, a.digest); got.EvidenceOf != img.digest.String() {
 			t.Errorf("at the bound: decision = %+v, want evidence of the image", got)
 		}
 		below := newProxy(t, WithServedEvidenceBytes(1001))
-		denied(t, below, http.MethodGet, d.String(), "declare 1002")
-		saysWhy(t, below, d)
+		denied(t, below, http.MethodGet, a.digest.String(), "declare 1002")
+		saysWhy(t, below, a.digest)
+	})
+
+	t.Run("an empty layer is refused for its bytes, not its size", func(t *testing.T) {
+		p := newProxy(t)
+		a := reg.pushArtifact(t, repo, "", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, nil, &imgDesc)
+		denied(t, p, http.MethodGet, a.digest.String(), "is not a document of "+fixtures.MediaTypeInToto+": not a JSON object")
 	})
 
 	t.Run("signed on its own, it is served as content", func(t *testing.T) {
@@ -223,4 +229,15 @@ func TestServedEvidenceBytes(t *testing.T) {
 			t.Errorf("WithServedEvidenceBytes(1) = %v, %d", err, o.servedEvidenceBytes)
 		}
 	})
+}
+
+// statementOfSize is an in-toto statement about nothing, padded with
+// spaces to exactly n bytes.
+func statementOfSize(t *testing.T, n int) []byte {
+	t.Helper()
+	b := []byte(shapeStatement)
+	if len(b) > n {
+		t.Fatalf("a statement takes %d bytes, more than %d", len(b), n)
+	}
+	return append(b, strings.Repeat(" ", n-len(b))...)
 }

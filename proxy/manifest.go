@@ -195,8 +195,8 @@ func (p *Proxy) decideManifest(ctx context.Context, d *manifestDecision, req api
 		return nil
 	}
 	// Refused as evidence for its size, now or before: say so.
-	if p.evidenceTooLarge.c.Len() > 0 {
-		if why, ok := p.evidenceTooLarge.get(evidenceKey(d)); ok {
+	if p.evidenceRefused.c.Len() > 0 {
+		if why, ok := p.evidenceRefused.get(evidenceKey(d)); ok {
 			d.verdict.Reasons = append(slices.Clip(d.verdict.Reasons), why)
 		}
 	}

@@ -33,6 +33,7 @@ type metrics struct {
 	streamsEvicted     prometheus.Counter
 	streamBufLimited   prometheus.Counter
 	limitExceeded      *prometheus.CounterVec
+	evidenceMisshapen  prometheus.Counter
 	signatureLayers    *prometheus.CounterVec
 	evidenceTags       *prometheus.CounterVec
 	referrers          *prometheus.CounterVec
@@ -205,6 +206,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "portcullis_limit_exceeded_total",
 			Help: "Verifications denied because a limit on the evidence they may read was reached, by limit (evidence_bytes, evidence_items), and manifests shaped as evidence not served as such for what they declare (served_evidence_bytes).",
 		}, []string{"limit"}),
+		evidenceMisshapen: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portcullis_evidence_misshapen_total",
+			Help: "Manifests shaped as evidence not served as such because a blob of theirs is not a document of the format its media type names (checked once per manifest digest).",
+		}),
 		signatureLayers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "portcullis_signature_layer_predictions_total",
 			Help: "cosign simple-signing layers of .sig tags that verifications opened, by whether their payload was predicted from the upstream's names (hit: no upstream request for it) or not (miss: read from the upstream; signed under a name the upstream's aliases do not list, or with annotations).",
@@ -230,7 +235,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.requests, m.duration, m.decisions, m.verificationErrors, m.upstreamErrors,
 		m.blobBytes, m.verdictCache, m.verifications, m.drift, m.refreshes, m.revocationHits, m.lineageDeps,
 		m.verifyRunning, m.verifyQueued, m.verifyRejected,
-		m.clientConns, m.clientConnsLimited, m.clientStalled, m.sendfileBytes, m.streamsEvicted, m.streamBufLimited, m.limitExceeded,
+		m.clientConns, m.clientConnsLimited, m.clientStalled, m.sendfileBytes, m.streamsEvicted, m.streamBufLimited, m.limitExceeded, m.evidenceMisshapen,
 		m.signatureLayers, m.evidenceTags, m.referrers, m.authFailures,
 	} {
 		if err := reg.Register(c); err != nil {

@@ -21,8 +21,11 @@ type parsedManifest struct {
 	index        bool
 	artifactType string
 	config       blobRef
-	layers       []blobRef
-	children     []v1.Hash
+	// configType is the config's media type, which evidence's bytes are
+	// checked against (see checkEvidenceShape).
+	configType string
+	layers     []blobRef
+	children   []v1.Hash
 	// layerTypes are the layers' media types, in order; evidence is told
 	// apart from content by them (see evidence.go).
 	layerTypes []string
@@ -127,6 +130,7 @@ func parseManifest(contentType types.MediaType, b []byte) (*parsedManifest, erro
 			return nil, fmt.Errorf("config: %w", err)
 		}
 		pm.config = blobRef{h, mj.Config.Size}
+		pm.configType = mj.Config.MediaType
 		if pm.artifactType == "" {
 			pm.artifactType = mj.Config.MediaType
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 )
 
 // Bounds of the in-memory indexes the proxy keeps.
@@ -87,9 +88,16 @@ type Proxy struct {
 	// about, for a later fetch of it by digest (cosign's tags name the
 	// subject; the manifest behind them need not).
 	evidence *ttlCache[string, v1.Hash]
-	// evidenceTooLarge remembers why manifests shaped as evidence were
-	// refused as such for their size (see WithServedEvidenceBytes).
-	evidenceTooLarge *ttlCache[string, string]
+	// evidenceRefused remembers why manifests shaped as evidence were
+	// refused as such, for their size (see WithServedEvidenceBytes) or
+	// their bytes (checkEvidenceShape).
+	evidenceRefused *ttlCache[string, string]
+	// evidenceShapes holds, per manifest digest, the outcome of checking
+	// its blobs against their media types ("" when they are evidence):
+	// the blobs are content-addressed, so the outcome is the bytes'.
+	evidenceShapes *ttlCache[string, string]
+	// shapeBytes bounds the evidence bytes held at once for checking.
+	shapeBytes *semaphore.Weighted
 	// clientAuth and adminTokens start as the options say and are
 	// replaced by SetClientAuth.
 	clientAuth  atomic.Pointer[ClientAuth]
@@ -137,10 +145,11 @@ func New(upstreams []Upstream, v Verifier, opts ...Option) (*Proxy, error) {
 		blobsKept: newTTLCache[string, uint64](blobAllowSize, blobAllowTTL/10),
 		streams:   newStreamTable(),
 		evidence:  newTTLCache[string, v1.Hash](evidenceMemorySize, evidenceMemoryTTL),
-		// Only manifests refused as evidence for their size, so that a
-		// denial answered from the verdict cache, without the bytes,
-		// still says why.
-		evidenceTooLarge: newTTLCache[string, string](evidenceMemorySize/10, evidenceMemoryTTL),
+		// Only manifests refused as evidence, so that a denial answered
+		// from the verdict cache, without the bytes, still says why.
+		evidenceRefused: newTTLCache[string, string](evidenceMemorySize/10, evidenceMemoryTTL),
+		evidenceShapes:  newTTLCache[string, string](evidenceMemorySize, evidenceShapeTTL),
+		shapeBytes:      semaphore.NewWeighted(o.servedEvidenceBytes),
 	}
 	// The blobs' clock, which tests may replace, is the one both expire by.
 	p.blobsKept.now = func() time.Time { return p.blobs.now() }

@@ -233,19 +233,24 @@ must "crane copy (mirror signed)" crane copy "$DIST/e2e/signed-v2@${D[dist_v2]}"
 must "crane copy (mirror unsigned)" crane copy "$DIST/e2e/unsigned@${D[dist_unsigned]}" "$OLA/mirror/e2e/unsigned:v1"
 sbom sbom_ola ola_v3 "$OLA" e2e/signed-v3
 sbom sbom_unsigned dist_unsigned "$DIST" e2e/unsigned
-# A manifest shaped as evidence of a signed image (any bytes under an
-# evidence media type, titled as a model file), under a tag a loader pulls:
-# what someone who can push would move a tag to.
-mkdir -p "$work/evtag" && echo "poisoned weights $RUN" > "$work/evtag/weights.bin"
+# A manifest shaped as evidence of a signed image (an in-toto statement,
+# titled as a model file), under a tag a loader pulls: what someone who can
+# push would move a tag to.
+mkdir -p "$work/evtag" && echo "{\"_type\":\"https://in-toto.io/Statement/v1\",\"predicateType\":\"https://example.com/$RUN\"}" > "$work/evtag/weights.bin"
 D[ev_tagged]=$(cd "$work/evtag" && oras attach --plain-http --artifact-type application/vnd.in-toto+json --format go-template --template '{{.digest}}' \
   "$DIST/e2e/signed-v2@${D[dist_v2]}" weights.bin:application/vnd.in-toto+json 2>"$work/must.out") || { show "$work/must.out" >&2; die "oras attach of the evidence-shaped weights failed"; }
 must "oras tag of the evidence-shaped weights" oras tag --plain-http "$DIST/e2e/signed-v2@${D[ev_tagged]}" weights
+# The same with bytes that are no in-toto statement, for a loader pinned to
+# its digest.
+mkdir -p "$work/evsmall" && echo "poisoned weights $RUN" > "$work/evsmall/weights.bin"
+D[ev_small]=$(cd "$work/evsmall" && oras attach --plain-http --artifact-type application/vnd.in-toto+json --format go-template --template '{{.digest}}' \
+  "$DIST/e2e/signed-v2@${D[dist_v2]}" weights.bin:application/vnd.in-toto+json 2>"$work/must.out") || { show "$work/must.out" >&2; die "oras attach of the small evidence-shaped weights failed"; }
 # The same, larger than limits.served_evidence_bytes (1MiB here), for a
 # loader pinned to its digest.
 mkdir -p "$work/evbig" && head -c $((2 << 20)) /dev/urandom > "$work/evbig/weights.bin"
 D[ev_big]=$(cd "$work/evbig" && oras attach --plain-http --artifact-type application/vnd.in-toto+json --format go-template --template '{{.digest}}' \
   "$DIST/e2e/signed-v2@${D[dist_v2]}" weights.bin:application/vnd.in-toto+json 2>"$work/must.out") || { show "$work/must.out" >&2; die "oras attach of the large evidence-shaped weights failed"; }
-for k in sbom_dist sbom_ola sbom_unsigned ev_tagged ev_big dist_v2 dist_v3 ola_v3 ola_v2 dist_unsigned dist_rogue pair_both pair_one corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
+for k in sbom_dist sbom_ola sbom_unsigned ev_tagged ev_small ev_big dist_v2 dist_v3 ola_v3 ola_v2 dist_unsigned dist_rogue pair_both pair_one corpus poisoned llm llm_poisoned llm_legacy; do printf '  %-14s %s\n' "$k" "${D[$k]}"; done
 
 phase "starting the alert receiver"
 # A webhook receiver for portcullis's alerts: appends each POST body to a
@@ -464,6 +469,12 @@ expect_denied "oras pull by digest of a manifest shaped as evidence of a signed 
   "evidence of ${D[dist_v2]} is served only up to 1048576 bytes (limits.served_evidence_bytes)" \
   oras pull --plain-http -o "$work/ev-pull" "$P_DIST/e2e/signed-v2@${D[ev_big]}"
 if [ -e "$work/ev-pull/weights.bin" ]; then bad "oras pull by digest wrote the large evidence-shaped weights"; fi
+# Within that bound, only when its bytes are evidence: the small "weights"
+# under an in-toto media type are no in-toto statement.
+expect_denied "oras pull by digest of a manifest shaped as evidence of a signed image whose layer is not an in-toto statement" \
+  "evidence of ${D[dist_v2]} is served only when its blobs are documents of the formats their media types name" \
+  oras pull --plain-http -o "$work/ev-pull" "$P_DIST/e2e/signed-v2@${D[ev_small]}"
+if [ -e "$work/ev-pull/weights.bin" ]; then bad "oras pull by digest wrote the small evidence-shaped weights"; fi
 
 phase "models and lineage (oras)"
 rm -rf "$work/pull" && mkdir -p "$work/pull"
