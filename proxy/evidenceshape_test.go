@@ -374,3 +374,35 @@ func pushWithConfig(t *testing.T, reg *upstreamRegistry, repo, configType string
 	}
 	return reg.putRaw(t, repo, "", raw)
 }
+
+// FuzzCheckEvidenceShape: whatever the bytes, the check returns (never
+// panics), and what it lets through under a JSON media type is one JSON
+// object, so no other payload rides along behind a document.
+func FuzzCheckEvidenceShape(f *testing.F) {
+	for _, s := range []string{shapeStatement, shapeDSSE, shapeBundle, shapeSimpleSigning, shapeSPDX, shapeCycloneDX,
+		shapeCycloneDXXML, shapeSyft, shapeOpenVEX, shapeJWS, shapeSPDXTagValue, shapeImageConfig, shapeTokenizer, shapeWeights, "{}"} {
+		f.Add(s, uint8(0))
+	}
+	types := []string{fixtures.MediaTypeInToto, fixtures.MediaTypeDSSE, fixtures.MediaTypeBundleV03, fixtures.MediaTypeSimpleSigning,
+		"application/spdx+json", "text/spdx", "application/vnd.cyclonedx+json", "application/vnd.cyclonedx+xml", "application/vnd.cyclonedx",
+		"application/vnd.syft+json", "application/vnd.openvex+json", fixtures.MediaTypeNotationJWS, fixtures.MediaTypeNotationCOSE}
+	f.Fuzz(func(t *testing.T, b string, which uint8) {
+		config := which&0x80 != 0
+		mt := types[int(which&0x7f)%len(types)]
+		if config {
+			mt = fixtures.MediaTypeEmpty
+		}
+		if checkEvidenceShape(mt, config, []byte(b)) != nil {
+			return
+		}
+		if strings.HasSuffix(mt, "json") {
+			var m map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(b), &m); err != nil || m == nil {
+				t.Fatalf("%q passed as %s but is not one JSON object: %v", b, mt, err)
+			}
+			if config && len(m) != 0 {
+				t.Fatalf("%q passed as an empty config", b)
+			}
+		}
+	})
+}
