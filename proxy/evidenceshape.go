@@ -39,7 +39,7 @@ var (
 	cycloneDXKeys = formatKeys("bomFormat", "specVersion", "serialNumber", "version", "metadata", "components",
 		"services", "externalReferences", "dependencies", "compositions", "properties", "vulnerabilities",
 		"annotations", "formulation", "declarations", "definitions", "signature", "$schema")
-	syftKeys    = formatKeys("artifacts", "artifactRelationships", "files", "source", "distro", "descriptor", "schema")
+	syftKeys    = formatKeys("artifacts", "artifactRelationships", "files", "secrets", "source", "distro", "descriptor", "schema")
 	openVEXKeys = formatKeys("@context", "@id", "author", "role", "timestamp", "last_updated", "version", "tooling", "statements")
 	// An OCI image configuration, which cosign's .sig and .att manifests
 	// and images carry.

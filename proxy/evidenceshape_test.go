@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -405,4 +407,70 @@ func FuzzCheckEvidenceShape(f *testing.F) {
 			}
 		}
 	})
+}
+
+// holdBlob is a transport that holds the GET of one blob until released.
+type holdBlob struct {
+	rt      http.RoundTripper
+	path    string
+	started chan struct{}
+	release chan struct{}
+	others  atomic.Int64 // GETs of the other blob watched
+	other   string
+}
+
+func (h *holdBlob) RoundTrip(r *http.Request) (*http.Response, error) {
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == h.path:
+		close(h.started)
+		<-h.release
+	case r.Method == http.MethodGet && r.URL.Path == h.other:
+		h.others.Add(1)
+	}
+	return h.rt.RoundTrip(r)
+}
+
+// TestEvidenceShapeChecksShareTheBound: the bytes read to check evidence
+// are bounded all together by limits.served_evidence_bytes, so a flood of
+// evidence fetched by digest holds no more than that; a check that does
+// not fit waits for the one in progress.
+func TestEvidenceShapeChecksShareTheBound(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	k := newKey(t)
+	const repo = "acme/app"
+	img := reg.pushImage(t, repo, "v1")
+	reg.sign(t, repo, img.digest, k)
+	imgDesc := reg.describe(t, repo, img.digest)
+	// Two manifests of {} and 600 bytes each: one fits in 1000, two do not.
+	a := reg.pushArtifact(t, repo, "", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, statementOfSize(t, 600), &imgDesc)
+	bContent := append([]byte(strings.Replace(shapeStatement, `"name":"x"`, `"name":"y"`, 1)), strings.Repeat(" ", 600-len(shapeStatement))...)
+	b := reg.pushArtifact(t, repo, "", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, bContent, &imgDesc)
+	hold := &holdBlob{
+		rt: http.DefaultTransport, path: "/v2/" + repo + "/blobs/" + a.layer.String(), started: make(chan struct{}), release: make(chan struct{}),
+		other: "/v2/" + repo + "/blobs/" + b.layer.String(),
+	}
+	p, _ := newTestProxy(t, reg.srv.URL, newEngineSpy(t, evidencePolicy(k)), WithVerdictCache(newMapVerdicts()), WithServedEvidenceBytes(1000), WithTransport(hold))
+	if w := do(p, http.MethodGet, manifestPath(repo, "v1")); w.Code != http.StatusOK {
+		t.Fatalf("signed image = %d: %s", w.Code, w.Body)
+	}
+	codes := make(chan int, 2)
+	go func() { codes <- do(p, http.MethodGet, manifestPath(repo, a.digest.String())).Code }()
+	<-hold.started
+	go func() { codes <- do(p, http.MethodGet, manifestPath(repo, b.digest.String())).Code }()
+	// Absence cannot be awaited: a while is given for the second check to
+	// read its blob, which it may only do once the first is done.
+	time.Sleep(200 * time.Millisecond)
+	if n := hold.others.Load(); n != 0 {
+		t.Fatalf("the second check read its blob while the first held the bound (%d GETs)", n)
+	}
+	close(hold.release)
+	for range 2 {
+		if c := <-codes; c != http.StatusOK {
+			t.Errorf("evidence by digest = %d, want 200", c)
+		}
+	}
+	if n := hold.others.Load(); n != 1 {
+		t.Errorf("the second check read its blob %d times, want once", n)
+	}
 }
