@@ -270,7 +270,9 @@ func TestEvidenceMustNotPass(t *testing.T) {
 	})
 
 	t.Run("a model type over signature layers", func(t *testing.T) {
-		a := reg.pushArtifact(t, repo, "", fixtures.MediaTypeModelManifest, fixtures.MediaTypeSimpleSigning, []byte("{}"), &imgDesc)
+		// A signature's layer, well-formed: only the declared type makes
+		// it not evidence.
+		a := reg.pushArtifact(t, repo, "", fixtures.MediaTypeModelManifest, fixtures.MediaTypeSimpleSigning, []byte(shapeSimpleSigning), &imgDesc)
 		denied(t, manifestPath(repo, a.digest.String()), "no signatures found")
 	})
 

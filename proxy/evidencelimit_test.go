@@ -205,6 +205,12 @@ func TestServedEvidenceBytes(t *testing.T) {
 		denied(t, p, http.MethodGet, a.digest.String(), "is not a document of "+fixtures.MediaTypeInToto+": not a JSON object")
 	})
 
+	t.Run("an empty config is refused for its bytes, not its size", func(t *testing.T) {
+		p := newProxy(t)
+		d := pushWithConfig(t, reg, repo, fixtures.MediaTypeEmpty, nil, fixtures.MediaTypeInToto, []byte(shapeStatement), imgDesc)
+		denied(t, p, http.MethodGet, d.String(), "its config "+sha(nil).String()+" is not a document of "+fixtures.MediaTypeEmpty)
+	})
+
 	t.Run("signed on its own, it is served as content", func(t *testing.T) {
 		p := newProxy(t)
 		d := pushDeclared(t, reg, repo, "", imgDesc, 2, 2<<30)

@@ -277,6 +277,21 @@ func TestEvidenceShapeThroughTheProxy(t *testing.T) {
 		denied(t, p, http.MethodGet, a.digest.String(), "no evidence format is known for this media type")
 	})
 
+	t.Run("a well-formed layer of a type not listed as evidence", func(t *testing.T) {
+		// The bytes would pass; the operator's list is what leaves them
+		// out, and nothing of them is read.
+		p, s := newProxy(t, WithEvidenceTypes([]string{"application/vnd.dev.sigstore.bundle*"}))
+		a := reg.pushArtifact(t, repo, "", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, []byte(shapeStatement), &imgDesc)
+		before := s.count()
+		w := do(p, http.MethodGet, manifestPath(repo, a.digest.String()))
+		if w.Code != http.StatusForbidden || strings.Contains(w.Body.String(), refused) {
+			t.Fatalf("by digest = %d, want 403 as content, not as misshapen evidence: %s", w.Code, w.Body)
+		}
+		if n := blobGets(s, before, a.layer); n != 0 {
+			t.Errorf("its layer was read %d times, want none", n)
+		}
+	})
+
 	t.Run("a layer the upstream does not have", func(t *testing.T) {
 		// Not served, and not decided either: an upstream that cannot
 		// produce the bytes is a failure, and the next pull checks again.
