@@ -97,37 +97,21 @@ func pushDeclared(t *testing.T, reg *upstreamRegistry, repo, tag string, subject
 // evidence still is.
 func TestServedEvidenceBytes(t *testing.T) {
 	t.Parallel()
-	reg := newRegistry(t)
-	k := newKey(t)
-	const repo = "acme/app"
-	img := reg.pushImage(t, repo, "v1")
-	reg.sign(t, repo, img.digest, k)
-	imgDesc := reg.describe(t, repo, img.digest)
+	e := newEvidenceEnv(t)
+	reg, k, img, imgDesc := e.reg, e.k, e.img, e.imgDesc
+	const repo = evidenceRepo
 	tooLarge := "evidence of " + img.digest.String() + " is served only up to"
-
 	newProxy := func(t *testing.T, opts ...Option) *Proxy {
-		p, _ := newTestProxy(t, reg.srv.URL, newEngineSpy(t, evidencePolicy(k)), append([]Option{WithVerdictCache(newMapVerdicts())}, opts...)...)
-		if w := do(p, http.MethodGet, manifestPath(repo, "v1")); w.Code != http.StatusOK {
-			t.Fatalf("signed image = %d: %s", w.Code, w.Body)
-		}
+		p, _ := e.proxy(t, opts...)
 		return p
 	}
 	denied := func(t *testing.T, p *Proxy, method, ref, want string) {
 		t.Helper()
-		w := do(p, method, manifestPath(repo, ref))
-		if w.Code != http.StatusForbidden {
-			t.Fatalf("%s %s = %d, want 403: %s", method, ref, w.Code, w.Body)
-		}
-		if method == http.MethodGet && !strings.Contains(w.Body.String(), want) {
-			t.Errorf("%s denied with %s, want %q", ref, w.Body, want)
-		}
+		e.denied(t, p, method, ref, want)
 	}
 	saysWhy := func(t *testing.T, p *Proxy, d v1.Hash) {
 		t.Helper()
-		got := lastDecision(t, p, d)
-		if got.EvidenceOf != "" || got.Decision != "deny" || !slices.ContainsFunc(got.Reasons, func(r string) bool { return strings.Contains(r, tooLarge) }) {
-			t.Errorf("decision = %+v, want a denial that is not evidence and says why", got)
-		}
+		e.notEvidence(t, p, d, tooLarge)
 	}
 
 	t.Run("weights dressed as evidence, by digest", func(t *testing.T) {
@@ -246,4 +230,61 @@ func statementOfSize(t *testing.T, n int) []byte {
 		t.Fatalf("a statement takes %d bytes, more than %d", len(b), n)
 	}
 	return append(b, strings.Repeat(" ", n-len(b))...)
+}
+
+// evidenceRepo is where evidenceEnv's image and its evidence are.
+const evidenceRepo = "acme/app"
+
+// evidenceEnv is a registry holding a signed image in evidenceRepo, and
+// the key that signed it.
+type evidenceEnv struct {
+	reg     *upstreamRegistry
+	k       *fixtures.KeySigner
+	img     pushed
+	imgDesc v1.Descriptor
+}
+
+func newEvidenceEnv(t *testing.T) *evidenceEnv {
+	t.Helper()
+	e := &evidenceEnv{reg: newRegistry(t), k: newKey(t)}
+	e.img = e.reg.pushImage(t, evidenceRepo, "v1")
+	e.reg.sign(t, evidenceRepo, e.img.digest, e.k)
+	e.imgDesc = e.reg.describe(t, evidenceRepo, e.img.digest)
+	return e
+}
+
+// proxy is a proxy whose policy allows the image (which it has served)
+// and serves its evidence.
+func (e *evidenceEnv) proxy(t *testing.T, opts ...Option) (*Proxy, *spy) {
+	t.Helper()
+	p, s := newTestProxy(t, e.reg.srv.URL, newEngineSpy(t, evidencePolicy(e.k)), append([]Option{WithVerdictCache(newMapVerdicts())}, opts...)...)
+	if w := do(p, http.MethodGet, manifestPath(evidenceRepo, "v1")); w.Code != http.StatusOK {
+		t.Fatalf("signed image = %d: %s", w.Code, w.Body)
+	}
+	return p, s
+}
+
+// denied requires method on ref to be 403 and, for a GET, its body to
+// hold each of wants.
+func (e *evidenceEnv) denied(t *testing.T, p *Proxy, method, ref string, wants ...string) {
+	t.Helper()
+	w := do(p, method, manifestPath(evidenceRepo, ref))
+	if w.Code != http.StatusForbidden {
+		t.Fatalf("%s %s = %d, want 403: %s", method, ref, w.Code, w.Body)
+	}
+	for _, want := range wants {
+		if method == http.MethodGet && !strings.Contains(w.Body.String(), want) {
+			t.Errorf("%s denied with %s, want %q", ref, w.Body, want)
+		}
+	}
+}
+
+// notEvidence requires d's last decision to be a denial that is not
+// evidence, with a reason holding why.
+func (e *evidenceEnv) notEvidence(t *testing.T, p *Proxy, d v1.Hash, why string) {
+	t.Helper()
+	got := lastDecision(t, p, d)
+	if got.EvidenceOf != "" || got.Decision != "deny" || !slices.ContainsFunc(got.Reasons, func(r string) bool { return strings.Contains(r, why) }) {
+		t.Errorf("decision = %+v, want a denial that is not evidence and says %q", got, why)
+	}
 }

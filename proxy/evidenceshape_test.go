@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -170,36 +169,18 @@ func TestDefaultEvidenceTypesHaveShapes(t *testing.T) {
 // from the upstream once.
 func TestEvidenceShapeThroughTheProxy(t *testing.T) {
 	t.Parallel()
-	reg := newRegistry(t)
-	k := newKey(t)
-	const repo = "acme/app"
-	img := reg.pushImage(t, repo, "v1")
-	reg.sign(t, repo, img.digest, k)
-	imgDesc := reg.describe(t, repo, img.digest)
-	newProxy := func(t *testing.T, opts ...Option) (*Proxy, *spy) {
-		p, s := newTestProxy(t, reg.srv.URL, newEngineSpy(t, evidencePolicy(k)), append([]Option{WithVerdictCache(newMapVerdicts())}, opts...)...)
-		if w := do(p, http.MethodGet, manifestPath(repo, "v1")); w.Code != http.StatusOK {
-			t.Fatalf("signed image = %d: %s", w.Code, w.Body)
-		}
-		return p, s
-	}
+	e := newEvidenceEnv(t)
+	reg, img, imgDesc := e.reg, e.img, e.imgDesc
+	const repo = evidenceRepo
+	newProxy := e.proxy
 	refused := "evidence of " + img.digest.String() + " is served only when its blobs are documents of the formats their media types name"
 	denied := func(t *testing.T, p *Proxy, method, ref, want string) {
 		t.Helper()
-		w := do(p, method, manifestPath(repo, ref))
-		if w.Code != http.StatusForbidden {
-			t.Fatalf("%s %s = %d, want 403: %s", method, ref, w.Code, w.Body)
-		}
-		if method == http.MethodGet && (!strings.Contains(w.Body.String(), refused) || !strings.Contains(w.Body.String(), want)) {
-			t.Errorf("%s denied with %s, want %q and %q", ref, w.Body, refused, want)
-		}
+		e.denied(t, p, method, ref, refused, want)
 	}
 	notEvidence := func(t *testing.T, p *Proxy, d v1.Hash) {
 		t.Helper()
-		got := lastDecision(t, p, d)
-		if got.EvidenceOf != "" || got.Decision != "deny" || !slices.ContainsFunc(got.Reasons, func(r string) bool { return strings.Contains(r, refused) }) {
-			t.Errorf("decision = %+v, want a denial that is not evidence and says why", got)
-		}
+		e.notEvidence(t, p, d, refused)
 	}
 	blobGets := func(s *spy, from int, d v1.Hash) int {
 		n := 0
@@ -451,12 +432,9 @@ func (h *holdBlob) RoundTrip(r *http.Request) (*http.Response, error) {
 // not fit waits for the one in progress.
 func TestEvidenceShapeChecksShareTheBound(t *testing.T) {
 	t.Parallel()
-	reg := newRegistry(t)
-	k := newKey(t)
-	const repo = "acme/app"
-	img := reg.pushImage(t, repo, "v1")
-	reg.sign(t, repo, img.digest, k)
-	imgDesc := reg.describe(t, repo, img.digest)
+	e := newEvidenceEnv(t)
+	reg, imgDesc := e.reg, e.imgDesc
+	const repo = evidenceRepo
 	// Two manifests of {} and 600 bytes each: one fits in 1000, two do not.
 	a := reg.pushArtifact(t, repo, "", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, statementOfSize(t, 600), &imgDesc)
 	bContent := append([]byte(strings.Replace(shapeStatement, `"name":"x"`, `"name":"y"`, 1)), strings.Repeat(" ", 600-len(shapeStatement))...)
@@ -465,10 +443,7 @@ func TestEvidenceShapeChecksShareTheBound(t *testing.T) {
 		rt: http.DefaultTransport, path: "/v2/" + repo + "/blobs/" + a.layer.String(), started: make(chan struct{}), release: make(chan struct{}),
 		other: "/v2/" + repo + "/blobs/" + b.layer.String(),
 	}
-	p, _ := newTestProxy(t, reg.srv.URL, newEngineSpy(t, evidencePolicy(k)), WithVerdictCache(newMapVerdicts()), WithServedEvidenceBytes(1000), WithTransport(hold))
-	if w := do(p, http.MethodGet, manifestPath(repo, "v1")); w.Code != http.StatusOK {
-		t.Fatalf("signed image = %d: %s", w.Code, w.Body)
-	}
+	p, _ := e.proxy(t, WithServedEvidenceBytes(1000), WithTransport(hold))
 	codes := make(chan int, 2)
 	go func() { codes <- do(p, http.MethodGet, manifestPath(repo, a.digest.String())).Code }()
 	<-hold.started
