@@ -75,12 +75,12 @@ func checkEvidenceShape(mt string, config bool, b []byte) error {
 		// artifact type it is labelled with): data belongs in layers.
 		return emptyObject(b)
 	case strings.HasPrefix(mt, "application/vnd.dev.sigstore.bundle"):
-		return jsonObject(b, bundleKeys, func(m map[string]json.RawMessage) error {
+		return jsonObject(b, bundleKeys, func(m map[string]jsonField) error {
 			return stringWithPrefix(m, "mediaType", "application/vnd.dev.sigstore.bundle")
 		})
 	case mt == "application/vnd.dev.cosign.simplesigning.v1+json",
 		strings.HasPrefix(mt, "application/vnd.dev.cosign.artifact.sig"):
-		return jsonObject(b, simpleSigningKeys, func(m map[string]json.RawMessage) error {
+		return jsonObject(b, simpleSigningKeys, func(m map[string]jsonField) error {
 			return objectField(m, "critical")
 		})
 	case strings.HasPrefix(mt, "application/vnd.dev.cosign.artifact.sbom"):
@@ -108,11 +108,11 @@ func checkEvidenceShape(mt string, config bool, b []byte) error {
 	case mt == "application/vnd.syft+json":
 		return syftJSON(b)
 	case strings.HasPrefix(mt, "application/vnd.openvex"), strings.HasPrefix(mt, "application/openvex"):
-		return jsonObject(b, openVEXKeys, func(m map[string]json.RawMessage) error {
+		return jsonObject(b, openVEXKeys, func(m map[string]jsonField) error {
 			return stringWithPrefix(m, "@context", "https://openvex.dev/ns")
 		})
 	case mt == "application/jose+json":
-		return jsonObject(b, jwsKeys, func(m map[string]json.RawMessage) error {
+		return jsonObject(b, jwsKeys, func(m map[string]jsonField) error {
 			return stringField(m, "payload")
 		})
 	case mt == "application/cose":
@@ -123,8 +123,8 @@ func checkEvidenceShape(mt string, config bool, b []byte) error {
 
 // jsonObject parses b as one JSON object whose keys are all in allowed,
 // then runs check on it.
-func jsonObject(b []byte, allowed map[string]bool, check func(map[string]json.RawMessage) error) error {
-	var m map[string]json.RawMessage
+func jsonObject(b []byte, allowed map[string]bool, check func(map[string]jsonField) error) error {
+	var m map[string]jsonField
 	if err := json.Unmarshal(b, &m); err != nil {
 		return fmt.Errorf("not a JSON object: %w", err)
 	}
@@ -143,7 +143,7 @@ func jsonObject(b []byte, allowed map[string]bool, check func(map[string]json.Ra
 }
 
 func emptyObject(b []byte) error {
-	var m map[string]json.RawMessage
+	var m map[string]jsonField
 	if err := json.Unmarshal(b, &m); err != nil || m == nil {
 		return errors.New("not the empty JSON object {}")
 	}
@@ -153,38 +153,56 @@ func emptyObject(b []byte) error {
 	return nil
 }
 
-func stringField(m map[string]json.RawMessage, k string) error {
-	var s string
-	if err := json.Unmarshal(m[k], &s); err != nil || m[k] == nil {
+// jsonField is a top-level field's value, parsed but not kept: its kind
+// (the first byte: '"', '{', '[', a digit…) and, when small, its bytes.
+// Keeping every value would double the memory a large SBOM's check holds.
+type jsonField struct {
+	kind  byte
+	small []byte
+}
+
+// maxKeptField bounds the value kept for prefix checks (a _type, a
+// mediaType, an @context): longer ones are not those.
+const maxKeptField = 4 << 10
+
+func (f *jsonField) UnmarshalJSON(b []byte) error {
+	f.kind = b[0]
+	if len(b) <= maxKeptField {
+		f.small = bytes.Clone(b)
+	}
+	return nil
+}
+
+func stringField(m map[string]jsonField, k string) error {
+	if f, ok := m[k]; !ok || f.kind != '"' {
 		return fmt.Errorf("field %q is not a string", k)
 	}
 	return nil
 }
 
-func stringWithPrefix(m map[string]json.RawMessage, k, prefix string) error {
+func stringWithPrefix(m map[string]jsonField, k, prefix string) error {
 	var s string
-	if err := json.Unmarshal(m[k], &s); err != nil || m[k] == nil || !strings.HasPrefix(s, prefix) {
+	if f, ok := m[k]; !ok || f.kind != '"' || f.small == nil || json.Unmarshal(f.small, &s) != nil || !strings.HasPrefix(s, prefix) {
 		return fmt.Errorf("field %q does not start with %q", k, prefix)
 	}
 	return nil
 }
 
-func objectField(m map[string]json.RawMessage, k string) error {
-	var o map[string]json.RawMessage
-	if err := json.Unmarshal(m[k], &o); err != nil || o == nil {
+func objectField(m map[string]jsonField, k string) error {
+	if f, ok := m[k]; !ok || f.kind != '{' {
 		return fmt.Errorf("field %q is not an object", k)
 	}
 	return nil
 }
 
 func inTotoStatement(b []byte) error {
-	return jsonObject(b, inTotoStatementKeys, func(m map[string]json.RawMessage) error {
+	return jsonObject(b, inTotoStatementKeys, func(m map[string]jsonField) error {
 		return stringWithPrefix(m, "_type", "https://in-toto.io/Statement/")
 	})
 }
 
 func dsseEnvelope(b []byte) error {
-	return jsonObject(b, dsseKeys, func(m map[string]json.RawMessage) error {
+	return jsonObject(b, dsseKeys, func(m map[string]jsonField) error {
 		if err := stringField(m, "payloadType"); err != nil {
 			return err
 		}
@@ -193,11 +211,11 @@ func dsseEnvelope(b []byte) error {
 }
 
 func spdxJSON(b []byte) error {
-	return jsonObject(b, spdxKeys, func(m map[string]json.RawMessage) error {
-		if m["spdxVersion"] != nil {
+	return jsonObject(b, spdxKeys, func(m map[string]jsonField) error {
+		if _, ok := m["spdxVersion"]; ok {
 			return stringWithPrefix(m, "spdxVersion", "SPDX-")
 		}
-		if m["@context"] != nil {
+		if _, ok := m["@context"]; ok {
 			return nil // SPDX 3 JSON-LD
 		}
 		return errors.New(`neither "spdxVersion" nor "@context"`)
@@ -205,9 +223,8 @@ func spdxJSON(b []byte) error {
 }
 
 func cycloneDXJSON(b []byte) error {
-	return jsonObject(b, cycloneDXKeys, func(m map[string]json.RawMessage) error {
-		var f string
-		if err := json.Unmarshal(m["bomFormat"], &f); err != nil || f != "CycloneDX" {
+	return jsonObject(b, cycloneDXKeys, func(m map[string]jsonField) error {
+		if f := m["bomFormat"]; string(f.small) != `"CycloneDX"` {
 			return errors.New(`field "bomFormat" is not "CycloneDX"`)
 		}
 		return nil
@@ -215,8 +232,10 @@ func cycloneDXJSON(b []byte) error {
 }
 
 func syftJSON(b []byte) error {
-	return jsonObject(b, syftKeys, func(m map[string]json.RawMessage) error {
-		if m["descriptor"] == nil && m["artifacts"] == nil {
+	return jsonObject(b, syftKeys, func(m map[string]jsonField) error {
+		_, descriptor := m["descriptor"]
+		_, artifacts := m["artifacts"]
+		if !descriptor && !artifacts {
 			return errors.New(`neither "artifacts" nor "descriptor"`)
 		}
 		return nil
