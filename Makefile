@@ -102,7 +102,7 @@ MUTATE_WORKERS   ?= 1
 MUTATE_TIMEOUT_COEFFICIENT ?= 10
 # In proxy/ only the files that decide are mutated, not the HTTP plumbing
 # nor the packages below it (alert, tuffetch, internal).
-MUTATE_PROXY_FILES ?= manifest.go lineage.go blob.go blobshare.go flight.go streams.go evidence.go referrers.go summary.go clientauth.go jsonshape.go parsedcache.go passthrough.go revoke.go verdictapi.go shared.go blobcache.go
+MUTATE_PROXY_FILES ?= manifest.go lineage.go blob.go blobshare.go flight.go streams.go evidence.go evidenceshape.go referrers.go summary.go clientauth.go jsonshape.go parsedcache.go passthrough.go revoke.go verdictapi.go shared.go blobcache.go
 # In verify/ every file is mutated unless this names some (its summary/
 # package is then left out too), e.g. the files a change touched.
 MUTATE_VERIFY_FILES ?=
