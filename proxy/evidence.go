@@ -351,6 +351,12 @@ func (p *Proxy) subjectVerdict(ctx context.Context, mr manifestReq, subject v1.H
 	return sd.verdict, nil
 }
 
+// Bounds of what a shape refusal quotes.
+const (
+	maxReasonMediaType = 128
+	maxShapeReason     = 512
+)
+
 // emptyJSONDigest is the digest of {}, the OCI empty descriptor's content
 // and nearly every artifact's config: known without a fetch.
 var emptyJSONDigest = v1.Hash{Algorithm: "sha256", Hex: "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}
@@ -397,7 +403,9 @@ func (p *Proxy) evidenceShape(ctx context.Context, d *manifestDecision, pm *pars
 			if b.config {
 				what = "config"
 			}
-			why = fmt.Sprintf("its %s %s is not a document of %s: %v", what, b.ref.digest, b.mt, err)
+			// Bounded: the media type and what the error quotes come from
+			// the upstream, and the reason is kept and sent to clients.
+			why = truncate(fmt.Sprintf("its %s %s is not a document of %s: %v", what, b.ref.digest, truncate(b.mt, maxReasonMediaType), err), maxShapeReason)
 			break
 		}
 	}

@@ -133,7 +133,7 @@ func jsonObject(b []byte, allowed map[string]bool, check func(map[string]jsonFie
 	}
 	for k := range m {
 		if !allowed[k] {
-			return fmt.Errorf("field %q is not one of this format's", k)
+			return fmt.Errorf("field %q is not one of this format's", truncate(k, 64))
 		}
 	}
 	if check == nil {

@@ -488,3 +488,26 @@ func BenchmarkCheckEvidenceShape(b *testing.B) {
 		}
 	}
 }
+
+// TestEvidenceShapeReasonIsBounded: what a refusal quotes (a media type,
+// a field name) comes from the upstream; the reason kept and sent to
+// clients stays short whatever they are.
+func TestEvidenceShapeReasonIsBounded(t *testing.T) {
+	t.Parallel()
+	e := newEvidenceEnv(t)
+	p, _ := e.proxy(t)
+	longKey := `{"` + strings.Repeat("k", 1<<20) + `":1}`
+	mt := fixtures.MediaTypeInToto + strings.Repeat("x", 1<<16)
+	a := e.reg.pushArtifact(t, evidenceRepo, "", fixtures.MediaTypeBundleV03, mt, []byte(longKey), &e.imgDesc)
+	w := do(p, http.MethodGet, manifestPath(evidenceRepo, a.digest.String()))
+	if w.Code != http.StatusForbidden {
+		t.Fatalf("by digest = %d, want 403", w.Code)
+	}
+	if w.Body.Len() > 4<<10 {
+		t.Errorf("the denial is %d bytes, want it bounded", w.Body.Len())
+	}
+	why, _ := p.evidenceShapes.get(a.digest.String())
+	if why == "" || len(why) > maxShapeReason+len("…") {
+		t.Errorf("the kept reason is %d bytes, want a refusal of at most %d", len(why), maxShapeReason)
+	}
+}

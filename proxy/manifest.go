@@ -194,7 +194,8 @@ func (p *Proxy) decideManifest(ctx context.Context, d *manifestDecision, req api
 	if d.source == sourceEvidence || d.verdict.Allowed {
 		return nil
 	}
-	// Refused as evidence for its size, now or before: say so.
+	// Refused as evidence for its size or its bytes, now or before: say
+	// so.
 	if p.evidenceRefused.c.Len() > 0 {
 		if why, ok := p.evidenceRefused.get(evidenceKey(d)); ok {
 			d.verdict.Reasons = append(slices.Clip(d.verdict.Reasons), why)
