@@ -40,6 +40,14 @@ const (
 	shapeMerges    = "#version: 0.2\nĠ t\nĠ a\n"
 )
 
+// statementTyped is a statement whose _type, quotes included, takes n
+// bytes: an in-toto Statement URI padded with a fragment.
+func statementTyped(n int) string {
+	typ := "https://in-toto.io/Statement/v1#"
+	typ += strings.Repeat("x", n-2-len(typ))
+	return strings.Replace(shapeStatement, `"https://in-toto.io/Statement/v1"`, `"`+typ+`"`, 1)
+}
+
 func coseSample(t *testing.T, tag uint64, parts int) []byte {
 	t.Helper()
 	content := []any{[]byte{0xa0}, map[int]any{}, []byte("payload"), []byte("sig")}[:parts]
@@ -71,9 +79,13 @@ func TestCheckEvidenceShape(t *testing.T) {
 		{"simple signing", fixtures.MediaTypeSimpleSigning, false, shapeSimpleSigning, ""},
 		{"cosign attached signature", "application/vnd.dev.cosign.artifact.sig.v1+json", false, shapeSimpleSigning, ""},
 		{"cosign attached SBOM", "application/vnd.dev.cosign.artifact.sbom.v1+json", false, shapeCycloneDX, ""},
+		{"cosign attached SPDX SBOM", "application/vnd.dev.cosign.artifact.sbom.v1+json", false, shapeSPDX, ""},
+		{"cosign attached Syft SBOM", "application/vnd.dev.cosign.artifact.sbom.v1+json", false, shapeSyft, ""},
+		{"a _type at the length kept", fixtures.MediaTypeInToto, false, statementTyped(maxKeptField), ""},
 		{"SPDX JSON", "application/spdx+json", false, shapeSPDX, ""},
 		{"SPDX 3 JSON-LD", "application/spdx+json", false, `{"@context":"https://spdx.org/rdf/3.0.1/spdx-context.jsonld","@graph":[]}`, ""},
 		{"SPDX tag-value", "text/spdx", false, shapeSPDXTagValue, ""},
+		{"SPDX tag-value with a text right after the colon", "text/spdx", false, "SPDXVersion: SPDX-2.3\nDocumentComment:<text>one\nnot a tag\n</text>\n", ""},
 		{"CycloneDX JSON", "application/vnd.cyclonedx+json", false, shapeCycloneDX, ""},
 		{"CycloneDX XML", "application/vnd.cyclonedx+xml", false, shapeCycloneDXXML, ""},
 		{"CycloneDX, cosign's bare type", "application/vnd.cyclonedx", false, shapeCycloneDXXML, ""},
@@ -109,6 +121,10 @@ func TestCheckEvidenceShape(t *testing.T) {
 		{"tag-value not starting with SPDXVersion", "text/spdx", false, "Name: x\n", "SPDXVersion"},
 		{"tag-value with an open text", "text/spdx", false, "SPDXVersion: SPDX-2.3\nDocumentComment: <text>open\n", "not closed"},
 		{"weights as tag-value", "text/spdx", false, shapeWeights, "UTF-8"},
+		{"tag-value after a NUL", "text/spdx", false, "\x00SPDXVersion: SPDX-2.3\n", "UTF-8"},
+		{"a tokenizer as a cosign attached SBOM", "application/vnd.dev.cosign.artifact.sbom.v1+json", false, shapeTokenizer, "not an SPDX, CycloneDX or Syft"},
+		{"nothing under cosign's bare CycloneDX type", "application/vnd.cyclonedx", false, "", "no root element"},
+		{"a _type longer than kept", fixtures.MediaTypeInToto, false, statementTyped(maxKeptField + 1), `"_type"`},
 		{"CycloneDX of another format", "application/vnd.cyclonedx+json", false, `{"bomFormat":"SPDX"}`, "bomFormat"},
 		{"CycloneDX XML of another root", "application/vnd.cyclonedx+xml", false, `<model xmlns="http://cyclonedx.org/schema/bom/1.5"/>`, "<bom>"},
 		{"CycloneDX XML without its namespace", "application/vnd.cyclonedx+xml", false, `<bom/>`, "<bom>"},
