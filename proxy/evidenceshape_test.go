@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -290,6 +291,27 @@ func TestEvidenceShapeThroughTheProxy(t *testing.T) {
 		}
 	})
 
+	t.Run("an upstream that lies about a layer", func(t *testing.T) {
+		// Other bytes under the layer's digest (a well-formed statement
+		// at that) are not the layer: an upstream error, not a decision.
+		weights := append([]byte(shapeWeights), strings.Repeat(" ", 200-len(shapeWeights))...)
+		a := reg.pushArtifact(t, repo, "", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, weights, &imgDesc)
+		lie := statementOfSize(t, len(weights))
+		liar := &lyingBlob{rt: http.DefaultTransport, path: "/v2/" + repo + "/blobs/" + a.layer.String(), body: lie}
+		liar.on.Store(true)
+		p, _ := newProxy(t, WithTransport(liar))
+		w := do(p, http.MethodGet, manifestPath(repo, a.digest.String()))
+		if w.Code != http.StatusBadGateway {
+			t.Fatalf("with the layer's bytes replaced = %d, want 502: %s", w.Code, w.Body)
+		}
+		if w := do(p, http.MethodGet, blobPath(repo, a.layer)); w.Code == http.StatusOK {
+			t.Errorf("its layer = %d, want it closed", w.Code)
+		}
+		// The upstream's own bytes, once it stops lying, are what decide.
+		liar.on.Store(false)
+		denied(t, p, http.MethodGet, a.digest.String(), "not a JSON object")
+	})
+
 	t.Run("a layer the upstream does not have", func(t *testing.T) {
 		// Not served, and not decided either: an upstream that cannot
 		// produce the bytes is a failure, and the next pull checks again.
@@ -526,4 +548,24 @@ func TestEvidenceShapeReasonIsBounded(t *testing.T) {
 	if why == "" || len(why) > maxShapeReason+len("…") {
 		t.Errorf("the kept reason is %d bytes, want a refusal of at most %d", len(why), maxShapeReason)
 	}
+}
+
+// lyingBlob answers the GET of one blob, while on, with body instead of
+// what the upstream holds.
+type lyingBlob struct {
+	rt   http.RoundTripper
+	path string
+	body []byte
+	on   atomic.Bool
+}
+
+func (l *lyingBlob) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := l.rt.RoundTrip(r)
+	if err != nil || !l.on.Load() || r.Method != http.MethodGet || r.URL.Path != l.path {
+		return resp, err
+	}
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(l.body))
+	resp.ContentLength = int64(len(l.body))
+	return resp, nil
 }
