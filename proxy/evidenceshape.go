@@ -75,9 +75,7 @@ func checkEvidenceShape(mt string, config bool, b []byte) error {
 		// artifact type it is labelled with): data belongs in layers.
 		return emptyObject(b)
 	case strings.HasPrefix(mt, "application/vnd.dev.sigstore.bundle"):
-		return jsonObject(b, bundleKeys, func(m map[string]jsonField) error {
-			return stringWithPrefix(m, "mediaType", "application/vnd.dev.sigstore.bundle")
-		})
+		return sigstoreBundle(b)
 	case mt == "application/vnd.dev.cosign.simplesigning.v1+json",
 		strings.HasPrefix(mt, "application/vnd.dev.cosign.artifact.sig"):
 		return jsonObject(b, simpleSigningKeys, func(m map[string]jsonField) error {
@@ -87,6 +85,8 @@ func checkEvidenceShape(mt string, config bool, b []byte) error {
 		return sbomJSON(b)
 	case mt == "application/vnd.dsse.envelope.v1+json":
 		return dsseEnvelope(b)
+	case strings.HasPrefix(mt, "application/vnd.in-toto") && strings.HasSuffix(mt, "+jsonl"):
+		return inTotoLines(b)
 	case strings.HasPrefix(mt, "application/vnd.in-toto"):
 		// A statement, or one in a DSSE envelope (.dsse media types).
 		if err := inTotoStatement(b); err != nil {
@@ -198,6 +198,31 @@ func objectField(m map[string]jsonField, k string) error {
 func inTotoStatement(b []byte) error {
 	return jsonObject(b, inTotoStatementKeys, func(m map[string]jsonField) error {
 		return stringWithPrefix(m, "_type", "https://in-toto.io/Statement/")
+	})
+}
+
+// inTotoLines is an attestation bundle of JSON Lines: every line a DSSE
+// envelope or a sigstore bundle, at least one.
+func inTotoLines(b []byte) error {
+	n := 0
+	for i, line := range bytes.Split(b, []byte("\n")) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		if dsseEnvelope(line) != nil && sigstoreBundle(line) != nil {
+			return fmt.Errorf("line %d is neither a DSSE envelope nor a sigstore bundle", i+1)
+		}
+		n++
+	}
+	if n == 0 {
+		return errors.New("no line")
+	}
+	return nil
+}
+
+func sigstoreBundle(b []byte) error {
+	return jsonObject(b, bundleKeys, func(m map[string]jsonField) error {
+		return stringWithPrefix(m, "mediaType", "application/vnd.dev.sigstore.bundle")
 	})
 }
 
