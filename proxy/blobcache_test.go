@@ -892,7 +892,7 @@ func TestBlobShareAbandonedFetchIsNotJoined(t *testing.T) {
 				w.Header().Set("Content-Type", "application/octet-stream")
 				withLength(blob)(w, r)
 			})
-			st := &stubbornTransport{rt: http.DefaultTransport, d: d, cancelled: make(chan struct{}), gate: make(chan struct{})}
+			st := &stubbornTransport{rt: http.DefaultTransport.(*http.Transport).Clone(), d: d, cancelled: make(chan struct{}), gate: make(chan struct{})}
 			opts := []Option{WithBlobGating(false), WithBlobShare(DefaultBlobShareBuffer, DefaultBlobShareMemory), WithTransport(st)}
 			if cached {
 				opts = append(opts, WithBlobCache(newTestBlobCache(t, t.TempDir())))

@@ -301,7 +301,7 @@ func TestEvidenceShapeThroughTheProxy(t *testing.T) {
 		weights := append([]byte(shapeWeights), strings.Repeat(" ", 200-len(shapeWeights))...)
 		a := reg.pushArtifact(t, repo, "", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, weights, &imgDesc)
 		lie := statementOfSize(t, len(weights))
-		liar := &lyingBlob{rt: http.DefaultTransport, path: "/v2/" + repo + "/blobs/" + a.layer.String(), body: lie}
+		liar := &lyingBlob{rt: http.DefaultTransport.(*http.Transport).Clone(), path: "/v2/" + repo + "/blobs/" + a.layer.String(), body: lie}
 		liar.on.Store(true)
 		p, _ := newProxy(t, WithTransport(liar))
 		w := do(p, http.MethodGet, manifestPath(repo, a.digest.String()))
@@ -483,7 +483,7 @@ func TestEvidenceShapeChecksShareTheBound(t *testing.T) {
 	bContent := append([]byte(strings.Replace(shapeStatement, `"name":"x"`, `"name":"y"`, 1)), strings.Repeat(" ", 600-len(shapeStatement))...)
 	b := reg.pushArtifact(t, repo, "", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, bContent, &imgDesc)
 	hold := &holdBlob{
-		rt: http.DefaultTransport, path: "/v2/" + repo + "/blobs/" + a.layer.String(), started: make(chan struct{}), release: make(chan struct{}),
+		rt: http.DefaultTransport.(*http.Transport).Clone(), path: "/v2/" + repo + "/blobs/" + a.layer.String(), started: make(chan struct{}), release: make(chan struct{}),
 		other: "/v2/" + repo + "/blobs/" + b.layer.String(),
 	}
 	p, _ := e.proxy(t, WithServedEvidenceBytes(1000), WithTransport(hold))

@@ -68,7 +68,7 @@ func (s *spy) RoundTrip(r *http.Request) (*http.Response, error) {
 	return s.inner.RoundTrip(r)
 }
 
-func newSpy() *spy { return &spy{inner: http.DefaultTransport} }
+func newSpy() *spy { return &spy{inner: testTransport} }
 
 // staticKeychain hands out one set of credentials for every registry.
 type staticKeychain struct{ cfg authn.AuthConfig }
@@ -171,13 +171,19 @@ func (f *fakeUpstream) scopes() []string {
 	return append([]string(nil), f.tokenScopes...)
 }
 
+// testTransport is the tests' own base transport. Not
+// http.DefaultTransport: every httptest.Server's Close closes that one's
+// idle connections, which breaks a request another parallel test has just
+// sent on one ("CloseIdleConnections called").
+var testTransport = http.DefaultTransport.(*http.Transport).Clone()
+
 // seedTransport marks requests so fakeUpstream lets them past its auth.
 type seedTransport struct{}
 
 func (seedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("X-Test-Seed", "1")
-	return http.DefaultTransport.RoundTrip(r)
+	return testTransport.RoundTrip(r)
 }
 
 // push writes a random image to host/repo:tag and returns it with its
