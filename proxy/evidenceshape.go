@@ -307,9 +307,35 @@ func cycloneDXXML(b []byte) error {
 	return nil
 }
 
+// spdxTags are the tags of SPDX 2.x tag-value documents (document,
+// package, file, snippet, other licensing, relationship, annotation and
+// review information). A line is held to them so that "key: value" text of
+// another kind (a YAML model config under an SPDX label, which a YAML
+// loader would read past an SPDXVersion line) is not SPDX.
+var spdxTags = formatKeys(
+	"SPDXVersion", "DataLicense", "SPDXID", "DocumentName", "DocumentNamespace", "ExternalDocumentRef",
+	"LicenseListVersion", "Creator", "Created", "CreatorComment", "DocumentComment",
+	"PackageName", "PackageVersion", "PackageFileName", "PackageSupplier", "PackageOriginator",
+	"PackageDownloadLocation", "FilesAnalyzed", "PackageVerificationCode", "PackageChecksum", "PackageHomePage",
+	"PackageSourceInfo", "PackageLicenseConcluded", "PackageLicenseInfoFromFiles", "PackageLicenseDeclared",
+	"PackageLicenseComments", "PackageCopyrightText", "PackageSummary", "PackageDescription", "PackageComment",
+	"ExternalRef", "ExternalRefComment", "PackageAttributionText", "PrimaryPackagePurpose", "ReleaseDate",
+	"BuiltDate", "ValidUntilDate",
+	"FileName", "FileType", "FileChecksum", "LicenseConcluded", "LicenseInfoInFile", "LicenseComments",
+	"FileCopyrightText", "ArtifactOfProjectName", "ArtifactOfProjectHomePage", "ArtifactOfProjectURI",
+	"FileComment", "FileNotice", "FileContributor", "FileAttributionText", "FileDependency",
+	"SnippetSPDXID", "SnippetFromFileSPDXID", "SnippetByteRange", "SnippetLineRange", "SnippetLicenseConcluded",
+	"LicenseInfoInSnippet", "SnippetLicenseComments", "SnippetCopyrightText", "SnippetComment", "SnippetName",
+	"SnippetAttributionText",
+	"LicenseID", "ExtractedText", "LicenseName", "LicenseCrossReference", "LicenseComment",
+	"Relationship", "RelationshipComment",
+	"Annotator", "AnnotationDate", "AnnotationType", "SPDXREF", "AnnotationComment",
+	"Reviewer", "ReviewDate", "ReviewComment",
+)
+
 // spdxTagValue is SPDX's tag-value text: every line outside a
-// <text>…</text> value is empty, a # comment or "Tag: value", and the
-// first tag is SPDXVersion.
+// <text>…</text> value is empty, a # comment or "Tag: value" with one of
+// SPDX's tags, and the first tag is SPDXVersion.
 func spdxTagValue(b []byte) error {
 	if !utf8.Valid(b) || bytes.IndexByte(b, 0) >= 0 {
 		return errors.New("not UTF-8 text")
@@ -328,8 +354,8 @@ func spdxTagValue(b []byte) error {
 			continue
 		}
 		tag, value, ok := strings.Cut(line, ":")
-		if !ok || !isTag(tag) {
-			return fmt.Errorf("line %d is not \"Tag: value\"", n)
+		if !ok || !spdxTags[tag] {
+			return fmt.Errorf("line %d is not \"Tag: value\" with an SPDX tag", n)
 		}
 		if first && tag != "SPDXVersion" {
 			return errors.New("the first tag is not SPDXVersion")
@@ -349,21 +375,6 @@ func spdxTagValue(b []byte) error {
 		return errors.New("a <text> value is not closed")
 	}
 	return nil
-}
-
-func isTag(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i, c := range s {
-		switch {
-		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
-		case c >= '0' && c <= '9' && i > 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // coseSign1 is a tagged COSE_Sign1 structure (RFC 9052): CBOR tag 18 over

@@ -34,7 +34,18 @@ const (
 	shapeOpenVEX       = `{"@context":"https://openvex.dev/ns/v0.2.0","@id":"x","author":"a","timestamp":"t","version":1,"statements":[]}`
 	shapeJWS           = `{"payload":"e30","protected":"e30","header":{"x5c":[]},"signature":"c2ln"}`
 	shapeSPDXTagValue  = "SPDXVersion: SPDX-2.3\nDataLicense: CC0-1.0\n# a comment\n\nDocumentComment: <text>one\ntwo: not a tag\n</text>\nPackageName: x\n"
-	shapeImageConfig   = `{"architecture":"","created":"0001-01-01T00:00:00Z","history":[{"created":"0001-01-01T00:00:00Z"}],"os":"","rootfs":{"type":"layers","diff_ids":["sha256:ab"]},"config":{}}`
+	shapeSyftTagValue  = "SPDXVersion: SPDX-2.3\nDataLicense: CC0-1.0\nSPDXID: SPDXRef-DOCUMENT\nDocumentName: app\n" +
+		"DocumentNamespace: https://example.com/app-1\nCreator: Organization: Example\nCreator: Tool: syft-1.0.0\n" +
+		"CreatorComment: <text>made\nby a test</text>\nCreated: 2026-01-01T00:00:00Z\n\n##### Package: zlib\n\n" +
+		"PackageName: zlib\nSPDXID: SPDXRef-Package-zlib\nPackageVersion: 1.3\nPackageSupplier: Organization: Example\n" +
+		"PackageDownloadLocation: NOASSERTION\nFilesAnalyzed: false\nPackageChecksum: SHA256: ab\n" +
+		"PackageLicenseConcluded: NOASSERTION\nPackageLicenseDeclared: Zlib\nPackageCopyrightText: NOASSERTION\n" +
+		"PackageSummary: <text>one line</text>\nPrimaryPackagePurpose: LIBRARY\n" +
+		"ExternalRef: PACKAGE-MANAGER purl pkg:deb/debian/zlib@1.3\n\n##### File: /etc/x\n\nFileName: /etc/x\n" +
+		"SPDXID: SPDXRef-File-x\nFileChecksum: SHA1: ab\nLicenseConcluded: NOASSERTION\n\n" +
+		"Relationship: SPDXRef-DOCUMENT DESCRIBES SPDXRef-Package-zlib\n\nLicenseID: LicenseRef-1\n" +
+		"ExtractedText: <text>Permission is granted\nto anyone</text>\nLicenseName: Example\n"
+	shapeImageConfig = `{"architecture":"","created":"0001-01-01T00:00:00Z","history":[{"created":"0001-01-01T00:00:00Z"}],"os":"","rootfs":{"type":"layers","diff_ids":["sha256:ab"]},"config":{}}`
 	// What a loader might be handed under an evidence label.
 	shapeTokenizer = `{"version":"1.0","truncation":null,"added_tokens":[],"model":{"type":"BPE","vocab":{}}}`
 	shapeWeights   = "\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }"
@@ -87,6 +98,7 @@ func TestCheckEvidenceShape(t *testing.T) {
 		{"SPDX JSON", "application/spdx+json", false, shapeSPDX, ""},
 		{"SPDX 3 JSON-LD", "application/spdx+json", false, `{"@context":"https://spdx.org/rdf/3.0.1/spdx-context.jsonld","@graph":[]}`, ""},
 		{"SPDX tag-value", "text/spdx", false, shapeSPDXTagValue, ""},
+		{"SPDX tag-value as syft writes it", "text/spdx", false, shapeSyftTagValue, ""},
 		{"SPDX tag-value with a text right after the colon", "text/spdx", false, "SPDXVersion: SPDX-2.3\nDocumentComment:<text>one\nnot a tag\n</text>\n", ""},
 		{"CycloneDX JSON", "application/vnd.cyclonedx+json", false, shapeCycloneDX, ""},
 		{"CycloneDX XML", "application/vnd.cyclonedx+xml", false, shapeCycloneDXXML, ""},
@@ -123,7 +135,9 @@ func TestCheckEvidenceShape(t *testing.T) {
 		{"tokenizer as SPDX", "application/spdx+json", false, shapeTokenizer, `field "`},
 		{"merges as SPDX tag-value", "text/spdx", false, shapeMerges, "line 2"},
 		{"merges behind an SPDXVersion line", "text/spdx", false, "SPDXVersion: SPDX-2.3\n" + shapeMerges[strings.IndexByte(shapeMerges, '\n')+1:], "line 2"},
-		{"tag-value not starting with SPDXVersion", "text/spdx", false, "Name: x\n", "SPDXVersion"},
+		{"tag-value not starting with SPDXVersion", "text/spdx", false, "DocumentName: x\n", "SPDXVersion"},
+		{"a YAML model config behind an SPDXVersion line", "text/spdx", false, "SPDXVersion: SPDX-2.3\nmodel_type: llama\nhidden_size: 4096\n", "line 2"},
+		{"a tag-value line with a tag SPDX does not have", "text/spdx", false, "SPDXVersion: SPDX-2.3\nWeights: AAAA\n", "line 2"},
 		{"tag-value with an open text", "text/spdx", false, "SPDXVersion: SPDX-2.3\nDocumentComment: <text>open\n", "not closed"},
 		{"weights as tag-value", "text/spdx", false, shapeWeights, "UTF-8"},
 		{"tag-value after a NUL", "text/spdx", false, "\x00SPDXVersion: SPDX-2.3\n", "UTF-8"},
