@@ -204,7 +204,7 @@ func inTotoStatement(b []byte) error {
 // inTotoLines is an attestation bundle of JSON Lines: every line a DSSE
 // envelope or a sigstore bundle, at least one.
 func inTotoLines(b []byte) error {
-	n := 0
+	seen := false
 	for i, line := range bytes.Split(b, []byte("\n")) {
 		if len(bytes.TrimSpace(line)) == 0 {
 			continue
@@ -212,9 +212,9 @@ func inTotoLines(b []byte) error {
 		if dsseEnvelope(line) != nil && sigstoreBundle(line) != nil {
 			return fmt.Errorf("line %d is neither a DSSE envelope nor a sigstore bundle", i+1)
 		}
-		n++
+		seen = true
 	}
-	if n == 0 {
+	if !seen {
 		return errors.New("no line")
 	}
 	return nil
