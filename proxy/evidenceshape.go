@@ -96,7 +96,7 @@ func checkEvidenceShape(mt string, config bool, b []byte) error {
 			return err
 		}
 		return nil
-	case mt == "text/spdx" || strings.HasPrefix(mt, "text/spdx"):
+	case strings.HasPrefix(mt, "text/spdx"):
 		return spdxTagValue(b)
 	case strings.HasPrefix(mt, "application/spdx"), strings.HasPrefix(mt, "application/vnd.spdx"):
 		return spdxJSON(b)
