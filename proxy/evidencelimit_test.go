@@ -169,7 +169,8 @@ func TestServedEvidenceBytes(t *testing.T) {
 	})
 
 	t.Run("the bound is inclusive", func(t *testing.T) {
-		// Real statements (the bytes are checked too): {} and two layers.
+		// Real evidence (its bytes are checked too): {} and a statement of
+		// 1000 bytes, 1002 declared.
 		a := reg.pushArtifact(t, repo, "", fixtures.MediaTypeBundleV03, fixtures.MediaTypeInToto, statementOfSize(t, 1000), &imgDesc)
 		at := newProxy(t, WithServedEvidenceBytes(1002))
 		if w := do(at, http.MethodGet, manifestPath(repo, a.digest.String())); w.Code != http.StatusOK {
