@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"hash"
 	"io"
 	"log"
 	"net"
@@ -316,7 +319,7 @@ func warmGoals(r *results) []goal {
 		for i, rw := range r.headTag {
 			switch {
 			case rw.c.concurrency != conc:
-			case rw.target == "go-relay (own process)":
+			case rw.target == relayName:
 				relay = &r.headTag[i]
 			case strings.HasPrefix(rw.target, "portcullis"):
 				pc = &r.headTag[i]
@@ -350,11 +353,16 @@ const relayCommand = "serve-relay"
 // serveRelay is the go-relay as a process of its own: httputil's
 // ReverseProxy in front of the upstream, checking nothing. Run apart from
 // the bench's client, it pays the same cross-process hops as Portcullis,
-// so the two compare as equals.
+// so the two compare as equals. With -sha256 it is the least a relay that
+// checks blobs can do: every blob body is hashed as it passes, on the
+// goroutine that copies it, and cut short when its bytes do not match the
+// digest in its path. Nothing else is checked, cached or counted, so its
+// throughput is the floor of any proxy that serves only verified bytes.
 func serveRelay(args []string) int {
 	fs := flag.NewFlagSet(relayCommand, flag.ContinueOnError)
 	upstream := fs.String("upstream", "", "upstream URL")
 	addr := fs.String("listen", "127.0.0.1:0", "address to listen on")
+	hashBlobs := fs.Bool("sha256", false, "hash every blob body and cut it when it does not match its digest")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -363,17 +371,12 @@ func serveRelay(args []string) int {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		return 1
 	}
-	rp := &httputil.ReverseProxy{
-		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(u); r.Out.Host = u.Host },
-		Transport: newClient().Transport,
-		ErrorLog:  log.New(io.Discard, "", 0),
-	}
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		return 1
 	}
-	srv := &http.Server{Handler: rp, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
+	srv := &http.Server{Handler: relayHandler(u, *hashBlobs), ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		return 1
@@ -381,8 +384,66 @@ func serveRelay(args []string) int {
 	return 0
 }
 
-// startRelay runs serveRelay in front of upstream.
-func startRelay(ctx context.Context, client *http.Client, dir, upstream string) (*target, error) {
+// relayHandler is serveRelay's reverse proxy to u.
+func relayHandler(u *url.URL, hashBlobs bool) http.Handler {
+	rp := &httputil.ReverseProxy{
+		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(u); r.Out.Host = u.Host },
+		Transport: newClient().Transport,
+		ErrorLog:  log.New(io.Discard, "", 0),
+	}
+	if hashBlobs {
+		rp.ModifyResponse = func(resp *http.Response) error {
+			req := resp.Request
+			if req.Method != http.MethodGet || resp.StatusCode != http.StatusOK || classify(req.URL.Path) != kindBlob {
+				return nil
+			}
+			_, dg, _ := strings.Cut(req.URL.Path[strings.LastIndexByte(req.URL.Path, '/')+1:], "sha256:")
+			resp.Body = &digestReader{rc: resp.Body, h: sha256.New(), want: dg, remain: resp.ContentLength}
+			return nil
+		}
+	}
+	return rp
+}
+
+// digestReader hashes what is read through it and fails, instead of
+// returning it, the read that completes the announced length when the
+// bytes are not the digest's: the client never has the whole of a wrong
+// blob, as Portcullis's stream holds back its last chunk. ReverseProxy
+// then aborts the response.
+type digestReader struct {
+	rc     io.ReadCloser
+	h      hash.Hash
+	want   string // lowercase hex
+	remain int64  // bytes still to come; the length must be announced
+}
+
+func (d *digestReader) Read(p []byte) (int, error) {
+	if d.remain < 0 {
+		return 0, errors.New("blob without a length")
+	}
+	n, err := d.rc.Read(p[:min(int64(len(p)), d.remain+1)])
+	d.h.Write(p[:n])
+	d.remain -= int64(n)
+	switch {
+	case d.remain < 0:
+		return 0, errors.New("blob longer than announced")
+	case d.remain == 0 && hex.EncodeToString(d.h.Sum(nil)) != d.want:
+		return 0, errors.New("blob does not match its digest")
+	}
+	return n, err
+}
+
+func (d *digestReader) Close() error { return d.rc.Close() }
+
+// relayName and hashRelayName are the targets serveRelay runs as.
+const (
+	relayName     = "go-relay (own process)"
+	hashRelayName = "sha256-relay (own process)"
+)
+
+// startRelay runs serveRelay in front of upstream, hashing blobs when
+// hashBlobs is set.
+func startRelay(ctx context.Context, client *http.Client, dir, upstream string, hashBlobs bool) (*target, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -391,12 +452,85 @@ func startRelay(ctx context.Context, client *http.Client, dir, upstream string) 
 	if err != nil {
 		return nil, err
 	}
-	p, err := harness.Start(teardown, dir, "relay", exe, relayCommand, "-upstream", upstream, "-listen", fmt.Sprintf("127.0.0.1:%d", port))
+	args := []string{relayCommand, "-upstream", upstream, "-listen", fmt.Sprintf("127.0.0.1:%d", port)}
+	name, logName := relayName, "relay"
+	if hashBlobs {
+		args = append(args, "-sha256")
+		name, logName = hashRelayName, "sha256-relay"
+	}
+	p, err := harness.Start(teardown, dir, logName, append([]string{exe}, args...)...)
 	if err != nil {
 		return nil, err
 	}
-	t := &target{name: "go-relay (own process)", host: fmt.Sprintf("127.0.0.1:%d", port), proc: p}
+	t := &target{name: name, host: fmt.Sprintf("127.0.0.1:%d", port), proc: p}
 	if err := p.WaitReady(ctx, client, t.url()+"/v2/", port); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// bytesCommand, as the first argument, makes the bench binary the herd's
+// bare sender (see serveBytes).
+const bytesCommand = "serve-bytes"
+
+// serveBytes answers GET /blob with one file's bytes, read into memory at
+// start: no upstream, no hashing, no cache, nothing counted. A herd pulled
+// from it shows what writing the blob to every client costs this machine
+// when nothing else is done; it is no strict floor, as a sender that
+// paces its writes can keep the clients' reads in the CPU caches.
+func serveBytes(args []string) int {
+	fs := flag.NewFlagSet(bytesCommand, flag.ContinueOnError)
+	file := fs.String("file", "", "the file to serve")
+	addr := fs.String("listen", "127.0.0.1:0", "address to listen on")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	body, err := os.ReadFile(*file)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bytes:", err)
+		return 1
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bytes:", err)
+		return 1
+	}
+	srv := &http.Server{Handler: bytesHandler(body), ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		fmt.Fprintln(os.Stderr, "bytes:", err)
+		return 1
+	}
+	return 0
+}
+
+func bytesHandler(body []byte) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/blob" {
+			return // readiness
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		if r.Method != http.MethodHead {
+			_, _ = w.Write(body)
+		}
+	})
+}
+
+// startBytes runs serveBytes for file.
+func startBytes(ctx context.Context, client *http.Client, dir, file string) (*target, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	port, err := harness.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	p, err := harness.Start(teardown, dir, "bytes", exe, bytesCommand, "-file", file, "-listen", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return nil, err
+	}
+	t := &target{name: "bare sender (own process)", host: fmt.Sprintf("127.0.0.1:%d", port), proc: p}
+	if err := p.WaitReady(ctx, client, t.url()+"/", port); err != nil {
 		return nil, err
 	}
 	return t, nil

@@ -57,6 +57,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == relayCommand {
 		os.Exit(serveRelay(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == bytesCommand {
+		os.Exit(serveBytes(os.Args[2:]))
+	}
 	quick := flag.Bool("quick", false, "smaller request counts; skip the 1 GiB blob")
 	out := flag.String("out", "", "also write the markdown report to `FILE`")
 	pcBin := flag.String("portcullis", "", "portcullis binary to run (default: build ./cmd/portcullis)")
@@ -381,7 +384,7 @@ func (b *bench) manifests(ctx context.Context) error {
 	headTargets := slices.Insert(slices.Clone(targets), len(targets)-1, b.relay)
 	// The same relay as a process of its own, like Portcullis: the
 	// in-process one shares the client's scheduler, which no proxy can.
-	relayProc, err := startRelay(ctx, client, b.dir, direct.url())
+	relayProc, err := startRelay(ctx, client, b.dir, direct.url(), false)
 	if err != nil {
 		return err
 	}

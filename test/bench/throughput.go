@@ -79,7 +79,14 @@ func (b *bench) blobThroughput(ctx context.Context, repo string) error {
 	if distProxy != nil {
 		targets = append(targets, distProxy)
 	}
-	targets = append(targets, b.relay, &b.pc.target)
+	// The least a relay that serves only checked bytes can do, as its own
+	// process: what any verifying proxy's first pull can reach here.
+	hashRelay, err := startRelay(ctx, client, b.dir, direct.url(), true)
+	if err != nil {
+		return err
+	}
+	defer hashRelay.proc.Stop()
+	targets = append(targets, b.relay, hashRelay, &b.pc.target)
 	// More Portcullis processes: the baseline build, and each build
 	// behind a TLS upstream.
 	type extra struct{ bin, name, upstream string }
@@ -556,10 +563,14 @@ func joinRuns(v []float64) string {
 
 // blobGoals: with a discarding client Portcullis should stream at 0.9× the
 // slower of the bare relay and one core's SHA-256; with a hashing client,
-// which is what users see, at 0.95× the direct registry.
+// which is what users see, at 0.95× the direct registry. Each is printed
+// with what the bare hashing relay reached against the same reference in
+// the same run: where that misses too, no verifying proxy meets the goal
+// on this machine.
 func blobGoals(r *results) []goal {
 	var gs []goal
 	var pcDiscard, pcHash, relayDiscard *blobRow
+	hashRelay, direct := map[string]*blobRow{}, map[string]*blobRow{}
 	for i := range r.blobs {
 		br := &r.blobs[i]
 		switch {
@@ -569,20 +580,34 @@ func blobGoals(r *results) []goal {
 			pcHash = br
 		case strings.HasPrefix(br.target, "go-relay") && br.mode == clientDiscard:
 			relayDiscard = br
+		case br.target == hashRelayName:
+			hashRelay[br.mode] = br
+		case br.target == "direct":
+			direct[br.mode] = br
 		}
+	}
+	withRelay := func(v float64, mode string, ref float64) string {
+		if hr := hashRelay[mode]; hr != nil && ref > 0 {
+			return fmt.Sprintf("%s (bare sha256-relay %s)", fmtRatio(v), fmtRatio(ratio(hr.mbps, ref)))
+		}
+		return fmtRatio(v)
 	}
 	if pcDiscard != nil && relayDiscard != nil && len(r.shaFloor) > 0 {
 		ref := min(relayDiscard.mbps, median(r.shaFloor))
 		v := ratio(pcDiscard.mbps, ref)
 		gs = append(gs, goal{
 			name:     fmt.Sprintf("blob first pull, discarding client: vs min(go-relay, sha256 floor) (%d MiB)", r.blobMiB),
-			measured: fmtRatio(v), want: "≥ 0.90×", pass: v >= 0.9,
+			measured: withRelay(v, clientDiscard, ref), want: "≥ 0.90×", pass: v >= 0.9,
 		})
 	}
 	if pcHash != nil {
+		ref := 0.0
+		if d := direct[clientSHA256]; d != nil {
+			ref = d.mbps
+		}
 		gs = append(gs, goal{
 			name:     fmt.Sprintf("blob first pull, hashing client: vs direct (%d MiB)", r.blobMiB),
-			measured: fmtRatio(pcHash.ratio), want: "≥ 0.95×", pass: pcHash.ratio >= 0.95,
+			measured: withRelay(pcHash.ratio, clientSHA256, ref), want: "≥ 0.95×", pass: pcHash.ratio >= 0.95,
 		})
 	}
 	gs = append(gs, warmCacheGoals(r.blobs, r.blobMiB)...)

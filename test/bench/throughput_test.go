@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -135,5 +136,86 @@ func TestHashFloor(t *testing.T) {
 	t.Parallel()
 	if wall, perCPU := hashFloor(8 << 20); wall <= 0 || perCPU < 0 {
 		t.Fatalf("hashFloor = %v, %v MiB/s", wall, perCPU)
+	}
+}
+
+// The bare hashing relay is a floor only if it really checks: a blob whose
+// bytes are not its digest's must not reach the client whole.
+func TestHashRelayCutsWrongBytes(t *testing.T) {
+	t.Parallel()
+	blob := []byte(strings.Repeat("weights", 200_000))
+	sum := sha256.Sum256(blob)
+	dg := "sha256:" + hex.EncodeToString(sum[:])
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body := blob
+		if strings.HasPrefix(r.URL.Path, "/v2/tampered/") {
+			body = append([]byte("W"), blob[1:]...)
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(up.Close)
+	u, err := url.Parse(up.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, hashBlobs := range []bool{false, true} {
+		relay := httptest.NewServer(relayHandler(u, hashBlobs))
+		t.Cleanup(relay.Close)
+		ctx := context.Background()
+		if _, err := pullBlobAs(ctx, relay.Client(), relay.URL+"/v2/good/blobs/"+dg, int64(len(blob)), dg[len("sha256:"):], clientDiscard); err != nil {
+			t.Errorf("hash=%v: the right blob: %v", hashBlobs, err)
+		}
+		_, err := pullBlobAs(ctx, relay.Client(), relay.URL+"/v2/tampered/blobs/"+dg, int64(len(blob)), dg[len("sha256:"):], clientDiscard)
+		if hashBlobs && err == nil {
+			t.Error("the hashing relay served a blob that is not its digest's whole")
+		}
+		if !hashBlobs && err != nil {
+			t.Errorf("the plain relay checks nothing, yet: %v", err)
+		}
+	}
+}
+
+// The first-pull goals say what the bare hashing relay reached against
+// the same reference, so that a miss it shares reads as the machine's.
+func TestBlobGoalsShowTheHashingRelay(t *testing.T) {
+	t.Parallel()
+	r := results{blobMiB: 256, shaFloor: []float64{1000}, blobs: []blobRow{
+		{target: "direct", mode: clientDiscard, mbps: 2000, ratio: 1},
+		{target: "go-relay (no checks)", mode: clientDiscard, mbps: 1200},
+		{target: hashRelayName, mode: clientDiscard, mbps: 820},
+		{target: "portcullis", mode: clientDiscard, mbps: 800},
+		{target: "direct", mode: clientSHA256, mbps: 1000, ratio: 1},
+		{target: hashRelayName, mode: clientSHA256, mbps: 700, ratio: 0.7},
+		{target: "portcullis", mode: clientSHA256, mbps: 650, ratio: 0.65},
+	}}
+	gs := blobGoals(&r)
+	if len(gs) < 2 {
+		t.Fatalf("goals: %+v", gs)
+	}
+	if g := gs[0]; g.measured != "0.80× (bare sha256-relay 0.82×)" || g.pass {
+		t.Errorf("discarding client goal = %+v", g)
+	}
+	if g := gs[1]; g.measured != "0.65× (bare sha256-relay 0.70×)" || g.pass {
+		t.Errorf("hashing client goal = %+v", g)
+	}
+}
+
+func TestBytesHandler(t *testing.T) {
+	t.Parallel()
+	body := []byte(strings.Repeat("x", 1<<16))
+	srv := httptest.NewServer(bytesHandler(body))
+	t.Cleanup(srv.Close)
+	sum := sha256.Sum256(body)
+	if _, err := pullBlobAs(context.Background(), srv.Client(), srv.URL+"/blob", int64(len(body)), hex.EncodeToString(sum[:]), clientSHA256); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := srv.Client().Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ContentLength != 0 {
+		t.Errorf("readiness answered %d with %d bytes", resp.StatusCode, resp.ContentLength)
 	}
 }
