@@ -94,25 +94,54 @@ func serveFloor(args []string) int {
 			_, _ = w.Write(a.body)
 		}
 	})
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "floor:", err)
-		return 1
-	}
 	// The timeouts Portcullis's registry listener has, which cost the same
 	// per connection.
-	srv := &http.Server{
+	return serveOn("floor", *addr, &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       120 * time.Second,
-		ErrorLog:          log.New(io.Discard, "", 0),
+	})
+}
+
+// serveOn runs srv on addr until the process is stopped; what names the
+// server in its errors. srv's own error log is discarded.
+func serveOn(what, addr string, srv *http.Server) int {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, what+":", err)
+		return 1
 	}
+	srv.ErrorLog = log.New(io.Discard, "", 0)
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		fmt.Fprintln(os.Stderr, "floor:", err)
+		fmt.Fprintln(os.Stderr, what+":", err)
 		return 1
 	}
 	return 0
+}
+
+// startSelf runs this bench binary with args, listening on a free
+// loopback port, as a process of its own: the target name, its log under
+// logName. It is ready once readyPath answers 200 from that process.
+func startSelf(ctx context.Context, client *http.Client, dir, logName, name, readyPath string, args ...string) (*target, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	port, err := harness.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	argv := append(append([]string{exe}, args...), "-listen", fmt.Sprintf("127.0.0.1:%d", port))
+	p, err := harness.Start(teardown, dir, logName, argv...)
+	if err != nil {
+		return nil, err
+	}
+	t := &target{name: name, host: fmt.Sprintf("127.0.0.1:%d", port), proc: p}
+	if err := p.WaitReady(ctx, client, t.url()+readyPath, port); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 // startFloor fetches each digest's manifest from the direct registry once
@@ -135,23 +164,7 @@ func startFloor(ctx context.Context, client *http.Client, dir string, direct *ta
 	if err := os.WriteFile(file, b, 0o600); err != nil {
 		return nil, err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	port, err := harness.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	p, err := harness.Start(teardown, dir, "floor", exe, floorCommand, "-manifests", file, "-listen", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		return nil, err
-	}
-	t := &target{name: "floor (net/http, bytes in memory)", host: fmt.Sprintf("127.0.0.1:%d", port), proc: p}
-	if err := p.WaitReady(ctx, client, t.url()+"/v2/", port); err != nil {
-		return nil, err
-	}
-	return t, nil
+	return startSelf(ctx, client, dir, "floor", "floor (net/http, bytes in memory)", "/v2/", floorCommand, "-manifests", file)
 }
 
 func fetchManifest(ctx context.Context, client *http.Client, url string) (floorEntry, error) {
@@ -371,17 +384,7 @@ func serveRelay(args []string) int {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		return 1
 	}
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "relay:", err)
-		return 1
-	}
-	srv := &http.Server{Handler: relayHandler(u, *hashBlobs), ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		fmt.Fprintln(os.Stderr, "relay:", err)
-		return 1
-	}
-	return 0
+	return serveOn("relay", *addr, &http.Server{Handler: relayHandler(u, *hashBlobs), ReadHeaderTimeout: 10 * time.Second})
 }
 
 // relayHandler is serveRelay's reverse proxy to u.
@@ -444,29 +447,10 @@ const (
 // startRelay runs serveRelay in front of upstream, hashing blobs when
 // hashBlobs is set.
 func startRelay(ctx context.Context, client *http.Client, dir, upstream string, hashBlobs bool) (*target, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	port, err := harness.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	args := []string{relayCommand, "-upstream", upstream, "-listen", fmt.Sprintf("127.0.0.1:%d", port)}
-	name, logName := relayName, "relay"
 	if hashBlobs {
-		args = append(args, "-sha256")
-		name, logName = hashRelayName, "sha256-relay"
+		return startSelf(ctx, client, dir, "sha256-relay", hashRelayName, "/v2/", relayCommand, "-upstream", upstream, "-sha256")
 	}
-	p, err := harness.Start(teardown, dir, logName, append([]string{exe}, args...)...)
-	if err != nil {
-		return nil, err
-	}
-	t := &target{name: name, host: fmt.Sprintf("127.0.0.1:%d", port), proc: p}
-	if err := p.WaitReady(ctx, client, t.url()+"/v2/", port); err != nil {
-		return nil, err
-	}
-	return t, nil
+	return startSelf(ctx, client, dir, "relay", relayName, "/v2/", relayCommand, "-upstream", upstream)
 }
 
 // bytesCommand, as the first argument, makes the bench binary the herd's
@@ -490,17 +474,7 @@ func serveBytes(args []string) int {
 		fmt.Fprintln(os.Stderr, "bytes:", err)
 		return 1
 	}
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bytes:", err)
-		return 1
-	}
-	srv := &http.Server{Handler: bytesHandler(body), ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		fmt.Fprintln(os.Stderr, "bytes:", err)
-		return 1
-	}
-	return 0
+	return serveOn("bytes", *addr, &http.Server{Handler: bytesHandler(body), ReadHeaderTimeout: 10 * time.Second})
 }
 
 func bytesHandler(body []byte) http.Handler {
@@ -517,21 +491,5 @@ func bytesHandler(body []byte) http.Handler {
 
 // startBytes runs serveBytes for file.
 func startBytes(ctx context.Context, client *http.Client, dir, file string) (*target, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	port, err := harness.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	p, err := harness.Start(teardown, dir, "bytes", exe, bytesCommand, "-file", file, "-listen", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		return nil, err
-	}
-	t := &target{name: "bare sender (own process)", host: fmt.Sprintf("127.0.0.1:%d", port), proc: p}
-	if err := p.WaitReady(ctx, client, t.url()+"/", port); err != nil {
-		return nil, err
-	}
-	return t, nil
+	return startSelf(ctx, client, dir, "bytes", "bare sender (own process)", "/", bytesCommand, "-file", file)
 }
