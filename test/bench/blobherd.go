@@ -151,12 +151,12 @@ func (b *bench) blobHerd(ctx context.Context) error {
 	}
 	s0, _ := procCPU(sender.proc.Pid())
 	c0, _ := procCPU(os.Getpid())
-	floorOK, floorErr, floorLast := fireHerd(ctx, sender.url()+"/blob", layer.size, want, int(p.clients))
+	senderOK, senderErr, senderLast := fireHerd(ctx, sender.url()+"/blob", layer.size, want, int(p.clients))
 	s1, _ := procCPU(sender.proc.Pid())
 	c1, _ := procCPU(os.Getpid())
 	sender.proc.Stop()
-	if floorOK != int(p.clients) {
-		return fmt.Errorf("blobherd: bare sender: %d of %d clients got the blob: %s", floorOK, p.clients, floorErr)
+	if senderOK != int(p.clients) {
+		return fmt.Errorf("blobherd: bare sender: %d of %d clients got the blob: %s", senderOK, p.clients, senderErr)
 	}
 	var runs []blobHerdRun
 	for _, mode := range []string{"memory", "cache"} {
@@ -172,10 +172,10 @@ func (b *bench) blobHerd(ctx context.Context) error {
 		p.mib, p.mibps, single.last.Round(time.Millisecond))
 	b.res.notes = append(b.res.notes, note)
 	logf("%s", note)
-	floorNote := fmt.Sprintf("blobherd bare sender: the same %d clients from a server that only writes the blob from memory (its own process, no upstream, nothing checked): last client %s (%.2f× one pull; the goal is ≤ 1.5×); CPU sender %s, clients %s",
-		p.clients, floorLast.Round(time.Millisecond), float64(floorLast)/float64(single.last), (s1 - s0).Round(10*time.Millisecond), (c1 - c0).Round(10*time.Millisecond))
-	b.res.notes = append(b.res.notes, floorNote)
-	logf("%s", floorNote)
+	senderNote := fmt.Sprintf("blobherd bare sender: the same %d clients from a server that only writes the blob from memory (its own process, no upstream, nothing checked): last client %s (%.2f× one pull; the goal is ≤ 1.5×); CPU sender %s, clients %s",
+		p.clients, senderLast.Round(time.Millisecond), float64(senderLast)/float64(single.last), (s1 - s0).Round(10*time.Millisecond), (c1 - c0).Round(10*time.Millisecond))
+	b.res.notes = append(b.res.notes, senderNote)
+	logf("%s", senderNote)
 	for _, r := range runs {
 		verdict := "met"
 		if !r.targetsMet {

@@ -369,8 +369,9 @@ const relayCommand = "serve-relay"
 // so the two compare as equals. With -sha256 it is the least a relay that
 // checks blobs can do: every blob body is hashed as it passes, on the
 // goroutine that copies it, and cut short when its bytes do not match the
-// digest in its path. Nothing else is checked, cached or counted, so its
-// throughput is the floor of any proxy that serves only verified bytes.
+// digest in its path. Nothing else is checked, cached or counted: its
+// throughput is what the obvious proxy that serves only checked bytes
+// reaches, on one goroutine per pull.
 func serveRelay(args []string) int {
 	fs := flag.NewFlagSet(relayCommand, flag.ContinueOnError)
 	upstream := fs.String("upstream", "", "upstream URL")

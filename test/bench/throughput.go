@@ -79,8 +79,8 @@ func (b *bench) blobThroughput(ctx context.Context, repo string) error {
 	if distProxy != nil {
 		targets = append(targets, distProxy)
 	}
-	// The least a relay that serves only checked bytes can do, as its own
-	// process: what any verifying proxy's first pull can reach here.
+	// The obvious relay that serves only checked bytes, as its own
+	// process: the first pull of a verifying proxy reads against it.
 	hashRelay, err := startRelay(ctx, client, b.dir, direct.url(), true)
 	if err != nil {
 		return err
@@ -565,8 +565,8 @@ func joinRuns(v []float64) string {
 // slower of the bare relay and one core's SHA-256; with a hashing client,
 // which is what users see, at 0.95× the direct registry. Each is printed
 // with what the bare hashing relay reached against the same reference in
-// the same run: where that misses too, no verifying proxy meets the goal
-// on this machine.
+// the same run, so that a miss reads against what the obvious verifying
+// proxy does on the same machine.
 func blobGoals(r *results) []goal {
 	var gs []goal
 	var pcDiscard, pcHash, relayDiscard *blobRow
